@@ -1,0 +1,1 @@
+//! Apple MDM protocol (in progress).
