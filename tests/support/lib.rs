@@ -1,1 +1,203 @@
-//! Shared helpers for end-to-end tests.
+//! Shared helpers for end-to-end tests: a gateway started in process on ephemeral ports with a
+//! fresh data directory, emulated devices with certificates from its CA, an API client, and a
+//! webhook receiver. Everything goes over real sockets; the device side over real TLS.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use mdm_certs::devpki;
+use mdm_certs::{PKey, Private, X509};
+use mdm_conformance::apple::{AppleDevice, IdentityMode};
+use mdm_gateway::Gateway;
+use mdm_gateway::clock::OffsetClock;
+use mdm_gateway::config::Config;
+use serde_json::Value;
+use tempfile::TempDir;
+
+pub mod webhook;
+
+pub fn unix_now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970").as_secs() as i64
+}
+
+pub fn random_serial() -> [u8; 16] {
+    let mut s: [u8; 16] = rand::random();
+    s[0] = (s[0] & 0x7f) | 0x01;
+    s
+}
+
+/// A running gateway plus what tests need to talk to it.
+#[derive(Debug)]
+pub struct Harness {
+    pub gateway: Option<Gateway>,
+    pub dir: TempDir,
+    pub api_url: String,
+    pub device_url: String,
+    pub api_key: String,
+    pub ca: X509,
+    pub ca_key: PKey<Private>,
+    pub ca_pem: Vec<u8>,
+    pub clock: Arc<OffsetClock>,
+    api: reqwest::Client,
+}
+
+impl Harness {
+    pub async fn start() -> Harness {
+        Harness::start_with(|_| {}).await
+    }
+
+    /// Starts a gateway on a fresh data directory; `adjust` may change the configuration.
+    pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> Harness {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = Config::default();
+        config.data_dir = dir.path().join("data");
+        config.device.listen = "127.0.0.1:0".parse().expect("addr");
+        config.api.listen = "127.0.0.1:0".parse().expect("addr");
+        config.apple.checked_in_event_interval_s = 0;
+        config.shutdown.grace_period_s = 5;
+        adjust(&mut config);
+        let clock = OffsetClock::new();
+        let gateway = Gateway::start_with_clock(config.clone(), clock.clone()).await.expect("gateway starts");
+        let data = &config.data_dir;
+        let ca_pem = std::fs::read(data.join("ca.pem")).expect("ca.pem");
+        let ca = X509::from_pem(&ca_pem).expect("ca parses");
+        let ca_key = PKey::private_key_from_pem(&std::fs::read(data.join("ca-key.pem")).expect("ca key")).expect("ca key parses");
+        let api_key = std::fs::read_to_string(data.join("api-key")).expect("api-key").trim().to_owned();
+        Harness {
+            api_url: format!("http://{}", gateway.api_addr),
+            device_url: format!("https://localhost:{}", gateway.device_addr.port()),
+            gateway: Some(gateway),
+            dir,
+            api_key,
+            ca,
+            ca_key,
+            ca_pem,
+            clock,
+            api: reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("client"),
+        }
+    }
+
+    pub fn gateway(&self) -> &Gateway {
+        self.gateway.as_ref().expect("running")
+    }
+
+    /// A key and a client-auth certificate from the gateway's CA, valid in `[not_before, not_after]`.
+    pub fn issue(&self, common_name: &str, not_before: i64, not_after: i64) -> (PKey<Private>, X509) {
+        let key = devpki::generate_key().expect("key");
+        let cert = devpki::issue_device_certificate(&self.ca, &self.ca_key, &key, common_name, not_before, not_after, &random_serial())
+            .expect("device cert");
+        (key, cert)
+    }
+
+    /// An emulated device with a valid identity that signs its messages.
+    pub fn device(&self, udid: &str) -> AppleDevice {
+        self.device_with(udid, IdentityMode::SignMessages)
+    }
+
+    pub fn device_with(&self, udid: &str, mode: IdentityMode) -> AppleDevice {
+        let now = unix_now();
+        let (key, cert) = self.issue(udid, now - 3600, now + 86_400 * 365);
+        AppleDevice::new(udid, key, cert, mode, &self.device_url, &self.ca_pem).expect("device")
+    }
+
+    /// A device that presents `cert`/`key` (which need not come from our CA).
+    pub fn device_from(&self, udid: &str, key: PKey<Private>, cert: X509, mode: IdentityMode) -> AppleDevice {
+        AppleDevice::new(udid, key, cert, mode, &self.device_url, &self.ca_pem).expect("device")
+    }
+
+    pub fn auth(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        req.bearer_auth(&self.api_key)
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let resp = self.auth(self.api.get(format!("{}{path}", self.api_url))).send().await.expect("api get");
+        decode(resp).await
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        let resp = self.auth(self.api.post(format!("{}{path}", self.api_url))).json(body).send().await.expect("api post");
+        decode(resp).await
+    }
+
+    pub async fn put_bytes(&self, path: &str, body: Vec<u8>) -> (u16, Value) {
+        let resp = self.auth(self.api.put(format!("{}{path}", self.api_url))).body(body).send().await.expect("api put");
+        decode(resp).await
+    }
+
+    pub fn raw_api(&self) -> &reqwest::Client {
+        &self.api
+    }
+
+    /// Every event in the log, oldest first.
+    pub async fn events(&self) -> Vec<Value> {
+        let mut all = Vec::new();
+        let mut after = "0".to_owned();
+        loop {
+            let (code, page) = self.get(&format!("/v1/events?after={after}&limit=1000")).await;
+            assert_eq!(code, 200, "events: {page}");
+            let events = page["events"].as_array().expect("events array").clone();
+            if events.is_empty() {
+                return all;
+            }
+            after = page["next"].as_str().expect("next").to_owned();
+            all.extend(events);
+        }
+    }
+
+    /// Events of one type for one device.
+    pub async fn events_of(&self, device_id: &str, event_type: &str) -> Vec<Value> {
+        self.events().await.into_iter().filter(|e| e["device_id"] == device_id && e["type"] == event_type).collect()
+    }
+
+    /// Everything stored that a device request could change: enrollments, commands of the
+    /// given devices, and the event log position. Compare before and after a refused request.
+    pub async fn snapshot(&self, command_ids: &[&str]) -> String {
+        let store = &self.gateway().state.store;
+        let seq = store.last_event_seq().await.expect("seq");
+        let enrollments = store.list_enrollments(None, None, 10_000).await.expect("list");
+        let mut commands = Vec::new();
+        for id in command_ids {
+            commands.push(store.command(id).await.expect("command"));
+        }
+        format!("{seq}\n{enrollments:?}\n{commands:?}")
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(g) = self.gateway.take() {
+            g.shutdown().await.expect("clean shutdown");
+        }
+    }
+}
+
+async fn decode(resp: reqwest::Response) -> (u16, Value) {
+    let code = resp.status().as_u16();
+    let bytes = resp.bytes().await.expect("body");
+    let value = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned())) };
+    (code, value)
+}
+
+/// Polls `f` until it returns `Some`, for at most `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, mut f: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return Some(v);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Path to the shared vectors (`MDM_VECTORS`, default `../../shared/vectors` from this crate).
+pub fn vectors_dir() -> Option<std::path::PathBuf> {
+    let p = std::env::var_os("MDM_VECTORS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/vectors"));
+    p.is_dir().then_some(p)
+}

@@ -1,0 +1,218 @@
+use std::time::Duration;
+
+use bytes::Bytes;
+use mdm_certs::{PKey, Private, X509};
+use plist::{Dictionary, Value};
+
+use super::messages::{UserChannel, answer_for, base, to_xml};
+
+const CHECKIN_TYPE: &str = "application/x-apple-aspen-mdm-checkin";
+const REPORT_TYPE: &str = "application/x-apple-aspen-mdm";
+
+/// How the device proves who it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdentityMode {
+    /// `Mdm-Signature` over every body (profile `SignMessage` true).
+    SignMessages,
+    /// The identity certificate as TLS client certificate.
+    TlsClientCertificate,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error("HTTP: {0}")]
+    Http(#[from] reqwest::Error),
+    #[error("signing: {0}")]
+    Sign(#[from] mdm_certs::SignError),
+    #[error("TLS identity: {0}")]
+    Identity(String),
+    #[error("gateway answered {status}: {body}")]
+    Status { status: u16, body: String },
+    #[error("gateway sent a command that is not a plist: {0}")]
+    BadCommand(String),
+}
+
+/// A gateway reply.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub body: Bytes,
+}
+
+/// One emulated device channel (with optional user channels).
+#[derive(Debug)]
+pub struct AppleDevice {
+    pub udid: String,
+    pub serial: String,
+    pub topic: String,
+    pub push_token: Vec<u8>,
+    pub push_magic: String,
+    pub key: PKey<Private>,
+    pub cert: X509,
+    pub mode: IdentityMode,
+    base_url: String,
+    client: reqwest::Client,
+}
+
+impl AppleDevice {
+    /// `gateway_ca_pem` is what the device trusts for the server; `base_url` e.g.
+    /// `https://localhost:8443`.
+    pub fn new(udid: &str, key: PKey<Private>, cert: X509, mode: IdentityMode, base_url: &str, gateway_ca_pem: &[u8]) -> Result<Self, DeviceError> {
+        let root = reqwest::Certificate::from_pem(gateway_ca_pem)?;
+        let mut builder = reqwest::Client::builder()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(root)
+            .timeout(Duration::from_secs(30));
+        if mode == IdentityMode::TlsClientCertificate {
+            let mut pem = cert.to_pem().map_err(|e| DeviceError::Identity(e.to_string()))?;
+            pem.extend(key.private_key_to_pem_pkcs8().map_err(|e| DeviceError::Identity(e.to_string()))?);
+            builder = builder.identity(reqwest::Identity::from_pem(&pem)?);
+        }
+        let serial: String = udid.chars().filter(|c| c.is_ascii_alphanumeric()).take(12).collect::<String>().to_uppercase();
+        Ok(AppleDevice {
+            udid: udid.to_owned(),
+            serial,
+            topic: "com.apple.mgmt.External.emulated".into(),
+            push_token: udid.as_bytes().iter().rev().copied().cycle().take(32).collect(),
+            push_magic: format!("magic-{udid}"),
+            key,
+            cert,
+            mode,
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            client: builder.build()?,
+        })
+    }
+
+    pub fn authenticate_message(&self) -> Vec<u8> {
+        let mut d = base("Authenticate", &self.udid, None);
+        d.insert("Topic".into(), self.topic.clone().into());
+        d.insert("SerialNumber".into(), self.serial.clone().into());
+        d.insert("Model".into(), "iPhone15,3".into());
+        d.insert("ModelName".into(), "iPhone".into());
+        d.insert("ProductName".into(), "iPhone15,3".into());
+        d.insert("OSVersion".into(), "17.5.1".into());
+        d.insert("BuildVersion".into(), "21F90".into());
+        d.insert("DeviceName".into(), format!("Emulated {}", self.serial).into());
+        d.insert("IMEI".into(), "35 391108 563102 6".into());
+        to_xml(d)
+    }
+
+    pub fn token_update_message(&self, user: Option<&UserChannel>) -> Vec<u8> {
+        let mut d = base("TokenUpdate", &self.udid, user);
+        d.insert("Topic".into(), self.topic.clone().into());
+        d.insert("Token".into(), Value::Data(self.push_token.clone()));
+        d.insert("PushMagic".into(), self.push_magic.clone().into());
+        if user.is_none() {
+            d.insert("UnlockToken".into(), Value::Data(b"unlock-token-bytes".to_vec()));
+            d.insert("AwaitingConfiguration".into(), Value::Boolean(false));
+        }
+        to_xml(d)
+    }
+
+    pub fn checkout_message(&self) -> Vec<u8> {
+        let mut d = base("CheckOut", &self.udid, None);
+        d.insert("Topic".into(), self.topic.clone().into());
+        to_xml(d)
+    }
+
+    /// Any other check-in message, with extra keys.
+    pub fn checkin_message(&self, message_type: &str, user: Option<&UserChannel>, extra: Dictionary) -> Vec<u8> {
+        let mut d = base(message_type, &self.udid, user);
+        for (k, v) in extra {
+            d.insert(k, v);
+        }
+        to_xml(d)
+    }
+
+    /// A command report. `extra` carries the command's answer keys.
+    pub fn report_message(&self, status: &str, command_uuid: Option<&str>, user: Option<&UserChannel>, extra: Dictionary) -> Vec<u8> {
+        let mut d = Dictionary::new();
+        d.insert("UDID".into(), self.udid.clone().into());
+        if let Some(u) = user {
+            d.insert("UserID".into(), u.user_id.clone().into());
+        }
+        d.insert("Status".into(), status.into());
+        if let Some(uuid) = command_uuid {
+            d.insert("CommandUUID".into(), uuid.into());
+        }
+        for (k, v) in extra {
+            d.insert(k, v);
+        }
+        to_xml(d)
+    }
+
+    /// The `Mdm-Signature` header value for `body`.
+    pub fn sign(&self, body: &[u8]) -> Result<String, DeviceError> {
+        Ok(mdm_certs::sign_detached(&self.cert, &self.key, body)?)
+    }
+
+    async fn put(&self, path: &str, content_type: &str, body: Vec<u8>) -> Result<Reply, DeviceError> {
+        let mut req = self.client.put(format!("{}{path}", self.base_url)).header("Content-Type", content_type);
+        if self.mode == IdentityMode::SignMessages {
+            req = req.header("Mdm-Signature", self.sign(&body)?);
+        }
+        let resp = req.body(body).send().await?;
+        let status = resp.status().as_u16();
+        Ok(Reply { status, body: resp.bytes().await? })
+    }
+
+    pub async fn send_checkin(&self, body: Vec<u8>) -> Result<Reply, DeviceError> {
+        self.put("/mdm", CHECKIN_TYPE, body).await
+    }
+
+    pub async fn send_report(&self, body: Vec<u8>) -> Result<Reply, DeviceError> {
+        self.put("/mdm", REPORT_TYPE, body).await
+    }
+
+    fn expect_ok(reply: Reply) -> Result<Reply, DeviceError> {
+        if reply.status == 200 {
+            Ok(reply)
+        } else {
+            Err(DeviceError::Status { status: reply.status, body: String::from_utf8_lossy(&reply.body).into_owned() })
+        }
+    }
+
+    /// Authenticate then TokenUpdate, as after installing an enrollment profile.
+    pub async fn enroll(&self) -> Result<(), DeviceError> {
+        Self::expect_ok(self.send_checkin(self.authenticate_message()).await?)?;
+        Self::expect_ok(self.send_checkin(self.token_update_message(None)).await?)?;
+        Ok(())
+    }
+
+    /// One MDM session as after a push: Idle, then answer each command with `choose(request_type)`
+    /// giving the Status to report ("Acknowledged", "Error", "NotNow"), until the gateway has
+    /// nothing more. Returns the (CommandUUID, RequestType, Status) handled, in order.
+    pub async fn session(&self, mut choose: impl FnMut(&str) -> &'static str) -> Result<Vec<(String, String, String)>, DeviceError> {
+        let mut handled = Vec::new();
+        let mut reply = Self::expect_ok(self.send_report(self.report_message("Idle", None, None, Dictionary::new())).await?)?;
+        // A session can never be longer than the queue; the bound stops a broken server looping us.
+        for _ in 0..10_000 {
+            if reply.body.is_empty() {
+                return Ok(handled);
+            }
+            let cmd: Dictionary = plist::from_bytes(&reply.body).map_err(|e| DeviceError::BadCommand(e.to_string()))?;
+            let uuid = cmd.get("CommandUUID").and_then(Value::as_string).unwrap_or_default().to_owned();
+            let inner = cmd.get("Command").and_then(Value::as_dictionary).cloned().unwrap_or_default();
+            let request_type = inner.get("RequestType").and_then(Value::as_string).unwrap_or_default().to_owned();
+            let status = choose(&request_type);
+            let extra = match status {
+                "Acknowledged" => answer_for(&request_type, &inner, self),
+                "Error" => {
+                    let mut e = Dictionary::new();
+                    e.insert("ErrorCode".into(), Value::Integer(12021.into()));
+                    e.insert("ErrorDomain".into(), "MCMDMErrorDomain".into());
+                    e.insert("LocalizedDescription".into(), "Emulated failure".into());
+                    e.insert("USEnglishDescription".into(), "Emulated failure".into());
+                    let mut d = Dictionary::new();
+                    d.insert("ErrorChain".into(), Value::Array(vec![Value::Dictionary(e)]));
+                    d
+                }
+                _ => Dictionary::new(),
+            };
+            handled.push((uuid.clone(), request_type, status.to_owned()));
+            reply = Self::expect_ok(self.send_report(self.report_message(status, Some(&uuid), None, extra)).await?)?;
+        }
+        Err(DeviceError::BadCommand("session did not end after 10000 commands".into()))
+    }
+}

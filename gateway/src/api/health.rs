@@ -1,0 +1,46 @@
+//! `/healthz` (the process runs), `/readyz` (it can serve: store reachable, not draining) and
+//! `/metrics` (Prometheus text).
+
+use std::sync::atomic::Ordering;
+
+use http::StatusCode;
+use serde_json::json;
+
+use crate::AppState;
+use crate::http_util::{Reply, json, text, with_type};
+use crate::telemetry;
+
+pub(super) fn healthz() -> Reply {
+    text(StatusCode::OK, "ok\n")
+}
+
+/// Ready when the store answers and the gateway is not draining. Sinks are reported but do not
+/// make the gateway unready: their events wait in the log, and devices should keep being served.
+pub(super) async fn readyz(state: &AppState) -> Reply {
+    let store = state.store.ping().await;
+    let draining = state.draining.load(Ordering::SeqCst);
+    let sinks: Vec<_> = state
+        .sinks
+        .iter()
+        .map(|s| json!({ "name": s.name, "failing": s.failing(), "cursor": s.cursor() }))
+        .collect();
+    let ready = store.is_ok() && !draining;
+    let body = json!({
+        "ready": ready,
+        "store": match &store { Ok(()) => "ok".to_owned(), Err(e) => e.to_string() },
+        "event_log": if store.is_ok() { "ok" } else { "unavailable" },
+        "draining": draining,
+        "sinks": sinks,
+    });
+    json(if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, &body)
+}
+
+pub(super) async fn metrics(state: &AppState) -> Reply {
+    let now = state.clock.unix();
+    if let Ok(certs) = state.store.push_certs().await {
+        for c in certs {
+            metrics::gauge!(telemetry::PUSH_CERT_EXPIRY, "topic" => c.topic.clone()).set((c.not_after - now) as f64);
+        }
+    }
+    with_type(StatusCode::OK, "text/plain; version=0.0.4", state.metrics.render())
+}

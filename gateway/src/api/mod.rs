@@ -1,0 +1,100 @@
+//! The backend API (CONTRACT §3): normalised commands, devices, the event log, NanoMDM-compatible
+//! endpoints, health and metrics. Plain HTTP on its own listener; every `/v1` route needs the
+//! API key (Bearer, or Basic with user `nanomdm`).
+
+mod auth;
+mod commands;
+mod devices;
+mod events;
+mod health;
+mod nanomdm;
+
+use std::sync::Arc;
+
+use http::{Method, Request, StatusCode};
+use hyper::body::Incoming;
+use percent_encoding::percent_decode_str;
+
+use crate::AppState;
+use crate::http_util::{BodyError, Reply, json_error, read_body};
+use crate::server::Handler;
+use crate::telemetry;
+
+pub fn handler(state: Arc<AppState>) -> Handler {
+    Arc::new(move |req, _conn| {
+        let state = state.clone();
+        Box::pin(async move {
+            let (route, reply) = route(&state, req).await;
+            metrics::counter!(telemetry::API_REQUESTS, "route" => route, "code" => reply.status().as_str().to_owned()).increment(1);
+            reply
+        })
+    })
+}
+
+fn segments(path: &str) -> Vec<String> {
+    path.trim_matches('/').split('/').map(|s| percent_decode_str(s).decode_utf8_lossy().into_owned()).collect()
+}
+
+async fn route(state: &Arc<AppState>, req: Request<Incoming>) -> (&'static str, Reply) {
+    let path = req.uri().path().to_owned();
+    let query = req.uri().query().unwrap_or("").to_owned();
+    let method = req.method().clone();
+    let segs = segments(&path);
+    let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
+
+    // Unauthenticated operational endpoints.
+    match (&method, segs.as_slice()) {
+        (&Method::GET, ["healthz"]) => return ("healthz", health::healthz()),
+        (&Method::GET, ["readyz"]) => return ("readyz", health::readyz(state).await),
+        (&Method::GET, ["metrics"]) => return ("metrics", health::metrics(state).await),
+        _ => {}
+    }
+    if segs.first() != Some(&"v1") {
+        return ("unknown", json_error(StatusCode::NOT_FOUND, "not_found", "no such endpoint"));
+    }
+    if let Err(reply) = auth::check(state, req.headers()) {
+        return ("unauthorized", reply);
+    }
+    let (parts, body) = req.into_parts();
+    let limit = state.config.api.max_body_bytes;
+    let body = || async move {
+        read_body(&parts.headers, body, limit).await.map_err(|e| match e {
+            BodyError::TooLarge { .. } => json_error(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", &e.to_string()),
+            BodyError::Read(_) => json_error(StatusCode::BAD_REQUEST, "body_unreadable", &e.to_string()),
+        })
+    };
+    match (&method, &segs[1..]) {
+        (&Method::POST, ["commands"]) => ("commands.create", match body().await {
+            Ok(b) => commands::create(state, &b).await,
+            Err(r) => r,
+        }),
+        (&Method::GET, ["commands", id]) => ("commands.get", commands::get(state, id, &query).await),
+        (&Method::GET, ["devices"]) => ("devices.list", devices::list(state, &query).await),
+        (&Method::GET, ["devices", id]) => ("devices.get", devices::get(state, id).await),
+        (&Method::GET, ["events"]) => ("events", events::list(state, &query).await),
+        (&Method::PUT, ["enqueue", ids]) => ("nanomdm.enqueue", match body().await {
+            Ok(b) => nanomdm::enqueue(state, ids, &b, &query).await,
+            Err(r) => r,
+        }),
+        (&Method::GET | &Method::POST, ["push", ids]) => ("nanomdm.push", nanomdm::push(state, ids).await),
+        (&Method::PUT, ["pushcert"]) => ("nanomdm.pushcert.put", match body().await {
+            Ok(b) => nanomdm::put_pushcert(state, &b).await,
+            Err(r) => r,
+        }),
+        (&Method::GET, ["pushcert"]) => ("nanomdm.pushcert.get", nanomdm::get_pushcert(state, &query).await),
+        (_, ["commands"] | ["commands", _] | ["devices"] | ["devices", _] | ["events"] | ["enqueue", _] | ["push", _] | ["pushcert"]) => {
+            ("method_not_allowed", json_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this endpoint"))
+        }
+        _ => ("unknown", json_error(StatusCode::NOT_FOUND, "not_found", "no such endpoint")),
+    }
+}
+
+/// Store failures seen by the API: 503, so clients retry.
+fn store_error(e: crate::store::StoreError) -> Reply {
+    tracing::error!(error = %e, "store error in API");
+    json_error(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", "the store could not complete the request; retry")
+}
+
+fn rfc3339(unix: i64) -> Option<String> {
+    time::OffsetDateTime::from_unix_timestamp(unix).ok()?.format(&time::format_description::well_known::Rfc3339).ok()
+}

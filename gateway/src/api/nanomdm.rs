@@ -1,0 +1,253 @@
+//! NanoMDM-compatible endpoints: `/v1/enqueue`, `/v1/push`, `/v1/pushcert`. Replies have
+//! NanoMDM's shape and status rule: 200 when every id succeeded, 207 when some did, 500 when
+//! none did or the request as a whole failed (a command plist that does not decode included,
+//! as NanoMDM does).
+
+use std::collections::BTreeMap;
+
+use http::StatusCode;
+use mdm_core::{DeviceId, EventType, Platform};
+use serde::Serialize;
+use serde_json::json;
+
+use super::rfc3339;
+use crate::AppState;
+use crate::http_util::{Reply, json};
+use crate::store::{EnrollmentState, NewCommand, PushCert};
+use crate::telemetry;
+
+#[derive(Debug, Default, Serialize)]
+struct EnrollmentResult {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    push_error: Option<String>,
+    #[serde(rename = "push_result", skip_serializing_if = "Option::is_none")]
+    push_id: Option<String>,
+    #[serde(rename = "command_error", skip_serializing_if = "Option::is_none")]
+    enqueue_error: Option<String>,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct ApiResult {
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    status: BTreeMap<String, EnrollmentResult>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    no_push: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    push_error: Option<String>,
+    #[serde(rename = "command_error", skip_serializing_if = "Option::is_none")]
+    enqueue_error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    command_uuid: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request_type: Option<String>,
+}
+
+impl ApiResult {
+    /// NanoMDM's rule: any top-level error or all ids failing is 500; some is 207; none is 200.
+    fn code(&self, ids: usize) -> StatusCode {
+        if self.push_error.is_some() || self.enqueue_error.is_some() {
+            return StatusCode::INTERNAL_SERVER_ERROR;
+        }
+        let failed = self.status.values().filter(|r| r.push_error.is_some() || r.enqueue_error.is_some()).count();
+        match failed {
+            0 => StatusCode::OK,
+            n if n < ids => StatusCode::MULTI_STATUS,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn reply(self, ids: usize) -> Reply {
+        let code = self.code(ids);
+        json(code, &self)
+    }
+}
+
+fn split_ids(ids: &str) -> Vec<String> {
+    ids.split(',').filter(|s| !s.is_empty()).map(str::to_owned).collect()
+}
+
+pub(super) async fn enqueue(state: &AppState, ids: &str, body: &[u8], query: &str) -> Reply {
+    let ids = split_ids(ids);
+    let no_push = serde_urlencoded::from_str::<BTreeMap<String, String>>(query)
+        .map(|q| q.get("nopush").is_some_and(|v| !v.is_empty()))
+        .unwrap_or(false);
+    let mut result = ApiResult { no_push, ..ApiResult::default() };
+    let command = match mdm_apple::parse_command_plist(body) {
+        Ok(c) => c,
+        Err(e) => {
+            result.enqueue_error = Some(format!("decoding command: {e}"));
+            return result.reply(ids.len());
+        }
+    };
+    result.command_uuid = Some(command.command_uuid.clone());
+    result.request_type = Some(command.request_type.clone());
+    let now = state.clock.unix();
+    let mut new = Vec::new();
+    let mut events = Vec::new();
+    for id in &ids {
+        let entry = result.status.entry(id.clone()).or_default();
+        let device = match DeviceId::new(Platform::Apple, &id.split(':').collect::<Vec<_>>()) {
+            Ok(d) => d,
+            Err(e) => {
+                entry.enqueue_error = Some(format!("invalid enrollment id: {e}"));
+                continue;
+            }
+        };
+        match state.store.enrollment(&device).await {
+            Ok(Some(e)) if e.state != EnrollmentState::Unenrolled => {}
+            Ok(_) => {
+                entry.enqueue_error = Some("no such enrollment".into());
+                continue;
+            }
+            Err(e) => {
+                entry.enqueue_error = Some(format!("store: {e}"));
+                continue;
+            }
+        }
+        events.push(state.events.event(
+            EventType::COMMAND_QUEUED,
+            &device,
+            Some(&command.command_uuid),
+            json!({ "type": "raw", "request_type": command.request_type, "via": "nanomdm" }),
+        ));
+        new.push(NewCommand {
+            command_id: command.command_uuid.clone(),
+            device_id: device,
+            request_type: command.request_type.clone(),
+            normalised: None,
+            payload: command.plist.clone(),
+            priority: 0,
+            expires_at: None,
+            idempotency_key: None,
+            created_at: now,
+        });
+    }
+    if !new.is_empty() {
+        if let Err(e) = state.store.enqueue(&new, &events).await {
+            result.enqueue_error = Some(e.to_string());
+            return result.reply(ids.len());
+        }
+        metrics::counter!(telemetry::COMMANDS_QUEUED, "platform" => "apple").increment(new.len() as u64);
+    }
+    if !no_push {
+        let targets: Vec<String> = new.iter().map(|c| c.device_id.native().to_owned()).collect();
+        push_into(state, &targets, &mut result).await;
+    }
+    result.reply(ids.len())
+}
+
+pub(super) async fn push(state: &AppState, ids: &str) -> Reply {
+    let ids = split_ids(ids);
+    let mut result = ApiResult::default();
+    push_into(state, &ids, &mut result).await;
+    result.reply(ids.len())
+}
+
+/// Records, per id, why the device could not be woken. APNs delivery itself arrives with the
+/// push issue; until then every push reports a clear per-id error and nothing pretends to work.
+async fn push_into(state: &AppState, ids: &[String], result: &mut ApiResult) {
+    let certs = state.store.push_certs().await.unwrap_or_default();
+    for id in ids {
+        let entry = result.status.entry(id.clone()).or_default();
+        let device = match DeviceId::new(Platform::Apple, &id.split(':').collect::<Vec<_>>()) {
+            Ok(d) => d,
+            Err(e) => {
+                entry.push_error = Some(format!("invalid enrollment id: {e}"));
+                continue;
+            }
+        };
+        let error = match state.store.enrollment(&device).await {
+            Ok(Some(e)) => match &e.push {
+                None => "enrollment has no push token (no TokenUpdate yet)".to_owned(),
+                Some(p) if !certs.iter().any(|c| c.topic == p.topic) => format!("no push certificate for topic {}", p.topic),
+                Some(_) => "APNs delivery is not enabled in this build".to_owned(),
+            },
+            Ok(None) => "no such enrollment".to_owned(),
+            Err(e) => format!("store: {e}"),
+        };
+        entry.push_error = Some(error);
+    }
+}
+
+/// `PUT /v1/pushcert`: PEM certificate and unencrypted PEM key, in either order.
+pub(super) async fn put_pushcert(state: &AppState, body: &[u8]) -> Reply {
+    let fail = |topic: Option<String>, not_after: Option<String>, e: String| {
+        tracing::info!(error = %e, "push certificate refused");
+        json(StatusCode::INTERNAL_SERVER_ERROR, &json!({ "error": e, "topic": topic, "not_after": not_after }))
+    };
+    let parsed = match parse_push_cert(body) {
+        Ok(p) => p,
+        Err(e) => return fail(None, None, e),
+    };
+    let record = PushCert {
+        topic: parsed.topic.clone(),
+        cert_pem: parsed.cert_pem,
+        key_pem: parsed.key_pem,
+        not_after: parsed.not_after,
+        updated_at: state.clock.unix(),
+    };
+    if let Err(e) = state.store.save_push_cert(&record).await {
+        return fail(Some(record.topic), rfc3339(record.not_after), e.to_string());
+    }
+    tracing::info!(topic = %record.topic, "push certificate stored");
+    json(StatusCode::OK, &json!({ "topic": record.topic, "not_after": rfc3339(record.not_after) }))
+}
+
+pub(super) async fn get_pushcert(state: &AppState, query: &str) -> Reply {
+    let topic = serde_urlencoded::from_str::<BTreeMap<String, String>>(query).ok().and_then(|q| q.get("topic").cloned());
+    let mut certs = match state.store.push_certs().await {
+        Ok(c) => c,
+        Err(e) => return super::store_error(e),
+    };
+    certs.sort_by_key(|c| std::cmp::Reverse(c.updated_at));
+    let chosen = match &topic {
+        Some(t) => certs.iter().find(|c| &c.topic == t),
+        None => certs.first(),
+    };
+    let Some(chosen) = chosen else {
+        return json(StatusCode::NOT_FOUND, &json!({ "error": "no push certificate stored" }));
+    };
+    let all: Vec<_> = certs.iter().map(|c| json!({ "topic": c.topic, "not_after": rfc3339(c.not_after) })).collect();
+    json(StatusCode::OK, &json!({ "topic": chosen.topic, "not_after": rfc3339(chosen.not_after), "push_certs": all }))
+}
+
+struct ParsedPushCert {
+    topic: String,
+    cert_pem: String,
+    key_pem: String,
+    not_after: i64,
+}
+
+/// The topic is the certificate subject's UID; Apple MDM topics start with `com.apple.mgmt`.
+fn parse_push_cert(body: &[u8]) -> Result<ParsedPushCert, String> {
+    let text = std::str::from_utf8(body).map_err(|_| "body is not PEM text".to_owned())?;
+    // Blocks concatenated without a newline (`cat cert key` of files lacking one) still count.
+    let text = text.replace("----------", "-----\n-----");
+    let cert = openssl::x509::X509::from_pem(text.as_bytes()).map_err(|_| "no CERTIFICATE block in body".to_owned())?;
+    let key_start = text.match_indices("-----BEGIN ").map(|(i, _)| i).find(|&i| {
+        let line = text[i..].lines().next().unwrap_or("");
+        line.trim_end().ends_with("PRIVATE KEY-----")
+    });
+    if text.contains("ENCRYPTED") {
+        return Err("private key PEM appears to be encrypted".into());
+    }
+    let key_pem = key_start.map(|i| &text[i..]).ok_or_else(|| "no PRIVATE KEY block in body".to_owned())?;
+    let key = openssl::pkey::PKey::private_key_from_pem(key_pem.as_bytes()).map_err(|e| format!("private key does not parse: {e}"))?;
+    let cert_key = cert.public_key().map_err(|e| format!("certificate key: {e}"))?;
+    if !cert_key.public_eq(&key) {
+        return Err("private key does not match certificate".into());
+    }
+    let topic = cert
+        .subject_name()
+        .entries_by_nid(openssl::nid::Nid::USERID)
+        .next()
+        .and_then(|e| e.data().to_string().ok())
+        .ok_or_else(|| "certificate has no UID (topic) in its subject".to_owned())?;
+    if !topic.starts_with("com.apple.mgmt") {
+        return Err(format!("topic {topic:?} is not an MDM topic (must start with com.apple.mgmt)"));
+    }
+    let not_after = crate::pki::not_after_unix(&cert).ok_or_else(|| "certificate notAfter unreadable".to_owned())?;
+    let cert_pem = String::from_utf8(cert.to_pem().map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+    let key_pem = String::from_utf8(key.private_key_to_pem_pkcs8().map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+    Ok(ParsedPushCert { topic, cert_pem, key_pem, not_after })
+}

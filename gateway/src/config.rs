@@ -1,0 +1,359 @@
+//! Configuration: plain data, read from TOML, the environment and flags, validated before any
+//! port is bound. Bad configuration is reported with the key that is wrong (exit code 64).
+//!
+//! Precedence, lowest first: built-in defaults, the TOML file (`--config`), environment variables
+//! (`MDM_GATEWAY_<SECTION>__<KEY>`, e.g. `MDM_GATEWAY_DEVICE__LISTEN`), command-line flags.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+/// The environment variable prefix; nested keys are separated by `__`.
+pub const ENV_PREFIX: &str = "MDM_GATEWAY_";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Directory for the SQLite database, the development CA and the generated secrets.
+    pub data_dir: PathBuf,
+    /// The URL devices use to reach the device listener; written into profiles and discovery.
+    pub public_url: String,
+    /// `text` or `json` log lines.
+    pub log_format: LogFormat,
+    pub device: DeviceConfig,
+    pub api: ApiConfig,
+    pub apple: AppleConfig,
+    pub store: StoreConfig,
+    pub events: EventsConfig,
+    /// Optional webhook sink.
+    pub webhook: Option<WebhookConfig>,
+    pub shutdown: ShutdownConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeviceConfig {
+    /// Address of the device listener (TLS).
+    pub listen: SocketAddr,
+    /// PEM server certificate chain; generated from the development CA when absent.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// Largest request body accepted from a device, in bytes; larger ones get 413.
+    pub max_body_bytes: usize,
+    /// Networks of load balancers allowed to pass a client certificate in a header.
+    pub trusted_proxies: Vec<IpNet>,
+    /// The header a trusted proxy puts the client certificate in: `Client-Cert` (RFC 9440,
+    /// `:base64 DER:`) or any other name, read as nginx's URL-escaped PEM.
+    pub client_cert_header: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Address of the backend API listener (plain HTTP; put it on a private network).
+    pub listen: SocketAddr,
+    /// File holding the API key; `<data_dir>/api-key` (generated) when absent.
+    pub api_key_file: Option<PathBuf>,
+    /// Longest `wait` accepted by the `/v1/events` long poll, in seconds.
+    pub max_wait_s: u64,
+    /// Largest API request body, in bytes.
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AppleConfig {
+    /// Extra PEM CA files whose certificates are accepted as device identities.
+    pub device_ca: Vec<PathBuf>,
+    /// Allow an enrolled device to present a new identity certificate (same subject, chained
+    /// to a trusted CA, not bound to another enrollment) and rebind to it. Off by default: a
+    /// certificate change otherwise means re-enrollment through Authenticate.
+    pub allow_cert_renewal: bool,
+    /// At most one `device.checked_in` event per device per this many seconds (0: every report).
+    pub checked_in_event_interval_s: u64,
+    /// `last_seen` is written at most this often per device, in seconds.
+    pub last_seen_resolution_s: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `sqlite://PATH`; `<data_dir>/gateway.db` when absent.
+    pub url: Option<String>,
+    /// Connections for concurrent reads.
+    pub read_connections: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsConfig {
+    /// Largest page of `/v1/events`.
+    pub max_page: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// Where events are POSTed.
+    pub url: String,
+    /// `event` (this gateway's JSON) or `micromdm` (the MicroMDM-compatible shape).
+    #[serde(default = "WebhookConfig::default_format")]
+    pub format: WebhookFormat,
+    /// File holding a secret; when set, each POST carries `X-Hmac-Signature`, the base64
+    /// HMAC-SHA256 of the body.
+    #[serde(default)]
+    pub hmac_secret_file: Option<PathBuf>,
+    /// Per-request timeout in milliseconds.
+    #[serde(default = "WebhookConfig::default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Longest wait between retries of a failing delivery, in milliseconds.
+    #[serde(default = "WebhookConfig::default_max_backoff_ms")]
+    pub max_backoff_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WebhookFormat {
+    Event,
+    Micromdm,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    /// Seconds given to in-flight requests and sinks after SIGTERM.
+    pub grace_period_s: u64,
+}
+
+impl WebhookConfig {
+    fn default_format() -> WebhookFormat {
+        WebhookFormat::Event
+    }
+    fn default_timeout_ms() -> u64 {
+        10_000
+    }
+    fn default_max_backoff_ms() -> u64 {
+        60_000
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("./mdm-data"),
+            public_url: "https://localhost:8443".into(),
+            log_format: LogFormat::Text,
+            device: DeviceConfig::default(),
+            api: ApiConfig::default(),
+            apple: AppleConfig::default(),
+            store: StoreConfig::default(),
+            events: EventsConfig::default(),
+            webhook: None,
+            shutdown: ShutdownConfig::default(),
+        }
+    }
+}
+
+impl Default for DeviceConfig {
+    fn default() -> Self {
+        DeviceConfig {
+            listen: "127.0.0.1:8443".parse().expect("literal address"),
+            tls_cert: None,
+            tls_key: None,
+            max_body_bytes: 4 * 1024 * 1024,
+            trusted_proxies: Vec::new(),
+            client_cert_header: "Client-Cert".into(),
+        }
+    }
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            listen: "127.0.0.1:8080".parse().expect("literal address"),
+            api_key_file: None,
+            max_wait_s: 60,
+            max_body_bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
+impl Default for AppleConfig {
+    fn default() -> Self {
+        AppleConfig {
+            device_ca: Vec::new(),
+            allow_cert_renewal: false,
+            checked_in_event_interval_s: 300,
+            last_seen_resolution_s: 60,
+        }
+    }
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig { url: None, read_connections: 4 }
+    }
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        EventsConfig { max_page: 1000 }
+    }
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig { grace_period_s: 30 }
+    }
+}
+
+/// A configuration problem, always naming the key.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {key}: {message}")]
+pub struct ConfigError {
+    pub key: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(key: &str, message: impl Into<String>) -> Self {
+        ConfigError { key: key.to_owned(), message: message.into() }
+    }
+}
+
+/// Values given as command-line flags; `None` leaves the lower layers alone.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Overrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device_listen: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_listen: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub device_ca: Vec<PathBuf>,
+}
+
+impl Config {
+    /// Reads defaults, then `file`, then the environment, then `flags`, and validates the result.
+    pub fn load(file: Option<&Path>, flags: &Overrides) -> Result<Config, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.is_file() {
+                return Err(ConfigError::new("--config", format!("{} is not a readable file", path.display())));
+            }
+            fig = fig.merge(Toml::file(path));
+        }
+        fig = fig.merge(Env::prefixed(ENV_PREFIX).split("__").lowercase(true));
+        let mut layered = serde_json::Map::new();
+        if let Some(d) = &flags.data_dir {
+            layered.insert("data_dir".into(), d.display().to_string().into());
+        }
+        if let Some(u) = &flags.public_url {
+            layered.insert("public_url".into(), u.clone().into());
+        }
+        let mut device = serde_json::Map::new();
+        if let Some(l) = &flags.device_listen {
+            device.insert("listen".into(), l.clone().into());
+        }
+        if !device.is_empty() {
+            layered.insert("device".into(), device.into());
+        }
+        if let Some(l) = &flags.api_listen {
+            layered.insert("api".into(), serde_json::json!({ "listen": l }));
+        }
+        fig = fig.merge(Serialized::defaults(serde_json::Value::Object(layered)));
+        let mut config: Config = fig.extract().map_err(|e| {
+            let key = e.path.join(".");
+            let key = if key.is_empty() { "(top level)".to_owned() } else { key };
+            ConfigError::new(&key, e.kind.to_string())
+        })?;
+        // Repeatable --device-ca adds to, rather than replaces, the configured list.
+        config.apple.device_ca.extend(flags.device_ca.iter().cloned());
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values serde cannot: URLs, files that must exist, ranges.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let uri: http::Uri = self
+            .public_url
+            .parse()
+            .map_err(|e| ConfigError::new("public_url", format!("not a URL: {e}")))?;
+        if uri.scheme_str() != Some("https") || uri.host().is_none() {
+            return Err(ConfigError::new("public_url", "must be an https:// URL with a host"));
+        }
+        if self.device.tls_cert.is_some() != self.device.tls_key.is_some() {
+            return Err(ConfigError::new("device.tls_cert", "tls_cert and tls_key must be set together"));
+        }
+        for (key, path) in [("device.tls_cert", &self.device.tls_cert), ("device.tls_key", &self.device.tls_key)] {
+            if let Some(p) = path {
+                if !p.is_file() {
+                    return Err(ConfigError::new(key, format!("{} does not exist", p.display())));
+                }
+            }
+        }
+        if self.device.max_body_bytes < 1024 {
+            return Err(ConfigError::new("device.max_body_bytes", "must be at least 1024"));
+        }
+        if http::HeaderName::from_bytes(self.device.client_cert_header.as_bytes()).is_err() {
+            return Err(ConfigError::new("device.client_cert_header", "not a valid header name"));
+        }
+        for p in &self.apple.device_ca {
+            if !p.is_file() {
+                return Err(ConfigError::new("apple.device_ca", format!("{} does not exist", p.display())));
+            }
+        }
+        if let Some(url) = &self.store.url {
+            if !url.starts_with("sqlite:") {
+                return Err(ConfigError::new("store.url", "only sqlite:// is supported by this build"));
+            }
+        }
+        if self.store.read_connections == 0 {
+            return Err(ConfigError::new("store.read_connections", "must be at least 1"));
+        }
+        if self.events.max_page == 0 {
+            return Err(ConfigError::new("events.max_page", "must be at least 1"));
+        }
+        if let Some(w) = &self.webhook {
+            let u: http::Uri =
+                w.url.parse().map_err(|e| ConfigError::new("webhook.url", format!("not a URL: {e}")))?;
+            if !matches!(u.scheme_str(), Some("http" | "https")) || u.host().is_none() {
+                return Err(ConfigError::new("webhook.url", "must be an http:// or https:// URL"));
+            }
+            if let Some(p) = &w.hmac_secret_file {
+                if !p.is_file() {
+                    return Err(ConfigError::new("webhook.hmac_secret_file", format!("{} does not exist", p.display())));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Host name of the public URL, for the generated server certificate.
+    pub fn public_host(&self) -> String {
+        let uri: http::Uri = self.public_url.parse().expect("validated");
+        uri.host().unwrap_or("localhost").trim_matches(|c| c == '[' || c == ']').to_owned()
+    }
+
+    pub fn store_url(&self) -> String {
+        self.store
+            .url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("gateway.db").display()))
+    }
+}

@@ -1,0 +1,206 @@
+//! The MDM protocol gateway runtime: the only crate of the workspace that does IO.
+//!
+//! It binds the device listener (TLS) and the backend API listener, verifies device identities,
+//! runs the protocol crates' logic against the store, and relays the event log to sinks.
+//! Protocol rules live in `protocols/*`; certificate logic lives in `mdm-certs`.
+
+pub mod api;
+pub mod clock;
+pub mod config;
+pub mod events;
+pub mod expiry;
+pub mod http_util;
+pub mod identity;
+pub mod pki;
+pub mod server;
+pub mod shutdown;
+pub mod sinks;
+pub mod sources;
+pub mod store;
+pub mod telemetry;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+
+use crate::clock::{Clock, SystemClock};
+use crate::config::Config;
+use crate::events::EventFactory;
+use crate::identity::IdentityVerifier;
+use crate::sinks::SinkHealth;
+use crate::store::{SqliteStore, Store};
+
+/// Shared, read-mostly state of a running gateway.
+#[derive(Debug)]
+pub struct AppState {
+    pub config: Config,
+    pub store: Arc<dyn Store>,
+    /// Woken after every commit that appended events.
+    pub notify: Arc<Notify>,
+    pub identity: IdentityVerifier,
+    pub api_key: String,
+    pub clock: Arc<dyn Clock>,
+    pub events: EventFactory,
+    pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+    pub shutdown: watch::Receiver<bool>,
+    pub draining: AtomicBool,
+    pub sinks: Vec<Arc<SinkHealth>>,
+}
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error("data directory: {0}")]
+    Pki(#[from] pki::PkiError),
+    #[error("store: {0}")]
+    Store(#[from] store::StoreError),
+    #[error("TLS: {0}")]
+    Tls(#[from] tls::TlsSetupError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("{0}")]
+    Other(String),
+}
+
+impl StartError {
+    /// 64 for configuration problems, 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            StartError::Config(_) => 64,
+            _ => 1,
+        }
+    }
+}
+
+/// A running gateway.
+#[derive(Debug)]
+pub struct Gateway {
+    pub device_addr: SocketAddr,
+    pub api_addr: SocketAddr,
+    pub state: Arc<AppState>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    relays: Vec<JoinHandle<()>>,
+}
+
+impl Gateway {
+    pub async fn start(config: Config) -> Result<Gateway, StartError> {
+        Gateway::start_with_clock(config, Arc::new(SystemClock)).await
+    }
+
+    pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<Gateway, StartError> {
+        config.validate()?;
+        let now = clock.unix();
+        let data = pki::open(&config.data_dir, &config.public_host(), now)?;
+
+        let mut anchors = vec![data.ca.clone()];
+        for path in &config.apple.device_ca {
+            let pem = std::fs::read(path).map_err(|e| config::ConfigError { key: "apple.device_ca".into(), message: format!("{}: {e}", path.display()) })?;
+            let certs = mdm_certs::TrustAnchors::from_pem_bundle(&pem)
+                .map_err(|e| config::ConfigError { key: "apple.device_ca".into(), message: format!("{}: {e}", path.display()) })?;
+            anchors.extend(certs);
+        }
+        let header = http::HeaderName::from_bytes(config.device.client_cert_header.as_bytes())
+            .map_err(|e| config::ConfigError { key: "device.client_cert_header".into(), message: e.to_string() })?;
+        let identity = IdentityVerifier::new(mdm_certs::TrustAnchors::new(anchors), config.device.trusted_proxies.clone(), header);
+
+        let api_key = match &config.api.api_key_file {
+            Some(p) => pki::read_secret(p)?,
+            None => data.api_key.clone(),
+        };
+
+        let (tls_chain, tls_key) = match (&config.device.tls_cert, &config.device.tls_key) {
+            (Some(c), Some(k)) => (
+                std::fs::read(c).map_err(|e| StartError::Other(format!("{}: {e}", c.display())))?,
+                std::fs::read(k).map_err(|e| StartError::Other(format!("{}: {e}", k.display())))?,
+            ),
+            _ => (data.server_chain_pem.clone(), data.server_key_pem.clone()),
+        };
+        let tls = tls::device_server_config(&tls_chain, &tls_key)?;
+
+        let sqlite = SqliteStore::open(&config.store_url(), config.store.read_connections).await?;
+        let notify = sqlite.notifier();
+        let store: Arc<dyn Store> = Arc::new(sqlite);
+
+        let device_listener = TcpListener::bind(config.device.listen)
+            .await
+            .map_err(|source| StartError::Bind { addr: config.device.listen, source })?;
+        let api_listener = TcpListener::bind(config.api.listen)
+            .await
+            .map_err(|source| StartError::Bind { addr: config.api.listen, source })?;
+        let device_addr = device_listener.local_addr().map_err(|source| StartError::Bind { addr: config.device.listen, source })?;
+        let api_addr = api_listener.local_addr().map_err(|source| StartError::Bind { addr: config.api.listen, source })?;
+
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let mut sink_health = Vec::new();
+        let webhook = match &config.webhook {
+            Some(w) => {
+                let secret = match &w.hmac_secret_file {
+                    Some(p) => Some(pki::read_secret(p)?),
+                    None => None,
+                };
+                let health = Arc::new(SinkHealth::new("webhook"));
+                sink_health.push(health.clone());
+                Some((sinks::webhook::WebhookSink::new(w.clone(), secret).map_err(StartError::Other)?, health))
+            }
+            None => None,
+        };
+
+        let state = Arc::new(AppState {
+            events: EventFactory::new(clock.clone()),
+            config,
+            store,
+            notify,
+            identity,
+            api_key,
+            clock,
+            metrics: telemetry::metrics_handle(),
+            shutdown: shutdown_rx.clone(),
+            draining: AtomicBool::new(false),
+            sinks: sink_health,
+        });
+
+        let grace = Duration::from_secs(state.config.shutdown.grace_period_s);
+        let mut tasks = Vec::new();
+        let device_handler = sources::device_handler(state.clone());
+        tasks.push(tokio::spawn(server::serve(device_listener, Some(tls), device_handler, shutdown_rx.clone(), grace, "device")));
+        let api_handler = api::handler(state.clone());
+        tasks.push(tokio::spawn(server::serve(api_listener, None, api_handler, shutdown_rx.clone(), grace, "api")));
+        tasks.push(tokio::spawn(expiry::run(state.clone(), shutdown_rx.clone())));
+
+        let mut relays = Vec::new();
+        if let Some((sink, health)) = webhook {
+            relays.push(tokio::spawn(sinks::relay(state.clone(), Arc::new(sink), health, shutdown_rx.clone(), grace)));
+        }
+
+        tracing::info!(
+            device = %device_addr, api = %api_addr, public_url = %state.config.public_url,
+            data_dir = %state.config.data_dir.display(), "gateway started"
+        );
+        Ok(Gateway { device_addr, api_addr, state, shutdown: shutdown_tx, tasks, relays })
+    }
+
+    /// Stops accepting, lets in-flight requests finish, flushes sinks; bounded by the grace
+    /// period.
+    pub async fn shutdown(self) -> Result<(), StartError> {
+        self.state.draining.store(true, Ordering::SeqCst);
+        let _ = self.shutdown.send(true);
+        // Listeners first: requests in flight may still append events the relays must send.
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        for r in self.relays {
+            let _ = r.await;
+        }
+        tracing::info!("gateway stopped");
+        Ok(())
+    }
+}

@@ -1,0 +1,189 @@
+//! The data directory of the embedded default: development CA, server certificate and the
+//! three secrets, created on first start and reused afterwards.
+//!
+//! This is file IO around `mdm_certs::devpki`; the certificate contents are decided there.
+
+use std::fs;
+use std::io::Write;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use mdm_certs::devpki::{self, SubjectAltName};
+use mdm_certs::{PKey, Private, X509};
+use rand::RngCore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
+    move |source| PkiError::Io { path: path.to_owned(), source }
+}
+
+fn invalid(path: &Path, message: impl std::fmt::Display) -> PkiError {
+    PkiError::Invalid { path: path.to_owned(), message: message.to_string() }
+}
+
+/// Everything the runtime needs from the data directory.
+#[derive(Debug)]
+pub struct DataDir {
+    pub root: PathBuf,
+    pub ca: X509,
+    pub ca_key: PKey<Private>,
+    pub ca_pem: Vec<u8>,
+    pub server_chain_pem: Vec<u8>,
+    pub server_key_pem: Vec<u8>,
+    pub api_key: String,
+    pub enroll_secret: String,
+    pub pubsub_token: String,
+}
+
+/// How long generated certificates live. The server certificate is renewed at start when it
+/// has less than [`RENEW_BEFORE_S`] left or the public host changed.
+const CA_DAYS: u32 = 3650;
+const SERVER_DAYS: u32 = 397;
+const RENEW_BEFORE_S: i64 = 30 * 86_400;
+
+fn random_serial() -> [u8; 16] {
+    let mut s = [0u8; 16];
+    rand::rng().fill_bytes(&mut s);
+    s[0] &= 0x7f; // positive INTEGER
+    s[0] |= 0x01; // and never shorter than 16 bytes
+    s
+}
+
+/// 32 random bytes, URL-safe base64 without padding: easy to paste into headers and URLs.
+fn random_secret() -> String {
+    use base64::Engine;
+    let mut b = [0u8; 32];
+    rand::rng().fill_bytes(&mut b);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+}
+
+fn write_private(path: &Path, contents: &[u8]) -> Result<(), PkiError> {
+    let mut opts = fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path).map_err(io(path))?;
+    f.write_all(contents).map_err(io(path))?;
+    f.sync_all().map_err(io(path))
+}
+
+fn read_or_create_secret(path: &Path) -> Result<String, PkiError> {
+    match fs::read_to_string(path) {
+        Ok(s) => {
+            let s = s.trim().to_owned();
+            if s.is_empty() {
+                return Err(invalid(path, "secret file is empty"));
+            }
+            Ok(s)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let s = random_secret();
+            write_private(path, format!("{s}\n").as_bytes())?;
+            Ok(s)
+        }
+        Err(e) => Err(PkiError::Io { path: path.to_owned(), source: e }),
+    }
+}
+
+/// Reads a secret from an operator-provided file (must exist and be non-empty).
+pub fn read_secret(path: &Path) -> Result<String, PkiError> {
+    let s = fs::read_to_string(path).map_err(io(path))?;
+    let s = s.trim().to_owned();
+    if s.is_empty() {
+        return Err(invalid(path, "secret file is empty"));
+    }
+    Ok(s)
+}
+
+fn server_names(public_host: &str) -> Vec<SubjectAltName> {
+    let mut names = vec![
+        SubjectAltName::Dns("localhost".into()),
+        SubjectAltName::Ip("127.0.0.1".parse().expect("literal")),
+        SubjectAltName::Ip("::1".parse().expect("literal")),
+    ];
+    let extra = match public_host.parse::<IpAddr>() {
+        Ok(ip) => SubjectAltName::Ip(ip),
+        Err(_) => SubjectAltName::Dns(public_host.to_owned()),
+    };
+    if !names.contains(&extra) {
+        names.push(extra);
+    }
+    names
+}
+
+/// Opens (creating on first use) the data directory. `now` is unix seconds.
+pub fn open(root: &Path, public_host: &str, now: i64) -> Result<DataDir, PkiError> {
+    fs::create_dir_all(root).map_err(io(root))?;
+    let ca_path = root.join("ca.pem");
+    let ca_key_path = root.join("ca-key.pem");
+    let (ca, ca_key) = if ca_path.exists() {
+        let pem = fs::read(&ca_path).map_err(io(&ca_path))?;
+        let key_pem = fs::read(&ca_key_path).map_err(io(&ca_key_path))?;
+        let ca = X509::from_pem(&pem).map_err(|e| invalid(&ca_path, e))?;
+        let key = PKey::private_key_from_pem(&key_pem).map_err(|e| invalid(&ca_key_path, e))?;
+        (ca, key)
+    } else {
+        let key = devpki::generate_key().map_err(|e| invalid(&ca_key_path, e))?;
+        let ca = devpki::create_ca(&key, "MDM Gateway Development CA", now, CA_DAYS, &random_serial())
+            .map_err(|e| invalid(&ca_path, e))?;
+        write_private(&ca_key_path, devpki::key_to_pem(&key).as_bytes())?;
+        fs::write(&ca_path, devpki::to_pem(&ca)).map_err(io(&ca_path))?;
+        (ca, key)
+    };
+    let ca_pem = devpki::to_pem(&ca).into_bytes();
+
+    let server_path = root.join("server.pem");
+    let server_key_path = root.join("server-key.pem");
+    let hosts_path = root.join("server-hosts.txt");
+    let names = server_names(public_host);
+    let names_text = names.iter().map(|n| format!("{n:?}")).collect::<Vec<_>>().join("\n");
+    let reuse = server_path.exists()
+        && server_key_path.exists()
+        && fs::read_to_string(&hosts_path).map(|h| h == names_text).unwrap_or(false)
+        && fs::read(&server_path)
+            .ok()
+            .and_then(|pem| X509::from_pem(&pem).ok())
+            .map(|c| not_after_unix(&c).map(|na| na - now > RENEW_BEFORE_S).unwrap_or(false))
+            .unwrap_or(false);
+    if !reuse {
+        let key = devpki::generate_key().map_err(|e| invalid(&server_key_path, e))?;
+        let cert = devpki::issue_server_certificate(&ca, &ca_key, &key, &names, now, SERVER_DAYS, &random_serial())
+            .map_err(|e| invalid(&server_path, e))?;
+        write_private(&server_key_path, devpki::key_to_pem(&key).as_bytes())?;
+        let mut chain = devpki::to_pem(&cert);
+        chain.push_str(&devpki::to_pem(&ca));
+        fs::write(&server_path, chain).map_err(io(&server_path))?;
+        fs::write(&hosts_path, &names_text).map_err(io(&hosts_path))?;
+    }
+    let server_chain_pem = fs::read(&server_path).map_err(io(&server_path))?;
+    let server_key_pem = fs::read(&server_key_path).map_err(io(&server_key_path))?;
+
+    Ok(DataDir {
+        root: root.to_owned(),
+        ca,
+        ca_key,
+        ca_pem,
+        server_chain_pem,
+        server_key_pem,
+        api_key: read_or_create_secret(&root.join("api-key"))?,
+        enroll_secret: read_or_create_secret(&root.join("enroll-secret"))?,
+        pubsub_token: read_or_create_secret(&root.join("pubsub-token"))?,
+    })
+}
+
+/// A certificate's notAfter as unix seconds.
+pub fn not_after_unix(cert: &X509) -> Option<i64> {
+    let epoch = openssl::asn1::Asn1Time::from_unix(0).ok()?;
+    let diff = epoch.diff(cert.not_after()).ok()?;
+    Some(i64::from(diff.days) * 86_400 + i64::from(diff.secs))
+}

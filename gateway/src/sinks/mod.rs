@@ -1,0 +1,153 @@
+//! Delivery of the event log to sinks. The log in the store is the outbox: each sink keeps a
+//! cursor, delivers events in order and moves its cursor only after the sink accepted the
+//! event. A sink that is down delays delivery; it never loses an event. Delivery is at least
+//! once (a crash between delivery and cursor write repeats one event; its `id` is stable).
+//!
+//! The embedded log needs no relay: `/v1/events` reads the store directly.
+
+pub mod micromdm;
+pub mod webhook;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::AppState;
+use crate::store::LoggedEvent;
+use crate::telemetry;
+
+/// A destination for events.
+#[async_trait]
+pub trait Sink: Send + Sync + std::fmt::Debug {
+    fn name(&self) -> &'static str;
+    /// Delivers one event; an error means "try again later".
+    async fn deliver(&self, event: &LoggedEvent) -> Result<(), String>;
+    /// Longest pause between retries.
+    fn max_backoff(&self) -> Duration;
+}
+
+/// What `/readyz` and `/metrics` report about a sink.
+#[derive(Debug, Serialize)]
+pub struct SinkHealth {
+    pub name: &'static str,
+    #[serde(skip)]
+    failing: AtomicBool,
+    #[serde(skip)]
+    cursor: AtomicI64,
+}
+
+impl SinkHealth {
+    pub fn new(name: &'static str) -> Self {
+        SinkHealth { name, failing: AtomicBool::new(false), cursor: AtomicI64::new(0) }
+    }
+
+    pub fn failing(&self) -> bool {
+        self.failing.load(Ordering::Relaxed)
+    }
+
+    pub fn cursor(&self) -> i64 {
+        self.cursor.load(Ordering::Relaxed)
+    }
+}
+
+const BATCH: u32 = 256;
+const IDLE_POLL: Duration = Duration::from_secs(2);
+const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+
+/// Runs one sink until shutdown; after shutdown it keeps delivering what is already in the log
+/// for at most `grace`.
+pub async fn relay(state: Arc<AppState>, sink: Arc<dyn Sink>, health: Arc<SinkHealth>, mut shutdown: watch::Receiver<bool>, grace: Duration) {
+    let name = sink.name();
+    let mut cursor = loop {
+        match state.store.sink_cursor(name).await {
+            Ok(c) => break c,
+            Err(e) => {
+                tracing::warn!(sink = name, error = %e, "cannot read sink cursor; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    };
+    health.cursor.store(cursor, Ordering::Relaxed);
+    let mut deadline: Option<tokio::time::Instant> = None;
+    loop {
+        if deadline.is_none() && *shutdown.borrow() {
+            deadline = Some(tokio::time::Instant::now() + grace);
+        }
+        if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+            tracing::warn!(sink = name, cursor, "grace period over; undelivered events stay in the log");
+            return;
+        }
+        // Register interest before reading, so an append between the read and the wait wakes us.
+        let notified = state.notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let batch = match state.store.events_after(cursor, BATCH).await {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(sink = name, error = %e, "cannot read event log");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        if let Ok(last) = state.store.last_event_seq().await {
+            metrics::gauge!(telemetry::SINK_LAG, "sink" => name).set((last - cursor).max(0) as f64);
+        }
+        if batch.is_empty() {
+            if deadline.is_some() {
+                tracing::info!(sink = name, cursor, "sink flushed");
+                return;
+            }
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = tokio::time::sleep(IDLE_POLL) => {}
+                _ = shutdown.changed() => {}
+            }
+            continue;
+        }
+        for event in batch {
+            let mut backoff = FIRST_BACKOFF;
+            loop {
+                match sink.deliver(&event).await {
+                    Ok(()) => {
+                        health.failing.store(false, Ordering::Relaxed);
+                        metrics::counter!(telemetry::SINK_DELIVERED, "sink" => name).increment(1);
+                        break;
+                    }
+                    Err(e) => {
+                        health.failing.store(true, Ordering::Relaxed);
+                        metrics::counter!(telemetry::SINK_FAILURES, "sink" => name).increment(1);
+                        tracing::warn!(sink = name, seq = event.seq, error = %e, retry_in_ms = backoff.as_millis() as u64, "delivery failed");
+                        let wait = match deadline {
+                            Some(d) => {
+                                let left = d.saturating_duration_since(tokio::time::Instant::now());
+                                if left.is_zero() {
+                                    tracing::warn!(sink = name, cursor, "grace period over; undelivered events stay in the log");
+                                    return;
+                                }
+                                backoff.min(left)
+                            }
+                            None => backoff,
+                        };
+                        tokio::select! {
+                            _ = tokio::time::sleep(wait) => {}
+                            _ = shutdown.changed(), if deadline.is_none() => {
+                                deadline = Some(tokio::time::Instant::now() + grace);
+                            }
+                        }
+                        backoff = (backoff * 2).min(sink.max_backoff());
+                    }
+                }
+            }
+            cursor = event.seq;
+            health.cursor.store(cursor, Ordering::Relaxed);
+            if let Err(e) = state.store.set_sink_cursor(name, cursor).await {
+                // The event was delivered; failing to record it only means it may be sent again.
+                tracing::warn!(sink = name, error = %e, "cannot save sink cursor");
+            }
+        }
+    }
+}

@@ -1,0 +1,34 @@
+//! Device-facing sources, routed by path. Each platform family is a folder.
+
+pub mod apple;
+
+use std::sync::Arc;
+
+use http::{Method, StatusCode};
+
+use crate::AppState;
+use crate::http_util::text;
+use crate::server::Handler;
+
+/// The device listener's router. Layer order: route by path, then each source checks method,
+/// content type, size and identity, in that order, so the cheapest refusals come first.
+pub fn device_handler(state: Arc<AppState>) -> Handler {
+    Arc::new(move |req, conn| {
+        let state = state.clone();
+        Box::pin(async move {
+            let path = req.uri().path().to_owned();
+            match path.as_str() {
+                "/mdm" | "/checkin" => {
+                    if req.method() != Method::PUT {
+                        let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "use PUT\n");
+                        r.headers_mut().insert(http::header::ALLOW, http::HeaderValue::from_static("PUT"));
+                        return r;
+                    }
+                    let endpoint = if path == "/mdm" { apple::Endpoint::Mdm } else { apple::Endpoint::CheckIn };
+                    apple::handle(&state, req, &conn, endpoint).await
+                }
+                _ => text(StatusCode::NOT_FOUND, "no such endpoint\n"),
+            }
+        })
+    })
+}

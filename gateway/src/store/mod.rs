@@ -1,0 +1,240 @@
+//! Durable state: enrollments, per-device command queues, the event log and sink cursors.
+//!
+//! Every method that changes state takes the events describing the change and writes both in
+//! one transaction: the event log *is* the outbox. Sinks keep a cursor into it, so an event is
+//! never lost when a backend is down, and is delivered at least once, in order.
+//!
+//! [`Store`] is the seam for other databases; [`suite`] is the behaviour any implementation must
+//! pass. This module does not decide protocol rules (which command is next, what is bound to
+//! what): callers do, with the protocol crates.
+
+mod sqlite;
+#[cfg(any(test, feature = "store-suite"))]
+pub mod suite;
+
+use async_trait::async_trait;
+use mdm_core::{CommandStatus, DeviceId, Event, Inventory, Platform};
+use serde::Serialize;
+
+pub use sqlite::SqliteStore;
+
+/// Store failures. Callers map them to "try again later" answers; details go to the log.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("idempotency key `{0}` is already used")]
+    IdempotencyConflict(String),
+    #[error("command `{0}` already exists for this device")]
+    DuplicateCommand(String),
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// Enrollment lifecycle of one device or user channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EnrollmentState {
+    /// Identity presented (Apple Authenticate), not yet reachable.
+    Authenticated,
+    /// Fully enrolled: reachable and manageable.
+    Enrolled,
+    /// Checked out or removed.
+    Unenrolled,
+}
+
+impl EnrollmentState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EnrollmentState::Authenticated => "authenticated",
+            EnrollmentState::Enrolled => "enrolled",
+            EnrollmentState::Unenrolled => "unenrolled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "authenticated" => EnrollmentState::Authenticated,
+            "enrolled" => EnrollmentState::Enrolled,
+            "unenrolled" => EnrollmentState::Unenrolled,
+            _ => return None,
+        })
+    }
+}
+
+/// Where to wake a device (Apple: APNs token, PushMagic, topic).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PushInfo {
+    pub token: Vec<u8>,
+    pub magic: String,
+    pub topic: String,
+}
+
+/// One enrollment: a device channel, or a user channel (with `parent` set).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Enrollment {
+    pub device_id: DeviceId,
+    pub parent: Option<DeviceId>,
+    pub state: EnrollmentState,
+    /// SHA-256 (hex) of the identity certificate bound at enrollment.
+    pub cert_sha256: Option<String>,
+    pub push: Option<PushInfo>,
+    pub unlock_token: Option<Vec<u8>>,
+    pub bootstrap_token: Option<Vec<u8>>,
+    pub inventory: Inventory,
+    /// Platform facts that are not inventory (enrollment type, user names, topic...).
+    pub attributes: serde_json::Map<String, serde_json::Value>,
+    /// Unix seconds.
+    pub enrolled_at: Option<i64>,
+    pub last_seen: Option<i64>,
+    pub checked_in_event_at: Option<i64>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl Enrollment {
+    pub fn new(device_id: DeviceId, now: i64) -> Self {
+        Enrollment {
+            device_id,
+            parent: None,
+            state: EnrollmentState::Authenticated,
+            cert_sha256: None,
+            push: None,
+            unlock_token: None,
+            bootstrap_token: None,
+            inventory: Inventory::default(),
+            attributes: serde_json::Map::new(),
+            enrolled_at: None,
+            last_seen: None,
+            checked_in_event_at: None,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    pub fn platform(&self) -> Platform {
+        self.device_id.platform()
+    }
+}
+
+/// A command to put on a device's queue.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewCommand {
+    pub command_id: String,
+    pub device_id: DeviceId,
+    /// Platform command name (Apple RequestType).
+    pub request_type: String,
+    /// The normalised command as the backend sent it, when there was one.
+    pub normalised: Option<serde_json::Value>,
+    /// The exact wire payload to deliver.
+    pub payload: Vec<u8>,
+    pub priority: i32,
+    pub expires_at: Option<i64>,
+    pub idempotency_key: Option<String>,
+    pub created_at: i64,
+}
+
+/// A command as stored, with its progress.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CommandRecord {
+    pub command_id: String,
+    pub device_id: DeviceId,
+    pub request_type: String,
+    pub normalised: Option<serde_json::Value>,
+    pub payload: Vec<u8>,
+    pub priority: i32,
+    /// Insertion order; smaller is older.
+    pub seq: i64,
+    pub status: CommandStatus,
+    pub expires_at: Option<i64>,
+    pub idempotency_key: Option<String>,
+    pub result: Option<serde_json::Value>,
+    pub error: Option<serde_json::Value>,
+    pub created_at: i64,
+    pub updated_at: i64,
+    /// How many times the command was handed to the device.
+    pub sent_count: i64,
+}
+
+/// A change of a command's status, applied only if the command is currently in one of `from`.
+#[derive(Debug, Clone)]
+pub struct CommandUpdate<'a> {
+    pub device_id: &'a DeviceId,
+    pub command_id: &'a str,
+    pub from: &'a [CommandStatus],
+    pub to: CommandStatus,
+    pub result: Option<serde_json::Value>,
+    pub error: Option<serde_json::Value>,
+    pub now: i64,
+}
+
+/// An event as read back from the log, with its position.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoggedEvent {
+    pub seq: i64,
+    pub device_id: String,
+    /// The event's JSON, exactly as stored.
+    pub json: String,
+}
+
+/// An uploaded APNs push certificate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PushCert {
+    pub topic: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub not_after: i64,
+    pub updated_at: i64,
+}
+
+/// Durable state behind the gateway. Implementations must pass [`suite`].
+#[async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug + 'static {
+    /// Cheap round trip, for readiness.
+    async fn ping(&self) -> Result<()>;
+
+    async fn enrollment(&self, id: &DeviceId) -> Result<Option<Enrollment>>;
+    /// The enrollment (not unenrolled) whose bound certificate has this fingerprint.
+    async fn enrollment_by_cert(&self, cert_sha256: &str) -> Result<Option<DeviceId>>;
+    /// Inserts or replaces an enrollment and appends `events`, atomically.
+    async fn save_enrollment(&self, enrollment: &Enrollment, events: &[Event]) -> Result<()>;
+    /// Sets the state of every enrollment whose id is `parent` or whose parent is `parent`,
+    /// appending `events`, atomically. Returns how many changed.
+    async fn set_state_with_children(&self, parent: &DeviceId, state: EnrollmentState, now: i64, events: &[Event]) -> Result<u64>;
+    /// Records that the device was seen. Cheap; may be skipped by callers when recent.
+    async fn touch(&self, id: &DeviceId, now: i64) -> Result<()>;
+    /// Enrollments ordered by id, after `after`, at most `limit`.
+    async fn list_enrollments(&self, platform: Option<Platform>, after: Option<&str>, limit: u32) -> Result<Vec<Enrollment>>;
+    async fn count_enrollments(&self) -> Result<u64>;
+
+    /// Queues commands and appends `events`, atomically. A reused idempotency key or a command id
+    /// already queued for the same device fails the whole call.
+    async fn enqueue(&self, commands: &[NewCommand], events: &[Event]) -> Result<()>;
+    /// All devices' records of one command id.
+    async fn command(&self, command_id: &str) -> Result<Vec<CommandRecord>>;
+    async fn command_for_device(&self, device: &DeviceId, command_id: &str) -> Result<Option<CommandRecord>>;
+    async fn command_by_idempotency_key(&self, key: &str) -> Result<Option<CommandRecord>>;
+    /// Commands of `device` not in a final status, by priority (high first) then age, at most `limit`.
+    async fn pending(&self, device: &DeviceId, limit: u32) -> Result<Vec<CommandRecord>>;
+    /// Applies `update` if the command's status is in `update.from`; appends `events` only then.
+    /// Returns whether it applied. `to == Sent` also counts a delivery.
+    async fn update_command(&self, update: CommandUpdate<'_>, events: &[Event]) -> Result<bool>;
+    /// Non-final commands whose `expires_at` is at or before `now`, oldest first.
+    async fn due_for_expiry(&self, now: i64, limit: u32) -> Result<Vec<CommandRecord>>;
+
+    /// Appends events that describe no other state change.
+    async fn append_events(&self, events: &[Event]) -> Result<()>;
+    /// Events after position `after`, oldest first.
+    async fn events_after(&self, after: i64, limit: u32) -> Result<Vec<LoggedEvent>>;
+    /// Position of the newest event (0 when empty).
+    async fn last_event_seq(&self) -> Result<i64>;
+    async fn sink_cursor(&self, sink: &str) -> Result<i64>;
+    async fn set_sink_cursor(&self, sink: &str, seq: i64) -> Result<()>;
+
+    async fn save_push_cert(&self, cert: &PushCert) -> Result<()>;
+    async fn push_certs(&self) -> Result<Vec<PushCert>>;
+}

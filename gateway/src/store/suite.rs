@@ -1,0 +1,698 @@
+//! The behaviour every [`Store`] implementation must have, as tests that take a fresh, empty
+//! store. Only the [`Store`] trait is used, so the same tests run against SQLite and PostgreSQL.
+//!
+//! An implementation runs them all, one `#[tokio::test]` each, with
+//! `crate::store_suite!(make_harness);` where `async fn make_harness() -> Harness` opens a new,
+//! empty store.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use mdm_core::{CommandStatus, DeviceId, Event, EventType, Inventory, Platform};
+use serde_json::json;
+use time::OffsetDateTime;
+use tokio::sync::Notify;
+
+use super::{CommandUpdate, Enrollment, EnrollmentState, NewCommand, PushCert, PushInfo, Store, StoreError};
+
+/// A fresh store for one test, with what the tests need besides the trait.
+pub struct Harness {
+    pub store: Box<dyn Store>,
+    /// The implementation's "events were appended" signal.
+    pub notifier: Arc<Notify>,
+    /// Kept alive for the test (a temporary directory, a throwaway database...).
+    pub guard: Box<dyn std::any::Any + Send>,
+}
+
+impl std::fmt::Debug for Harness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Harness").field("store", &self.store).finish_non_exhaustive()
+    }
+}
+
+/// Expands to one `#[tokio::test]` per suite test, each on a store from `$harness().await`.
+#[macro_export]
+macro_rules! store_suite {
+    ($harness:path) => {
+        $crate::store_suite!(@each $harness;
+            enrollment_round_trip,
+            enrollment_by_cert_ignores_unenrolled,
+            set_state_with_children,
+            touch_records_last_seen,
+            list_enrollments_keyset_pagination,
+            enqueue_and_pending_order,
+            final_statuses_leave_pending,
+            idempotency_conflict_stores_nothing,
+            duplicate_command_stores_nothing,
+            update_command_compare_and_set,
+            due_for_expiry,
+            events_are_logged_in_order,
+            events_are_atomic_with_state,
+            sink_cursors,
+            push_certs_upsert_by_topic,
+        );
+
+        #[tokio::test]
+        async fn notifier_fires_after_append() {
+            let h = $harness().await;
+            $crate::store::suite::notifier_fires_after_append(&*h.store, &h.notifier).await;
+        }
+    };
+    (@each $harness:path; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $name() {
+                let h = $harness().await;
+                $crate::store::suite::$name(&*h.store).await;
+            }
+        )*
+    };
+}
+
+// ---- fixtures -------------------------------------------------------------------------------
+
+pub fn id(s: &str) -> DeviceId {
+    s.parse().expect("test device id")
+}
+
+/// An event whose JSON carries its id, so a mix-up of bodies is visible.
+pub fn event(event_id: &str, device: &DeviceId, event_type: EventType, command_id: Option<&str>) -> Event {
+    Event {
+        id: event_id.to_owned(),
+        time: OffsetDateTime::from_unix_timestamp(1_700_000_000).expect("time"),
+        event_type,
+        platform: device.platform(),
+        device_id: device.clone(),
+        command_id: command_id.map(str::to_owned),
+        data: json!({ "event": event_id, "nested": { "list": [1, 2.5, null, "x"] } }),
+        raw: None,
+    }
+}
+
+pub fn new_command(device: &DeviceId, command_id: &str, priority: i32) -> NewCommand {
+    NewCommand {
+        command_id: command_id.to_owned(),
+        device_id: device.clone(),
+        request_type: "DeviceInformation".to_owned(),
+        normalised: None,
+        payload: format!("<plist>{command_id}</plist>").into_bytes(),
+        priority,
+        expires_at: None,
+        idempotency_key: None,
+        created_at: 100,
+    }
+}
+
+fn update<'a>(device: &'a DeviceId, command_id: &'a str, from: &'a [CommandStatus], to: CommandStatus, now: i64) -> CommandUpdate<'a> {
+    CommandUpdate { device_id: device, command_id, from, to, result: None, error: None, now }
+}
+
+async fn event_ids(store: &dyn Store) -> Vec<String> {
+    store
+        .events_after(0, 1000)
+        .await
+        .expect("events_after")
+        .into_iter()
+        .map(|e| {
+            let ev: Event = serde_json::from_str(&e.json).expect("stored event JSON");
+            ev.id
+        })
+        .collect()
+}
+
+async fn pending_ids(store: &dyn Store, device: &DeviceId) -> Vec<String> {
+    store.pending(device, 100).await.expect("pending").into_iter().map(|c| c.command_id).collect()
+}
+
+fn full_enrollment() -> Enrollment {
+    let mut attributes = serde_json::Map::new();
+    attributes.insert("enrollment_type".into(), json!("Device"));
+    attributes.insert("user".into(), json!({ "short_name": "ann", "uid": 501, "admin": false }));
+    Enrollment {
+        device_id: id("apple:66ADE930-5FDF:501"),
+        parent: Some(id("apple:66ADE930-5FDF")),
+        state: EnrollmentState::Enrolled,
+        cert_sha256: Some("ab".repeat(32)),
+        push: Some(PushInfo { token: vec![0, 1, 2, 255], magic: "MAGIC-1".into(), topic: "com.apple.mgmt.X".into() }),
+        unlock_token: Some(vec![9; 64]),
+        // Present but empty must not come back as absent.
+        bootstrap_token: Some(Vec::new()),
+        inventory: Inventory {
+            serial_number: Some("C02XYZ".into()),
+            udid: Some("66ADE930-5FDF".into()),
+            model: Some("MacBookPro18,1".into()),
+            model_name: Some("MacBook Pro".into()),
+            product_name: Some("MacBookPro18,1".into()),
+            os_name: Some("macOS".into()),
+            os_version: Some("14.4".into()),
+            build_version: Some("23E214".into()),
+            device_name: Some("Ann’s Mac — ünïcödé".into()),
+            imei: Some("35 209900 176148 1".into()),
+            meid: Some("A0000000000000".into()),
+            storage_capacity_bytes: Some(u64::MAX),
+            storage_available_bytes: Some(0),
+            battery_level: Some(0.37),
+            wifi_mac: Some("aa:bb:cc:dd:ee:ff".into()),
+            bluetooth_mac: Some("aa:bb:cc:dd:ee:00".into()),
+            hostname: Some("ann-mac".into()),
+            supervised: Some(true),
+        },
+        attributes,
+        enrolled_at: Some(1_700_000_000),
+        last_seen: Some(1_700_000_100),
+        checked_in_event_at: Some(-5),
+        created_at: 1_699_999_999,
+        updated_at: 1_700_000_200,
+    }
+}
+
+// ---- enrollments ----------------------------------------------------------------------------
+
+pub async fn enrollment_round_trip(store: &dyn Store) {
+    store.ping().await.expect("ping");
+    let full = full_enrollment();
+    assert_eq!(store.enrollment(&full.device_id).await.expect("read"), None);
+    store.save_enrollment(&full, &[]).await.expect("save");
+    assert_eq!(store.enrollment(&full.device_id).await.expect("read").as_ref(), Some(&full));
+
+    // Replacing with every optional field absent clears them all.
+    let mut bare = Enrollment::new(full.device_id.clone(), 5);
+    bare.updated_at = 6;
+    store.save_enrollment(&bare, &[]).await.expect("replace");
+    assert_eq!(store.enrollment(&full.device_id).await.expect("read"), Some(bare.clone()));
+
+    // Push info whose parts are all empty is still present.
+    let mut empty_push = bare.clone();
+    empty_push.push = Some(PushInfo::default());
+    empty_push.unlock_token = Some(Vec::new());
+    empty_push.state = EnrollmentState::Unenrolled;
+    store.save_enrollment(&empty_push, &[]).await.expect("save");
+    assert_eq!(store.enrollment(&full.device_id).await.expect("read"), Some(empty_push));
+
+    // Other platforms' ids are stored as is.
+    for raw in ["windows:7F1C-22", "android:enterprises/LC01:devices/3a"] {
+        let e = Enrollment::new(id(raw), 1);
+        store.save_enrollment(&e, &[]).await.expect("save");
+        assert_eq!(store.enrollment(&e.device_id).await.expect("read"), Some(e));
+    }
+    assert_eq!(store.count_enrollments().await.expect("count"), 3);
+}
+
+pub async fn enrollment_by_cert_ignores_unenrolled(store: &dyn Store) {
+    let device = id("apple:CERT-DEV");
+    let user = id("apple:CERT-DEV:501");
+    let mut d = Enrollment::new(device.clone(), 1);
+    d.cert_sha256 = Some("aaaa".into());
+    let mut u = Enrollment::new(user.clone(), 1);
+    u.parent = Some(device.clone());
+    u.cert_sha256 = Some("aaaa".into());
+    u.state = EnrollmentState::Enrolled;
+    u.updated_at = 50;
+    store.save_enrollment(&u, &[]).await.expect("save");
+
+    assert_eq!(store.enrollment_by_cert("aaaa").await.expect("read"), Some(user.clone()));
+    // The device channel wins over its user channel, even when older.
+    store.save_enrollment(&d, &[]).await.expect("save");
+    assert_eq!(store.enrollment_by_cert("aaaa").await.expect("read"), Some(device.clone()));
+    assert_eq!(store.enrollment_by_cert("bbbb").await.expect("read"), None);
+
+    d.state = EnrollmentState::Unenrolled;
+    store.save_enrollment(&d, &[]).await.expect("save");
+    assert_eq!(store.enrollment_by_cert("aaaa").await.expect("read"), Some(user.clone()));
+    u.state = EnrollmentState::Unenrolled;
+    store.save_enrollment(&u, &[]).await.expect("save");
+    assert_eq!(store.enrollment_by_cert("aaaa").await.expect("read"), None);
+
+    // Authenticated (not yet enrolled) counts: only unenrolled is ignored.
+    let mut other = Enrollment::new(id("windows:W1"), 1);
+    other.cert_sha256 = Some("cccc".into());
+    store.save_enrollment(&other, &[]).await.expect("save");
+    assert_eq!(store.enrollment_by_cert("cccc").await.expect("read"), Some(other.device_id));
+}
+
+pub async fn set_state_with_children(store: &dyn Store) {
+    let parent = id("apple:P");
+    let children = [id("apple:P:501"), id("apple:P:502")];
+    let stranger = id("apple:Q");
+    let strangers_child = id("apple:Q:501");
+    // An id that merely starts like the parent's must not be caught.
+    let lookalike = id("apple:PP");
+    for d in [&parent, &stranger, &lookalike] {
+        let mut e = Enrollment::new(d.clone(), 1);
+        e.state = EnrollmentState::Enrolled;
+        store.save_enrollment(&e, &[]).await.expect("save");
+    }
+    for (c, p) in [(&children[0], &parent), (&children[1], &parent), (&strangers_child, &stranger)] {
+        let mut e = Enrollment::new(c.clone(), 1);
+        e.parent = Some(p.clone());
+        e.state = EnrollmentState::Enrolled;
+        store.save_enrollment(&e, &[]).await.expect("save");
+    }
+
+    let ev = event("ev-unenroll", &parent, EventType::DEVICE_UNENROLLED, None);
+    let n = store
+        .set_state_with_children(&parent, EnrollmentState::Unenrolled, 77, &[ev])
+        .await
+        .expect("set state");
+    assert_eq!(n, 3);
+    for d in [&parent, &children[0], &children[1]] {
+        let e = store.enrollment(d).await.expect("read").expect("present");
+        assert_eq!((e.state, e.updated_at), (EnrollmentState::Unenrolled, 77), "{d}");
+    }
+    for d in [&stranger, &strangers_child, &lookalike] {
+        let e = store.enrollment(d).await.expect("read").expect("present");
+        assert_eq!((e.state, e.updated_at), (EnrollmentState::Enrolled, 1), "{d}");
+    }
+    assert_eq!(event_ids(store).await, ["ev-unenroll"]);
+
+    // A child on its own: only itself.
+    let n = store
+        .set_state_with_children(&strangers_child, EnrollmentState::Authenticated, 80, &[])
+        .await
+        .expect("set state");
+    assert_eq!(n, 1);
+    assert_eq!(store.enrollment(&stranger).await.expect("read").expect("present").state, EnrollmentState::Enrolled);
+    // Unknown device: nothing changes, and it is not an error.
+    let n = store
+        .set_state_with_children(&id("apple:NOBODY"), EnrollmentState::Unenrolled, 80, &[])
+        .await
+        .expect("set state");
+    assert_eq!(n, 0);
+}
+
+pub async fn touch_records_last_seen(store: &dyn Store) {
+    let d = id("apple:TOUCH");
+    let e = Enrollment::new(d.clone(), 10);
+    store.save_enrollment(&e, &[]).await.expect("save");
+    store.touch(&d, 99).await.expect("touch");
+    let got = store.enrollment(&d).await.expect("read").expect("present");
+    assert_eq!((got.last_seen, got.updated_at, got.created_at), (Some(99), 99, 10));
+    assert_eq!(got.inventory, e.inventory);
+    // Touching an unknown device is harmless and creates nothing.
+    store.touch(&id("apple:GHOST"), 99).await.expect("touch");
+    assert_eq!(store.enrollment(&id("apple:GHOST")).await.expect("read"), None);
+    assert_eq!(store.last_event_seq().await.expect("seq"), 0);
+}
+
+pub async fn list_enrollments_keyset_pagination(store: &dyn Store) {
+    let ids = [
+        "apple:B", "apple:A", "apple:A:501", "apple:C", "apple:D", "windows:W2", "windows:W1",
+        "android:e1:d1", "apple:E",
+    ];
+    for raw in ids {
+        store.save_enrollment(&Enrollment::new(id(raw), 1), &[]).await.expect("save");
+    }
+    assert_eq!(store.count_enrollments().await.expect("count"), ids.len() as u64);
+
+    async fn all_pages(store: &dyn Store, platform: Option<Platform>, page: u32) -> Vec<String> {
+        let mut seen = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let batch = store.list_enrollments(platform, after.as_deref(), page).await.expect("list");
+            assert!(batch.len() <= page as usize, "page over limit");
+            let Some(last) = batch.last() else { break };
+            after = Some(last.device_id.to_string());
+            seen.extend(batch.into_iter().map(|e| e.device_id.to_string()));
+        }
+        seen
+    }
+
+    let mut everything: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
+    everything.sort();
+    assert_eq!(all_pages(store, None, 2).await, everything);
+    assert_eq!(all_pages(store, None, 100).await, everything);
+    assert_eq!(all_pages(store, Some(Platform::Apple), 2).await, ["apple:A", "apple:A:501", "apple:B", "apple:C", "apple:D", "apple:E"]);
+    assert_eq!(all_pages(store, Some(Platform::Windows), 1).await, ["windows:W1", "windows:W2"]);
+    assert_eq!(all_pages(store, Some(Platform::Android), 5).await, ["android:e1:d1"]);
+
+    let page = store.list_enrollments(Some(Platform::Apple), Some("apple:B"), 2).await.expect("list");
+    let page: Vec<_> = page.iter().map(|e| e.device_id.as_str()).collect();
+    assert_eq!(page, ["apple:C", "apple:D"]);
+    // `after` need not be an existing id.
+    let page = store.list_enrollments(None, Some("apple:Bz"), 1).await.expect("list");
+    assert_eq!(page[0].device_id.as_str(), "apple:C");
+    assert!(store.list_enrollments(None, Some("zzz"), 10).await.expect("list").is_empty());
+    assert!(store.list_enrollments(None, None, 0).await.expect("list").is_empty());
+}
+
+// ---- commands -------------------------------------------------------------------------------
+
+pub async fn enqueue_and_pending_order(store: &dyn Store) {
+    let d = id("apple:QUEUE");
+    let other = id("apple:OTHER");
+    let mut rich = new_command(&d, "rich", 5);
+    rich.normalised = Some(json!({ "type": "lock", "pin": "123456" }));
+    rich.expires_at = Some(10_000);
+    rich.idempotency_key = Some("idem-rich".into());
+    rich.payload = vec![0, 159, 146, 150, 255];
+    let batch = vec![
+        new_command(&d, "low-old", 0),
+        new_command(&other, "shared-id", 9),
+        new_command(&d, "high-old", 5),
+        new_command(&d, "low-new", 0),
+        rich.clone(),
+        new_command(&d, "negative", -1),
+        new_command(&d, "shared-id", 0),
+    ];
+    let ev = event("ev-q", &d, EventType::COMMAND_QUEUED, Some("rich"));
+    store.enqueue(&batch, &[ev]).await.expect("enqueue");
+    store.enqueue(&[new_command(&d, "high-newest", 5)], &[]).await.expect("enqueue");
+
+    assert_eq!(
+        pending_ids(store, &d).await,
+        ["high-old", "rich", "high-newest", "low-old", "low-new", "shared-id", "negative"]
+    );
+    assert_eq!(pending_ids(store, &other).await, ["shared-id"]);
+    assert!(pending_ids(store, &id("apple:EMPTY")).await.is_empty());
+    let two: Vec<_> = store.pending(&d, 2).await.expect("pending").into_iter().map(|c| c.command_id).collect();
+    assert_eq!(two, ["high-old", "rich"]);
+
+    // Every field comes back; seq follows insertion order across devices and calls.
+    let rec = store.command_for_device(&d, "rich").await.expect("read").expect("present");
+    assert_eq!(
+        (&rec.command_id, &rec.device_id, rec.request_type.as_str(), &rec.normalised, &rec.payload),
+        (&rich.command_id, &d, "DeviceInformation", &rich.normalised, &rich.payload)
+    );
+    assert_eq!((rec.priority, rec.status, rec.expires_at), (5, CommandStatus::Queued, Some(10_000)));
+    assert_eq!((rec.idempotency_key.as_deref(), &rec.result, &rec.error), (Some("idem-rich"), &None, &None));
+    assert_eq!((rec.created_at, rec.updated_at, rec.sent_count), (100, 100, 0));
+    assert_eq!(store.command_by_idempotency_key("idem-rich").await.expect("read"), Some(rec.clone()));
+    assert_eq!(store.command_by_idempotency_key("nope").await.expect("read"), None);
+    assert_eq!(store.command_for_device(&other, "rich").await.expect("read"), None);
+
+    let mut seqs = Vec::new();
+    for (c, dev) in [("low-old", &d), ("shared-id", &other), ("high-old", &d), ("rich", &d), ("shared-id", &d), ("high-newest", &d)] {
+        seqs.push(store.command_for_device(dev, c).await.expect("read").expect("present").seq);
+    }
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "seq must grow with insertion: {seqs:?}");
+
+    let shared = store.command("shared-id").await.expect("read");
+    let devices: Vec<_> = shared.iter().map(|c| c.device_id.as_str()).collect();
+    assert_eq!(devices, ["apple:OTHER", "apple:QUEUE"]);
+    assert!(store.command("missing").await.expect("read").is_empty());
+    assert_eq!(event_ids(store).await, ["ev-q"]);
+
+    // An empty batch is fine and stores nothing.
+    store.enqueue(&[], &[]).await.expect("empty enqueue");
+    assert_eq!(pending_ids(store, &d).await.len(), 7);
+}
+
+pub async fn final_statuses_leave_pending(store: &dyn Store) {
+    let d = id("apple:FINAL");
+    let names = ["ack", "err", "exp", "sent", "notnow", "queued"];
+    let batch: Vec<_> = names.iter().map(|n| new_command(&d, n, 0)).collect();
+    store.enqueue(&batch, &[]).await.expect("enqueue");
+    let q = [CommandStatus::Queued];
+    for (n, to) in [
+        ("ack", CommandStatus::Acknowledged),
+        ("err", CommandStatus::Error),
+        ("exp", CommandStatus::Expired),
+        ("sent", CommandStatus::Sent),
+        ("notnow", CommandStatus::NotNow),
+    ] {
+        assert!(store.update_command(update(&d, n, &q, to, 200), &[]).await.expect("update"), "{n}");
+        assert_eq!(store.command_for_device(&d, n).await.expect("read").expect("present").status, to);
+    }
+    assert_eq!(pending_ids(store, &d).await, ["sent", "notnow", "queued"]);
+}
+
+pub async fn idempotency_conflict_stores_nothing(store: &dyn Store) {
+    let d = id("apple:IDEM");
+    let mut first = new_command(&d, "first", 0);
+    first.idempotency_key = Some("K".into());
+    store.enqueue(&[first], &[event("ev-1", &d, EventType::COMMAND_QUEUED, Some("first"))]).await.expect("enqueue");
+
+    let mut reuse = new_command(&d, "second", 0);
+    reuse.idempotency_key = Some("K".into());
+    let r = store
+        .enqueue(
+            &[new_command(&d, "innocent", 0), reuse],
+            &[event("ev-2", &d, EventType::COMMAND_QUEUED, Some("second"))],
+        )
+        .await;
+    assert!(matches!(&r, Err(StoreError::IdempotencyConflict(k)) if k == "K"), "{r:?}");
+
+    // The same key twice within one batch.
+    let mut a = new_command(&d, "a", 0);
+    a.idempotency_key = Some("L".into());
+    let mut b = new_command(&id("apple:IDEM2"), "b", 0);
+    b.idempotency_key = Some("L".into());
+    let r = store.enqueue(&[a, b], &[event("ev-3", &d, EventType::COMMAND_QUEUED, None)]).await;
+    assert!(matches!(&r, Err(StoreError::IdempotencyConflict(k)) if k == "L"), "{r:?}");
+
+    assert_eq!(pending_ids(store, &d).await, ["first"]);
+    assert!(pending_ids(store, &id("apple:IDEM2")).await.is_empty());
+    for c in ["innocent", "second", "a", "b"] {
+        assert!(store.command(c).await.expect("read").is_empty(), "{c} must not be stored");
+    }
+    assert_eq!(store.command_by_idempotency_key("L").await.expect("read"), None);
+    assert_eq!(event_ids(store).await, ["ev-1"]);
+    assert_eq!(store.last_event_seq().await.expect("seq"), 1);
+}
+
+pub async fn duplicate_command_stores_nothing(store: &dyn Store) {
+    let d = id("apple:DUP");
+    store.enqueue(&[new_command(&d, "c1", 0)], &[]).await.expect("enqueue");
+    let mut keyed = new_command(&d, "c2", 0);
+    keyed.idempotency_key = Some("fresh-key".into());
+    let r = store
+        .enqueue(&[keyed, new_command(&d, "c1", 3)], &[event("ev-dup", &d, EventType::COMMAND_QUEUED, None)])
+        .await;
+    assert!(matches!(&r, Err(StoreError::DuplicateCommand(c)) if c == "c1"), "{r:?}");
+    // Within one batch too.
+    let r = store.enqueue(&[new_command(&d, "c3", 0), new_command(&d, "c3", 0)], &[]).await;
+    assert!(matches!(&r, Err(StoreError::DuplicateCommand(c)) if c == "c3"), "{r:?}");
+
+    assert_eq!(pending_ids(store, &d).await, ["c1"]);
+    assert_eq!(store.command_for_device(&d, "c1").await.expect("read").expect("present").priority, 0);
+    assert_eq!(store.command_by_idempotency_key("fresh-key").await.expect("read"), None);
+    assert!(event_ids(store).await.is_empty());
+    assert_eq!(store.last_event_seq().await.expect("seq"), 0);
+
+    // The key of the failed call was not consumed.
+    let mut retry = new_command(&d, "c2", 0);
+    retry.idempotency_key = Some("fresh-key".into());
+    store.enqueue(&[retry], &[]).await.expect("retry succeeds");
+}
+
+pub async fn update_command_compare_and_set(store: &dyn Store) {
+    let d = id("apple:CAS");
+    store.enqueue(&[new_command(&d, "c", 0)], &[]).await.expect("enqueue");
+    let before = store.command_for_device(&d, "c").await.expect("read").expect("present");
+
+    // Wrong `from`: nothing changes, no event.
+    let wrong = [CommandStatus::Sent, CommandStatus::NotNow];
+    let ev = event("ev-wrong", &d, EventType::COMMAND_ACKNOWLEDGED, Some("c"));
+    let applied = store.update_command(update(&d, "c", &wrong, CommandStatus::Acknowledged, 300), &[ev]).await.expect("update");
+    assert!(!applied);
+    assert_eq!(store.command_for_device(&d, "c").await.expect("read"), Some(before.clone()));
+    assert_eq!(store.last_event_seq().await.expect("seq"), 0);
+    // Unknown command or device: false too.
+    let any = [CommandStatus::Queued];
+    assert!(!store.update_command(update(&d, "nope", &any, CommandStatus::Sent, 1), &[]).await.expect("update"));
+    assert!(!store.update_command(update(&id("apple:X"), "c", &any, CommandStatus::Sent, 1), &[]).await.expect("update"));
+    assert!(!store.update_command(update(&d, "c", &[], CommandStatus::Sent, 1), &[]).await.expect("update"));
+
+    // Queued -> Sent -> NotNow -> Sent -> Acknowledged.
+    let ev = event("ev-sent-1", &d, EventType::COMMAND_SENT, Some("c"));
+    assert!(store.update_command(update(&d, "c", &[CommandStatus::Queued, CommandStatus::NotNow], CommandStatus::Sent, 301), &[ev]).await.expect("update"));
+    let r = store.command_for_device(&d, "c").await.expect("read").expect("present");
+    assert_eq!((r.status, r.sent_count, r.updated_at, r.seq), (CommandStatus::Sent, 1, 301, before.seq));
+
+    let mut u = update(&d, "c", &[CommandStatus::Sent], CommandStatus::NotNow, 302);
+    u.result = Some(json!({ "Status": "NotNow" }));
+    assert!(store.update_command(u, &[event("ev-nn", &d, EventType::COMMAND_NOT_NOW, Some("c"))]).await.expect("update"));
+    let r = store.command_for_device(&d, "c").await.expect("read").expect("present");
+    assert_eq!((r.status, r.sent_count, &r.result), (CommandStatus::NotNow, 1, &Some(json!({ "Status": "NotNow" }))));
+
+    assert!(store.update_command(update(&d, "c", &[CommandStatus::Queued, CommandStatus::NotNow], CommandStatus::Sent, 303), &[]).await.expect("update"));
+    // A repeated transition sees the new status and does not apply twice.
+    assert!(!store.update_command(update(&d, "c", &[CommandStatus::Queued, CommandStatus::NotNow], CommandStatus::Sent, 304), &[]).await.expect("update"));
+    let r = store.command_for_device(&d, "c").await.expect("read").expect("present");
+    assert_eq!((r.status, r.sent_count, r.updated_at, &r.result), (CommandStatus::Sent, 2, 303, &None));
+
+    let mut u = update(&d, "c", &[CommandStatus::Sent], CommandStatus::Error, 305);
+    u.result = Some(json!({ "Status": "Error" }));
+    u.error = Some(json!({ "code": 12021, "domain": "MCMDMErrorDomain" }));
+    assert!(store.update_command(u.clone(), &[event("ev-err", &d, EventType::COMMAND_ERROR, Some("c"))]).await.expect("update"));
+    let r = store.command_for_device(&d, "c").await.expect("read").expect("present");
+    assert_eq!((r.status, r.sent_count, r.updated_at), (CommandStatus::Error, 2, 305));
+    assert_eq!((r.result, r.error), (u.result, u.error));
+    assert_eq!(event_ids(store).await, ["ev-sent-1", "ev-nn", "ev-err"]);
+}
+
+pub async fn due_for_expiry(store: &dyn Store) {
+    let d = id("apple:EXP");
+    let e = id("windows:EXP");
+    let mut cmds = Vec::new();
+    for (dev, name, expires) in [
+        (&d, "late", Some(150)),
+        (&d, "never", None),
+        (&e, "early", Some(100)),
+        (&d, "future", Some(500)),
+        (&d, "exact", Some(200)),
+        (&d, "done", Some(50)),
+        (&e, "early-too", Some(100)),
+    ] {
+        let mut c = new_command(dev, name, 0);
+        c.expires_at = expires;
+        cmds.push(c);
+    }
+    store.enqueue(&cmds, &[]).await.expect("enqueue");
+    assert!(store.update_command(update(&d, "done", &[CommandStatus::Queued], CommandStatus::Acknowledged, 60), &[]).await.expect("ack"));
+    assert!(store.update_command(update(&d, "late", &[CommandStatus::Queued], CommandStatus::Sent, 60), &[]).await.expect("sent"));
+
+    let due: Vec<_> = store.due_for_expiry(200, 100).await.expect("due").into_iter().map(|c| c.command_id).collect();
+    assert_eq!(due, ["early", "early-too", "late", "exact"]);
+    let due: Vec<_> = store.due_for_expiry(200, 2).await.expect("due").into_iter().map(|c| c.command_id).collect();
+    assert_eq!(due, ["early", "early-too"]);
+    assert!(store.due_for_expiry(99, 100).await.expect("due").is_empty());
+
+    assert!(store.update_command(update(&e, "early", &[CommandStatus::Queued], CommandStatus::Expired, 200), &[]).await.expect("expire"));
+    let due: Vec<_> = store.due_for_expiry(10_000, 100).await.expect("due").into_iter().map(|c| c.command_id).collect();
+    assert_eq!(due, ["early-too", "late", "exact", "future"]);
+}
+
+// ---- event log ------------------------------------------------------------------------------
+
+pub async fn events_are_logged_in_order(store: &dyn Store) {
+    assert_eq!(store.last_event_seq().await.expect("seq"), 0);
+    assert!(store.events_after(0, 10).await.expect("read").is_empty());
+    store.append_events(&[]).await.expect("empty append");
+    assert_eq!(store.last_event_seq().await.expect("seq"), 0);
+
+    let a = id("apple:EV-A");
+    let b = id("android:ent:EV-B");
+    let mut with_raw = event("e3", &b, EventType::other("vendor.custom"), Some("cmd-9"));
+    with_raw.raw = Some(mdm_core::RawMessage { content_type: "application/json".into(), body_b64: "e30=".into() });
+    let batch1 = [event("e1", &a, EventType::DEVICE_ENROLLED, None), event("e2", &a, EventType::DEVICE_CHECKED_IN, None)];
+    let batch2 = [with_raw, event("e4", &a, EventType::PUSH_FAILED, None)];
+    store.append_events(&batch1).await.expect("append");
+    store.append_events(&batch2).await.expect("append");
+    let all: Vec<Event> = batch1.iter().chain(batch2.iter()).cloned().collect();
+
+    let logged = store.events_after(0, 100).await.expect("read");
+    assert_eq!(logged.len(), 4);
+    for (l, e) in logged.iter().zip(&all) {
+        assert_eq!(l.json, serde_json::to_string(e).expect("serialise"), "stored exactly as serialised");
+        assert_eq!(l.device_id, e.device_id.as_str());
+        assert_eq!(&serde_json::from_str::<Event>(&l.json).expect("parse"), e);
+    }
+    assert!(logged.windows(2).all(|w| w[0].seq < w[1].seq), "{logged:?}");
+    assert!(logged[0].seq > 0);
+    assert_eq!(store.last_event_seq().await.expect("seq"), logged[3].seq);
+
+    // Reading is repeatable and resumes from any position.
+    assert_eq!(store.events_after(0, 100).await.expect("read"), logged);
+    assert_eq!(store.events_after(logged[1].seq, 100).await.expect("read"), logged[2..]);
+    assert_eq!(store.events_after(0, 3).await.expect("read"), logged[..3]);
+    assert!(store.events_after(logged[3].seq, 100).await.expect("read").is_empty());
+
+    // Event ids are unique in the log: a reused id fails the call, which then writes nothing.
+    let r = store.append_events(&[event("e5", &a, EventType::PUSH_FAILED, None), event("e1", &a, EventType::PUSH_FAILED, None)]).await;
+    assert!(r.is_err(), "a reused event id must be refused");
+    assert_eq!(store.events_after(0, 100).await.expect("read"), logged);
+}
+
+pub async fn events_are_atomic_with_state(store: &dyn Store) {
+    let d = id("apple:ATOMIC");
+    let mut e = Enrollment::new(d.clone(), 1);
+    store.save_enrollment(&e, &[event("ev-auth", &d, EventType::DEVICE_AUTHENTICATED, None)]).await.expect("save");
+    let logged = store.events_after(0, 10).await.expect("read");
+    assert_eq!(logged.len(), 1);
+    assert_eq!(logged[0].device_id, "apple:ATOMIC");
+
+    // When the events cannot be written, the state change is not written either.
+    e.state = EnrollmentState::Enrolled;
+    let dup = event("ev-auth", &d, EventType::DEVICE_ENROLLED, None);
+    assert!(store.save_enrollment(&e, std::slice::from_ref(&dup)).await.is_err());
+    assert_eq!(store.enrollment(&d).await.expect("read").expect("present").state, EnrollmentState::Authenticated);
+
+    let other = id("apple:ATOMIC-NEW");
+    assert!(store.save_enrollment(&Enrollment::new(other.clone(), 1), std::slice::from_ref(&dup)).await.is_err());
+    assert_eq!(store.enrollment(&other).await.expect("read"), None);
+
+    assert!(store.enqueue(&[new_command(&d, "c", 0)], std::slice::from_ref(&dup)).await.is_err());
+    assert!(store.command("c").await.expect("read").is_empty());
+
+    store.enqueue(&[new_command(&d, "c", 0)], &[]).await.expect("enqueue");
+    let q = [CommandStatus::Queued];
+    assert!(store.update_command(update(&d, "c", &q, CommandStatus::Sent, 5), std::slice::from_ref(&dup)).await.is_err());
+    let r = store.command_for_device(&d, "c").await.expect("read").expect("present");
+    assert_eq!((r.status, r.sent_count), (CommandStatus::Queued, 0));
+
+    assert!(store.set_state_with_children(&d, EnrollmentState::Unenrolled, 9, std::slice::from_ref(&dup)).await.is_err());
+    assert_eq!(store.enrollment(&d).await.expect("read").expect("present").state, EnrollmentState::Authenticated);
+
+    assert_eq!(store.events_after(0, 10).await.expect("read"), logged);
+}
+
+pub async fn sink_cursors(store: &dyn Store) {
+    assert_eq!(store.sink_cursor("nats").await.expect("read"), 0);
+    store.set_sink_cursor("nats", 41).await.expect("set");
+    store.set_sink_cursor("webhook", 7).await.expect("set");
+    assert_eq!(store.sink_cursor("nats").await.expect("read"), 41);
+    store.set_sink_cursor("nats", 42).await.expect("set");
+    assert_eq!(store.sink_cursor("nats").await.expect("read"), 42);
+    assert_eq!(store.sink_cursor("webhook").await.expect("read"), 7);
+    assert_eq!(store.sink_cursor("other").await.expect("read"), 0);
+    // Cursors are not events.
+    assert_eq!(store.last_event_seq().await.expect("seq"), 0);
+}
+
+pub async fn push_certs_upsert_by_topic(store: &dyn Store) {
+    assert!(store.push_certs().await.expect("read").is_empty());
+    let mut a = PushCert {
+        topic: "com.apple.mgmt.B".into(),
+        cert_pem: "-----BEGIN CERTIFICATE-----\nB1\n-----END CERTIFICATE-----\n".into(),
+        key_pem: "-----BEGIN PRIVATE KEY-----\nK1\n-----END PRIVATE KEY-----\n".into(),
+        not_after: 2_000_000_000,
+        updated_at: 10,
+    };
+    let b = PushCert { topic: "com.apple.mgmt.A".into(), not_after: 1_900_000_000, updated_at: 11, ..a.clone() };
+    store.save_push_cert(&a).await.expect("save");
+    store.save_push_cert(&b).await.expect("save");
+    a.cert_pem = "renewed".into();
+    a.key_pem = "new key".into();
+    a.not_after = 2_100_000_000;
+    a.updated_at = 20;
+    store.save_push_cert(&a).await.expect("replace");
+    let mut got = store.push_certs().await.expect("read");
+    got.sort_by(|x, y| x.topic.cmp(&y.topic));
+    assert_eq!(got, [b, a]);
+}
+
+/// `notifier` must be signalled after a commit that appended events (and may be after others).
+pub async fn notifier_fires_after_append(store: &dyn Store, notifier: &Notify) {
+    let d = id("apple:NOTIFY");
+    let wait = Duration::from_secs(5);
+
+    let notified = notifier.notified();
+    tokio::pin!(notified);
+    // Registered before the write, as a long poll must, so the wake-up cannot be missed.
+    notified.as_mut().enable();
+    store.append_events(&[event("n1", &d, EventType::DEVICE_CHECKED_IN, None)]).await.expect("append");
+    tokio::time::timeout(wait, notified).await.expect("notified after append_events");
+
+    for step in 0..4 {
+        let notified = notifier.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let ev = [event(&format!("n-step-{step}"), &d, EventType::DEVICE_CHECKED_IN, None)];
+        match step {
+            0 => store.save_enrollment(&Enrollment::new(d.clone(), 1), &ev).await.expect("save"),
+            1 => store.enqueue(&[new_command(&d, "c", 0)], &ev).await.expect("enqueue"),
+            2 => {
+                let applied = store
+                    .update_command(update(&d, "c", &[CommandStatus::Queued], CommandStatus::Sent, 2), &ev)
+                    .await
+                    .expect("update");
+                assert!(applied);
+            }
+            _ => {
+                store.set_state_with_children(&d, EnrollmentState::Unenrolled, 3, &ev).await.expect("set state");
+            }
+        }
+        tokio::time::timeout(wait, notified).await.unwrap_or_else(|_| panic!("notified after step {step}"));
+    }
+}

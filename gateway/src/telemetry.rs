@@ -1,0 +1,55 @@
+//! Logs and metrics. Metric names live here, in one place, with low-cardinality labels only.
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tracing_subscriber::EnvFilter;
+
+use crate::config::LogFormat;
+
+/// Apple requests refused because the device's identity did not check out, by `reason`.
+pub const IDENTITY_FAILURES: &str = "mdm_identity_failures_total";
+/// Device requests refused before any state change, by `platform` and `reason`.
+pub const DEVICE_REJECTS: &str = "mdm_device_requests_rejected_total";
+/// Device requests handled, by `platform`, `kind` (message type or report status) and `code`.
+pub const DEVICE_REQUESTS: &str = "mdm_device_requests_total";
+/// Device request latency in seconds, by `platform`.
+pub const DEVICE_REQUEST_SECONDS: &str = "mdm_device_request_duration_seconds";
+/// Commands queued, by `platform`.
+pub const COMMANDS_QUEUED: &str = "mdm_commands_queued_total";
+/// Command results, by `platform` and `status`.
+pub const COMMAND_RESULTS: &str = "mdm_command_results_total";
+/// Events delivered to a sink, by `sink`.
+pub const SINK_DELIVERED: &str = "mdm_sink_delivered_total";
+/// Failed delivery attempts to a sink, by `sink`.
+pub const SINK_FAILURES: &str = "mdm_sink_failures_total";
+/// Events the sink has not yet delivered, by `sink`.
+pub const SINK_LAG: &str = "mdm_sink_lag_events";
+/// API requests, by `route` and `code`.
+pub const API_REQUESTS: &str = "mdm_api_requests_total";
+/// Seconds until a push certificate expires, by `topic`.
+pub const PUSH_CERT_EXPIRY: &str = "mdm_push_certificate_expiry_seconds";
+
+pub fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_env("MDM_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+/// Installs the process-wide Prometheus recorder once; later calls reuse it (tests start many
+/// gateways in one process).
+pub fn metrics_handle() -> PrometheusHandle {
+    use std::sync::OnceLock;
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            // Another recorder may already be installed by an embedding program; then our
+            // handle renders only what it sees, which is still a valid exposition.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
