@@ -85,22 +85,23 @@ pub(super) async fn enqueue(state: &AppState, ids: &str, body: &[u8], query: &st
     let mut new = Vec::new();
     let mut events = Vec::new();
     for id in &ids {
-        let entry = result.status.entry(id.clone()).or_default();
+        // Like NanoMDM, an id gets a status entry on enqueue only when it failed.
+        let fail = |result: &mut ApiResult, e: String| result.status.entry(id.clone()).or_default().enqueue_error = Some(e);
         let device = match DeviceId::new(Platform::Apple, &id.split(':').collect::<Vec<_>>()) {
             Ok(d) => d,
             Err(e) => {
-                entry.enqueue_error = Some(format!("invalid enrollment id: {e}"));
+                fail(&mut result, format!("invalid enrollment id: {e}"));
                 continue;
             }
         };
         match state.store.enrollment(&device).await {
             Ok(Some(e)) if e.state != EnrollmentState::Unenrolled => {}
             Ok(_) => {
-                entry.enqueue_error = Some("no such enrollment".into());
+                fail(&mut result, "no such enrollment".into());
                 continue;
             }
             Err(e) => {
-                entry.enqueue_error = Some(format!("store: {e}"));
+                fail(&mut result, format!("store: {e}"));
                 continue;
             }
         }
