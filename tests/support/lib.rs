@@ -201,3 +201,75 @@ pub fn vectors_dir() -> Option<std::path::PathBuf> {
         .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/vectors"));
     p.is_dir().then_some(p)
 }
+
+// ---- Hand-made device requests and metrics (used by apple_identity, apple_bad_input) ----
+
+/// A reply from the device listener, body as text.
+#[derive(Debug, Clone)]
+pub struct DeviceReply {
+    pub status: u16,
+    pub body: String,
+}
+
+impl Harness {
+    /// An HTTPS client for the device listener that trusts only the harness CA, optionally
+    /// presenting `identity` (key, certificate) as TLS client certificate.
+    pub fn device_client(&self, identity: Option<(&PKey<Private>, &X509)>) -> reqwest::Client {
+        let mut b = reqwest::Client::builder()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(reqwest::Certificate::from_pem(&self.ca_pem).expect("ca pem"))
+            .timeout(Duration::from_secs(30));
+        if let Some((key, cert)) = identity {
+            let mut pem = cert.to_pem().expect("cert pem");
+            pem.extend(key.private_key_to_pem_pkcs8().expect("key pem"));
+            b = b.identity(reqwest::Identity::from_pem(&pem).expect("identity"));
+        }
+        b.build().expect("device client")
+    }
+
+    /// `PUT {device_url}{path}` with the given content type (none when `None`), extra headers and body.
+    pub async fn device_put(
+        &self,
+        client: &reqwest::Client,
+        path: &str,
+        content_type: Option<&str>,
+        headers: &[(&str, String)],
+        body: Vec<u8>,
+    ) -> DeviceReply {
+        let mut req = client.put(format!("{}{path}", self.device_url));
+        if let Some(ct) = content_type {
+            req = req.header("Content-Type", ct);
+        }
+        for (k, v) in headers {
+            req = req.header(*k, v.as_str());
+        }
+        let resp = req.body(body).send().await.expect("device request");
+        let status = resp.status().as_u16();
+        let body = resp.text().await.expect("device reply body");
+        DeviceReply { status, body }
+    }
+
+    /// The Prometheus text of `/metrics` (no credentials needed).
+    pub async fn metrics_text(&self) -> String {
+        let resp = self.api.get(format!("{}/metrics", self.api_url)).send().await.expect("metrics");
+        assert_eq!(resp.status().as_u16(), 200, "metrics status");
+        resp.text().await.expect("metrics body")
+    }
+
+    /// The value of `name` summed over every series carrying `label` (e.g. `reason="expired"`);
+    /// 0 when there is none. Metrics are process-wide, so compare before and after.
+    pub async fn metric(&self, name: &str, label: &str) -> f64 {
+        metric_value(&self.metrics_text().await, name, label)
+    }
+}
+
+/// See [`Harness::metric`].
+pub fn metric_value(text: &str, name: &str, label: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .filter(|l| label.is_empty() || l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}

@@ -37,6 +37,11 @@ pub fn convert(event: &Event) -> Option<Value> {
     out.insert("created_at".into(), json!(created_at));
     let (key, inner) = if topic == "mdm.Connect" {
         let report = mdm_apple::decode_report(&body).ok()?;
+        // A report that carries a result is posted once, from its command.* event; its
+        // device.checked_in twin is only posted for Idle, which has no command event.
+        if event.event_type == EventType::DEVICE_CHECKED_IN && report.status != mdm_apple::ReportStatus::Idle {
+            return None;
+        }
         let mut m = ids_fields(&report.ids, event);
         m.insert("status".into(), json!(report.status.as_str()));
         if let Some(uuid) = &report.command_uuid {
