@@ -363,3 +363,22 @@ async fn state_survives_a_restart_on_the_same_data_directory() {
     g.shutdown().await.expect("stop");
     drop(dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_device_ca_is_trusted_besides_the_gateway_ca() {
+    use mdm_certs::devpki;
+    let ca_dir = tempfile::tempdir().expect("tmp");
+    let now = mdm_tests::unix_now();
+    let key = devpki::generate_key().expect("key");
+    let ca = devpki::create_ca(&key, "Operator Device CA", now, 30, &mdm_tests::random_serial()).expect("ca");
+    let ca_path = ca_dir.path().join("operator-ca.pem");
+    std::fs::write(&ca_path, devpki::to_pem(&ca)).expect("write");
+    let h = Harness::start_with(|c| c.apple.device_ca = vec![ca_path.clone()]).await;
+    let device_key = devpki::generate_key().expect("key");
+    let cert = devpki::issue_device_certificate(&ca, &key, &device_key, "operator-device", now - 60, now + 86_400, &mdm_tests::random_serial()).expect("cert");
+    let dev = h.device_from("A1B2C3D4-0000-4000-8000-00000000000B", device_key, cert, IdentityMode::SignMessages);
+    dev.enroll().await.expect("a device of the operator CA enrolls");
+    // And the gateway's own CA still works.
+    h.device("A1B2C3D4-0000-4000-8000-00000000000C").enroll().await.expect("own CA");
+    h.stop().await;
+}
