@@ -248,6 +248,31 @@ pub struct Overrides {
     pub device_ca: Vec<PathBuf>,
 }
 
+/// Names the wrong key (for an unknown key, the key itself: `device.lsten`) and where it came
+/// from: the environment variable or the file.
+fn extract_error(fig: &Figment, e: &figment::Error) -> ConfigError {
+    let mut path = e.path.clone();
+    if let figment::error::Kind::UnknownField(field, _) = &e.kind
+        && path.last() != Some(field)
+    {
+        path.push(field.clone());
+    }
+    let key = path.join(".");
+    if key.is_empty() {
+        return ConfigError::new("(top level)", e.kind.to_string());
+    }
+    let mut message = e.kind.to_string();
+    if let Some(md) = fig.find_metadata(&key).or(e.metadata.as_ref()) {
+        if md.name.contains("environment") {
+            let var: Vec<String> = path.iter().map(|p| p.to_ascii_uppercase()).collect();
+            message.push_str(&format!(" (environment variable {ENV_PREFIX}{})", var.join("__")));
+        } else if let Some(source) = &md.source {
+            message.push_str(&format!(" (in {source})"));
+        }
+    }
+    ConfigError::new(&key, message)
+}
+
 impl Config {
     /// Reads defaults, then `file`, then the environment, then `flags`, and validates the result.
     pub fn load(file: Option<&Path>, flags: &Overrides) -> Result<Config, ConfigError> {
@@ -277,11 +302,7 @@ impl Config {
             layered.insert("api".into(), serde_json::json!({ "listen": l }));
         }
         fig = fig.merge(Serialized::defaults(serde_json::Value::Object(layered)));
-        let mut config: Config = fig.extract().map_err(|e| {
-            let key = e.path.join(".");
-            let key = if key.is_empty() { "(top level)".to_owned() } else { key };
-            ConfigError::new(&key, e.kind.to_string())
-        })?;
+        let mut config: Config = fig.extract().map_err(|e| extract_error(&fig, &e))?;
         // Repeatable --device-ca adds to, rather than replaces, the configured list.
         config.apple.device_ca.extend(flags.device_ca.iter().cloned());
         config.validate()?;

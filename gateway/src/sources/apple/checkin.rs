@@ -26,7 +26,7 @@ pub(super) async fn handle(state: &AppState, identity: &DeviceIdentity, body: &[
             }
             if let Some(other) = state.store.enrollment_by_cert(&identity.fingerprint).await? {
                 if other != id {
-                    return Err(Reject::bad_request("certificate_bound_elsewhere", format!("certificate is bound to {other}")));
+                    return Err(Reject::identity("certificate_bound_elsewhere", format!("certificate is bound to {other}")));
                 }
             }
             let mut enrollment = state.store.enrollment(&id).await?.unwrap_or_else(|| Enrollment::new(id.clone(), now));

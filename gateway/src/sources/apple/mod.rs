@@ -39,16 +39,23 @@ pub(crate) struct Reject {
     status: StatusCode,
     reason: &'static str,
     detail: String,
+    /// The certificate is not acceptable for this enrollment (counted as an identity failure).
+    identity: bool,
 }
 
 impl Reject {
     pub(crate) fn bad_request(reason: &'static str, detail: impl Into<String>) -> Self {
-        Reject { status: StatusCode::BAD_REQUEST, reason, detail: detail.into() }
+        Reject { status: StatusCode::BAD_REQUEST, reason, detail: detail.into(), identity: false }
+    }
+
+    /// A valid certificate that is not the one bound to the enrollment (or is bound to another).
+    pub(crate) fn identity(reason: &'static str, detail: impl Into<String>) -> Self {
+        Reject { status: StatusCode::BAD_REQUEST, reason, detail: detail.into(), identity: true }
     }
 
     pub(crate) fn internal(detail: impl std::fmt::Display) -> Self {
         // 500 makes the device retry later, which is right for a store hiccup.
-        Reject { status: StatusCode::INTERNAL_SERVER_ERROR, reason: "internal", detail: detail.to_string() }
+        Reject { status: StatusCode::INTERNAL_SERVER_ERROR, reason: "internal", detail: detail.to_string(), identity: false }
     }
 }
 
@@ -74,17 +81,19 @@ pub async fn handle(state: &Arc<AppState>, req: Request<Incoming>, conn: &ConnIn
                     status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
                     reason: "wrong_content_type",
                     detail: format!("content type {:?}, expected {expected}", other.unwrap_or("(none)")),
+                    identity: false,
                 });
             }
         };
         let body = read_body(&parts.headers, body, state.config.device.max_body_bytes).await.map_err(|e| match e {
-            BodyError::TooLarge { .. } => Reject { status: StatusCode::PAYLOAD_TOO_LARGE, reason: "body_too_large", detail: e.to_string() },
+            BodyError::TooLarge { .. } => {
+                Reject { status: StatusCode::PAYLOAD_TOO_LARGE, reason: "body_too_large", detail: e.to_string(), identity: false }
+            }
             BodyError::Read(_) => Reject::bad_request("body_unreadable", e.to_string()),
         })?;
         let now = state.clock.unix();
         let identity = state.identity.verify(&parts.headers, &body, conn, now).map_err(|f| {
-            metrics::counter!(telemetry::IDENTITY_FAILURES, "reason" => f.reason).increment(1);
-            Reject::bad_request(f.reason, f.detail)
+            Reject::identity(f.reason, f.detail)
         })?;
         if is_checkin {
             checkin::handle(state, &identity, &body, now).await
@@ -105,6 +114,9 @@ pub async fn handle(state: &Arc<AppState>, req: Request<Incoming>, conn: &ConnIn
                 tracing::warn!(platform = "apple", reason = r.reason, detail = %r.detail, peer = ?conn.peer, "device request refused");
             }
             metrics::counter!(telemetry::DEVICE_REJECTS, "platform" => "apple", "reason" => r.reason).increment(1);
+            if r.identity {
+                metrics::counter!(telemetry::IDENTITY_FAILURES, "reason" => r.reason).increment(1);
+            }
             text(r.status, format!("{}: {}\n", r.reason, r.detail))
         }
     };
@@ -150,18 +162,18 @@ pub(crate) async fn bound_enrollment(state: &AppState, identity: &DeviceIdentity
         return Ok(enrollment);
     }
     if !state.config.apple.allow_cert_renewal {
-        return Err(Reject::bad_request(
+        return Err(Reject::identity(
             "certificate_mismatch",
             format!("{channel} is bound to another certificate (renewal is not allowed by apple.allow_cert_renewal)"),
         ));
     }
     if let Some(other) = state.store.enrollment_by_cert(&identity.fingerprint).await? {
-        return Err(Reject::bad_request("certificate_bound_elsewhere", format!("certificate is bound to {other}")));
+        return Err(Reject::identity("certificate_bound_elsewhere", format!("certificate is bound to {other}")));
     }
     let subject = subject_of(identity);
     let bound_subject = enrollment.attributes.get("cert_subject").and_then(|v| v.as_str()).unwrap_or_default();
     if subject != bound_subject {
-        return Err(Reject::bad_request(
+        return Err(Reject::identity(
             "certificate_mismatch",
             format!("renewal certificate subject {subject:?} differs from the bound {bound_subject:?}"),
         ));
