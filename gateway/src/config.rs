@@ -101,6 +101,8 @@ pub struct StoreConfig {
 pub struct EventsConfig {
     /// Largest page of `/v1/events`.
     pub max_page: u32,
+    /// When true, a failing sink does not make `/readyz` answer 503.
+    pub readiness_ignores_sinks: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -209,7 +211,7 @@ impl Default for StoreConfig {
 
 impl Default for EventsConfig {
     fn default() -> Self {
-        EventsConfig { max_page: 1000 }
+        EventsConfig { max_page: 1000, readiness_ignores_sinks: false }
     }
 }
 

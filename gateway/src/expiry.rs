@@ -44,7 +44,10 @@ pub async fn expire(state: &AppState, record: &CommandRecord, now: i64) -> crate
         EventType::COMMAND_EXPIRED,
         &record.device_id,
         Some(&record.command_id),
-        serde_json::json!({ "request_type": record.request_type, "expires_at": record.expires_at }),
+        serde_json::json!({
+            "request_type": record.request_type,
+            "expires_at": record.expires_at.and_then(|t| time::OffsetDateTime::from_unix_timestamp(t).ok()).and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok()),
+        }),
     );
     let applied = state
         .store

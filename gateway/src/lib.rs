@@ -87,6 +87,7 @@ pub struct Gateway {
     pub api_addr: SocketAddr,
     pub state: Arc<AppState>,
     shutdown: watch::Sender<bool>,
+    relay_stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     relays: Vec<JoinHandle<()>>,
 }
@@ -113,18 +114,19 @@ impl Gateway {
         let identity = IdentityVerifier::new(mdm_certs::TrustAnchors::new(anchors), config.device.trusted_proxies.clone(), header);
 
         let api_key = match &config.api.api_key_file {
-            Some(p) => pki::read_secret(p)?,
+            Some(p) => pki::read_secret(p).map_err(|e| config::ConfigError { key: "api.api_key_file".into(), message: e.to_string() })?,
             None => data.api_key.clone(),
         };
 
         let (tls_chain, tls_key) = match (&config.device.tls_cert, &config.device.tls_key) {
             (Some(c), Some(k)) => (
-                std::fs::read(c).map_err(|e| StartError::Other(format!("{}: {e}", c.display())))?,
-                std::fs::read(k).map_err(|e| StartError::Other(format!("{}: {e}", k.display())))?,
+                std::fs::read(c).map_err(|e| config::ConfigError { key: "device.tls_cert".into(), message: format!("{}: {e}", c.display()) })?,
+                std::fs::read(k).map_err(|e| config::ConfigError { key: "device.tls_key".into(), message: format!("{}: {e}", k.display()) })?,
             ),
             _ => (data.server_chain_pem.clone(), data.server_key_pem.clone()),
         };
-        let tls = tls::device_server_config(&tls_chain, &tls_key)?;
+        let tls = tls::device_server_config(&tls_chain, &tls_key)
+            .map_err(|e| config::ConfigError { key: "device.tls_cert".into(), message: e.to_string() })?;
 
         let sqlite = SqliteStore::open(&config.store_url(), config.store.read_connections).await?;
         let notify = sqlite.notifier();
@@ -140,11 +142,14 @@ impl Gateway {
         let api_addr = api_listener.local_addr().map_err(|source| StartError::Bind { addr: config.api.listen, source })?;
 
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        // Relays stop on their own signal, sent only once the listeners have drained, so that
+        // events appended by requests still in flight are flushed too.
+        let (relay_stop_tx, relay_stop_rx) = watch::channel(false);
         let mut sink_health = Vec::new();
         let webhook = match &config.webhook {
             Some(w) => {
                 let secret = match &w.hmac_secret_file {
-                    Some(p) => Some(pki::read_secret(p)?),
+                    Some(p) => Some(pki::read_secret(p).map_err(|e| config::ConfigError { key: "webhook.hmac_secret_file".into(), message: e.to_string() })?),
                     None => None,
                 };
                 let health = Arc::new(SinkHealth::new("webhook"));
@@ -178,14 +183,14 @@ impl Gateway {
 
         let mut relays = Vec::new();
         if let Some((sink, health)) = webhook {
-            relays.push(tokio::spawn(sinks::relay(state.clone(), Arc::new(sink), health, shutdown_rx.clone(), grace)));
+            relays.push(tokio::spawn(sinks::relay(state.clone(), Arc::new(sink), health, relay_stop_rx.clone(), grace)));
         }
 
         tracing::info!(
             device = %device_addr, api = %api_addr, public_url = %state.config.public_url,
             data_dir = %state.config.data_dir.display(), "gateway started"
         );
-        Ok(Gateway { device_addr, api_addr, state, shutdown: shutdown_tx, tasks, relays })
+        Ok(Gateway { device_addr, api_addr, state, shutdown: shutdown_tx, relay_stop: relay_stop_tx, tasks, relays })
     }
 
     /// Stops accepting, lets in-flight requests finish, flushes sinks; bounded by the grace
@@ -197,6 +202,7 @@ impl Gateway {
         for t in self.tasks {
             let _ = t.await;
         }
+        let _ = self.relay_stop.send(true);
         for r in self.relays {
             let _ = r.await;
         }

@@ -288,3 +288,51 @@ async fn push_certificate_upload_and_read() {
     assert!(metrics.contains("mdm_push_certificate_expiry_seconds{topic=\"com.apple.mgmt.External.emulated\"}"), "{metrics}");
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_sinks_unless_told_otherwise() {
+    let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let dead_url = format!("http://{}/hook", dead.local_addr().expect("addr"));
+    drop(dead);
+    for ignore in [false, true] {
+        let url = dead_url.clone();
+        let h = Harness::start_with(|c| {
+            c.webhook = Some(webhook(&url, WebhookFormat::Event, None));
+            c.events.readiness_ignores_sinks = ignore;
+            c.shutdown.grace_period_s = 1;
+        })
+        .await;
+        let ready = |h: &Harness| {
+            let req = h.raw_api().get(format!("{}/readyz", h.api_url));
+            async move {
+                let resp = req.send().await.expect("readyz");
+                (resp.status().as_u16(), resp.json::<Value>().await.expect("json"))
+            }
+        };
+        let (code, _) = ready(&h).await;
+        assert_eq!(code, 200, "nothing to deliver yet");
+        h.device("B1B2C3D4-0000-4000-8000-00000000000F").send_checkin(h.device("B1B2C3D4-0000-4000-8000-00000000000F").authenticate_message()).await.expect("auth");
+        let seen = eventually(Duration::from_secs(10), || async {
+            let (code, body) = ready(&h).await;
+            (body["sinks"][0]["failing"] == true).then_some(code)
+        })
+        .await
+        .expect("the failing sink shows in /readyz");
+        assert_eq!(seen, if ignore { 200 } else { 503 });
+        h.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_flushes_events_to_sinks() {
+    let receiver = WebhookReceiver::start(0).await;
+    let url = receiver.url.clone();
+    let h = Harness::start_with(|c| c.webhook = Some(webhook(&url, WebhookFormat::Event, None))).await;
+    let dev = h.device("B1B2C3D4-0000-4000-8000-000000000010");
+    dev.enroll().await.expect("enroll");
+    let logged = h.events().await;
+    // Stop at once: whatever the relay had not sent yet is sent during the drain.
+    h.stop().await;
+    let got = receiver.bodies();
+    assert_eq!(got.len(), logged.len(), "every event delivered before exit");
+}

@@ -14,8 +14,9 @@ pub(super) fn healthz() -> Reply {
     text(StatusCode::OK, "ok\n")
 }
 
-/// Ready when the store answers and the gateway is not draining. Sinks are reported but do not
-/// make the gateway unready: their events wait in the log, and devices should keep being served.
+/// Ready when the store answers, every sink's last delivery succeeded (CONTRACT §3: store and
+/// sinks reachable) and the gateway is not draining. Operators whose devices should keep being
+/// served while a backend is down set `events.readiness_ignores_sinks`: events wait in the log.
 pub(super) async fn readyz(state: &AppState) -> Reply {
     let store = state.store.ping().await;
     let draining = state.draining.load(Ordering::SeqCst);
@@ -24,7 +25,8 @@ pub(super) async fn readyz(state: &AppState) -> Reply {
         .iter()
         .map(|s| json!({ "name": s.name, "failing": s.failing(), "cursor": s.cursor() }))
         .collect();
-    let ready = store.is_ok() && !draining;
+    let sinks_ok = state.config.events.readiness_ignores_sinks || state.sinks.iter().all(|s| !s.failing());
+    let ready = store.is_ok() && sinks_ok && !draining;
     let body = json!({
         "ready": ready,
         "store": match &store { Ok(()) => "ok".to_owned(), Err(e) => e.to_string() },
