@@ -94,6 +94,9 @@ pub struct StoreConfig {
     pub url: Option<String>,
     /// Connections for concurrent reads.
     pub read_connections: u32,
+    /// `full` (fsync at every commit; default) or `normal` (may lose the last commits on power
+    /// loss, never consistency).
+    pub durability: crate::store::Durability,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -205,7 +208,7 @@ impl Default for AppleConfig {
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        StoreConfig { url: None, read_connections: 4 }
+        StoreConfig { url: None, read_connections: 4, durability: crate::store::Durability::Full }
     }
 }
 
@@ -324,11 +327,10 @@ impl Config {
             return Err(ConfigError::new("device.tls_cert", "tls_cert and tls_key must be set together"));
         }
         for (key, path) in [("device.tls_cert", &self.device.tls_cert), ("device.tls_key", &self.device.tls_key)] {
-            if let Some(p) = path {
-                if !p.is_file() {
+            if let Some(p) = path
+                && !p.is_file() {
                     return Err(ConfigError::new(key, format!("{} does not exist", p.display())));
                 }
-            }
         }
         if self.device.max_body_bytes < 1024 {
             return Err(ConfigError::new("device.max_body_bytes", "must be at least 1024"));
@@ -341,11 +343,10 @@ impl Config {
                 return Err(ConfigError::new("apple.device_ca", format!("{} does not exist", p.display())));
             }
         }
-        if let Some(url) = &self.store.url {
-            if !url.starts_with("sqlite:") {
+        if let Some(url) = &self.store.url
+            && !url.starts_with("sqlite:") {
                 return Err(ConfigError::new("store.url", "only sqlite:// is supported by this build"));
             }
-        }
         if self.store.read_connections == 0 {
             return Err(ConfigError::new("store.read_connections", "must be at least 1"));
         }
@@ -358,11 +359,10 @@ impl Config {
             if !matches!(u.scheme_str(), Some("http" | "https")) || u.host().is_none() {
                 return Err(ConfigError::new("webhook.url", "must be an http:// or https:// URL"));
             }
-            if let Some(p) = &w.hmac_secret_file {
-                if !p.is_file() {
+            if let Some(p) = &w.hmac_secret_file
+                && !p.is_file() {
                     return Err(ConfigError::new("webhook.hmac_secret_file", format!("{} does not exist", p.display())));
                 }
-            }
         }
         Ok(())
     }

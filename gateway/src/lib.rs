@@ -128,7 +128,7 @@ impl Gateway {
         let tls = tls::device_server_config(&tls_chain, &tls_key)
             .map_err(|e| config::ConfigError { key: "device.tls_cert".into(), message: e.to_string() })?;
 
-        let sqlite = SqliteStore::open(&config.store_url(), config.store.read_connections).await?;
+        let sqlite = SqliteStore::open_with(&config.store_url(), config.store.read_connections, config.store.durability).await?;
         let notify = sqlite.notifier();
         let store: Arc<dyn Store> = Arc::new(sqlite);
 

@@ -49,10 +49,7 @@ impl Harness {
     /// Starts a gateway on a fresh data directory; `adjust` may change the configuration.
     pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> Harness {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut config = Config::default();
-        config.data_dir = dir.path().join("data");
-        config.device.listen = "127.0.0.1:0".parse().expect("addr");
-        config.api.listen = "127.0.0.1:0".parse().expect("addr");
+        let mut config = config_on(dir.path().join("data"));
         config.apple.checked_in_event_interval_s = 0;
         config.shutdown.grace_period_s = 5;
         adjust(&mut config);
@@ -167,6 +164,14 @@ impl Harness {
             g.shutdown().await.expect("clean shutdown");
         }
     }
+}
+
+/// A configuration on `data_dir` with both listeners on ephemeral loopback ports.
+pub fn config_on(data_dir: std::path::PathBuf) -> Config {
+    let mut config = Config { data_dir, ..Config::default() };
+    config.device.listen = "127.0.0.1:0".parse().expect("addr");
+    config.api.listen = "127.0.0.1:0".parse().expect("addr");
+    config
 }
 
 async fn decode(resp: reqwest::Response) -> (u16, Value) {

@@ -349,10 +349,7 @@ async fn state_survives_a_restart_on_the_same_data_directory() {
     let Harness { gateway, dir, .. } = h;
     gateway.expect("running").shutdown().await.expect("stop");
 
-    let mut config = mdm_gateway::config::Config::default();
-    config.data_dir = data_dir.clone();
-    config.device.listen = "127.0.0.1:0".parse().expect("addr");
-    config.api.listen = "127.0.0.1:0".parse().expect("addr");
+    let config = mdm_tests::config_on(data_dir.clone());
     let g = mdm_gateway::Gateway::start(config).await.expect("restart");
     assert_eq!(std::fs::read(data_dir.join("ca.pem")).expect("ca"), ca_before, "CA reused");
     let url = format!("https://localhost:{}", g.device_addr.port());

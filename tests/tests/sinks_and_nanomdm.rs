@@ -99,10 +99,7 @@ async fn undelivered_events_wait_in_the_log_across_restarts() {
     gateway.expect("running").shutdown().await.expect("stop");
 
     let receiver = WebhookReceiver::start(0).await;
-    let mut config = mdm_gateway::config::Config::default();
-    config.data_dir = data_dir;
-    config.device.listen = "127.0.0.1:0".parse().expect("addr");
-    config.api.listen = "127.0.0.1:0".parse().expect("addr");
+    let mut config = mdm_tests::config_on(data_dir);
     config.webhook = Some(webhook(&receiver.url, WebhookFormat::Event, None));
     let g = mdm_gateway::Gateway::start(config).await.expect("restart");
     let delivered = eventually(Duration::from_secs(10), || async {

@@ -11,7 +11,7 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-pub(super) fn check(state: &AppState, headers: &HeaderMap) -> Result<(), Reply> {
+pub(super) fn check(state: &AppState, headers: &HeaderMap) -> Result<(), &'static str> {
     let presented = headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| {
         let (scheme, rest) = v.split_once(' ')?;
         if scheme.eq_ignore_ascii_case("bearer") {
@@ -27,12 +27,12 @@ pub(super) fn check(state: &AppState, headers: &HeaderMap) -> Result<(), Reply> 
     });
     match presented {
         Some(key) if same(key.as_bytes(), state.api_key.as_bytes()) => Ok(()),
-        Some(_) => Err(unauthorized("the API key is wrong")),
-        None => Err(unauthorized("missing credentials: use `Authorization: Bearer <api-key>` or Basic with user `nanomdm`")),
+        Some(_) => Err("the API key is wrong"),
+        None => Err("missing credentials: use `Authorization: Bearer <api-key>` or Basic with user `nanomdm`"),
     }
 }
 
-fn unauthorized(message: &str) -> Reply {
+pub(super) fn unauthorized(message: &str) -> Reply {
     tracing::info!(reason = message, "API request refused");
     let mut r = json_error(StatusCode::UNAUTHORIZED, "unauthorized", message);
     r.headers_mut().insert(http::header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer, Basic realm=\"mdm-gateway\""));

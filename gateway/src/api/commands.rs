@@ -120,13 +120,11 @@ pub(super) async fn create(state: &AppState, body: &[u8]) -> Reply {
         Ok(()) => {}
         Err(StoreError::IdempotencyConflict(_)) => {
             // Lost a race with an identical request: answer as the winner did.
-            if let Some(key) = &req.idempotency_key {
-                if let Ok(Some(existing)) = state.store.command_by_idempotency_key(key).await {
-                    if existing.device_id == device_id {
+            if let Some(key) = &req.idempotency_key
+                && let Ok(Some(existing)) = state.store.command_by_idempotency_key(key).await
+                    && existing.device_id == device_id {
                         return json(StatusCode::ACCEPTED, &json!({ "command_id": existing.command_id, "status": existing.status.as_str() }));
                     }
-                }
-            }
             return json_error(StatusCode::CONFLICT, "idempotency_conflict", "idempotency_key is already used");
         }
         Err(e) => return store_error(e),

@@ -52,8 +52,8 @@ async fn route(state: &Arc<AppState>, req: Request<Incoming>) -> (&'static str, 
     if segs.first() != Some(&"v1") {
         return ("unknown", json_error(StatusCode::NOT_FOUND, "not_found", "no such endpoint"));
     }
-    if let Err(reply) = auth::check(state, req.headers()) {
-        return ("unauthorized", reply);
+    if let Err(message) = auth::check(state, req.headers()) {
+        return ("unauthorized", auth::unauthorized(message));
     }
     let (parts, body) = req.into_parts();
     let limit = state.config.api.max_body_bytes;

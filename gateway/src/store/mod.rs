@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use mdm_core::{CommandStatus, DeviceId, Event, Inventory, Platform};
 use serde::Serialize;
 
-pub use sqlite::SqliteStore;
+pub use sqlite::{Durability, SqliteStore};
 
 /// Store failures. Callers map them to "try again later" answers; details go to the log.
 #[derive(Debug, thiserror::Error)]

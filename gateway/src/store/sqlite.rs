@@ -21,12 +21,12 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
 };
-use sqlx::{Decode, Row, Sqlite, SqlSafeStr, Type};
+use sqlx::{Decode, Row, SqlSafeStr, Sqlite, Type};
 use tokio::sync::Notify;
 
 use super::{
-    CommandRecord, CommandUpdate, Enrollment, EnrollmentState, LoggedEvent, NewCommand, PushCert, PushInfo,
-    Result, Store, StoreError,
+    CommandRecord, CommandUpdate, Enrollment, EnrollmentState, LoggedEvent, NewCommand, PushCert, PushInfo, Result,
+    Store, StoreError,
 };
 
 /// Migrations, embedded at build time. Listed by hand (rather than with `sqlx::migrate!`) so the
@@ -95,6 +95,18 @@ const COMMAND_SQL: &str = select_commands!("WHERE command_id = ? ORDER BY seq");
 const COMMAND_FOR_DEVICE_SQL: &str = select_commands!("WHERE device_id = ? AND command_id = ?");
 const COMMAND_BY_IDEMPOTENCY_KEY_SQL: &str = select_commands!("WHERE idempotency_key = ?");
 
+/// When a commit is on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// fsync at every commit: nothing acknowledged to a device or the API is lost, even on power
+    /// loss. The default, because the gateway answers only after the state is stored.
+    Full,
+    /// WAL with `synchronous=NORMAL`: survives process crashes, may lose the last commits on
+    /// power loss (never consistency). Faster on slow disks.
+    Normal,
+}
+
 /// The SQLite store. Cheap to clone; clones share the pools and the notifier.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
@@ -108,6 +120,11 @@ impl SqliteStore {
     /// path — and brings its schema up to date. `read_connections` sizes the read pool (at
     /// least 1).
     pub async fn open(url_or_path: &str, read_connections: u32) -> Result<SqliteStore> {
+        SqliteStore::open_with(url_or_path, read_connections, Durability::Full).await
+    }
+
+    /// Like [`SqliteStore::open`], choosing how commits reach the disk.
+    pub async fn open_with(url_or_path: &str, read_connections: u32, durability: Durability) -> Result<SqliteStore> {
         let base = if url_or_path.starts_with("sqlite:") {
             SqliteConnectOptions::from_str(url_or_path)?
         } else {
@@ -117,9 +134,10 @@ impl SqliteStore {
             .create_if_missing(true)
             .foreign_keys(true)
             .busy_timeout(BUSY_TIMEOUT)
-            // With WAL, NORMAL loses at most the last transactions on power loss, never
-            // consistency; FULL would fsync on every check-in.
-            .synchronous(SqliteSynchronous::Normal);
+            .synchronous(match durability {
+                Durability::Full => SqliteSynchronous::Full,
+                Durability::Normal => SqliteSynchronous::Normal,
+            });
 
         // The single writer connection is kept for the life of the store: it is the queue all
         // writes wait in, and reopening it per burst would only cost time.
@@ -243,9 +261,7 @@ fn enrollment_from_row(row: &SqliteRow) -> Result<Enrollment> {
         other => other,
     };
     let rest = || -> Result<Enrollment> {
-        let parent = get::<Option<String>>(row, "parent")?
-            .map(|p| parse_device_id(&p, "parent"))
-            .transpose()?;
+        let parent = get::<Option<String>>(row, "parent")?.map(|p| parse_device_id(&p, "parent")).transpose()?;
         let state_text: String = get(row, "state")?;
         let state = EnrollmentState::parse(&state_text)
             .ok_or_else(|| StoreError::Corrupt(format!("unknown state `{state_text}`")))?;
@@ -294,8 +310,8 @@ fn command_from_row(row: &SqliteRow) -> Result<CommandRecord> {
         let status = CommandStatus::parse(&status_text)
             .ok_or_else(|| StoreError::Corrupt(format!("unknown status `{status_text}`")))?;
         let priority: i64 = get(row, "priority")?;
-        let priority = i32::try_from(priority)
-            .map_err(|_| StoreError::Corrupt(format!("priority {priority} is out of range")))?;
+        let priority =
+            i32::try_from(priority).map_err(|_| StoreError::Corrupt(format!("priority {priority} is out of range")))?;
         let json_col = |column: &str| -> Result<Option<serde_json::Value>> {
             get::<Option<String>>(row, column)?.map(|s| parse_json(&s, column)).transpose()
         };
@@ -426,13 +442,13 @@ impl Store for SqliteStore {
         let mut tx = self.writer.begin().await?;
         // Rows already in `state` are left alone, so the count is of real changes.
         let done = sqlx::query(SET_STATE_WITH_CHILDREN_SQL)
-        .bind(state.as_str())
-        .bind(now)
-        .bind(parent.as_str())
-        .bind(parent.as_str())
-        .bind(state.as_str())
-        .execute(&mut *tx)
-        .await?;
+            .bind(state.as_str())
+            .bind(now)
+            .bind(parent.as_str())
+            .bind(parent.as_str())
+            .bind(state.as_str())
+            .execute(&mut *tx)
+            .await?;
         insert_events(&mut tx, &rows).await?;
         self.commit(tx, !rows.is_empty()).await?;
         Ok(done.rows_affected())
@@ -448,7 +464,12 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn list_enrollments(&self, platform: Option<Platform>, after: Option<&str>, limit: u32) -> Result<Vec<Enrollment>> {
+    async fn list_enrollments(
+        &self,
+        platform: Option<Platform>,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<Enrollment>> {
         // Every id sorts after "" (ids are never empty), so the first page needs no other query.
         let after = after.unwrap_or("");
         let rows = match platform {
@@ -460,7 +481,9 @@ impl Store for SqliteStore {
                     .fetch_all(&self.reader)
                     .await?
             }
-            None => sqlx::query(LIST_ENROLLMENTS_SQL).bind(after).bind(self::limit(limit)).fetch_all(&self.reader).await?,
+            None => {
+                sqlx::query(LIST_ENROLLMENTS_SQL).bind(after).bind(self::limit(limit)).fetch_all(&self.reader).await?
+            }
         };
         rows.iter().map(enrollment_from_row).collect()
     }
@@ -544,11 +567,8 @@ impl Store for SqliteStore {
     }
 
     async fn pending(&self, device: &DeviceId, limit: u32) -> Result<Vec<CommandRecord>> {
-        let rows = sqlx::query(PENDING_SQL)
-            .bind(device.as_str())
-            .bind(self::limit(limit))
-            .fetch_all(&self.reader)
-            .await?;
+        let rows =
+            sqlx::query(PENDING_SQL).bind(device.as_str()).bind(self::limit(limit)).fetch_all(&self.reader).await?;
         rows.iter().map(command_from_row).collect()
     }
 
@@ -620,7 +640,9 @@ impl Store for SqliteStore {
             .fetch_all(&self.reader)
             .await?;
         rows.iter()
-            .map(|row| Ok(LoggedEvent { seq: get(row, "seq")?, device_id: get(row, "device_id")?, json: get(row, "body")? }))
+            .map(|row| {
+                Ok(LoggedEvent { seq: get(row, "seq")?, device_id: get(row, "device_id")?, json: get(row, "body")? })
+            })
             .collect()
     }
 
@@ -629,17 +651,21 @@ impl Store for SqliteStore {
     }
 
     async fn sink_cursor(&self, sink: &str) -> Result<i64> {
-        let seq: Option<i64> =
-            sqlx::query_scalar("SELECT seq FROM sink_cursors WHERE sink = ?").bind(sink).fetch_optional(&self.reader).await?;
+        let seq: Option<i64> = sqlx::query_scalar("SELECT seq FROM sink_cursors WHERE sink = ?")
+            .bind(sink)
+            .fetch_optional(&self.reader)
+            .await?;
         Ok(seq.unwrap_or(0))
     }
 
     async fn set_sink_cursor(&self, sink: &str, seq: i64) -> Result<()> {
-        sqlx::query("INSERT INTO sink_cursors (sink, seq) VALUES (?, ?) ON CONFLICT (sink) DO UPDATE SET seq = excluded.seq")
-            .bind(sink)
-            .bind(seq)
-            .execute(&self.writer)
-            .await?;
+        sqlx::query(
+            "INSERT INTO sink_cursors (sink, seq) VALUES (?, ?) ON CONFLICT (sink) DO UPDATE SET seq = excluded.seq",
+        )
+        .bind(sink)
+        .bind(seq)
+        .execute(&self.writer)
+        .await?;
         Ok(())
     }
 
@@ -731,7 +757,10 @@ mod tests {
                     created_at: 1,
                 });
             }
-            store.save_enrollment(&Enrollment::new(format!("apple:dev-{d}").parse().expect("id"), 1), &[]).await.expect("save");
+            store
+                .save_enrollment(&Enrollment::new(format!("apple:dev-{d}").parse().expect("id"), 1), &[])
+                .await
+                .expect("save");
         }
         store.enqueue(&commands, &[]).await.expect("enqueue");
         sqlx::query("ANALYZE").execute(&store.writer).await.expect("analyze");
@@ -747,7 +776,9 @@ mod tests {
         assert_searches(&p, "enrollments", "enrollments_platform_device");
         let p = plan(&store, LIST_ENROLLMENTS_SQL, &["apple:dev-3", "10"]).await;
         assert_searches(&p, "enrollments", "sqlite_autoindex_enrollments_1");
-        let p = plan(&store, SET_STATE_WITH_CHILDREN_SQL, &["unenrolled", "5", "apple:dev-3", "apple:dev-3", "unenrolled"]).await;
+        let p =
+            plan(&store, SET_STATE_WITH_CHILDREN_SQL, &["unenrolled", "5", "apple:dev-3", "apple:dev-3", "unenrolled"])
+                .await;
         assert!(p.iter().any(|d| d.contains("USING INDEX enrollments_parent")), "{p:?}");
         assert!(p.iter().any(|d| d.contains("sqlite_autoindex_enrollments_1")), "{p:?}");
         assert!(!p.iter().any(|d| d.starts_with("SCAN")), "{p:?}");

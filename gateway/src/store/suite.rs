@@ -103,7 +103,13 @@ pub fn new_command(device: &DeviceId, command_id: &str, priority: i32) -> NewCom
     }
 }
 
-fn update<'a>(device: &'a DeviceId, command_id: &'a str, from: &'a [CommandStatus], to: CommandStatus, now: i64) -> CommandUpdate<'a> {
+fn update<'a>(
+    device: &'a DeviceId,
+    command_id: &'a str,
+    from: &'a [CommandStatus],
+    to: CommandStatus,
+    now: i64,
+) -> CommandUpdate<'a> {
     CommandUpdate { device_id: device, command_id, from, to, result: None, error: None, now }
 }
 
@@ -250,10 +256,7 @@ pub async fn set_state_with_children(store: &dyn Store) {
     }
 
     let ev = event("ev-unenroll", &parent, EventType::DEVICE_UNENROLLED, None);
-    let n = store
-        .set_state_with_children(&parent, EnrollmentState::Unenrolled, 77, &[ev])
-        .await
-        .expect("set state");
+    let n = store.set_state_with_children(&parent, EnrollmentState::Unenrolled, 77, &[ev]).await.expect("set state");
     assert_eq!(n, 3);
     for d in [&parent, &children[0], &children[1]] {
         let e = store.enrollment(d).await.expect("read").expect("present");
@@ -296,8 +299,15 @@ pub async fn touch_records_last_seen(store: &dyn Store) {
 
 pub async fn list_enrollments_keyset_pagination(store: &dyn Store) {
     let ids = [
-        "apple:B", "apple:A", "apple:A:501", "apple:C", "apple:D", "windows:W2", "windows:W1",
-        "android:e1:d1", "apple:E",
+        "apple:B",
+        "apple:A",
+        "apple:A:501",
+        "apple:C",
+        "apple:D",
+        "windows:W2",
+        "windows:W1",
+        "android:e1:d1",
+        "apple:E",
     ];
     for raw in ids {
         store.save_enrollment(&Enrollment::new(id(raw), 1), &[]).await.expect("save");
@@ -311,7 +321,10 @@ pub async fn list_enrollments_keyset_pagination(store: &dyn Store) {
             let batch = store.list_enrollments(platform, after.as_deref(), page).await.expect("list");
             assert!(batch.len() <= page as usize, "page over limit");
             let Some(last) = batch.last() else { break };
-            after = Some(last.device_id.to_string());
+            let next = last.device_id.to_string();
+            // Pages must move strictly forward, or a client paging through would never end.
+            assert!(after.as_deref().is_none_or(|a| a < next.as_str()), "page did not advance past {after:?}");
+            after = Some(next);
             seen.extend(batch.into_iter().map(|e| e.device_id.to_string()));
         }
         seen
@@ -321,7 +334,10 @@ pub async fn list_enrollments_keyset_pagination(store: &dyn Store) {
     everything.sort();
     assert_eq!(all_pages(store, None, 2).await, everything);
     assert_eq!(all_pages(store, None, 100).await, everything);
-    assert_eq!(all_pages(store, Some(Platform::Apple), 2).await, ["apple:A", "apple:A:501", "apple:B", "apple:C", "apple:D", "apple:E"]);
+    assert_eq!(
+        all_pages(store, Some(Platform::Apple), 2).await,
+        ["apple:A", "apple:A:501", "apple:B", "apple:C", "apple:D", "apple:E"]
+    );
     assert_eq!(all_pages(store, Some(Platform::Windows), 1).await, ["windows:W1", "windows:W2"]);
     assert_eq!(all_pages(store, Some(Platform::Android), 5).await, ["android:e1:d1"]);
 
@@ -381,7 +397,9 @@ pub async fn enqueue_and_pending_order(store: &dyn Store) {
     assert_eq!(store.command_for_device(&other, "rich").await.expect("read"), None);
 
     let mut seqs = Vec::new();
-    for (c, dev) in [("low-old", &d), ("shared-id", &other), ("high-old", &d), ("rich", &d), ("shared-id", &d), ("high-newest", &d)] {
+    for (c, dev) in
+        [("low-old", &d), ("shared-id", &other), ("high-old", &d), ("rich", &d), ("shared-id", &d), ("high-newest", &d)]
+    {
         seqs.push(store.command_for_device(dev, c).await.expect("read").expect("present").seq);
     }
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "seq must grow with insertion: {seqs:?}");
@@ -483,38 +501,75 @@ pub async fn update_command_compare_and_set(store: &dyn Store) {
     // Wrong `from`: nothing changes, no event.
     let wrong = [CommandStatus::Sent, CommandStatus::NotNow];
     let ev = event("ev-wrong", &d, EventType::COMMAND_ACKNOWLEDGED, Some("c"));
-    let applied = store.update_command(update(&d, "c", &wrong, CommandStatus::Acknowledged, 300), &[ev]).await.expect("update");
+    let applied =
+        store.update_command(update(&d, "c", &wrong, CommandStatus::Acknowledged, 300), &[ev]).await.expect("update");
     assert!(!applied);
     assert_eq!(store.command_for_device(&d, "c").await.expect("read"), Some(before.clone()));
     assert_eq!(store.last_event_seq().await.expect("seq"), 0);
-    // Unknown command or device: false too.
+    // Unknown command or device, or no `from` at all: false too, and still no event.
     let any = [CommandStatus::Queued];
-    assert!(!store.update_command(update(&d, "nope", &any, CommandStatus::Sent, 1), &[]).await.expect("update"));
-    assert!(!store.update_command(update(&id("apple:X"), "c", &any, CommandStatus::Sent, 1), &[]).await.expect("update"));
-    assert!(!store.update_command(update(&d, "c", &[], CommandStatus::Sent, 1), &[]).await.expect("update"));
+    let ev = [event("ev-never", &d, EventType::COMMAND_SENT, Some("c"))];
+    assert!(!store.update_command(update(&d, "nope", &any, CommandStatus::Sent, 1), &ev).await.expect("update"));
+    assert!(
+        !store.update_command(update(&id("apple:X"), "c", &any, CommandStatus::Sent, 1), &ev).await.expect("update")
+    );
+    assert!(!store.update_command(update(&d, "c", &[], CommandStatus::Sent, 1), &ev).await.expect("update"));
+    assert_eq!(store.last_event_seq().await.expect("seq"), 0);
+    assert_eq!(store.command_for_device(&d, "c").await.expect("read"), Some(before.clone()));
 
     // Queued -> Sent -> NotNow -> Sent -> Acknowledged.
     let ev = event("ev-sent-1", &d, EventType::COMMAND_SENT, Some("c"));
-    assert!(store.update_command(update(&d, "c", &[CommandStatus::Queued, CommandStatus::NotNow], CommandStatus::Sent, 301), &[ev]).await.expect("update"));
+    assert!(
+        store
+            .update_command(
+                update(&d, "c", &[CommandStatus::Queued, CommandStatus::NotNow], CommandStatus::Sent, 301),
+                &[ev]
+            )
+            .await
+            .expect("update")
+    );
     let r = store.command_for_device(&d, "c").await.expect("read").expect("present");
     assert_eq!((r.status, r.sent_count, r.updated_at, r.seq), (CommandStatus::Sent, 1, 301, before.seq));
 
     let mut u = update(&d, "c", &[CommandStatus::Sent], CommandStatus::NotNow, 302);
     u.result = Some(json!({ "Status": "NotNow" }));
-    assert!(store.update_command(u, &[event("ev-nn", &d, EventType::COMMAND_NOT_NOW, Some("c"))]).await.expect("update"));
+    assert!(
+        store.update_command(u, &[event("ev-nn", &d, EventType::COMMAND_NOT_NOW, Some("c"))]).await.expect("update")
+    );
     let r = store.command_for_device(&d, "c").await.expect("read").expect("present");
     assert_eq!((r.status, r.sent_count, &r.result), (CommandStatus::NotNow, 1, &Some(json!({ "Status": "NotNow" }))));
 
-    assert!(store.update_command(update(&d, "c", &[CommandStatus::Queued, CommandStatus::NotNow], CommandStatus::Sent, 303), &[]).await.expect("update"));
+    assert!(
+        store
+            .update_command(
+                update(&d, "c", &[CommandStatus::Queued, CommandStatus::NotNow], CommandStatus::Sent, 303),
+                &[]
+            )
+            .await
+            .expect("update")
+    );
     // A repeated transition sees the new status and does not apply twice.
-    assert!(!store.update_command(update(&d, "c", &[CommandStatus::Queued, CommandStatus::NotNow], CommandStatus::Sent, 304), &[]).await.expect("update"));
+    assert!(
+        !store
+            .update_command(
+                update(&d, "c", &[CommandStatus::Queued, CommandStatus::NotNow], CommandStatus::Sent, 304),
+                &[]
+            )
+            .await
+            .expect("update")
+    );
     let r = store.command_for_device(&d, "c").await.expect("read").expect("present");
     assert_eq!((r.status, r.sent_count, r.updated_at, &r.result), (CommandStatus::Sent, 2, 303, &None));
 
     let mut u = update(&d, "c", &[CommandStatus::Sent], CommandStatus::Error, 305);
     u.result = Some(json!({ "Status": "Error" }));
     u.error = Some(json!({ "code": 12021, "domain": "MCMDMErrorDomain" }));
-    assert!(store.update_command(u.clone(), &[event("ev-err", &d, EventType::COMMAND_ERROR, Some("c"))]).await.expect("update"));
+    assert!(
+        store
+            .update_command(u.clone(), &[event("ev-err", &d, EventType::COMMAND_ERROR, Some("c"))])
+            .await
+            .expect("update")
+    );
     let r = store.command_for_device(&d, "c").await.expect("read").expect("present");
     assert_eq!((r.status, r.sent_count, r.updated_at), (CommandStatus::Error, 2, 305));
     assert_eq!((r.result, r.error), (u.result, u.error));
@@ -539,8 +594,18 @@ pub async fn due_for_expiry(store: &dyn Store) {
         cmds.push(c);
     }
     store.enqueue(&cmds, &[]).await.expect("enqueue");
-    assert!(store.update_command(update(&d, "done", &[CommandStatus::Queued], CommandStatus::Acknowledged, 60), &[]).await.expect("ack"));
-    assert!(store.update_command(update(&d, "late", &[CommandStatus::Queued], CommandStatus::Sent, 60), &[]).await.expect("sent"));
+    assert!(
+        store
+            .update_command(update(&d, "done", &[CommandStatus::Queued], CommandStatus::Acknowledged, 60), &[])
+            .await
+            .expect("ack")
+    );
+    assert!(
+        store
+            .update_command(update(&d, "late", &[CommandStatus::Queued], CommandStatus::Sent, 60), &[])
+            .await
+            .expect("sent")
+    );
 
     let due: Vec<_> = store.due_for_expiry(200, 100).await.expect("due").into_iter().map(|c| c.command_id).collect();
     assert_eq!(due, ["early", "early-too", "late", "exact"]);
@@ -548,7 +613,12 @@ pub async fn due_for_expiry(store: &dyn Store) {
     assert_eq!(due, ["early", "early-too"]);
     assert!(store.due_for_expiry(99, 100).await.expect("due").is_empty());
 
-    assert!(store.update_command(update(&e, "early", &[CommandStatus::Queued], CommandStatus::Expired, 200), &[]).await.expect("expire"));
+    assert!(
+        store
+            .update_command(update(&e, "early", &[CommandStatus::Queued], CommandStatus::Expired, 200), &[])
+            .await
+            .expect("expire")
+    );
     let due: Vec<_> = store.due_for_expiry(10_000, 100).await.expect("due").into_iter().map(|c| c.command_id).collect();
     assert_eq!(due, ["early-too", "late", "exact", "future"]);
 }
@@ -565,7 +635,8 @@ pub async fn events_are_logged_in_order(store: &dyn Store) {
     let b = id("android:ent:EV-B");
     let mut with_raw = event("e3", &b, EventType::other("vendor.custom"), Some("cmd-9"));
     with_raw.raw = Some(mdm_core::RawMessage { content_type: "application/json".into(), body_b64: "e30=".into() });
-    let batch1 = [event("e1", &a, EventType::DEVICE_ENROLLED, None), event("e2", &a, EventType::DEVICE_CHECKED_IN, None)];
+    let batch1 =
+        [event("e1", &a, EventType::DEVICE_ENROLLED, None), event("e2", &a, EventType::DEVICE_CHECKED_IN, None)];
     let batch2 = [with_raw, event("e4", &a, EventType::PUSH_FAILED, None)];
     store.append_events(&batch1).await.expect("append");
     store.append_events(&batch2).await.expect("append");
@@ -589,7 +660,9 @@ pub async fn events_are_logged_in_order(store: &dyn Store) {
     assert!(store.events_after(logged[3].seq, 100).await.expect("read").is_empty());
 
     // Event ids are unique in the log: a reused id fails the call, which then writes nothing.
-    let r = store.append_events(&[event("e5", &a, EventType::PUSH_FAILED, None), event("e1", &a, EventType::PUSH_FAILED, None)]).await;
+    let r = store
+        .append_events(&[event("e5", &a, EventType::PUSH_FAILED, None), event("e1", &a, EventType::PUSH_FAILED, None)])
+        .await;
     assert!(r.is_err(), "a reused event id must be refused");
     assert_eq!(store.events_after(0, 100).await.expect("read"), logged);
 }
@@ -617,11 +690,15 @@ pub async fn events_are_atomic_with_state(store: &dyn Store) {
 
     store.enqueue(&[new_command(&d, "c", 0)], &[]).await.expect("enqueue");
     let q = [CommandStatus::Queued];
-    assert!(store.update_command(update(&d, "c", &q, CommandStatus::Sent, 5), std::slice::from_ref(&dup)).await.is_err());
+    assert!(
+        store.update_command(update(&d, "c", &q, CommandStatus::Sent, 5), std::slice::from_ref(&dup)).await.is_err()
+    );
     let r = store.command_for_device(&d, "c").await.expect("read").expect("present");
     assert_eq!((r.status, r.sent_count), (CommandStatus::Queued, 0));
 
-    assert!(store.set_state_with_children(&d, EnrollmentState::Unenrolled, 9, std::slice::from_ref(&dup)).await.is_err());
+    assert!(
+        store.set_state_with_children(&d, EnrollmentState::Unenrolled, 9, std::slice::from_ref(&dup)).await.is_err()
+    );
     assert_eq!(store.enrollment(&d).await.expect("read").expect("present").state, EnrollmentState::Authenticated);
 
     assert_eq!(store.events_after(0, 10).await.expect("read"), logged);

@@ -24,11 +24,10 @@ pub(super) async fn handle(state: &AppState, identity: &DeviceIdentity, body: &[
             if id != channel {
                 return Err(Reject::bad_request("authenticate_on_user_channel", "Authenticate names a user"));
             }
-            if let Some(other) = state.store.enrollment_by_cert(&identity.fingerprint).await? {
-                if other != id {
+            if let Some(other) = state.store.enrollment_by_cert(&identity.fingerprint).await?
+                && other != id {
                     return Err(Reject::identity("certificate_bound_elsewhere", format!("certificate is bound to {other}")));
                 }
-            }
             let mut enrollment = state.store.enrollment(&id).await?.unwrap_or_else(|| Enrollment::new(id.clone(), now));
             // (Re-)authentication starts the enrollment over: reachable again only after TokenUpdate.
             enrollment.state = EnrollmentState::Authenticated;

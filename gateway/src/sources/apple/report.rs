@@ -54,11 +54,10 @@ pub(super) async fn handle(state: &AppState, identity: &DeviceIdentity, body: &[
     }
 
     // 2. The result of the command the device just worked on.
-    if report.status != ReportStatus::Idle {
-        if let Some(uuid) = &report.command_uuid {
+    if report.status != ReportStatus::Idle
+        && let Some(uuid) = &report.command_uuid {
             record_result(state, &mut enrollment, &report, uuid, body, now).await?;
         }
-    }
 
     // 3. The next command.
     let pending = state.store.pending(&id, QUEUE_WINDOW).await?;
@@ -167,14 +166,13 @@ async fn record_result(
         return Ok(());
     }
     metrics::counter!(telemetry::COMMAND_RESULTS, "platform" => "apple", "status" => to.as_str()).increment(1);
-    if to == CommandStatus::Acknowledged {
-        if let Some(inv) = report.inventory(&record.request_type).filter(|i| !i.is_empty()) {
+    if to == CommandStatus::Acknowledged
+        && let Some(inv) = report.inventory(&record.request_type).filter(|i| !i.is_empty()) {
             let mut events = Vec::new();
             super::checkin::merge_inventory(state, enrollment, &inv, &mut events);
             enrollment.updated_at = now;
             state.store.save_enrollment(enrollment, &events).await?;
         }
-    }
     Ok(())
 }
 
