@@ -379,3 +379,73 @@ async fn operator_device_ca_is_trusted_besides_the_gateway_ca() {
     h.device("A1B2C3D4-0000-4000-8000-00000000000C").enroll().await.expect("own CA");
     h.stop().await;
 }
+
+fn dict(pairs: &[(&str, plist::Value)]) -> Vec<u8> {
+    let mut d = plist::Dictionary::new();
+    for (k, v) in pairs {
+        d.insert((*k).to_owned(), v.clone());
+    }
+    let mut out = Vec::new();
+    plist::to_writer_xml(&mut out, &plist::Value::Dictionary(d)).expect("plist");
+    out
+}
+
+/// User Enrollment (BYOD): the device is named by `EnrollmentID`, never by UDID.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_enrollment_is_identified_by_enrollment_id() {
+    use plist::Value;
+    let h = Harness::start().await;
+    // The emulator's builders name a UDID; User Enrollment messages are built here instead.
+    let dev = h.device("unused-udid");
+    let eid = "BYOD-ENROLLMENT-7F3A";
+    let topic = || ("Topic", Value::from("com.apple.mgmt.External.emulated"));
+    let auth = dict(&[("MessageType", "Authenticate".into()), ("EnrollmentID", eid.into()), topic()]);
+    assert_eq!(dev.send_checkin(auth).await.expect("auth").status, 200);
+    let token = dict(&[
+        ("MessageType", "TokenUpdate".into()),
+        ("EnrollmentID", eid.into()),
+        topic(),
+        ("Token", Value::Data(vec![7; 32])),
+        ("PushMagic", "magic".into()),
+    ]);
+    assert_eq!(dev.send_checkin(token).await.expect("token").status, 200);
+    let id = format!("apple:{eid}");
+    let (code, device) = h.get(&format!("/v1/devices/{id}")).await;
+    assert_eq!(code, 200, "{device}");
+    assert_eq!(device["enrollment"]["enrollment_type"], "user_enrollment_device");
+    let (code, r) = h.post("/v1/commands", &json!({ "device_id": id, "command": { "type": "device_info" } })).await;
+    assert_eq!(code, 202, "{r}");
+    let idle = dev.send_report(dict(&[("EnrollmentID", eid.into()), ("Status", "Idle".into())])).await.expect("idle");
+    let cmd: plist::Dictionary = plist::from_bytes(&idle.body).expect("command");
+    let uuid = cmd.get("CommandUUID").and_then(Value::as_string).expect("uuid").to_owned();
+    assert_eq!(uuid, r["command_id"].as_str().expect("id"));
+    let ack = dict(&[("EnrollmentID", eid.into()), ("Status", "Acknowledged".into()), ("CommandUUID", uuid.as_str().into())]);
+    assert_eq!(dev.send_report(ack).await.expect("ack").status, 200);
+    let (_, status) = h.get(&format!("/v1/commands/{uuid}")).await;
+    assert_eq!(status["status"], "acknowledged");
+    h.stop().await;
+}
+
+/// Shared iPad: the user channel's UserID is all F's; the user is named by UserShortName.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_ipad_user_channel_is_named_by_short_name() {
+    let h = Harness::start().await;
+    let dev = h.device("A1B2C3D4-0000-4000-8000-00000000000D");
+    dev.enroll().await.expect("device channel");
+    let user = UserChannel { user_id: mdm_apple::SHARED_IPAD_USER_ID.into(), short_name: "student42@school.example".into(), long_name: "Student".into() };
+    let r = dev.send_checkin(dev.token_update_message(Some(&user))).await.expect("token update");
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let (code, devices) = h.get("/v1/devices?platform=apple").await;
+    assert_eq!(code, 200);
+    let user_channel = devices["devices"]
+        .as_array()
+        .expect("devices")
+        .iter()
+        .find(|d| d["enrollment"]["enrollment_type"] == "shared_ipad")
+        .cloned()
+        .expect("a shared iPad user channel");
+    let id = user_channel["device_id"].as_str().expect("id");
+    assert!(id.starts_with(&format!("apple:{}:", dev.udid)), "{id}");
+    assert!(id.contains("student42"), "named by the short name, not the all-F UserID: {id}");
+    h.stop().await;
+}
