@@ -1,5 +1,12 @@
 //! Conformance tooling: emulated devices that speak the real wire protocols to a running
 //! gateway, and (later) transcript replay. Unlike the protocol crates this crate does IO: it is
 //! a client of the gateway, the way real devices are.
+//!
+//! - [`apple`]: emulated Apple devices, one at a time or as a fleet.
+//! - [`apns`]: a local APNs emulator (HTTP/2 + TLS, client certificates, failure injection) and
+//!   what it hands to the fleet.
+//! - [`bench`]: the `mdm-bench` load tool.
 
+pub mod apns;
 pub mod apple;
+pub mod bench;

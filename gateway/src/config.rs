@@ -85,6 +85,21 @@ pub struct AppleConfig {
     pub checked_in_event_interval_s: u64,
     /// `last_seen` is written at most this often per device, in seconds.
     pub last_seen_resolution_s: u64,
+    /// APNs endpoint: `https://api.push.apple.com` (production), `https://api.sandbox.push.apple.com`,
+    /// or any `https://` URL with a host and no path (a local emulator, a relay).
+    pub apns_url: String,
+    /// PEM CA file that verifies the APNs server; the built-in Mozilla roots when absent.
+    pub apns_ca: Option<PathBuf>,
+    /// HTTP/2 connections per push certificate (topic); each carries many concurrent pushes.
+    pub apns_connections: u32,
+    /// Pushes in flight to APNs at once, over all topics; more wait for a slot.
+    pub push_max_in_flight: u32,
+    /// Time for one push attempt (connection included), in milliseconds.
+    pub push_timeout_ms: u64,
+    /// `apns-expiration`: APNs keeps an undeliverable push this many seconds (0: try once, keep nothing).
+    pub apns_expiration_s: u64,
+    /// Pushes after enqueue to the same device within this many milliseconds become one (0: off).
+    pub push_coalesce_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -202,6 +217,13 @@ impl Default for AppleConfig {
             allow_cert_renewal: false,
             checked_in_event_interval_s: 300,
             last_seen_resolution_s: 60,
+            apns_url: "https://api.push.apple.com".into(),
+            apns_ca: None,
+            apns_connections: 2,
+            push_max_in_flight: 1000,
+            push_timeout_ms: 10_000,
+            apns_expiration_s: 86_400,
+            push_coalesce_ms: 1000,
         }
     }
 }
@@ -343,6 +365,7 @@ impl Config {
                 return Err(ConfigError::new("apple.device_ca", format!("{} does not exist", p.display())));
             }
         }
+        self.validate_push()?;
         if let Some(url) = &self.store.url
             && !url.starts_with("sqlite:") {
                 return Err(ConfigError::new("store.url", "only sqlite:// is supported by this build"));
@@ -363,6 +386,39 @@ impl Config {
                 && !p.is_file() {
                     return Err(ConfigError::new("webhook.hmac_secret_file", format!("{} does not exist", p.display())));
                 }
+        }
+        Ok(())
+    }
+
+    fn validate_push(&self) -> Result<(), ConfigError> {
+        let a = &self.apple;
+        let uri: http::Uri = a.apns_url.parse().map_err(|e| ConfigError::new("apple.apns_url", format!("not a URL: {e}")))?;
+        if uri.scheme_str() != Some("https") || uri.host().is_none() {
+            return Err(ConfigError::new("apple.apns_url", "must be an https:// URL with a host"));
+        }
+        if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+            return Err(ConfigError::new("apple.apns_url", "must not have a path or query (the client adds /3/device/<token>)"));
+        }
+        if let Some(p) = &a.apns_ca
+            && !p.is_file() {
+                return Err(ConfigError::new("apple.apns_ca", format!("{} does not exist", p.display())));
+            }
+        if !(1..=64).contains(&a.apns_connections) {
+            return Err(ConfigError::new("apple.apns_connections", "must be 1 to 64"));
+        }
+        if a.push_max_in_flight == 0 {
+            return Err(ConfigError::new("apple.push_max_in_flight", "must be at least 1"));
+        }
+        if a.push_timeout_ms == 0 {
+            return Err(ConfigError::new("apple.push_timeout_ms", "must be at least 1"));
+        }
+        // APNs stores a notification for at most about 30 days; a longer expiration is refused
+        // by no one but means nothing.
+        if a.apns_expiration_s > 30 * 86_400 {
+            return Err(ConfigError::new("apple.apns_expiration_s", "must be at most 2592000 (30 days)"));
+        }
+        if a.push_coalesce_ms > 60_000 {
+            return Err(ConfigError::new("apple.push_coalesce_ms", "must be at most 60000"));
         }
         Ok(())
     }

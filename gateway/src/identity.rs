@@ -4,11 +4,15 @@
 //! This module only establishes a verified certificate and its fingerprint; whether that
 //! certificate is the one bound to the enrollment is the source's decision.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::Mutex;
 
 use http::{HeaderMap, HeaderName};
 use ipnet::IpNet;
 use mdm_certs::{IdentityError, TrustAnchors, X509};
+use openssl::asn1::{Asn1Time, Asn1TimeRef};
+use sha2::{Digest, Sha256};
 
 use crate::server::ConnInfo;
 
@@ -50,18 +54,93 @@ impl From<IdentityError> for IdentityFailure {
 
 pub const MDM_SIGNATURE: &str = "mdm-signature";
 
+/// Most certificate chains remembered as verified; the memory is cleared when full.
+const VERIFIED_CACHE_MAX: usize = 65_536;
+
+/// Certificates (each with the chain it came with) that passed
+/// [`mdm_certs::verify_device_certificate`], keyed by a SHA-256 over their DER, with the time
+/// window in which that result stays true: the intersection of the validity periods of the
+/// leaf, its chain and every anchor. The check depends only on those certificates, the anchors
+/// (fixed for the life of the verifier) and the time, so inside the window the answer cannot
+/// change; outside it, or for anything never verified, the full check runs. Failures are never
+/// remembered. Saves a signature verification and an X509_STORE per request for devices that
+/// check in repeatedly.
+#[derive(Debug, Default)]
+struct VerifiedChains {
+    windows: Mutex<HashMap<[u8; 32], (i64, i64)>>,
+}
+
+fn unix_of(t: &Asn1TimeRef) -> Option<i64> {
+    let epoch = Asn1Time::from_unix(0).ok()?;
+    let d = epoch.diff(t).ok()?;
+    Some(i64::from(d.days) * 86_400 + i64::from(d.secs))
+}
+
+impl VerifiedChains {
+    fn key(cert: &X509, chain: &[X509]) -> Option<[u8; 32]> {
+        let mut h = Sha256::new();
+        for c in std::iter::once(cert).chain(chain) {
+            let der = c.to_der().ok()?;
+            h.update((der.len() as u64).to_be_bytes());
+            h.update(&der);
+        }
+        Some(h.finalize().into())
+    }
+
+    fn window<'a>(certs: impl Iterator<Item = &'a X509>) -> Option<(i64, i64)> {
+        let mut w = (i64::MIN, i64::MAX);
+        for c in certs {
+            w.0 = w.0.max(unix_of(c.not_before())?);
+            w.1 = w.1.min(unix_of(c.not_after())?);
+        }
+        Some(w)
+    }
+
+    fn holds(&self, key: &[u8; 32], now: i64) -> bool {
+        let windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        windows.get(key).is_some_and(|&(from, to)| from <= now && now <= to)
+    }
+
+    fn remember(&self, key: [u8; 32], window: (i64, i64)) {
+        let mut windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        if windows.len() >= VERIFIED_CACHE_MAX {
+            windows.clear();
+        }
+        windows.insert(key, window);
+    }
+}
+
 #[derive(Debug)]
 pub struct IdentityVerifier {
     anchors: TrustAnchors,
     trusted_proxies: Vec<IpNet>,
     header: HeaderName,
     rfc9440: bool,
+    verified: VerifiedChains,
 }
 
 impl IdentityVerifier {
     pub fn new(anchors: TrustAnchors, trusted_proxies: Vec<IpNet>, header: HeaderName) -> Self {
         let rfc9440 = header.as_str().eq_ignore_ascii_case("client-cert");
-        IdentityVerifier { anchors, trusted_proxies, header, rfc9440 }
+        IdentityVerifier { anchors, trusted_proxies, header, rfc9440, verified: VerifiedChains::default() }
+    }
+
+    /// [`mdm_certs::verify_device_certificate`], skipped when this exact certificate and chain
+    /// passed it before and `now` is inside the window where that result holds.
+    fn verify_chain(&self, cert: &X509, chain: &[X509], now: i64) -> Result<(), IdentityError> {
+        let key = VerifiedChains::key(cert, chain);
+        if let Some(k) = &key
+            && self.verified.holds(k, now)
+        {
+            return Ok(());
+        }
+        mdm_certs::verify_device_certificate(cert, chain, &self.anchors, now)?;
+        if let Some(k) = key
+            && let Some(w) = VerifiedChains::window(std::iter::once(cert).chain(chain).chain(self.anchors.roots()))
+        {
+            self.verified.remember(k, w);
+        }
+        Ok(())
     }
 
     fn trusted_proxy(&self, peer: Option<IpAddr>) -> bool {
@@ -104,7 +183,7 @@ impl IdentityVerifier {
                 "no Mdm-Signature header, no TLS client certificate and no proxy certificate header",
             ));
         };
-        mdm_certs::verify_device_certificate(&cert, &chain, &self.anchors, now)?;
+        self.verify_chain(&cert, &chain, now)?;
         let fingerprint = mdm_certs::fingerprint_sha256(&cert);
         Ok(DeviceIdentity { cert, fingerprint, source })
     }

@@ -12,6 +12,7 @@ pub mod expiry;
 pub mod http_util;
 pub mod identity;
 pub mod pki;
+pub mod push;
 pub mod server;
 pub mod shutdown;
 pub mod sinks;
@@ -51,6 +52,8 @@ pub struct AppState {
     pub shutdown: watch::Receiver<bool>,
     pub draining: AtomicBool,
     pub sinks: Vec<Arc<SinkHealth>>,
+    /// APNs client.
+    pub pusher: Arc<push::Pusher>,
 }
 
 /// Why the gateway could not start.
@@ -131,6 +134,13 @@ impl Gateway {
         let sqlite = SqliteStore::open_with(&config.store_url(), config.store.read_connections, config.store.durability).await?;
         let notify = sqlite.notifier();
         let store: Arc<dyn Store> = Arc::new(sqlite);
+        // Before any port is bound: a bad `apple.apns_ca` is a configuration error (exit 64).
+        let apns_ca = match &config.apple.apns_ca {
+            Some(p) => Some(std::fs::read(p).map_err(|e| config::ConfigError { key: "apple.apns_ca".into(), message: format!("{}: {e}", p.display()) })?),
+            None => None,
+        };
+        let pusher = push::Pusher::new(&config.apple, apns_ca.as_deref(), store.clone(), EventFactory::new(clock.clone()), clock.clone())
+            .map_err(|message| config::ConfigError { key: if apns_ca.is_some() { "apple.apns_ca" } else { "apple.apns_url" }.into(), message })?;
 
         let device_listener = TcpListener::bind(config.device.listen)
             .await
@@ -171,6 +181,7 @@ impl Gateway {
             shutdown: shutdown_rx.clone(),
             draining: AtomicBool::new(false),
             sinks: sink_health,
+            pusher: Arc::new(pusher),
         });
 
         let grace = Duration::from_secs(state.config.shutdown.grace_period_s);
@@ -180,6 +191,7 @@ impl Gateway {
         let api_handler = api::handler(state.clone());
         tasks.push(tokio::spawn(server::serve(api_listener, None, api_handler, shutdown_rx.clone(), grace, "api")));
         tasks.push(tokio::spawn(expiry::run(state.clone(), shutdown_rx.clone())));
+        tasks.push(tokio::spawn(push::ExpiryWatch::new(state.store.clone(), state.clock.clone()).run(shutdown_rx.clone())));
 
         let mut relays = Vec::new();
         if let Some((sink, health)) = webhook {

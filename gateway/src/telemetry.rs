@@ -27,6 +27,17 @@ pub const SINK_LAG: &str = "mdm_sink_lag_events";
 pub const API_REQUESTS: &str = "mdm_api_requests_total";
 /// Seconds until a push certificate expires, by `topic`.
 pub const PUSH_CERT_EXPIRY: &str = "mdm_push_certificate_expiry_seconds";
+/// Pushes, by `result` (`delivered`, `refused` by APNs, `failed` after retries, `not_sent`) and
+/// `reason` (an APNs reason such as `Unregistered`, or a local code such as `no_token`).
+pub const PUSHES: &str = "mdm_pushes_total";
+/// Time from the push request to APNs' final answer (retries included), by `result`.
+pub const PUSH_SECONDS: &str = "mdm_push_duration_seconds";
+/// Push attempts that are retried, by `reason` (`TooManyRequests`, `connection`, `timeout`...).
+pub const PUSH_RETRIES: &str = "mdm_push_retries_total";
+/// Wake-ups after enqueue merged into a push already sent or due (see `apple.push_coalesce_ms`).
+pub const PUSHES_COALESCED: &str = "mdm_pushes_coalesced_total";
+/// Open HTTP/2 connections to APNs, by `topic`.
+pub const APNS_CONNECTIONS: &str = "mdm_apns_connections";
 
 pub fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_env("MDM_LOG").unwrap_or_else(|_| EnvFilter::new("info"));

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use hmac::{Hmac, Mac};
+use mdm_conformance::apns::ApnsEmulator;
 use mdm_gateway::config::{WebhookConfig, WebhookFormat};
 use mdm_tests::webhook::WebhookReceiver;
 use mdm_tests::{Harness, eventually, vectors_dir};
@@ -249,9 +250,19 @@ fn push_certificate(topic: &str) -> (String, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn push_certificate_upload_and_read() {
-    let h = Harness::start().await;
+    // A local APNs emulator stands in for Apple; its push CA issues the certificate.
+    let (apns, _deliveries) = ApnsEmulator::start("127.0.0.1:0".parse().expect("addr")).await.expect("APNs emulator");
+    let ca_dir = tempfile::tempdir().expect("tmp");
+    let ca_path = ca_dir.path().join("apns-ca.pem");
+    std::fs::write(&ca_path, apns.server_ca_pem()).expect("write CA");
+    let url = apns.url();
+    let h = Harness::start_with(|c| {
+        c.apple.apns_url = url;
+        c.apple.apns_ca = Some(ca_path.clone());
+    })
+    .await;
     let topic = "com.apple.mgmt.External.emulated";
-    let (cert, key) = push_certificate(topic);
+    let (cert, key) = apns.issue_push_certificate(topic, mdm_tests::unix_now() + 365 * 86_400).expect("push certificate");
     let (code, r) = h.put_bytes("/v1/pushcert", format!("{cert}{key}").into_bytes()).await;
     assert_eq!(code, 200, "{r}");
     assert_eq!(r["topic"], topic);
@@ -275,15 +286,18 @@ async fn push_certificate_upload_and_read() {
     let (_, got) = h.get("/v1/pushcert").await;
     assert_eq!(got["push_certs"].as_array().map(Vec::len), Some(1));
 
-    // With the certificate in place the push error names what is really missing.
+    // With the certificate in place the push reaches APNs (the emulator) and reports its apns-id.
     let dev = h.device("B1B2C3D4-0000-4000-8000-000000000005");
     dev.enroll().await.expect("enroll");
     let (code, r) = h.get(&format!("/v1/push/{}", dev.udid)).await;
-    assert_eq!(code, 500);
-    assert!(r["status"][&dev.udid]["push_error"].as_str().expect("err").contains("not enabled"), "{r}");
+    assert_eq!(code, 200, "{r}");
+    let seen = apns.control().recent();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(r["status"][&dev.udid]["push_result"], seen[0].apns_id.as_str(), "{r}");
     let metrics = h.raw_api().get(format!("{}/metrics", h.api_url)).send().await.expect("metrics").text().await.expect("text");
     assert!(metrics.contains("mdm_push_certificate_expiry_seconds{topic=\"com.apple.mgmt.External.emulated\"}"), "{metrics}");
     h.stop().await;
+    apns.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -69,8 +69,15 @@ impl AppleDevice {
             pem.extend(key.private_key_to_pem_pkcs8().map_err(|e| DeviceError::Identity(e.to_string()))?);
             builder = builder.identity(reqwest::Identity::from_pem(&pem)?);
         }
+        Ok(Self::with_client(udid, key, cert, mode, base_url, builder.build()?))
+    }
+
+    /// A device that sends through `client`, which may be shared by many devices (connection
+    /// reuse). With [`IdentityMode::TlsClientCertificate`] the client must present this device's
+    /// certificate; signing devices can all share one client.
+    pub fn with_client(udid: &str, key: PKey<Private>, cert: X509, mode: IdentityMode, base_url: &str, client: reqwest::Client) -> Self {
         let serial: String = udid.chars().filter(|c| c.is_ascii_alphanumeric()).take(12).collect::<String>().to_uppercase();
-        Ok(AppleDevice {
+        AppleDevice {
             udid: udid.to_owned(),
             serial,
             topic: "com.apple.mgmt.External.emulated".into(),
@@ -80,8 +87,8 @@ impl AppleDevice {
             cert,
             mode,
             base_url: base_url.trim_end_matches('/').to_owned(),
-            client: builder.build()?,
-        })
+            client,
+        }
     }
 
     pub fn authenticate_message(&self) -> Vec<u8> {
@@ -183,9 +190,20 @@ impl AppleDevice {
     /// One MDM session as after a push: Idle, then answer each command with `choose(request_type)`
     /// giving the Status to report ("Acknowledged", "Error", "NotNow"), until the gateway has
     /// nothing more. Returns the (CommandUUID, RequestType, Status) handled, in order.
-    pub async fn session(&self, mut choose: impl FnMut(&str) -> &'static str) -> Result<Vec<(String, String, String)>, DeviceError> {
+    pub async fn session(&self, choose: impl FnMut(&str) -> &'static str) -> Result<Vec<(String, String, String)>, DeviceError> {
+        self.session_timed(choose, |_| {}).await
+    }
+
+    /// [`AppleDevice::session`], calling `timed` with the duration of every request it sends.
+    pub async fn session_timed(
+        &self,
+        mut choose: impl FnMut(&str) -> &'static str,
+        mut timed: impl FnMut(Duration),
+    ) -> Result<Vec<(String, String, String)>, DeviceError> {
         let mut handled = Vec::new();
+        let started = std::time::Instant::now();
         let mut reply = Self::expect_ok(self.send_report(self.report_message("Idle", None, None, Dictionary::new())).await?)?;
+        timed(started.elapsed());
         // A session can never be longer than the queue; the bound stops a broken server looping us.
         for _ in 0..10_000 {
             if reply.body.is_empty() {
@@ -198,21 +216,26 @@ impl AppleDevice {
             let status = choose(&request_type);
             let extra = match status {
                 "Acknowledged" => answer_for(&request_type, &inner, self),
-                "Error" => {
-                    let mut e = Dictionary::new();
-                    e.insert("ErrorCode".into(), Value::Integer(12021.into()));
-                    e.insert("ErrorDomain".into(), "MCMDMErrorDomain".into());
-                    e.insert("LocalizedDescription".into(), "Emulated failure".into());
-                    e.insert("USEnglishDescription".into(), "Emulated failure".into());
-                    let mut d = Dictionary::new();
-                    d.insert("ErrorChain".into(), Value::Array(vec![Value::Dictionary(e)]));
-                    d
-                }
+                "Error" => error_chain(),
                 _ => Dictionary::new(),
             };
             handled.push((uuid.clone(), request_type, status.to_owned()));
+            let started = std::time::Instant::now();
             reply = Self::expect_ok(self.send_report(self.report_message(status, Some(&uuid), None, extra)).await?)?;
+            timed(started.elapsed());
         }
         Err(DeviceError::BadCommand("session did not end after 10000 commands".into()))
     }
+}
+
+/// The keys of an `Error` report: one emulated MDM error.
+fn error_chain() -> Dictionary {
+    let mut e = Dictionary::new();
+    e.insert("ErrorCode".into(), Value::Integer(12021.into()));
+    e.insert("ErrorDomain".into(), "MCMDMErrorDomain".into());
+    e.insert("LocalizedDescription".into(), "Emulated failure".into());
+    e.insert("USEnglishDescription".into(), "Emulated failure".into());
+    let mut d = Dictionary::new();
+    d.insert("ErrorChain".into(), Value::Array(vec![Value::Dictionary(e)]));
+    d
 }

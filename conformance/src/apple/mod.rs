@@ -3,6 +3,7 @@
 //! answers with realistic values.
 
 mod device;
+pub mod fleet;
 mod messages;
 
 pub use device::{AppleDevice, DeviceError, IdentityMode, Reply};

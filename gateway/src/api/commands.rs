@@ -25,6 +25,9 @@ struct CreateRequest {
     /// Higher first; default 0.
     #[serde(default)]
     priority: Option<i32>,
+    /// Queue only: do not wake the device (it gets the command at its next check-in).
+    #[serde(default)]
+    nopush: bool,
 }
 
 const MAX_IDEMPOTENCY_KEY: usize = 256;
@@ -130,6 +133,11 @@ pub(super) async fn create(state: &AppState, body: &[u8]) -> Reply {
         Err(e) => return store_error(e),
     }
     metrics::counter!(telemetry::COMMANDS_QUEUED, "platform" => device_id.platform().as_str()).increment(1);
+    // The reply does not wait for APNs: the push is coalesced per device, and its failures
+    // become `push.failed` events.
+    if !req.nopush && device_id.platform() == Platform::Apple {
+        state.pusher.wake(device_id);
+    }
     json(StatusCode::ACCEPTED, &json!({ "command_id": command_id, "status": "queued" }))
 }
 

@@ -78,7 +78,7 @@ async fn route(state: &Arc<AppState>, req: Request<Incoming>) -> (&'static str, 
         }),
         (&Method::GET | &Method::POST, ["push", ids]) => ("nanomdm.push", nanomdm::push(state, ids).await),
         (&Method::PUT, ["pushcert"]) => ("nanomdm.pushcert.put", match body().await {
-            Ok(b) => nanomdm::put_pushcert(state, &b).await,
+            Ok(b) => nanomdm::put_pushcert(state, &b, &query).await,
             Err(r) => r,
         }),
         (&Method::GET, ["pushcert"]) => ("nanomdm.pushcert.get", nanomdm::get_pushcert(state, &query).await),

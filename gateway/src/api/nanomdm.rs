@@ -144,54 +144,90 @@ pub(super) async fn push(state: &AppState, ids: &str) -> Reply {
     result.reply(ids.len())
 }
 
-/// Records, per id, why the device could not be woken. APNs delivery itself arrives with the
-/// push issue; until then every push reports a clear per-id error and nothing pretends to work.
+/// Pushes every id at once and waits for APNs (retries included): per id, `push_result` (the
+/// `apns-id`) or `push_error`. Not coalesced: an explicit push is sent.
 async fn push_into(state: &AppState, ids: &[String], result: &mut ApiResult) {
-    let certs = state.store.push_certs().await.unwrap_or_default();
-    for id in ids {
+    let pushes = ids.iter().map(|id| async move {
+        let outcome = match DeviceId::new(Platform::Apple, &id.split(':').collect::<Vec<_>>()) {
+            Ok(device) => state.pusher.push(&device).await.map_err(|e| e.to_string()),
+            Err(e) => Err(format!("invalid enrollment id: {e}")),
+        };
+        (id, outcome)
+    });
+    for (id, outcome) in futures_util::future::join_all(pushes).await {
         let entry = result.status.entry(id.clone()).or_default();
-        let device = match DeviceId::new(Platform::Apple, &id.split(':').collect::<Vec<_>>()) {
-            Ok(d) => d,
-            Err(e) => {
-                entry.push_error = Some(format!("invalid enrollment id: {e}"));
-                continue;
-            }
-        };
-        let error = match state.store.enrollment(&device).await {
-            Ok(Some(e)) => match &e.push {
-                None => "enrollment has no push token (no TokenUpdate yet)".to_owned(),
-                Some(p) if !certs.iter().any(|c| c.topic == p.topic) => format!("no push certificate for topic {}", p.topic),
-                Some(_) => "APNs delivery is not enabled in this build".to_owned(),
-            },
-            Ok(None) => "no such enrollment".to_owned(),
-            Err(e) => format!("store: {e}"),
-        };
-        entry.push_error = Some(error);
+        match outcome {
+            Ok(apns_id) => entry.push_id = Some(apns_id),
+            Err(e) => entry.push_error = Some(e),
+        }
     }
 }
 
 /// `PUT /v1/pushcert`: PEM certificate and unencrypted PEM key, in either order.
-pub(super) async fn put_pushcert(state: &AppState, body: &[u8]) -> Reply {
+///
+/// Refused: an expired (or not yet valid) certificate; a topic that is not an MDM topic; and a
+/// certificate for a new topic while another is stored, unless `?add=1`. Renewing (same topic)
+/// replaces the stored one. Devices enrolled under a topic can only be pushed with that topic's
+/// certificate, so an upload that silently switched topics would cut them all off.
+pub(super) async fn put_pushcert(state: &AppState, body: &[u8], query: &str) -> Reply {
     let fail = |topic: Option<String>, not_after: Option<String>, e: String| {
         tracing::info!(error = %e, "push certificate refused");
         json(StatusCode::INTERNAL_SERVER_ERROR, &json!({ "error": e, "topic": topic, "not_after": not_after }))
     };
+    let add = serde_urlencoded::from_str::<BTreeMap<String, String>>(query)
+        .map(|q| q.get("add").is_some_and(|v| !v.is_empty() && v != "0" && v != "false"))
+        .unwrap_or(false);
     let parsed = match parse_push_cert(body) {
         Ok(p) => p,
         Err(e) => return fail(None, None, e),
     };
+    let now = state.clock.unix();
+    let (topic, not_after) = (Some(parsed.topic.clone()), rfc3339(parsed.not_after));
+    if parsed.not_after <= now {
+        let e = format!("push certificate for topic {} expired at {}; renew it at Apple's push certificate portal", parsed.topic, not_after.clone().unwrap_or_default());
+        return fail(topic, not_after, e);
+    }
+    if parsed.not_before > now {
+        let e = format!("push certificate for topic {} is not valid before {}", parsed.topic, rfc3339(parsed.not_before).unwrap_or_default());
+        return fail(topic, not_after, e);
+    }
+    let existing = match state.store.push_certs().await {
+        Ok(c) => c,
+        Err(e) => return fail(topic, not_after, format!("store: {e}")),
+    };
+    let renewal = existing.iter().any(|c| c.topic == parsed.topic);
+    if !renewal && !existing.is_empty() && !add {
+        let stored: Vec<&str> = existing.iter().map(|c| c.topic.as_str()).collect();
+        let e = format!(
+            "certificate topic {} differs from the stored topic {}: a renewed push certificate must keep its topic, \
+             and devices enrolled under the stored topic cannot be pushed with another one. Renew the existing \
+             certificate instead, or upload with ?add=1 to serve this topic in addition",
+            parsed.topic,
+            stored.join(", ")
+        );
+        return fail(topic, not_after, e);
+    }
     let record = PushCert {
         topic: parsed.topic.clone(),
         cert_pem: parsed.cert_pem,
         key_pem: parsed.key_pem,
         not_after: parsed.not_after,
-        updated_at: state.clock.unix(),
+        updated_at: now,
     };
     if let Err(e) = state.store.save_push_cert(&record).await {
-        return fail(Some(record.topic), rfc3339(record.not_after), e.to_string());
+        return fail(topic, not_after, e.to_string());
     }
-    tracing::info!(topic = %record.topic, "push certificate stored");
-    json(StatusCode::OK, &json!({ "topic": record.topic, "not_after": rfc3339(record.not_after) }))
+    state.pusher.certificates_changed();
+    metrics::gauge!(telemetry::PUSH_CERT_EXPIRY, "topic" => record.topic.clone()).set((record.not_after - now) as f64);
+    let days_left = crate::push::days_left(record.not_after, now);
+    tracing::info!(topic = %record.topic, renewal, days_left, "push certificate stored");
+    let mut reply = json!({ "topic": record.topic, "not_after": not_after, "days_left": days_left, "renewal": renewal });
+    if days_left < crate::push::WARN_DAYS {
+        let w = format!("push certificate expires in {days_left} days");
+        tracing::warn!(topic = %record.topic, days_left, "{w}");
+        reply["warning"] = w.into();
+    }
+    json(StatusCode::OK, &reply)
 }
 
 pub(super) async fn get_pushcert(state: &AppState, query: &str) -> Reply {
@@ -208,14 +244,20 @@ pub(super) async fn get_pushcert(state: &AppState, query: &str) -> Reply {
     let Some(chosen) = chosen else {
         return json(StatusCode::NOT_FOUND, &json!({ "error": "no push certificate stored" }));
     };
-    let all: Vec<_> = certs.iter().map(|c| json!({ "topic": c.topic, "not_after": rfc3339(c.not_after) })).collect();
-    json(StatusCode::OK, &json!({ "topic": chosen.topic, "not_after": rfc3339(chosen.not_after), "push_certs": all }))
+    let now = state.clock.unix();
+    let describe = |c: &PushCert| {
+        json!({ "topic": c.topic, "not_after": rfc3339(c.not_after), "days_left": crate::push::days_left(c.not_after, now) })
+    };
+    let mut body = describe(chosen);
+    body["push_certs"] = certs.iter().map(describe).collect();
+    json(StatusCode::OK, &body)
 }
 
 struct ParsedPushCert {
     topic: String,
     cert_pem: String,
     key_pem: String,
+    not_before: i64,
     not_after: i64,
 }
 
@@ -248,7 +290,14 @@ fn parse_push_cert(body: &[u8]) -> Result<ParsedPushCert, String> {
         return Err(format!("topic {topic:?} is not an MDM topic (must start with com.apple.mgmt)"));
     }
     let not_after = crate::pki::not_after_unix(&cert).ok_or_else(|| "certificate notAfter unreadable".to_owned())?;
+    let not_before = asn1_unix(cert.not_before()).ok_or_else(|| "certificate notBefore unreadable".to_owned())?;
     let cert_pem = String::from_utf8(cert.to_pem().map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
     let key_pem = String::from_utf8(key.private_key_to_pem_pkcs8().map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
-    Ok(ParsedPushCert { topic, cert_pem, key_pem, not_after })
+    Ok(ParsedPushCert { topic, cert_pem, key_pem, not_before, not_after })
+}
+
+fn asn1_unix(t: &openssl::asn1::Asn1TimeRef) -> Option<i64> {
+    let epoch = openssl::asn1::Asn1Time::from_unix(0).ok()?;
+    let diff = epoch.diff(t).ok()?;
+    Some(i64::from(diff.days) * 86_400 + i64::from(diff.secs))
 }

@@ -8,6 +8,7 @@ use super::{CHECKIN_CONTENT_TYPE, Reject, bound_enrollment, device_ids, enrollme
 use crate::AppState;
 use crate::http_util::{Reply, empty, text, with_type};
 use crate::identity::DeviceIdentity;
+use crate::push;
 use crate::store::{Enrollment, EnrollmentState, PushInfo};
 
 /// Answers for check-ins this gateway does not serve yet; devices retry these later.
@@ -57,6 +58,11 @@ pub(super) async fn handle(state: &AppState, identity: &DeviceIdentity, body: &[
                 e
             };
             enrollment.push = Some(PushInfo { token: t.token.clone(), magic: t.push_magic.clone(), topic: t.topic.clone() });
+            // A TokenUpdate is the device's word that this token works: pushes are allowed again
+            // after APNs refused the previous one.
+            for key in [push::ATTR_TOKEN_INVALID, push::ATTR_TOKEN_INVALID_REASON, push::ATTR_TOKEN_INVALID_AT] {
+                enrollment.attributes.remove(key);
+            }
             if let Some(unlock) = &t.unlock_token {
                 enrollment.unlock_token = Some(unlock.clone());
             }

@@ -1,0 +1,687 @@
+//! A fleet of emulated Apple devices: N devices, each with its own P-256 key and identity
+//! certificate from a CA the gateway trusts, every message signed (`Mdm-Signature`), all sharing
+//! one HTTP client (connection reuse). They enroll (Authenticate, TokenUpdate, optionally a user
+//! channel), then run MDM sessions (Idle → command → answer → … until the queue is empty) when
+//! woken by a push ([`Fleet::run_push`]) or on a timer ([`Fleet::run_poll`]), answering by
+//! configured ratios with a seeded RNG, and may check out at the end.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use mdm_certs::{PKey, Private, X509};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use tokio::sync::{Semaphore, mpsc};
+
+use super::{AppleDevice, DeviceError, IdentityMode, UserChannel};
+use crate::apns::delivery::PushDelivery;
+
+/// Shares of each answer status. They need not sum to 1: they are normalised.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Ratios {
+    pub ack: f64,
+    pub error: f64,
+    pub not_now: f64,
+}
+
+impl Default for Ratios {
+    fn default() -> Self {
+        Ratios { ack: 1.0, error: 0.0, not_now: 0.0 }
+    }
+}
+
+impl Ratios {
+    /// The status for a uniform draw `r` in `[0, 1)`.
+    pub fn pick(&self, r: f64) -> &'static str {
+        let total = self.ack + self.error + self.not_now;
+        if total <= 0.0 {
+            return "Acknowledged";
+        }
+        let x = r * total;
+        if x < self.ack {
+            "Acknowledged"
+        } else if x < self.ack + self.error {
+            "Error"
+        } else {
+            "NotNow"
+        }
+    }
+}
+
+/// The CA that issues the devices' identities (the gateway's `ca.pem`/`ca-key.pem`, or a CA
+/// given to the gateway with `--device-ca`).
+#[derive(Debug, Clone)]
+pub struct Issuer {
+    pub cert: X509,
+    pub key: PKey<Private>,
+}
+
+impl Issuer {
+    /// Reads `ca.pem` and `ca-key.pem` from a gateway data directory.
+    pub fn from_data_dir(dir: &std::path::Path) -> Result<Issuer, FleetError> {
+        let read = |name: &str| std::fs::read(dir.join(name)).map_err(|e| FleetError::Setup(format!("{}: {e}", dir.join(name).display())));
+        let cert = X509::from_pem(&read("ca.pem")?).map_err(|e| FleetError::Setup(format!("ca.pem: {e}")))?;
+        let key = PKey::private_key_from_pem(&read("ca-key.pem")?).map_err(|e| FleetError::Setup(format!("ca-key.pem: {e}")))?;
+        Ok(Issuer { cert, key })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    #[error("fleet setup: {0}")]
+    Setup(String),
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+}
+
+#[derive(Debug, Clone)]
+pub struct FleetConfig {
+    pub devices: usize,
+    /// Device listener base URL, e.g. `https://localhost:8443`.
+    pub gateway_url: String,
+    /// What devices trust for the gateway's server certificate.
+    pub server_ca_pem: Vec<u8>,
+    pub issuer: Issuer,
+    /// Requests in flight at most, across the fleet.
+    pub concurrency: usize,
+    pub ratios: Ratios,
+    pub seed: u64,
+    /// UDIDs are `<prefix>-<seed>-<index>`.
+    pub udid_prefix: String,
+    /// Also enroll one user channel per device (TokenUpdate with a UserID).
+    pub user_channel: bool,
+}
+
+impl FleetConfig {
+    pub fn new(devices: usize, gateway_url: &str, server_ca_pem: Vec<u8>, issuer: Issuer) -> Self {
+        FleetConfig {
+            devices,
+            gateway_url: gateway_url.to_owned(),
+            server_ca_pem,
+            issuer,
+            concurrency: 64,
+            ratios: Ratios::default(),
+            seed: 1,
+            udid_prefix: "EMU".into(),
+            user_channel: false,
+        }
+    }
+}
+
+struct Member {
+    device: AppleDevice,
+    user: Option<UserChannel>,
+    rng: Mutex<StdRng>,
+    /// A session is running; a push meanwhile sets `again` instead of starting a second one.
+    busy: AtomicBool,
+    again: AtomicBool,
+}
+
+impl std::fmt::Debug for Member {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Member").field("udid", &self.device.udid).finish()
+    }
+}
+
+/// Live counters of a fleet. Latencies are in microseconds.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub enrolled: AtomicU64,
+    pub user_channels: AtomicU64,
+    pub sessions: AtomicU64,
+    pub pushes: AtomicU64,
+    pub unknown_pushes: AtomicU64,
+    pub acknowledged: AtomicU64,
+    pub errored: AtomicU64,
+    pub not_now: AtomicU64,
+    pub checked_out: AtomicU64,
+    pub errors: AtomicU64,
+    enroll_us: Mutex<Vec<u32>>,
+    checkin_us: Mutex<Vec<u32>>,
+    push_to_session_us: Mutex<Vec<u32>>,
+    first_errors: Mutex<Vec<String>>,
+}
+
+impl Counters {
+    fn error(&self, e: impl std::fmt::Display) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        let mut first = self.first_errors.lock().unwrap_or_else(|p| p.into_inner());
+        if first.len() < 5 {
+            first.push(e.to_string());
+        }
+    }
+
+    fn record(list: &Mutex<Vec<u32>>, d: Duration) {
+        let us = u32::try_from(d.as_micros()).unwrap_or(u32::MAX);
+        list.lock().unwrap_or_else(|p| p.into_inner()).push(us);
+    }
+
+    /// Commands answered so far, all statuses.
+    pub fn answered(&self) -> u64 {
+        self.acknowledged.load(Ordering::Relaxed) + self.errored.load(Ordering::Relaxed) + self.not_now.load(Ordering::Relaxed)
+    }
+}
+
+/// p50 / p99 / max of a set of durations, in milliseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Latency {
+    pub count: u64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+impl Latency {
+    /// From microsecond samples (sorted here).
+    pub fn from_micros(samples: &mut [u32]) -> Latency {
+        if samples.is_empty() {
+            return Latency::default();
+        }
+        samples.sort_unstable();
+        let at = |q: f64| {
+            let i = ((samples.len() as f64 * q).ceil() as usize).clamp(1, samples.len()) - 1;
+            f64::from(samples[i]) / 1000.0
+        };
+        Latency { count: samples.len() as u64, p50_ms: at(0.50), p99_ms: at(0.99), max_ms: f64::from(samples[samples.len() - 1]) / 1000.0 }
+    }
+}
+
+/// What a fleet run did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub devices: usize,
+    pub enrolled: u64,
+    pub user_channels: u64,
+    pub sessions: u64,
+    pub pushes: u64,
+    pub unknown_pushes: u64,
+    pub acknowledged: u64,
+    pub errored: u64,
+    pub not_now: u64,
+    pub checked_out: u64,
+    /// Requests that failed (transport error or a non-200 answer).
+    pub errors: u64,
+    pub first_errors: Vec<String>,
+    /// Authenticate + TokenUpdate per device.
+    pub enroll_latency: Latency,
+    /// Every request of every session (Idle and reports).
+    pub checkin_latency: Latency,
+    /// From the APNs emulator accepting a push to the device's session starting.
+    pub push_to_session_latency: Latency,
+    pub wall_seconds: f64,
+}
+
+impl Summary {
+    pub fn answered(&self) -> u64 {
+        self.acknowledged + self.errored + self.not_now
+    }
+
+    /// A plain-text table.
+    pub fn table(&self) -> String {
+        let mut rows: Vec<(String, String)> = vec![
+            ("devices".into(), self.devices.to_string()),
+            ("enrolled".into(), self.enrolled.to_string()),
+        ];
+        if self.user_channels > 0 {
+            rows.push(("user channels".into(), self.user_channels.to_string()));
+        }
+        rows.extend([
+            ("sessions".into(), self.sessions.to_string()),
+            ("pushes received".into(), format!("{} ({} unknown token)", self.pushes, self.unknown_pushes)),
+            ("commands answered".into(), format!("{} (Acknowledged {}, Error {}, NotNow {})", self.answered(), self.acknowledged, self.errored, self.not_now)),
+            ("checked out".into(), self.checked_out.to_string()),
+            ("errors".into(), self.errors.to_string()),
+        ]);
+        for (name, l) in [("enroll", &self.enroll_latency), ("check-in request", &self.checkin_latency), ("push → session", &self.push_to_session_latency)] {
+            if l.count > 0 {
+                rows.push((format!("{name} latency"), format!("p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms  (n={})", l.p50_ms, l.p99_ms, l.max_ms, l.count)));
+            }
+        }
+        rows.push(("wall time".into(), format!("{:.2} s", self.wall_seconds)));
+        let width = rows.iter().map(|(k, _)| k.chars().count()).max().unwrap_or(0);
+        let mut out = String::new();
+        for (k, v) in rows {
+            out.push_str(&format!("  {k:<width$}  {v}\n"));
+        }
+        for e in &self.first_errors {
+            out.push_str(&format!("  error: {e}\n"));
+        }
+        out
+    }
+}
+
+/// A running fleet. Cheap to share (`Arc<Fleet>`).
+#[derive(Debug)]
+pub struct Fleet {
+    members: Vec<Arc<Member>>,
+    by_token: HashMap<String, usize>,
+    permits: Arc<Semaphore>,
+    counters: Arc<Counters>,
+    ratios: Ratios,
+    started: Instant,
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+/// `n` P-256 keys and client-auth certificates from `issuer`, made on all cores.
+pub fn issue_identities(issuer: &Issuer, common_names: &[String]) -> Result<Vec<(PKey<Private>, X509)>, FleetError> {
+    let now = unix_now();
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).max(1);
+    let chunk = common_names.len().div_ceil(threads).max(1);
+    let results: Vec<Result<Vec<(PKey<Private>, X509)>, FleetError>> = std::thread::scope(|s| {
+        let handles: Vec<_> = common_names
+            .chunks(chunk)
+            .map(|names| {
+                s.spawn(move || {
+                    names
+                        .iter()
+                        .map(|cn| {
+                            let key = mdm_certs::devpki::generate_key().map_err(|e| FleetError::Setup(format!("key: {e}")))?;
+                            let mut serial: [u8; 16] = rand::random();
+                            serial[0] = (serial[0] & 0x7f) | 0x01;
+                            let cert = mdm_certs::devpki::issue_device_certificate(&issuer.cert, &issuer.key, &key, cn, now - 3600, now + 86_400 * 365, &serial)
+                                .map_err(|e| FleetError::Setup(format!("certificate: {e}")))?;
+                            Ok((key, cert))
+                        })
+                        .collect()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(FleetError::Setup("issuing thread panicked".into())))).collect()
+    });
+    let mut out = Vec::with_capacity(common_names.len());
+    for r in results {
+        out.extend(r?);
+    }
+    Ok(out)
+}
+
+/// The UDID of device `index` of a fleet.
+pub fn fleet_udid(prefix: &str, seed: u64, index: usize) -> String {
+    format!("{prefix}-{seed:04X}-{index:08X}")
+}
+
+/// The APNs token the fleet gives a device: SHA-256 of its UDID.
+pub fn fleet_token(udid: &str) -> Vec<u8> {
+    Sha256::digest(udid.as_bytes()).to_vec()
+}
+
+impl Fleet {
+    /// Makes the devices (keys, certificates, one shared client); sends nothing yet.
+    pub fn build(config: &FleetConfig) -> Result<Fleet, FleetError> {
+        let root = reqwest::Certificate::from_pem(&config.server_ca_pem).map_err(|e| FleetError::Setup(format!("server CA: {e}")))?;
+        let client = reqwest::Client::builder()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(root)
+            .pool_max_idle_per_host(config.concurrency.max(1))
+            .timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|e| FleetError::Setup(format!("HTTP client: {e}")))?;
+        let udids: Vec<String> = (0..config.devices).map(|i| fleet_udid(&config.udid_prefix, config.seed, i)).collect();
+        let identities = issue_identities(&config.issuer, &udids)?;
+        let mut members = Vec::with_capacity(config.devices);
+        let mut by_token = HashMap::with_capacity(config.devices);
+        for (i, (udid, (key, cert))) in udids.iter().zip(identities).enumerate() {
+            let mut device = AppleDevice::with_client(udid, key, cert, IdentityMode::SignMessages, &config.gateway_url, client.clone());
+            device.push_token = fleet_token(udid);
+            device.push_magic = format!("magic-{udid}");
+            by_token.insert(hex::encode(&device.push_token), i);
+            let user = config.user_channel.then(|| UserChannel {
+                user_id: format!("{:08X}-0000-4000-8000-{:012X}", config.seed as u32, i),
+                short_name: format!("user{i}"),
+                long_name: format!("Emulated User {i}"),
+            });
+            members.push(Arc::new(Member {
+                device,
+                user,
+                rng: Mutex::new(StdRng::seed_from_u64(config.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ i as u64)),
+                busy: AtomicBool::new(false),
+                again: AtomicBool::new(false),
+            }));
+        }
+        Ok(Fleet {
+            members,
+            by_token,
+            permits: Arc::new(Semaphore::new(config.concurrency.max(1))),
+            counters: Arc::new(Counters::default()),
+            ratios: config.ratios,
+            started: Instant::now(),
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    pub fn device(&self, index: usize) -> &AppleDevice {
+        &self.members[index].device
+    }
+
+    /// The `apple:<UDID>` ids of every device, in fleet order.
+    pub fn device_ids(&self) -> Vec<String> {
+        self.members.iter().map(|m| format!("apple:{}", m.device.udid)).collect()
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Index of the device owning an APNs token (lower-case hex).
+    pub fn by_token(&self, token_hex: &str) -> Option<usize> {
+        self.by_token.get(token_hex).copied()
+    }
+
+    /// Enrolls every device (Authenticate, TokenUpdate, and the user channel's TokenUpdate when
+    /// configured), at most `concurrency` requests at once. Failures are counted, not fatal.
+    pub async fn enroll_all(self: &Arc<Self>) {
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..self.members.len() {
+            let fleet = self.clone();
+            let permit = self.permits.clone().acquire_owned().await.expect("semaphore open");
+            tasks.spawn(async move {
+                let _permit = permit;
+                fleet.enroll(i).await;
+            });
+            // Reap finished ones as we go so the set stays small.
+            while tasks.try_join_next().is_some() {}
+        }
+        while tasks.join_next().await.is_some() {}
+    }
+
+    async fn enroll(&self, i: usize) {
+        let m = &self.members[i];
+        let started = Instant::now();
+        match m.device.enroll().await {
+            Ok(()) => {
+                Counters::record(&self.counters.enroll_us, started.elapsed());
+                self.counters.enrolled.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => return self.counters.error(format!("{}: enroll: {e}", m.device.udid)),
+        }
+        if let Some(user) = &m.user {
+            match m.device.send_checkin(m.device.token_update_message(Some(user))).await {
+                Ok(r) if r.status == 200 => {
+                    self.counters.user_channels.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(r) => self.counters.error(format!("{}: user TokenUpdate answered {}", m.device.udid, r.status)),
+                Err(e) => self.counters.error(format!("{}: user TokenUpdate: {e}", m.device.udid)),
+            }
+        }
+    }
+
+    /// One session of device `index` (bounded by the fleet's concurrency), counted.
+    pub async fn session(&self, index: usize) {
+        let Some(m) = self.members.get(index) else { return };
+        let _permit = self.permits.acquire().await.expect("semaphore open");
+        let ratios = self.ratios;
+        let choose = |_: &str| {
+            let r: f64 = m.rng.lock().unwrap_or_else(|p| p.into_inner()).random();
+            ratios.pick(r)
+        };
+        let counters = &self.counters;
+        let result = m.device.session_timed(choose, |d| Counters::record(&counters.checkin_us, d)).await;
+        self.counters.sessions.fetch_add(1, Ordering::Relaxed);
+        match result {
+            Ok(handled) => {
+                for (_, _, status) in handled {
+                    let c = match status.as_str() {
+                        "Acknowledged" => &self.counters.acknowledged,
+                        "Error" => &self.counters.errored,
+                        _ => &self.counters.not_now,
+                    };
+                    c.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Err(e) => self.counters.error(format!("{}: session: {e}", m.device.udid)),
+        }
+    }
+
+    /// Wakes device `index` as a push would: runs a session now, or right after the one in
+    /// progress (pushes arriving during a session coalesce into one more session).
+    pub async fn wake(self: &Arc<Self>, index: usize) {
+        let Some(m) = self.members.get(index) else { return };
+        if m.busy.swap(true, Ordering::AcqRel) {
+            m.again.store(true, Ordering::Release);
+            // The running session may have finished between our swap and store: take over then.
+            if m.busy.swap(true, Ordering::AcqRel) {
+                return;
+            }
+        }
+        loop {
+            m.again.store(false, Ordering::Release);
+            self.session(index).await;
+            m.busy.store(false, Ordering::Release);
+            if !m.again.load(Ordering::Acquire) || m.busy.swap(true, Ordering::AcqRel) {
+                return;
+            }
+        }
+    }
+
+    /// Runs sessions for pushes from the APNs emulator until the channel closes or `until`.
+    pub async fn run_push(self: &Arc<Self>, mut deliveries: mpsc::Receiver<PushDelivery>, until: Option<tokio::time::Instant>) {
+        let mut tasks = tokio::task::JoinSet::new();
+        loop {
+            let delivery = match until {
+                Some(t) => match tokio::time::timeout_at(t, deliveries.recv()).await {
+                    Ok(d) => d,
+                    Err(_) => break,
+                },
+                None => deliveries.recv().await,
+            };
+            let Some(d) = delivery else { break };
+            self.counters.pushes.fetch_add(1, Ordering::Relaxed);
+            let Some(i) = self.by_token(&d.token_hex) else {
+                self.counters.unknown_pushes.fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            Counters::record(&self.counters.push_to_session_us, d.accepted_at.elapsed());
+            let fleet = self.clone();
+            tasks.spawn(async move { fleet.wake(i).await });
+            while tasks.try_join_next().is_some() {}
+        }
+        while tasks.join_next().await.is_some() {}
+    }
+
+    /// Every device runs a session every `interval` (spread evenly over the interval) until
+    /// `until`.
+    pub async fn run_poll(self: &Arc<Self>, interval: Duration, until: tokio::time::Instant) {
+        let n = self.members.len().max(1);
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..self.members.len() {
+            let fleet = self.clone();
+            let offset = interval.mul_f64(i as f64 / n as f64);
+            tasks.spawn(async move {
+                let mut next = tokio::time::Instant::now() + offset;
+                loop {
+                    tokio::time::sleep_until(next).await;
+                    if tokio::time::Instant::now() >= until {
+                        return;
+                    }
+                    fleet.wake(i).await;
+                    next += interval;
+                }
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+    }
+
+    /// Every device runs one session (e.g. after commands were queued without push).
+    pub async fn session_all(self: &Arc<Self>) {
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..self.members.len() {
+            let fleet = self.clone();
+            tasks.spawn(async move { fleet.wake(i).await });
+        }
+        while tasks.join_next().await.is_some() {}
+    }
+
+    /// Every enrolled device checks out.
+    pub async fn checkout_all(self: &Arc<Self>) {
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..self.members.len() {
+            let fleet = self.clone();
+            tasks.spawn(async move {
+                let _permit = fleet.permits.acquire().await.expect("semaphore open");
+                let m = &fleet.members[i];
+                match m.device.send_checkin(m.device.checkout_message()).await {
+                    Ok(r) if r.status == 200 => {
+                        fleet.counters.checked_out.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(r) => fleet.counters.error(format!("{}: CheckOut answered {}", m.device.udid, r.status)),
+                    Err(e) => fleet.counters.error(format!("{}: CheckOut: {e}", m.device.udid)),
+                }
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+    }
+
+    /// The counters so far, with latency percentiles; wall time since [`Fleet::build`].
+    pub fn summary(&self) -> Summary {
+        let c = &self.counters;
+        let lat = |l: &Mutex<Vec<u32>>| Latency::from_micros(&mut l.lock().unwrap_or_else(|p| p.into_inner()).clone());
+        Summary {
+            devices: self.members.len(),
+            enrolled: c.enrolled.load(Ordering::Relaxed),
+            user_channels: c.user_channels.load(Ordering::Relaxed),
+            sessions: c.sessions.load(Ordering::Relaxed),
+            pushes: c.pushes.load(Ordering::Relaxed),
+            unknown_pushes: c.unknown_pushes.load(Ordering::Relaxed),
+            acknowledged: c.acknowledged.load(Ordering::Relaxed),
+            errored: c.errored.load(Ordering::Relaxed),
+            not_now: c.not_now.load(Ordering::Relaxed),
+            checked_out: c.checked_out.load(Ordering::Relaxed),
+            errors: c.errors.load(Ordering::Relaxed),
+            first_errors: c.first_errors.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            enroll_latency: lat(&c.enroll_us),
+            checkin_latency: lat(&c.checkin_us),
+            push_to_session_latency: lat(&c.push_to_session_us),
+            wall_seconds: self.started.elapsed().as_secs_f64(),
+        }
+    }
+}
+
+/// A small client for the backend API (queueing commands, reading events).
+#[derive(Debug, Clone)]
+pub struct ApiClient {
+    base: String,
+    key: String,
+    client: reqwest::Client,
+}
+
+impl ApiClient {
+    pub fn new(base: &str, key: &str) -> ApiClient {
+        let client = reqwest::Client::builder().timeout(Duration::from_secs(90)).pool_max_idle_per_host(256).build().expect("HTTP client");
+        ApiClient { base: base.trim_end_matches('/').to_owned(), key: key.to_owned(), client }
+    }
+
+    /// `POST /v1/commands`; the command id.
+    pub async fn enqueue(&self, device_id: &str, command: serde_json::Value) -> Result<String, String> {
+        let resp = self
+            .client
+            .post(format!("{}/v1/commands", self.base))
+            .bearer_auth(&self.key)
+            .json(&serde_json::json!({ "device_id": device_id, "command": command }))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = resp.status().as_u16();
+        let body: serde_json::Value = resp.json().await.map_err(|e| e.to_string())?;
+        if status != 202 {
+            return Err(format!("POST /v1/commands answered {status}: {body}"));
+        }
+        body["command_id"].as_str().map(str::to_owned).ok_or_else(|| format!("no command_id in {body}"))
+    }
+
+    /// `GET /v1/events?after=&limit=&wait=`: (events, next cursor).
+    pub async fn events(&self, after: &str, limit: u32, wait_s: u64) -> Result<(Vec<serde_json::Value>, String), String> {
+        let resp = self
+            .client
+            .get(format!("{}/v1/events?after={after}&limit={limit}&wait={wait_s}", self.base))
+            .bearer_auth(&self.key)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = resp.status().as_u16();
+        let body: serde_json::Value = resp.json().await.map_err(|e| e.to_string())?;
+        if status != 200 {
+            return Err(format!("GET /v1/events answered {status}: {body}"));
+        }
+        let events = body["events"].as_array().cloned().unwrap_or_default();
+        let next = body["next"].as_str().unwrap_or(after).to_owned();
+        Ok((events, next))
+    }
+
+    /// The current end of the event log (a cursor after every event so far).
+    pub async fn events_end(&self) -> Result<String, String> {
+        let mut after = "0".to_owned();
+        loop {
+            let (events, next) = self.events(&after, 1000, 0).await?;
+            if events.is_empty() {
+                return Ok(next);
+            }
+            after = next;
+        }
+    }
+}
+
+/// The commands `mdm-emulate --commands N` queues per device: alternately DeviceInformation and
+/// SecurityInfo.
+pub fn sample_command(n: usize) -> serde_json::Value {
+    if n.is_multiple_of(2) {
+        serde_json::json!({ "type": "device_info" })
+    } else {
+        serde_json::json!({ "type": "raw", "platform": "apple", "payload": { "RequestType": "SecurityInfo" } })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ratios_pick_by_share_and_normalise() {
+        let r = Ratios { ack: 0.9, error: 0.05, not_now: 0.05 };
+        assert_eq!(r.pick(0.0), "Acknowledged");
+        assert_eq!(r.pick(0.899), "Acknowledged");
+        assert_eq!(r.pick(0.91), "Error");
+        assert_eq!(r.pick(0.99), "NotNow");
+        // Shares need not sum to 1.
+        let r = Ratios { ack: 2.0, error: 1.0, not_now: 1.0 };
+        assert_eq!(r.pick(0.49), "Acknowledged");
+        assert_eq!(r.pick(0.6), "Error");
+        assert_eq!(r.pick(0.8), "NotNow");
+        assert_eq!(Ratios { ack: 0.0, error: 0.0, not_now: 0.0 }.pick(0.5), "Acknowledged");
+    }
+
+    #[test]
+    fn seeded_answers_repeat_and_follow_ratios() {
+        let draw = |seed: u64| {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let r = Ratios { ack: 0.9, error: 0.05, not_now: 0.05 };
+            (0..10_000).map(|_| r.pick(rng.random())).collect::<Vec<_>>()
+        };
+        let a = draw(5);
+        assert_eq!(a, draw(5));
+        let acks = a.iter().filter(|s| **s == "Acknowledged").count();
+        assert!((8_800..9_200).contains(&acks), "{acks}");
+    }
+
+    #[test]
+    fn latency_percentiles() {
+        let mut v: Vec<u32> = (1..=100).map(|i| i * 1000).collect();
+        let l = Latency::from_micros(&mut v);
+        assert_eq!((l.count, l.p50_ms, l.p99_ms, l.max_ms), (100, 50.0, 99.0, 100.0));
+        assert_eq!(Latency::from_micros(&mut []), Latency::default());
+    }
+}

@@ -1,0 +1,114 @@
+//! Enrolled devices written straight into a (stopped) gateway's SQLite file, in one transaction
+//! with prepared multi-row inserts: the rows a real Authenticate + TokenUpdate leaves behind,
+//! without a million round trips. Devices that will send requests get the fingerprint of their
+//! real certificate; the others get a random one.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Instant;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteSynchronous};
+use sqlx::{ConnectOptions, Connection};
+
+/// A device that will send requests: its UDID and certificate.
+#[derive(Debug, Clone)]
+pub struct ActiveDevice {
+    pub udid: String,
+    pub cert_sha256: String,
+    /// As the gateway records it (`CN=<udid>`).
+    pub cert_subject: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SeedStats {
+    pub rows: u64,
+    pub seconds: f64,
+    pub db_bytes: u64,
+}
+
+const COLUMNS: &str = "device_id, platform, parent, state, cert_sha256, push_token, push_magic, push_topic, unlock_token, \
+     bootstrap_token, inventory, attributes, enrolled_at, last_seen, checked_in_event_at, created_at, updated_at";
+const PER_ROW: &str = "(?, 'apple', NULL, 'enrolled', ?, ?, ?, 'com.apple.mgmt.External.emulated', ?, NULL, ?, ?, ?, ?, ?, ?, ?)";
+const BATCH: usize = 200;
+
+struct Row {
+    udid: String,
+    cert_sha256: String,
+    cert_subject: String,
+    token: [u8; 32],
+}
+
+/// Inserts `total` enrolled device channels (the `active` ones first, then `SEED-<n>` fillers)
+/// into the SQLite database at `db` (which must have the gateway's schema: start the gateway
+/// on the data directory once before). `now` stamps `last_seen` and `checked_in_event_at`, so
+/// devices look recently seen, as in a fleet checking in steadily.
+pub async fn seed(db: &Path, total: u64, active: &[ActiveDevice], now: i64, seed: u64) -> Result<SeedStats, String> {
+    let started = Instant::now();
+    let opts = SqliteConnectOptions::from_str(&format!("sqlite://{}", db.display()))
+        .map_err(|e| e.to_string())?
+        .synchronous(SqliteSynchronous::Off)
+        .pragma("cache_size", "-262144");
+    let mut conn = opts.connect().await.map_err(|e| format!("open {}: {e}", db.display()))?;
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut tx = conn.begin().await.map_err(|e| e.to_string())?;
+    let full_sql = format!("INSERT INTO enrollments ({COLUMNS}) VALUES {}", vec![PER_ROW; BATCH].join(", "));
+    let mut batch: Vec<Row> = Vec::with_capacity(BATCH);
+    let mut written = 0u64;
+    for i in 0..total {
+        let row = match active.get(i as usize) {
+            Some(a) => Row { udid: a.udid.clone(), cert_sha256: a.cert_sha256.clone(), cert_subject: a.cert_subject.clone(), token: rng.random() },
+            None => {
+                let udid = format!("SEED-{seed:04X}-{i:010}");
+                let fp: [u8; 32] = rng.random();
+                Row { cert_subject: format!("CN={udid}"), udid, cert_sha256: hex::encode(fp), token: rng.random() }
+            }
+        };
+        batch.push(row);
+        if batch.len() == BATCH || i + 1 == total {
+            let sql = if batch.len() == BATCH {
+                full_sql.clone()
+            } else {
+                format!("INSERT INTO enrollments ({COLUMNS}) VALUES {}", vec![PER_ROW; batch.len()].join(", "))
+            };
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for r in &batch {
+                let serial: String = r.udid.chars().filter(|c| c.is_ascii_alphanumeric()).rev().take(12).collect();
+                let inventory = serde_json::json!({
+                    "serial_number": serial, "udid": r.udid, "model": "iPhone15,3", "model_name": "iPhone",
+                    "product_name": "iPhone15,3", "os_version": "17.5.1", "build_version": "21F90",
+                    "device_name": format!("Emulated {serial}"),
+                })
+                .to_string();
+                let attributes = serde_json::json!({
+                    "enrollment_type": "device", "cert_subject": r.cert_subject, "awaiting_configuration": false,
+                })
+                .to_string();
+                q = q
+                    .bind(format!("apple:{}", r.udid))
+                    .bind(r.cert_sha256.clone())
+                    .bind(r.token.to_vec())
+                    .bind(format!("magic-{}", r.udid))
+                    .bind(b"unlock-token-bytes".to_vec())
+                    .bind(inventory)
+                    .bind(attributes)
+                    .bind(now - 86_400)
+                    .bind(now)
+                    .bind(now)
+                    .bind(now - 86_400)
+                    .bind(now);
+            }
+            q.execute(&mut *tx).await.map_err(|e| format!("insert: {e}"))?;
+            written += batch.len() as u64;
+            batch.clear();
+        }
+    }
+    tx.commit().await.map_err(|e| e.to_string())?;
+    // Leave the file as the gateway would find it after a clean stop: WAL folded in.
+    sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(&mut conn).await.map_err(|e| e.to_string())?;
+    conn.close().await.map_err(|e| e.to_string())?;
+    let db_bytes = std::fs::metadata(db).map(|m| m.len()).unwrap_or(0);
+    Ok(SeedStats { rows: written, seconds: started.elapsed().as_secs_f64(), db_bytes })
+}

@@ -1,0 +1,558 @@
+//! `mdm-bench`: load tests of a real `mdm-gateway` child process on loopback, compared in the
+//! same run with a bare hyper + rustls server (the ceiling of the machine).
+//!
+//! ```sh
+//! cargo build --release -p mdm-gateway -p mdm-conformance --bins
+//! target/release/mdm-bench idle --enrolled 10000,100000,1000000 --duration 20s
+//! target/release/mdm-bench roundtrip --rate 500,2000,5000 --duration 10s
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use clap::{Args, Parser, Subcommand};
+use http::HeaderValue;
+use mdm_conformance::apple::fleet::{self, ApiClient, Fleet, FleetConfig, Issuer};
+use mdm_conformance::apple::{AppleDevice, IdentityMode};
+use mdm_conformance::bench::child::{self, ChildServer, GatewayChild};
+use mdm_conformance::bench::load::{self, LoadResult, LoadSpec, Prepared};
+use mdm_conformance::bench::roundtrip::{self, RoundtripResult, RoundtripSpec, Waker};
+use mdm_conformance::bench::seed::{self, ActiveDevice, SeedStats};
+use mdm_conformance::bench::{ceiling, client_config, client_config_with};
+use serde::Serialize;
+
+#[derive(Debug, Parser)]
+#[command(name = "mdm-bench", version, about = "Load tests for mdm-gateway (loopback only, bounded in time)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Signed Idle check-ins with empty queues, gateway vs. a bare hyper + rustls server.
+    Idle(IdleArgs),
+    /// POST /v1/commands → device session → command.acknowledged on /v1/events, at set rates.
+    Roundtrip(RoundtripArgs),
+    /// Write enrolled devices into a stopped gateway's data directory.
+    Seed(SeedArgs),
+    /// (internal) The ceiling server, run as a child process.
+    #[command(hide = true)]
+    CeilingServer(CeilingArgs),
+}
+
+#[derive(Debug, Args, Clone)]
+struct Common {
+    /// The `mdm-gateway` binary; default: next to this executable.
+    #[arg(long)]
+    gateway_bin: Option<PathBuf>,
+    /// A TOML configuration passed to the gateway with --config.
+    #[arg(long)]
+    gateway_config: Option<PathBuf>,
+    /// Work directory (kept); default: a temporary directory removed at the end.
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+    /// Write the results as JSON to this file (`-` for stdout).
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct IdleArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Enrolled devices in the store; a comma-separated list runs each size in turn.
+    #[arg(long, value_delimiter = ',', default_value = "10000")]
+    enrolled: Vec<u64>,
+    /// How many of them send requests (each with its own certificate and pre-signed body).
+    #[arg(long, default_value_t = 1000)]
+    active: usize,
+    /// Concurrent TLS connections (HTTP/1.1 keep-alive, one request in flight each).
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    /// Measured time per run.
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    duration: Duration,
+    /// Unmeasured load before each run.
+    #[arg(long, value_parser = parse_duration, default_value = "2s")]
+    warmup: Duration,
+    /// Stop each run after this many measured requests (or at --duration).
+    #[arg(long)]
+    requests: Option<u64>,
+    /// Skip the ceiling server run.
+    #[arg(long)]
+    no_ceiling: bool,
+    /// How devices prove who they are: `signature` (Mdm-Signature on every body, shared
+    /// connections) or `tls` (a client certificate per connection, unsigned bodies).
+    #[arg(long, value_enum, default_value_t = Identity::Signature)]
+    identity: Identity,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "snake_case")]
+enum Identity {
+    Signature,
+    Tls,
+}
+
+#[derive(Debug, Args)]
+struct RoundtripArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Enrolled devices in the store besides the fleet.
+    #[arg(long, default_value_t = 10_000)]
+    enrolled: u64,
+    /// Emulated devices that receive commands (enrolled through the protocol).
+    #[arg(long, default_value_t = 500)]
+    devices: usize,
+    /// Target commands per second; a comma-separated list runs each rate in turn.
+    #[arg(long, value_delimiter = ',', default_value = "500")]
+    rate: Vec<f64>,
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    duration: Duration,
+    /// Round trips in flight at most.
+    #[arg(long, default_value_t = 4096)]
+    max_in_flight: usize,
+    /// Device requests in flight at most.
+    #[arg(long, default_value_t = 256)]
+    concurrency: usize,
+}
+
+#[derive(Debug, Args)]
+struct SeedArgs {
+    /// A gateway data directory (the gateway must have run once on it, and be stopped).
+    #[arg(long)]
+    data_dir: PathBuf,
+    #[arg(long)]
+    devices: u64,
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+}
+
+#[derive(Debug, Args)]
+struct CeilingArgs {
+    #[arg(long)]
+    cert: PathBuf,
+    #[arg(long)]
+    key: PathBuf,
+    #[arg(long)]
+    listen: SocketAddr,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).map(|i| s.split_at(i)).unwrap_or((s, "s"));
+    let n: f64 = num.parse().map_err(|_| format!("not a duration: {s:?} (e.g. 500ms, 10s, 2m)"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" | "" => n,
+        "m" => n * 60.0,
+        _ => return Err(format!("unknown unit {unit:?} in {s:?} (ms, s, m)")),
+    };
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+/// What the results were measured on.
+#[derive(Debug, Serialize)]
+struct Machine {
+    cpu: String,
+    cores: usize,
+    memory_gib: f64,
+    kernel: String,
+    rustc: String,
+    profile: &'static str,
+}
+
+fn machine() -> Machine {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu = cpuinfo.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).unwrap_or("unknown").trim().to_owned();
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem_kib: f64 = meminfo.lines().find(|l| l.starts_with("MemTotal:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    let rustc = Command::new("rustc").arg("-V").output().ok().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned()).unwrap_or_default();
+    Machine {
+        cpu,
+        cores: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        memory_gib: (mem_kib / 1024.0 / 1024.0 * 10.0).round() / 10.0,
+        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_owned(),
+        rustc,
+        profile: if cfg!(debug_assertions) { "debug" } else { "release" },
+    }
+}
+
+struct Work {
+    dir: PathBuf,
+    _temp: Option<tempfile::TempDir>,
+    gateway_bin: PathBuf,
+}
+
+fn work(c: &Common) -> Result<Work, String> {
+    let gateway_bin = match &c.gateway_bin {
+        Some(p) => p.clone(),
+        None => child::sibling_binary("mdm-gateway")
+            .ok_or("no mdm-gateway next to this executable: build it (cargo build --release -p mdm-gateway) or pass --gateway-bin")?,
+    };
+    let (dir, temp) = match &c.work_dir {
+        Some(d) => {
+            std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
+            (d.clone(), None)
+        }
+        None => {
+            let t = tempfile::Builder::new().prefix("mdm-bench-").tempdir().map_err(|e| e.to_string())?;
+            (t.path().to_owned(), Some(t))
+        }
+    };
+    Ok(Work { dir, _temp: temp, gateway_bin })
+}
+
+/// Starts the gateway once on `data_dir` so it creates its CA, secrets and schema; stops it.
+async fn init_data_dir(w: &Work, c: &Common, data_dir: &Path) -> Result<(), String> {
+    let mut g = GatewayChild::start(&w.gateway_bin, data_dir, c.gateway_config.as_deref()).await?;
+    g.stop()
+}
+
+/// What the load sends as `n` devices.
+struct Devices {
+    active: Vec<ActiveDevice>,
+    requests: Arc<Vec<Prepared>>,
+    /// TLS mode: each device's client certificate and key.
+    identities: Vec<(Vec<rustls::pki_types::CertificateDer<'static>>, rustls::pki_types::PrivateKeyDer<'static>)>,
+}
+
+/// Certificates for `n` devices from the data dir's CA, and an Idle report each: pre-signed,
+/// or unsigned with the certificate kept for TLS.
+fn active_devices(data_dir: &Path, n: usize, identity: Identity) -> Result<Devices, String> {
+    let issuer = Issuer::from_data_dir(data_dir).map_err(|e| e.to_string())?;
+    let udids: Vec<String> = (0..n).map(|i| fleet::fleet_udid("BENCH", 0, i)).collect();
+    let ids = fleet::issue_identities(&issuer, &udids).map_err(|e| e.to_string())?;
+    // A client that is never used: AppleDevice only builds and signs the messages here.
+    let client = reqwest::Client::new();
+    let mut active = Vec::with_capacity(n);
+    let mut prepared = Vec::with_capacity(n);
+    let mut identities = Vec::new();
+    for (udid, (key, cert)) in udids.iter().zip(ids) {
+        let fp = mdm_certs::fingerprint_sha256(&cert);
+        if identity == Identity::Tls {
+            let der = cert.to_der().map_err(|e| e.to_string())?;
+            let key_der = key.private_key_to_pkcs8().map_err(|e| e.to_string())?;
+            identities.push((
+                vec![rustls::pki_types::CertificateDer::from(der)],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(rustls::pki_types::PrivatePkcs8KeyDer::from(key_der)),
+            ));
+        }
+        let d = AppleDevice::with_client(udid, key, cert, IdentityMode::SignMessages, "https://unused", client.clone());
+        let body = d.report_message("Idle", None, None, plist::Dictionary::new());
+        let signature = match identity {
+            Identity::Signature => Some(HeaderValue::from_str(&d.sign(&body).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?),
+            Identity::Tls => None,
+        };
+        prepared.push(Prepared { body: Bytes::from(body), signature });
+        active.push(ActiveDevice { udid: udid.clone(), cert_sha256: fp, cert_subject: format!("CN={udid}") });
+    }
+    Ok(Devices { active, requests: Arc::new(prepared), identities })
+}
+
+fn spec(addr: SocketAddr, ca_pem: &[u8], a: &IdleArgs, devices: &Devices) -> Result<LoadSpec, String> {
+    let tls = if devices.identities.is_empty() {
+        vec![client_config(ca_pem, &[b"http/1.1"])?]
+    } else {
+        devices.identities.iter().map(|id| client_config_with(ca_pem, &[b"http/1.1"], Some((id.0.clone(), id.1.clone_key())))).collect::<Result<_, _>>()?
+    };
+    Ok(LoadSpec {
+        addr,
+        server_name: "localhost".into(),
+        tls,
+        connections: a.connections,
+        warmup: a.warmup,
+        duration: a.duration,
+        max_requests: a.requests,
+        requests: devices.requests.clone(),
+        path: "/mdm".into(),
+        content_type: HeaderValue::from_static("application/x-apple-aspen-mdm"),
+    })
+}
+
+async fn start_ceiling(w: &Work, data_dir: &Path) -> Result<(ChildServer, SocketAddr), String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let addr: SocketAddr = format!("127.0.0.1:{}", child::free_port()?).parse().map_err(|e| format!("{e}"))?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("ceiling-server").arg("--cert").arg(data_dir.join("server.pem")).arg("--key").arg(data_dir.join("server-key.pem")).arg("--listen").arg(addr.to_string());
+    let mut server = child::spawn(cmd, "ceiling server", &w.dir.join("ceiling.log"))?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        if server.exited().is_some() || std::time::Instant::now() > deadline {
+            return Err(format!("ceiling server did not start; see {}", w.dir.join("ceiling.log").display()));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok((server, addr))
+}
+
+#[derive(Debug, Serialize)]
+struct GatewayRun {
+    enrolled: u64,
+    seed: SeedStats,
+    /// RSS of the gateway after start, before load (KiB).
+    rss_idle_kib: u64,
+    load: LoadResult,
+    /// Gateway requests/s divided by the ceiling's.
+    ratio_to_ceiling: Option<f64>,
+    /// This run's requests/s divided by the first (smallest store) run's.
+    ratio_to_first: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct IdleReport {
+    scenario: &'static str,
+    machine: Machine,
+    protocol: &'static str,
+    identity: Identity,
+    connections: usize,
+    active_devices: usize,
+    warmup_s: f64,
+    duration_s: f64,
+    ceiling: Option<LoadResult>,
+    gateway: Vec<GatewayRun>,
+}
+
+fn mib(kib: Option<u64>) -> String {
+    kib.map(|k| format!("{:.1}", k as f64 / 1024.0)).unwrap_or_else(|| "-".into())
+}
+
+fn row(name: &str, enrolled: &str, r: &LoadResult, ratio: Option<f64>) -> String {
+    format!(
+        "{name:<9} {enrolled:>9} {:>9.0} {:>8.2} {:>8.2} {:>8.2} {:>7} {:>8} {:>8.2} {:>8.1} {:>9} {:>7}",
+        r.requests_per_second,
+        r.latency.p50_ms,
+        r.latency.p99_ms,
+        r.latency.max_ms,
+        r.requests,
+        r.non_200 + r.errors,
+        r.server_cpu_seconds.unwrap_or(0.0),
+        r.server_cpu_us_per_request.unwrap_or(0.0),
+        mib(r.server_peak_rss_kib),
+        ratio.map(|x| format!("{:.0}%", x * 100.0)).unwrap_or_else(|| "-".into()),
+    )
+}
+
+async fn idle(a: IdleArgs) -> Result<bool, String> {
+    let w = work(&a.common)?;
+    if a.enrolled.is_empty() {
+        return Err("--enrolled needs at least one size".into());
+    }
+    let mut report = IdleReport {
+        scenario: "idle",
+        machine: machine(),
+        protocol: "HTTP/1.1 keep-alive over TLS 1.3 (rustls, ring), one request in flight per connection",
+        identity: a.identity,
+        connections: a.connections,
+        active_devices: a.active,
+        warmup_s: a.warmup.as_secs_f64(),
+        duration_s: a.duration.as_secs_f64(),
+        ceiling: None,
+        gateway: Vec::new(),
+    };
+    let mut ok = true;
+    for (idx, &enrolled) in a.enrolled.iter().enumerate() {
+        let data_dir = w.dir.join(format!("gw-{enrolled}"));
+        eprintln!("[{enrolled} enrolled] initialising {}", data_dir.display());
+        init_data_dir(&w, &a.common, &data_dir).await?;
+        let active_n = a.active.min(enrolled as usize).max(1);
+        let devices = active_devices(&data_dir, active_n, a.identity)?;
+        eprintln!("[{enrolled} enrolled] seeding the store");
+        let seeded = seed::seed(&data_dir.join("gateway.db"), enrolled, &devices.active, unix_now(), 7).await?;
+        eprintln!("[{enrolled} enrolled] seeded {} rows in {:.1} s ({:.0} MiB)", seeded.rows, seeded.seconds, seeded.db_bytes as f64 / 1048576.0);
+        let ca_pem = std::fs::read(data_dir.join("ca.pem")).map_err(|e| format!("ca.pem: {e}"))?;
+
+        if idx == 0 && !a.no_ceiling {
+            eprintln!("[ceiling] bare hyper + rustls server, {} connections, {:?}", a.connections, a.duration);
+            let (mut server, addr) = start_ceiling(&w, &data_dir).await?;
+            let r = load::run(spec(addr, &ca_pem, &a, &devices)?, Some(server.pid)).await;
+            server.stop(Duration::from_secs(5)).ok();
+            eprintln!("[ceiling] {:.0} requests/s", r.requests_per_second);
+            report.ceiling = Some(r);
+        }
+
+        eprintln!("[{enrolled} enrolled] gateway, {} connections, {:?}", a.connections, a.duration);
+        let mut g = GatewayChild::start(&w.gateway_bin, &data_dir, a.common.gateway_config.as_deref()).await?;
+        let rss_idle_kib = g.server.sample().map(|s| s.rss_kib).unwrap_or(0);
+        let r = load::run(spec(g.device_addr, &ca_pem, &a, &devices)?, Some(g.server.pid)).await;
+        g.stop()?;
+        eprintln!("[{enrolled} enrolled] {:.0} requests/s", r.requests_per_second);
+        if r.requests == 0 || r.non_200 > 0 {
+            ok = false;
+            let log = std::fs::read_to_string(&g.server.log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(5).collect();
+            eprintln!("[{enrolled} enrolled] problems: {:?}; gateway log tail: {tail:?}", r.first_error);
+        }
+        let ratio_to_ceiling = report.ceiling.as_ref().map(|c| r.requests_per_second / c.requests_per_second.max(1e-9));
+        let ratio_to_first = report.gateway.first().map(|f| r.requests_per_second / f.load.requests_per_second.max(1e-9)).unwrap_or(1.0);
+        report.gateway.push(GatewayRun { enrolled, seed: seeded, rss_idle_kib, load: r, ratio_to_ceiling, ratio_to_first });
+        if a.common.work_dir.is_none() {
+            let _ = std::fs::remove_dir_all(&data_dir);
+        }
+    }
+
+    println!();
+    println!("mdm-bench idle ({:?} identity): {} — {} connections, {} active devices, {:.0} s measured after {:.0} s warm-up", a.identity, report.protocol, a.connections, a.active, a.duration.as_secs_f64(), a.warmup.as_secs_f64());
+    println!("{:<9} {:>9} {:>9} {:>8} {:>8} {:>8} {:>7} {:>8} {:>8} {:>8} {:>9} {:>7}", "server", "enrolled", "req/s", "p50 ms", "p99 ms", "max ms", "reqs", "failed", "CPU s", "CPU µs/r", "peak MiB", "ratio");
+    if let Some(c) = &report.ceiling {
+        println!("{}", row("ceiling", "-", c, None));
+    }
+    for g in &report.gateway {
+        println!("{}", row("gateway", &g.enrolled.to_string(), &g.load, g.ratio_to_ceiling));
+    }
+    for g in report.gateway.iter().skip(1) {
+        println!("{} enrolled vs {}: throughput {:.1}%, idle RSS {} MiB, peak RSS {} MiB", g.enrolled, report.gateway[0].enrolled, g.ratio_to_first * 100.0, mib(Some(g.rss_idle_kib)), mib(g.load.server_peak_rss_kib));
+    }
+    write_json(&a.common, &report)?;
+    Ok(ok)
+}
+
+fn write_json(c: &Common, value: &impl Serialize) -> Result<(), String> {
+    let Some(path) = &c.json else { return Ok(()) };
+    let text = serde_json::to_string_pretty(value).map_err(|e| e.to_string())?;
+    if path.as_os_str() == "-" {
+        println!("{text}");
+        Ok(())
+    } else {
+        std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct RoundtripReport {
+    scenario: &'static str,
+    machine: Machine,
+    enrolled: u64,
+    devices: usize,
+    waker: Waker,
+    waker_note: &'static str,
+    runs: Vec<RoundtripResult>,
+    gateway_cpu_seconds: Option<f64>,
+    gateway_peak_rss_kib: Option<u64>,
+}
+
+async fn roundtrip(a: RoundtripArgs) -> Result<bool, String> {
+    let w = work(&a.common)?;
+    let data_dir = w.dir.join("gw-roundtrip");
+    init_data_dir(&w, &a.common, &data_dir).await?;
+    let filler = a.enrolled.saturating_sub(a.devices as u64);
+    if filler > 0 {
+        let s = seed::seed(&data_dir.join("gateway.db"), filler, &[], unix_now(), 11).await?;
+        eprintln!("seeded {} rows in {:.1} s", s.rows, s.seconds);
+    }
+    let mut g = GatewayChild::start(&w.gateway_bin, &data_dir, a.common.gateway_config.as_deref()).await?;
+    let ca_pem = std::fs::read(data_dir.join("ca.pem")).map_err(|e| format!("ca.pem: {e}"))?;
+    let issuer = Issuer::from_data_dir(&data_dir).map_err(|e| e.to_string())?;
+    let mut config = FleetConfig::new(a.devices, &g.device_url(), ca_pem, issuer);
+    config.concurrency = a.concurrency;
+    config.udid_prefix = "RT".into();
+    let fleet = Arc::new(Fleet::build(&config).map_err(|e| e.to_string())?);
+    fleet.enroll_all().await;
+    let s = fleet.summary();
+    eprintln!("enrolled {} devices (p50 {:.1} ms), {} errors", s.enrolled, s.enroll_latency.p50_ms, s.errors);
+    if s.enrolled != a.devices as u64 {
+        return Err(format!("enrollment failed: {:?}", s.first_errors));
+    }
+    let api = ApiClient::new(&g.api_url(), &g.api_key()?);
+    let before = g.server.sample();
+    let mut runs = Vec::new();
+    for &rate in &a.rate {
+        eprintln!("round trip at {rate}/s for {:?}", a.duration);
+        let r = roundtrip::run(
+            fleet.clone(),
+            api.clone(),
+            RoundtripSpec { rate, duration: a.duration, max_in_flight: a.max_in_flight, waker: Waker::Direct, drain: Duration::from_secs(10) },
+        )
+        .await;
+        eprintln!("  completed {} ({:.0}/s), p50 {:.2} ms, p99 {:.2} ms", r.completed, r.achieved_rate, r.latency.p50_ms, r.latency.p99_ms);
+        runs.push(r);
+    }
+    let after = g.server.sample();
+    g.stop()?;
+    let report = RoundtripReport {
+        scenario: "roundtrip",
+        machine: machine(),
+        enrolled: a.enrolled,
+        devices: a.devices,
+        waker: Waker::Direct,
+        waker_note: "devices are woken by the driver as soon as POST /v1/commands answers (an ideal zero-latency push); APNs is not in the path",
+        gateway_cpu_seconds: before.zip(after).map(|(b, a)| a.cpu_seconds - b.cpu_seconds),
+        gateway_peak_rss_kib: after.map(|s| s.peak_rss_kib),
+        runs,
+    };
+    println!();
+    println!("mdm-bench roundtrip: {} enrolled, {} emulated devices; wake: {}", a.enrolled, a.devices, report.waker_note);
+    println!("{:>8} {:>8} {:>10} {:>8} {:>9} {:>9} {:>9} {:>10} {:>6}", "target/s", "posted", "completed", "done/s", "p50 ms", "p99 ms", "max ms", "POST p50", "lost");
+    let mut ok = true;
+    for r in &report.runs {
+        println!(
+            "{:>8.0} {:>8} {:>10} {:>8.0} {:>9.2} {:>9.2} {:>9.2} {:>10.2} {:>6}",
+            r.target_rate, r.posted, r.completed, r.achieved_rate, r.latency.p50_ms, r.latency.p99_ms, r.latency.max_ms, r.post_latency.p50_ms, r.lost
+        );
+        ok &= r.completed > 0 && r.post_errors == 0;
+    }
+    let fs = fleet.summary();
+    println!("device errors: {}{}", fs.errors, fs.first_errors.first().map(|e| format!(" (first: {e})")).unwrap_or_default());
+    write_json(&a.common, &report)?;
+    Ok(ok && fs.errors == 0)
+}
+
+async fn seed_cmd(a: SeedArgs) -> Result<bool, String> {
+    let s = seed::seed(&a.data_dir.join("gateway.db"), a.devices, &[], unix_now(), a.seed).await?;
+    println!("seeded {} enrolled devices in {:.1} s; database {:.0} MiB", s.rows, s.seconds, s.db_bytes as f64 / 1048576.0);
+    Ok(true)
+}
+
+async fn ceiling_server(a: CeilingArgs) -> Result<bool, String> {
+    let chain = std::fs::read(&a.cert).map_err(|e| format!("{}: {e}", a.cert.display()))?;
+    let key = std::fs::read(&a.key).map_err(|e| format!("{}: {e}", a.key.display()))?;
+    let tls = ceiling::server_config(&chain, &key)?;
+    let listener = tokio::net::TcpListener::bind(a.listen).await.map_err(|e| format!("{}: {e}", a.listen))?;
+    tokio::select! {
+        _ = ceiling::serve(listener, tls) => {}
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => { s.recv().await; }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        } => {}
+    }
+    Ok(true)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("mdm-bench: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Cmd::Idle(a) => idle(a).await,
+            Cmd::Roundtrip(a) => roundtrip(a).await,
+            Cmd::Seed(a) => seed_cmd(a).await,
+            Cmd::CeilingServer(a) => ceiling_server(a).await,
+        }
+    });
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(2),
+        Err(e) => {
+            eprintln!("mdm-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

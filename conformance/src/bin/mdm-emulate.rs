@@ -1,0 +1,264 @@
+//! `mdm-emulate apple`: a fleet of emulated Apple devices against a running gateway.
+//!
+//! ```sh
+//! mdm-emulate apple --devices 5000 --gateway https://localhost:8443 --ca-dir ./mdm-data \
+//!     --api http://127.0.0.1:8080 --commands 2 --ack 0.9 --error 0.05 --notnow 0.05 --checkout
+//! ```
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use mdm_conformance::apple::fleet::{ApiClient, Fleet, FleetConfig, Issuer, Ratios, sample_command};
+
+#[derive(Debug, Parser)]
+#[command(name = "mdm-emulate", version, about = "Emulated device fleets for an MDM gateway")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Apple devices: enroll, answer commands, optionally check out.
+    Apple(AppleArgs),
+}
+
+#[derive(Debug, Args)]
+struct AppleArgs {
+    /// How many devices.
+    #[arg(long, default_value_t = 100)]
+    devices: usize,
+    /// The gateway's device listener.
+    #[arg(long, default_value = "https://localhost:8443")]
+    gateway: String,
+    /// The gateway's data directory: `ca.pem` (trusted for the server and used as issuer) and
+    /// `ca-key.pem`.
+    #[arg(long, default_value = "./mdm-data")]
+    ca_dir: PathBuf,
+    /// Issue device identities from this CA instead (give it to the gateway with --device-ca).
+    #[arg(long, requires = "issuer_key")]
+    issuer_cert: Option<PathBuf>,
+    #[arg(long, requires = "issuer_cert")]
+    issuer_key: Option<PathBuf>,
+    /// The backend API, for queueing commands (`--commands`).
+    #[arg(long)]
+    api: Option<String>,
+    /// File with the API key; default `<ca-dir>/api-key`.
+    #[arg(long)]
+    api_key_file: Option<PathBuf>,
+    /// Commands to queue per device after enrollment (DeviceInformation and SecurityInfo
+    /// alternately); needs --api.
+    #[arg(long, default_value_t = 0)]
+    commands: usize,
+    /// Requests in flight at most.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Share of commands answered Acknowledged.
+    #[arg(long, default_value_t = 1.0)]
+    ack: f64,
+    /// Share answered Error.
+    #[arg(long, default_value_t = 0.0)]
+    error: f64,
+    /// Share answered NotNow.
+    #[arg(long = "notnow", default_value_t = 0.0)]
+    not_now: f64,
+    /// Seed of the answer RNG and of the UDIDs.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// UDID prefix.
+    #[arg(long, default_value = "EMU")]
+    prefix: String,
+    /// Also enroll a user channel per device.
+    #[arg(long)]
+    user_channel: bool,
+    /// Each device runs an Idle session this often (e.g. `30s`); off by default.
+    #[arg(long, value_parser = parse_duration)]
+    poll_interval: Option<Duration>,
+    /// How long to keep polling (with --poll-interval).
+    #[arg(long, value_parser = parse_duration, default_value = "60s")]
+    duration: Duration,
+    /// Check every device out at the end.
+    #[arg(long)]
+    checkout: bool,
+    /// Write the summary as JSON to this file (`-` for stdout).
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).map(|i| s.split_at(i)).unwrap_or((s, "s"));
+    let n: f64 = num.parse().map_err(|_| format!("not a duration: {s:?} (e.g. 500ms, 10s, 2m)"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" | "" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("unknown unit {unit:?} in {s:?} (ms, s, m, h)")),
+    };
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn progress(quiet: bool, len: u64, what: &str) -> ProgressBar {
+    if quiet {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template("{msg:>12} [{bar:40}] {pos}/{len} ({per_sec}, {elapsed})").expect("template").progress_chars("=> "),
+    );
+    bar.set_message(what.to_owned());
+    bar
+}
+
+/// Updates `bar` from `value()` every 100 ms until dropped.
+fn follow(bar: &ProgressBar, value: impl Fn() -> u64 + Send + 'static) -> tokio::task::JoinHandle<()> {
+    let bar = bar.clone();
+    tokio::spawn(async move {
+        loop {
+            bar.set_position(value());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+}
+
+async fn run(a: AppleArgs) -> Result<bool, String> {
+    let read = |p: &PathBuf| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+    let server_ca = read(&a.ca_dir.join("ca.pem"))?;
+    let issuer = match (&a.issuer_cert, &a.issuer_key) {
+        (Some(c), Some(k)) => Issuer {
+            cert: mdm_certs::X509::from_pem(&read(c)?).map_err(|e| format!("{}: {e}", c.display()))?,
+            key: mdm_certs::PKey::private_key_from_pem(&read(k)?).map_err(|e| format!("{}: {e}", k.display()))?,
+        },
+        _ => Issuer::from_data_dir(&a.ca_dir).map_err(|e| e.to_string())?,
+    };
+    let mut config = FleetConfig::new(a.devices, &a.gateway, server_ca, issuer);
+    config.concurrency = a.concurrency;
+    config.ratios = Ratios { ack: a.ack, error: a.error, not_now: a.not_now };
+    config.seed = a.seed;
+    config.udid_prefix = a.prefix.clone();
+    config.user_channel = a.user_channel;
+
+    if !a.quiet {
+        eprintln!("issuing {} device identities (P-256)…", a.devices);
+    }
+    let fleet = Arc::new(Fleet::build(&config).map_err(|e| e.to_string())?);
+
+    let bar = progress(a.quiet, a.devices as u64, "enrolling");
+    let f = fleet.clone();
+    let ticker = follow(&bar, move || f.counters().enrolled.load(Ordering::Relaxed) + f.counters().errors.load(Ordering::Relaxed));
+    fleet.enroll_all().await;
+    ticker.abort();
+    bar.set_position(fleet.counters().enrolled.load(Ordering::Relaxed));
+    bar.finish();
+
+    let mut queued = 0u64;
+    if a.commands > 0 {
+        let Some(api_url) = &a.api else { return Err("--commands needs --api".into()) };
+        let key_file = a.api_key_file.clone().unwrap_or_else(|| a.ca_dir.join("api-key"));
+        let key = std::fs::read_to_string(&key_file).map_err(|e| format!("{}: {e}", key_file.display()))?;
+        let api = ApiClient::new(api_url, key.trim());
+        let total = (a.devices * a.commands) as u64;
+        let bar = progress(a.quiet, total, "queueing");
+        let ids = fleet.device_ids();
+        let sem = Arc::new(tokio::sync::Semaphore::new(a.concurrency.max(1)));
+        let mut tasks = tokio::task::JoinSet::new();
+        for n in 0..a.commands {
+            for id in &ids {
+                let (api, id, sem, bar) = (api.clone(), id.clone(), sem.clone(), bar.clone());
+                let permit = sem.acquire_owned().await.expect("open");
+                tasks.spawn(async move {
+                    let _p = permit;
+                    let r = api.enqueue(&id, sample_command(n)).await;
+                    bar.inc(1);
+                    r
+                });
+                while let Some(r) = tasks.try_join_next() {
+                    match r {
+                        Ok(Ok(_)) => queued += 1,
+                        Ok(Err(e)) => eprintln!("queue: {e}"),
+                        Err(e) => eprintln!("queue task: {e}"),
+                    }
+                }
+            }
+        }
+        while let Some(r) = tasks.join_next().await {
+            match r {
+                Ok(Ok(_)) => queued += 1,
+                Ok(Err(e)) => eprintln!("queue: {e}"),
+                Err(e) => eprintln!("queue task: {e}"),
+            }
+        }
+        bar.finish();
+    }
+
+    let answered = |f: &Fleet| f.counters().answered();
+    if let Some(interval) = a.poll_interval {
+        let bar = progress(a.quiet, queued, "answering");
+        let f = fleet.clone();
+        let ticker = follow(&bar, move || answered(&f));
+        fleet.run_poll(interval, tokio::time::Instant::now() + a.duration).await;
+        ticker.abort();
+        bar.finish();
+    } else if queued > 0 {
+        // No push without an APNs emulator: each device runs one session to fetch its queue.
+        let bar = progress(a.quiet, queued, "answering");
+        let f = fleet.clone();
+        let ticker = follow(&bar, move || answered(&f));
+        fleet.session_all().await;
+        ticker.abort();
+        bar.set_position(answered(&fleet));
+        bar.finish();
+    }
+
+    if a.checkout {
+        fleet.checkout_all().await;
+    }
+    let summary = fleet.summary();
+    println!("mdm-emulate apple: summary");
+    print!("{}", summary.table());
+    if queued > 0 {
+        println!("  commands queued      {queued}");
+    }
+    if let Some(path) = &a.json {
+        let text = serde_json::to_string_pretty(&summary).map_err(|e| e.to_string())?;
+        if path.as_os_str() == "-" {
+            println!("{text}");
+        } else {
+            std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+    }
+    Ok(summary.errors == 0 && summary.enrolled == a.devices as u64)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("mdm-emulate: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Cmd::Apple(a) => run(a).await,
+        }
+    });
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(2),
+        Err(e) => {
+            eprintln!("mdm-emulate: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
