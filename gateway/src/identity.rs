@@ -110,6 +110,31 @@ impl VerifiedChains {
     }
 }
 
+/// TLS client certificates already decoded, by SHA-256 of their DER. A device sends every
+/// request of a connection with the same certificate, and decoding one costs more than the rest
+/// of an Idle check-in (openssl 3.0 decodes the public key through its provider machinery).
+/// Decoding is a pure function of the bytes, so reusing the result is exact. Cleared when full.
+#[derive(Debug, Default)]
+struct DecodedCerts {
+    certs: Mutex<HashMap<[u8; 32], X509>>,
+}
+
+impl DecodedCerts {
+    fn decode(&self, der: &[u8]) -> Result<X509, openssl::error::ErrorStack> {
+        let key: [u8; 32] = Sha256::digest(der).into();
+        if let Some(c) = self.certs.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+            return Ok(c.clone());
+        }
+        let cert = X509::from_der(der)?;
+        let mut certs = self.certs.lock().unwrap_or_else(|p| p.into_inner());
+        if certs.len() >= VERIFIED_CACHE_MAX {
+            certs.clear();
+        }
+        certs.insert(key, cert.clone());
+        Ok(cert)
+    }
+}
+
 #[derive(Debug)]
 pub struct IdentityVerifier {
     anchors: TrustAnchors,
@@ -117,12 +142,13 @@ pub struct IdentityVerifier {
     header: HeaderName,
     rfc9440: bool,
     verified: VerifiedChains,
+    decoded: DecodedCerts,
 }
 
 impl IdentityVerifier {
     pub fn new(anchors: TrustAnchors, trusted_proxies: Vec<IpNet>, header: HeaderName) -> Self {
         let rfc9440 = header.as_str().eq_ignore_ascii_case("client-cert");
-        IdentityVerifier { anchors, trusted_proxies, header, rfc9440, verified: VerifiedChains::default() }
+        IdentityVerifier { anchors, trusted_proxies, header, rfc9440, verified: VerifiedChains::default(), decoded: DecodedCerts::default() }
     }
 
     /// [`mdm_certs::verify_device_certificate`], skipped when this exact certificate and chain
@@ -160,8 +186,8 @@ impl IdentityVerifier {
             let signed = mdm_certs::verify_mdm_signature(sig, body)?;
             (signed.signer, signed.chain, IdentitySource::MdmSignature)
         } else if let Some(leaf) = conn.client_certs.first() {
-            let cert = X509::from_der(leaf).map_err(|e| IdentityFailure::new("bad_client_certificate", e.to_string()))?;
-            let chain = conn.client_certs[1..].iter().filter_map(|d| X509::from_der(d).ok()).collect();
+            let cert = self.decoded.decode(leaf).map_err(|e| IdentityFailure::new("bad_client_certificate", e.to_string()))?;
+            let chain = conn.client_certs[1..].iter().filter_map(|d| self.decoded.decode(d).ok()).collect();
             (cert, chain, IdentitySource::TlsClientCertificate)
         } else if let Some(value) = headers.get(&self.header) {
             if !self.trusted_proxy(conn.peer.map(|p| p.ip())) {

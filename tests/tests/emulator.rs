@@ -86,7 +86,7 @@ async fn fleet_wakes_on_push_deliveries() {
 
     // What the APNs emulator would send: one delivery per device token, plus a duplicate
     // (coalesced or run again, never an error) and a token no device owns.
-    let (tx, rx) = tokio::sync::mpsc::channel::<PushDelivery>(64);
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<PushDelivery>();
     let runner = {
         let fleet = fleet.clone();
         tokio::spawn(async move { fleet.run_push(rx, None).await })
@@ -99,10 +99,10 @@ async fn fleet_wakes_on_push_deliveries() {
         accepted_at: std::time::Instant::now(),
     };
     for i in 0..10 {
-        tx.send(delivery(hex_token(&fleet, i))).await.expect("send");
+        tx.send(delivery(hex_token(&fleet, i))).expect("send");
     }
-    tx.send(delivery(hex_token(&fleet, 0))).await.expect("send");
-    tx.send(delivery("ab".repeat(32))).await.expect("send");
+    tx.send(delivery(hex_token(&fleet, 0))).expect("send");
+    tx.send(delivery("ab".repeat(32))).expect("send");
     drop(tx);
     tokio::time::timeout(Duration::from_secs(20), runner).await.expect("deliveries handled").expect("runner");
 

@@ -269,12 +269,15 @@ fn unix_now() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
+/// A device identity: its private key and certificate.
+pub type Identity = (PKey<Private>, X509);
+
 /// `n` P-256 keys and client-auth certificates from `issuer`, made on all cores.
-pub fn issue_identities(issuer: &Issuer, common_names: &[String]) -> Result<Vec<(PKey<Private>, X509)>, FleetError> {
+pub fn issue_identities(issuer: &Issuer, common_names: &[String]) -> Result<Vec<Identity>, FleetError> {
     let now = unix_now();
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).max(1);
     let chunk = common_names.len().div_ceil(threads).max(1);
-    let results: Vec<Result<Vec<(PKey<Private>, X509)>, FleetError>> = std::thread::scope(|s| {
+    let results: Vec<Result<Vec<Identity>, FleetError>> = std::thread::scope(|s| {
         let handles: Vec<_> = common_names
             .chunks(chunk)
             .map(|names| {
@@ -468,8 +471,9 @@ impl Fleet {
         }
     }
 
-    /// Runs sessions for pushes from the APNs emulator until the channel closes or `until`.
-    pub async fn run_push(self: &Arc<Self>, mut deliveries: mpsc::Receiver<PushDelivery>, until: Option<tokio::time::Instant>) {
+    /// Runs sessions for pushes from the APNs emulator ([`crate::apns::ApnsEmulator::start`]
+    /// hands out the receiver) until the channel closes or `until`.
+    pub async fn run_push(self: &Arc<Self>, mut deliveries: mpsc::UnboundedReceiver<PushDelivery>, until: Option<tokio::time::Instant>) {
         let mut tasks = tokio::task::JoinSet::new();
         loop {
             let delivery = match until {
