@@ -1,15 +1,18 @@
 //! The device fleet emulator and the load tool themselves, in short runs: a fleet enrolls,
-//! answers commands by ratio (woken by a session sweep and by push deliveries), checks out; and
-//! `mdm-bench idle` / `mdm-bench roundtrip` run for a second or two against the debug binaries.
+//! answers commands by ratio (woken by a session sweep, by hand-made push deliveries, and by the
+//! gateway's real pushes through the APNs emulator), checks out; and `mdm-bench idle`,
+//! `mdm-bench roundtrip` (with and without `--push`) and `mdm-bench push` run for a second or two
+//! against the debug binaries.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use mdm_conformance::apns::ApnsEmulator;
 use mdm_conformance::apns::delivery::PushDelivery;
-use mdm_conformance::apple::fleet::{Fleet, FleetConfig, Issuer, Ratios, sample_command};
-use mdm_tests::Harness;
+use mdm_conformance::apple::fleet::{FLEET_TOPIC, Fleet, FleetConfig, Issuer, Ratios, sample_command};
+use mdm_tests::{Harness, unix_now};
 use serde_json::{Value, json};
 
 fn fleet_config(h: &Harness, devices: usize) -> FleetConfig {
@@ -117,6 +120,62 @@ async fn fleet_wakes_on_push_deliveries() {
     h.stop().await;
 }
 
+/// The whole push path with a fleet: gateway → APNs emulator (real HTTP/2 + TLS, the uploaded
+/// push certificate) → `Fleet::run_push` → sessions. Nobody wakes the devices but the pushes.
+#[tokio::test]
+async fn fleet_answers_commands_woken_by_real_pushes() {
+    let (apns, deliveries) = ApnsEmulator::start("127.0.0.1:0".parse().expect("addr")).await.expect("emulator");
+    let dir = tempfile::tempdir().expect("tmp");
+    let ca_path = dir.path().join("apns-ca.pem");
+    std::fs::write(&ca_path, apns.server_ca_pem()).expect("write CA");
+    let url = apns.url();
+    let h = Harness::start_with(|c| {
+        c.apple.apns_url = url;
+        c.apple.apns_ca = Some(ca_path);
+        c.apple.push_timeout_ms = 5_000;
+    })
+    .await;
+    let (cert, key) = apns.issue_push_certificate(FLEET_TOPIC, unix_now() + 365 * 86_400).expect("push cert");
+    let (code, r) = h.put_bytes("/v1/pushcert", format!("{cert}{key}").into_bytes()).await;
+    assert_eq!(code, 200, "{r}");
+
+    let fleet = Arc::new(Fleet::build(&fleet_config(&h, 10)).expect("fleet"));
+    fleet.enroll_all().await;
+    assert_eq!(fleet.summary().enrolled, 10, "{:?}", fleet.summary().first_errors);
+    let runner = {
+        let fleet = fleet.clone();
+        tokio::spawn(async move { fleet.run_push(deliveries, None).await })
+    };
+    let ids = queue(&h, &fleet, 2).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while fleet.counters().answered() < 20 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    runner.abort();
+
+    let s = fleet.summary();
+    assert_eq!(s.errors, 0, "{:?}", s.first_errors);
+    assert_eq!(s.acknowledged, 20, "every command answered after a push: {s:?}");
+    let stats = apns.control().stats();
+    // At least one push per device; at most one per command (coalescing may merge the second).
+    assert!((10..=20).contains(&s.pushes), "{s:?}");
+    assert_eq!(s.unknown_pushes, 0);
+    assert_eq!(stats.accepted, s.pushes, "every accepted push reached the fleet: {stats:?}");
+    assert!(stats.refused.is_empty(), "{stats:?}");
+    assert_eq!(s.push_to_session_latency.count, s.pushes);
+    assert!(s.sessions >= 10 && s.sessions <= s.pushes, "sessions only on pushes: {s:?}");
+    for i in 0..10 {
+        assert!(!apns.control().seen_for(&hex_token(&fleet, i)).is_empty(), "device {i} was pushed");
+    }
+    for id in ids {
+        let (_, c) = h.get(&format!("/v1/commands/{id}")).await;
+        assert_eq!(c["status"], "acknowledged", "{c}");
+    }
+    assert_eq!(count(&h.events().await, "command.acknowledged"), 20);
+    h.stop().await;
+    apns.stop().await;
+}
+
 fn hex_token(fleet: &Fleet, i: usize) -> String {
     fleet.device(i).push_token.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -198,4 +257,99 @@ fn mdm_bench_roundtrip_short_run() {
     assert_eq!(run["completed"], run["posted"], "{r}");
     assert_eq!(run["lost"], 0);
     assert!(run["latency"]["p50_ms"].as_f64().unwrap_or(0.0) > 0.0, "{r}");
+}
+
+#[test]
+fn mdm_bench_roundtrip_push_short_run() {
+    let r = run_bench(&["roundtrip", "--push", "--enrolled", "100", "--devices", "10", "--rate", "20", "--duration", "1s"]);
+    assert_eq!(r["waker"], "push", "{r}");
+    let run = &r["runs"][0];
+    assert!(run["posted"].as_u64().unwrap_or(0) > 0, "{r}");
+    assert_eq!(run["completed"], run["posted"], "{r}");
+    assert_eq!(run["lost"], 0);
+    assert_eq!(run["waker"], "push");
+    let push = &r["push"];
+    let accepted = push["apns_accepted"].as_u64().unwrap_or(0);
+    // Only pushes woke the devices: at least one per device commanded, and each reached the fleet.
+    assert!(accepted >= 10, "{r}");
+    assert!(accepted <= run["posted"].as_u64().unwrap_or(0), "at most one push per command: {r}");
+    assert_eq!(push["deliveries_received"], accepted, "{r}");
+    assert_eq!(push["apns_refused"], 0, "{r}");
+    assert!(push["push_to_session_latency"]["count"].as_u64().unwrap_or(0) > 0, "{r}");
+}
+
+#[test]
+fn mdm_bench_push_short_run() {
+    let r = run_bench(&["push", "--devices", "200", "--batch", "20", "--concurrency", "2", "--duration", "1s"]);
+    assert_eq!(r["scenario"], "push");
+    let run = &r["run"];
+    let ok = run["succeeded"].as_u64().unwrap_or(0);
+    assert!(ok > 0, "{r}");
+    assert_eq!(run["failed"], 0, "{r}");
+    assert_eq!(run["request_errors"], 0, "{r}");
+    assert_eq!(run["pushes"], ok, "{r}");
+    assert_eq!(run["apns_accepted"], ok, "the emulator accepted exactly what the API reported: {r}");
+    assert_eq!(run["pushes"].as_u64(), run["batches"].as_u64().map(|b| b * 20), "{r}");
+    assert!(run["pushes_per_second"].as_f64().unwrap_or(0.0) > 0.0, "{r}");
+    assert!(run["batch_latency"]["p99_ms"].as_f64().unwrap_or(0.0) >= run["batch_latency"]["p50_ms"].as_f64().unwrap_or(f64::MAX), "{r}");
+    assert!(r["gateway_cpu_seconds"].as_f64().unwrap_or(0.0) > 0.0, "{r}");
+    assert!(r["gateway_cpu_us_per_push"].as_f64().unwrap_or(0.0) > 0.0, "{r}");
+    assert!(r["apns_connections"].as_u64().unwrap_or(0) >= 1, "{r}");
+}
+
+/// `mdm-emulate apple --apns-listen`: the CLI's push mode against an in-process gateway
+/// configured beforehand with the CA that `--apns-print-config` made (kept in `--apns-dir`).
+#[tokio::test]
+async fn mdm_emulate_push_mode_short_run() {
+    let emulate = tokio::task::spawn_blocking(|| workspace_binary("mdm-conformance", "mdm-emulate")).await.expect("build");
+    let dir = tempfile::tempdir().expect("tmp");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
+    let listen = format!("127.0.0.1:{port}");
+    let apns_dir = dir.path().join("apns");
+    let ca_out = dir.path().join("apns-ca.pem");
+    let out = Command::new(&emulate)
+        .args(["apple", "--apns-listen", &listen, "--apns-print-config", "--apns-dir"])
+        .arg(&apns_dir)
+        .arg("--apns-ca-out")
+        .arg(&ca_out)
+        .output()
+        .expect("run mdm-emulate");
+    let printed = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{printed}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(printed.contains(&format!("apns_url = \"https://{listen}\"")), "{printed}");
+    assert!(printed.contains("apns_ca = "), "{printed}");
+
+    let ca = ca_out.clone();
+    let h = Harness::start_with(|c| {
+        c.apple.apns_url = format!("https://{listen}");
+        c.apple.apns_ca = Some(ca);
+        c.apple.push_timeout_ms = 5_000;
+    })
+    .await;
+    let key_file = dir.path().join("api-key");
+    std::fs::write(&key_file, &h.api_key).expect("key file");
+    let ca_dir = h.dir.path().join("data");
+    let json_path = dir.path().join("summary.json");
+    let args: Vec<std::ffi::OsString> = vec![
+        "apple".into(), "--devices".into(), "8".into(), "--gateway".into(), h.device_url.clone().into(),
+        "--ca-dir".into(), ca_dir.into(), "--api".into(), h.api_url.clone().into(), "--api-key-file".into(), key_file.into(),
+        "--commands".into(), "2".into(), "--apns-listen".into(), format!("127.0.0.1:{port}").into(),
+        "--apns-dir".into(), apns_dir.into(), "--duration".into(), "20s".into(), "--quiet".into(), "--json".into(), json_path.clone().into(),
+    ];
+    let out = tokio::task::spawn_blocking(move || Command::new(emulate).args(args).output().expect("run mdm-emulate")).await.expect("join");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "mdm-emulate failed ({}):\n{stdout}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("push certificate for com.apple.mgmt.External.emulated uploaded"), "{stdout}");
+    let s: Value = serde_json::from_slice(&std::fs::read(&json_path).expect("summary written")).expect("JSON");
+    assert_eq!(s["enrolled"], 8, "{s}");
+    assert_eq!(s["commands_queued"], 16, "{s}");
+    assert_eq!(s["acknowledged"], 16, "{s}");
+    assert_eq!(s["errors"], 0, "{s}");
+    // One probe push to the first device, then at least one per device for its commands.
+    let pushes = s["pushes"].as_u64().unwrap_or(0);
+    assert!((9..=17).contains(&pushes), "{s}");
+    assert_eq!(s["apns"]["accepted"], pushes, "{s}");
+    assert_eq!(s["unknown_pushes"], 0, "{s}");
+    assert_eq!(count(&h.events().await, "command.acknowledged"), 16);
+    h.stop().await;
 }

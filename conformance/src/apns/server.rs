@@ -49,7 +49,17 @@ impl ApnsEmulator {
 
     /// Starts with a given push CA, so certificates issued earlier stay valid.
     pub async fn start_with(listen: SocketAddr, push_ca: PushCa) -> Result<(ApnsEmulator, mpsc::UnboundedReceiver<PushDelivery>), ApnsError> {
-        let server_ca = PushCa::generate("Emulated APNs Server CA")?;
+        ApnsEmulator::start_with_cas(listen, push_ca, PushCa::generate("Emulated APNs Server CA")?).await
+    }
+
+    /// Starts with a given push CA and server CA (a standalone emulator that keeps both across
+    /// restarts, so the gateway's `apple.apns_ca` file stays valid). The server certificate is
+    /// issued anew from `server_ca`.
+    pub async fn start_with_cas(
+        listen: SocketAddr,
+        push_ca: PushCa,
+        server_ca: PushCa,
+    ) -> Result<(ApnsEmulator, mpsc::UnboundedReceiver<PushDelivery>), ApnsError> {
         let (chain_pem, key_pem) = server_ca.issue_server_certificate()?;
         let tls = server_tls(&push_ca, &chain_pem, &key_pem)?;
         let listener = TcpListener::bind(listen).await?;

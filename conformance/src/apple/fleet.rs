@@ -20,6 +20,10 @@ use tokio::sync::{Semaphore, mpsc};
 use super::{AppleDevice, DeviceError, IdentityMode, UserChannel};
 use crate::apns::delivery::PushDelivery;
 
+/// The push topic every emulated device sends in its TokenUpdate (and `bench::seed` writes):
+/// the UID of the push certificate the gateway needs to push the fleet.
+pub const FLEET_TOPIC: &str = "com.apple.mgmt.External.emulated";
+
 /// Shares of each answer status. They need not sum to 1: they are normalised.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Ratios {
@@ -624,6 +628,40 @@ impl ApiClient {
         let events = body["events"].as_array().cloned().unwrap_or_default();
         let next = body["next"].as_str().unwrap_or(after).to_owned();
         Ok((events, next))
+    }
+
+    /// `PUT /v1/pushcert` with a PEM certificate and key (one body); `query` e.g. `""` or
+    /// `"?add=1"`. The reply on 200, else an error with the gateway's message.
+    pub async fn put_pushcert(&self, pem: String, query: &str) -> Result<serde_json::Value, String> {
+        let resp = self
+            .client
+            .put(format!("{}/v1/pushcert{query}", self.base))
+            .bearer_auth(&self.key)
+            .body(pem)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = resp.status().as_u16();
+        let body: serde_json::Value = resp.json().await.map_err(|e| e.to_string())?;
+        if status != 200 {
+            return Err(format!("PUT /v1/pushcert answered {status}: {body}"));
+        }
+        Ok(body)
+    }
+
+    /// `GET /v1/push/<id,id,…>` (NanoMDM-compatible; waits for APNs' answers): (HTTP status,
+    /// reply). 200, 207 and 500 all carry per-id `push_result` / `push_error` in `status`.
+    pub async fn push(&self, ids: &[&str]) -> Result<(u16, serde_json::Value), String> {
+        let resp = self
+            .client
+            .get(format!("{}/v1/push/{}", self.base, ids.join(",")))
+            .bearer_auth(&self.key)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = resp.status().as_u16();
+        let body: serde_json::Value = resp.json().await.map_err(|e| e.to_string())?;
+        Ok((status, body))
     }
 
     /// The current end of the event log (a cursor after every event so far).

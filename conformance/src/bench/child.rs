@@ -93,6 +93,12 @@ impl GatewayChild {
     /// `mdm-gateway serve` on `data_dir` with both listeners on free loopback ports; returns
     /// once `/healthz` answers. `config` is an optional TOML file passed with `--config`.
     pub async fn start(bin: &Path, data_dir: &Path, config: Option<&Path>) -> Result<GatewayChild, String> {
+        GatewayChild::start_with_env(bin, data_dir, config, &[]).await
+    }
+
+    /// Like [`GatewayChild::start`], with extra environment variables for the child (e.g.
+    /// `MDM_GATEWAY_APPLE__APNS_URL`); these override the configuration file.
+    pub async fn start_with_env(bin: &Path, data_dir: &Path, config: Option<&Path>, env: &[(String, String)]) -> Result<GatewayChild, String> {
         let device_addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse().map_err(|e| format!("{e}"))?;
         let api_addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse().map_err(|e| format!("{e}"))?;
         let mut cmd = Command::new(bin);
@@ -108,6 +114,9 @@ impl GatewayChild {
             if k.to_string_lossy().starts_with("MDM_GATEWAY_") {
                 cmd.env_remove(k);
             }
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
         }
         // Refusals are logged at warn; a benchmark should not measure log formatting of
         // successes, but keep warnings so a broken run explains itself.

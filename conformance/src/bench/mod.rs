@@ -7,11 +7,14 @@
 //! - [`load`]: the Idle check-in load generator (HTTP/1.1 keep-alive over TLS, pre-signed bodies).
 //! - [`seed`]: enrolled devices written straight into the gateway's SQLite file.
 //! - [`roundtrip`]: `POST /v1/commands` → device session → event on `/v1/events`.
+//! - [`push`]: an in-process APNs emulator for the gateway child, and `GET /v1/push` batches
+//!   through the gateway's APNs pool.
 
 pub mod ceiling;
 pub mod child;
 pub mod load;
 pub mod proc;
+pub mod push;
 pub mod roundtrip;
 pub mod seed;
 

@@ -41,6 +41,12 @@ struct Row {
     token: [u8; 32],
 }
 
+/// The UDID of filler device `i` written by [`seed`] with `seed` (the `active` devices take the
+/// first indexes, so fillers start at `active.len()`).
+pub fn seeded_udid(seed: u64, i: u64) -> String {
+    format!("SEED-{seed:04X}-{i:010}")
+}
+
 /// Inserts `total` enrolled device channels (the `active` ones first, then `SEED-<n>` fillers)
 /// into the SQLite database at `db` (which must have the gateway's schema: start the gateway
 /// on the data directory once before). `now` stamps `last_seen` and `checked_in_event_at`, so
@@ -61,7 +67,7 @@ pub async fn seed(db: &Path, total: u64, active: &[ActiveDevice], now: i64, seed
         let row = match active.get(i as usize) {
             Some(a) => Row { udid: a.udid.clone(), cert_sha256: a.cert_sha256.clone(), cert_subject: a.cert_subject.clone(), token: rng.random() },
             None => {
-                let udid = format!("SEED-{seed:04X}-{i:010}");
+                let udid = seeded_udid(seed, i);
                 let fp: [u8; 32] = rng.random();
                 Row { cert_subject: format!("CN={udid}"), udid, cert_sha256: hex::encode(fp), token: rng.random() }
             }

@@ -5,6 +5,8 @@
 //! cargo build --release -p mdm-gateway -p mdm-conformance --bins
 //! target/release/mdm-bench idle --enrolled 10000,100000,1000000 --duration 20s
 //! target/release/mdm-bench roundtrip --rate 500,2000,5000 --duration 10s
+//! target/release/mdm-bench roundtrip --push --rate 200 --duration 10s
+//! target/release/mdm-bench push --devices 10000 --batch 100 --concurrency 8 --duration 10s
 //! ```
 
 use std::net::SocketAddr;
@@ -20,6 +22,7 @@ use mdm_conformance::apple::fleet::{self, ApiClient, Fleet, FleetConfig, Issuer}
 use mdm_conformance::apple::{AppleDevice, IdentityMode};
 use mdm_conformance::bench::child::{self, ChildServer, GatewayChild};
 use mdm_conformance::bench::load::{self, LoadResult, LoadSpec, Prepared};
+use mdm_conformance::bench::push::{self as push_bench, EmulatedApns, PushResult, PushSpec};
 use mdm_conformance::bench::roundtrip::{self, RoundtripResult, RoundtripSpec, Waker};
 use mdm_conformance::bench::seed::{self, ActiveDevice, SeedStats};
 use mdm_conformance::bench::{ceiling, client_config, client_config_with};
@@ -38,6 +41,8 @@ enum Cmd {
     Idle(IdleArgs),
     /// POST /v1/commands → device session → command.acknowledged on /v1/events, at set rates.
     Roundtrip(RoundtripArgs),
+    /// GET /v1/push/<ids> in batches through the gateway's APNs pool to an in-process APNs emulator.
+    Push(PushArgs),
     /// Write enrolled devices into a stopped gateway's data directory.
     Seed(SeedArgs),
     /// (internal) The ceiling server, run as a child process.
@@ -90,6 +95,23 @@ struct IdleArgs {
     /// connections) or `tls` (a client certificate per connection, unsigned bodies).
     #[arg(long, value_enum, default_value_t = Identity::Signature)]
     identity: Identity,
+    /// The devices' identity keys: `rsa2048` (what Apple SCEP enrollment profiles typically
+    /// issue; PKCS#1 v1.5 signatures, so a device's repeated Idle body carries the same
+    /// signature every time) or `p256` (ECDSA: a fresh signature at every signing).
+    #[arg(long, value_enum, default_value_t = DeviceKey::Rsa2048)]
+    device_key: DeviceKey,
+    /// Signature mode: pre-sign this many distinct signatures of the Idle body per device
+    /// (needs `--device-key p256`) and send each once per cycle, so consecutive requests of a
+    /// device never repeat a signature. 0: one signed message per device, reused.
+    #[arg(long, default_value_t = 0)]
+    distinct_signatures: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "snake_case")]
+enum DeviceKey {
+    Rsa2048,
+    P256,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -120,6 +142,33 @@ struct RoundtripArgs {
     /// Device requests in flight at most.
     #[arg(long, default_value_t = 256)]
     concurrency: usize,
+    /// Put APNs in the path: the gateway pushes to an in-process APNs emulator and devices wake
+    /// on its deliveries (default: the driver wakes the device when the POST answers).
+    #[arg(long)]
+    push: bool,
+    /// With --push: the gateway's `apple.push_coalesce_ms` (default: the gateway's, 1000).
+    #[arg(long, requires = "push")]
+    push_coalesce_ms: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+struct PushArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Enrolled devices with push tokens in the store (seeded), pushed round-robin.
+    #[arg(long, default_value_t = 10_000)]
+    devices: u64,
+    /// Ids per GET /v1/push request.
+    #[arg(long, default_value_t = 100)]
+    batch: usize,
+    /// API requests in flight.
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    duration: Duration,
+    /// Stop after this many requests (or at --duration).
+    #[arg(long)]
+    max_batches: Option<u64>,
 }
 
 #[derive(Debug, Args)]
@@ -228,15 +277,19 @@ struct Devices {
 
 /// Certificates for `n` devices from the data dir's CA, and an Idle report each: pre-signed,
 /// or unsigned with the certificate kept for TLS.
-fn active_devices(data_dir: &Path, n: usize, identity: Identity) -> Result<Devices, String> {
+fn active_devices(data_dir: &Path, n: usize, identity: Identity, key: DeviceKey, distinct: usize) -> Result<Devices, String> {
     let issuer = Issuer::from_data_dir(data_dir).map_err(|e| e.to_string())?;
     let udids: Vec<String> = (0..n).map(|i| fleet::fleet_udid("BENCH", 0, i)).collect();
-    let ids = fleet::issue_identities(&issuer, &udids).map_err(|e| e.to_string())?;
+    let ids = match key {
+        DeviceKey::P256 => fleet::issue_identities(&issuer, &udids).map_err(|e| e.to_string())?,
+        DeviceKey::Rsa2048 => issue_rsa_identities(&issuer, &udids)?,
+    };
     // A client that is never used: AppleDevice only builds and signs the messages here.
     let client = reqwest::Client::new();
     let mut active = Vec::with_capacity(n);
     let mut prepared = Vec::with_capacity(n);
     let mut identities = Vec::new();
+    let mut signers = Vec::with_capacity(n);
     for (udid, (key, cert)) in udids.iter().zip(ids) {
         let fp = mdm_certs::fingerprint_sha256(&cert);
         if identity == Identity::Tls {
@@ -255,8 +308,72 @@ fn active_devices(data_dir: &Path, n: usize, identity: Identity) -> Result<Devic
         };
         prepared.push(Prepared { body: Bytes::from(body), signature });
         active.push(ActiveDevice { udid: udid.clone(), cert_sha256: fp, cert_subject: format!("CN={udid}") });
+        signers.push(d);
+    }
+    if identity == Identity::Signature && distinct > 1 {
+        prepared = distinct_signatures(&signers, prepared, distinct)?;
     }
     Ok(Devices { active, requests: Arc::new(prepared), identities })
+}
+
+/// How many RSA keys the `rsa2048` devices share. An RSA 2048 key takes ~0.2 s to generate
+/// here, so each device gets its own certificate (own serial, subject and fingerprint) on one
+/// of these keys. The gateway never sees keys, only certificates and signatures, so its work
+/// per request is the same as with a key per device.
+const RSA_KEYS: usize = 16;
+
+fn issue_rsa_identities(issuer: &Issuer, udids: &[String]) -> Result<Vec<fleet::Identity>, String> {
+    let keys: Vec<openssl::pkey::PKey<openssl::pkey::Private>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..RSA_KEYS.min(udids.len()).max(1))
+            .map(|_| s.spawn(|| openssl::rsa::Rsa::generate(2048).and_then(openssl::pkey::PKey::from_rsa).map_err(|e| e.to_string())))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err("key thread panicked".into()))).collect::<Result<_, _>>()
+    })?;
+    let now = unix_now();
+    udids
+        .iter()
+        .enumerate()
+        .map(|(i, cn)| {
+            let key = keys[i % keys.len()].clone();
+            let mut serial: [u8; 16] = rand::random();
+            serial[0] = (serial[0] & 0x7f) | 0x01;
+            let cert = mdm_certs::devpki::issue_device_certificate(&issuer.cert, &issuer.key, &key, cn, now - 3600, now + 86_400 * 365, &serial)
+                .map_err(|e| format!("certificate: {e}"))?;
+            Ok((key, cert))
+        })
+        .collect()
+}
+
+/// `k` signatures of each device's Idle body, laid out as `k` rounds over the devices (entry
+/// `r * n + i` is device `i`'s `r`-th signature), so the load's stride over the list visits
+/// every signature once before any repeats. Signed before the run, on all cores.
+fn distinct_signatures(devices: &[AppleDevice], first: Vec<Prepared>, k: usize) -> Result<Vec<Prepared>, String> {
+    let n = devices.len();
+    let threads = std::thread::available_parallelism().map(|t| t.get()).unwrap_or(1);
+    let rounds: Vec<usize> = (1..k).collect();
+    let chunk = rounds.len().div_ceil(threads).max(1);
+    let more: Vec<Vec<Prepared>> = std::thread::scope(|s| {
+        let handles: Vec<_> = rounds
+            .chunks(chunk)
+            .map(|rs| {
+                let first = &first;
+                s.spawn(move || -> Result<Vec<Prepared>, String> {
+                    let mut out = Vec::with_capacity(rs.len() * n);
+                    for _ in rs {
+                        for (d, p) in devices.iter().zip(first) {
+                            let sig = d.sign(&p.body).map_err(|e| e.to_string())?;
+                            out.push(Prepared { body: p.body.clone(), signature: Some(HeaderValue::from_str(&sig).map_err(|e| e.to_string())?) });
+                        }
+                    }
+                    Ok(out)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err("signing thread panicked".into()))).collect::<Result<_, _>>()
+    })?;
+    let mut all = first;
+    all.extend(more.into_iter().flatten());
+    Ok(all)
 }
 
 fn spec(addr: SocketAddr, ca_pem: &[u8], a: &IdleArgs, devices: &Devices) -> Result<LoadSpec, String> {
@@ -314,6 +431,9 @@ struct IdleReport {
     machine: Machine,
     protocol: &'static str,
     identity: Identity,
+    device_key: DeviceKey,
+    /// Distinct pre-made signatures per device (1: one signed message reused).
+    signatures_per_device: usize,
     connections: usize,
     active_devices: usize,
     warmup_s: f64,
@@ -347,11 +467,16 @@ async fn idle(a: IdleArgs) -> Result<bool, String> {
     if a.enrolled.is_empty() {
         return Err("--enrolled needs at least one size".into());
     }
+    if a.distinct_signatures > 1 && a.device_key != DeviceKey::P256 {
+        return Err("--distinct-signatures needs --device-key p256 (RSA PKCS#1 v1.5 signatures of one body are identical)".into());
+    }
     let mut report = IdleReport {
         scenario: "idle",
         machine: machine(),
         protocol: "HTTP/1.1 keep-alive over TLS 1.3 (rustls, ring), one request in flight per connection",
         identity: a.identity,
+        device_key: a.device_key,
+        signatures_per_device: a.distinct_signatures.max(1),
         connections: a.connections,
         active_devices: a.active,
         warmup_s: a.warmup.as_secs_f64(),
@@ -365,7 +490,7 @@ async fn idle(a: IdleArgs) -> Result<bool, String> {
         eprintln!("[{enrolled} enrolled] initialising {}", data_dir.display());
         init_data_dir(&w, &a.common, &data_dir).await?;
         let active_n = a.active.min(enrolled as usize).max(1);
-        let devices = active_devices(&data_dir, active_n, a.identity)?;
+        let devices = active_devices(&data_dir, active_n, a.identity, a.device_key, a.distinct_signatures)?;
         eprintln!("[{enrolled} enrolled] seeding the store");
         let seeded = seed::seed(&data_dir.join("gateway.db"), enrolled, &devices.active, unix_now(), 7).await?;
         eprintln!("[{enrolled} enrolled] seeded {} rows in {:.1} s ({:.0} MiB)", seeded.rows, seeded.seconds, seeded.db_bytes as f64 / 1048576.0);
@@ -401,7 +526,7 @@ async fn idle(a: IdleArgs) -> Result<bool, String> {
     }
 
     println!();
-    println!("mdm-bench idle ({:?} identity): {} — {} connections, {} active devices, {:.0} s measured after {:.0} s warm-up", a.identity, report.protocol, a.connections, a.active, a.duration.as_secs_f64(), a.warmup.as_secs_f64());
+    println!("mdm-bench idle ({:?} identity, {:?} device keys, {} signature(s) per device): {} — {} connections, {} active devices, {:.0} s measured after {:.0} s warm-up", a.identity, a.device_key, a.distinct_signatures.max(1), report.protocol, a.connections, a.active, a.duration.as_secs_f64(), a.warmup.as_secs_f64());
     println!("{:<9} {:>9} {:>9} {:>8} {:>8} {:>8} {:>7} {:>8} {:>8} {:>8} {:>9} {:>7}", "server", "enrolled", "req/s", "p50 ms", "p99 ms", "max ms", "reqs", "failed", "CPU s", "CPU µs/r", "peak MiB", "ratio");
     if let Some(c) = &report.ceiling {
         println!("{}", row("ceiling", "-", c, None));
@@ -438,6 +563,22 @@ struct RoundtripReport {
     runs: Vec<RoundtripResult>,
     gateway_cpu_seconds: Option<f64>,
     gateway_peak_rss_kib: Option<u64>,
+    /// With --push: what went through the APNs emulator.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    push: Option<RoundtripPush>,
+}
+
+#[derive(Debug, Serialize)]
+struct RoundtripPush {
+    /// The gateway's `apple.push_coalesce_ms` when set by --push-coalesce-ms (else its default).
+    coalesce_ms: Option<u64>,
+    apns_accepted: u64,
+    apns_refused: u64,
+    apns_connections: u64,
+    /// Deliveries the fleet received from the emulator.
+    deliveries_received: u64,
+    /// From the emulator accepting a push to the device's session starting.
+    push_to_session_latency: fleet::Latency,
 }
 
 async fn roundtrip(a: RoundtripArgs) -> Result<bool, String> {
@@ -449,7 +590,19 @@ async fn roundtrip(a: RoundtripArgs) -> Result<bool, String> {
         let s = seed::seed(&data_dir.join("gateway.db"), filler, &[], unix_now(), 11).await?;
         eprintln!("seeded {} rows in {:.1} s", s.rows, s.seconds);
     }
-    let mut g = GatewayChild::start(&w.gateway_bin, &data_dir, a.common.gateway_config.as_deref()).await?;
+    let (apns, deliveries) = if a.push {
+        let (apns, rx) = EmulatedApns::start(&w.dir).await?;
+        (Some(apns), Some(rx))
+    } else {
+        (None, None)
+    };
+    let env = apns.as_ref().map(|x| x.gateway_env(a.push_coalesce_ms)).unwrap_or_default();
+    let mut g = GatewayChild::start_with_env(&w.gateway_bin, &data_dir, a.common.gateway_config.as_deref(), &env).await?;
+    let api = ApiClient::new(&g.api_url(), &g.api_key()?);
+    if let Some(apns) = &apns {
+        apns.upload_certificate(&api, fleet::FLEET_TOPIC).await?;
+        eprintln!("APNs emulator at {}, push certificate for {} uploaded", apns.emulator.url(), fleet::FLEET_TOPIC);
+    }
     let ca_pem = std::fs::read(data_dir.join("ca.pem")).map_err(|e| format!("ca.pem: {e}"))?;
     let issuer = Issuer::from_data_dir(&data_dir).map_err(|e| e.to_string())?;
     let mut config = FleetConfig::new(a.devices, &g.device_url(), ca_pem, issuer);
@@ -462,7 +615,15 @@ async fn roundtrip(a: RoundtripArgs) -> Result<bool, String> {
     if s.enrolled != a.devices as u64 {
         return Err(format!("enrollment failed: {:?}", s.first_errors));
     }
-    let api = ApiClient::new(&g.api_url(), &g.api_key()?);
+    let waker = if a.push { Waker::Push } else { Waker::Direct };
+    let push_coalesce_ms = a.push_coalesce_ms;
+    // Pushes for the fleet's enrollment (none are sent for TokenUpdate, but be safe) are
+    // counted from here.
+    let apns_before = apns.as_ref().map(EmulatedApns::stats);
+    let pusher = deliveries.map(|rx| {
+        let fleet = fleet.clone();
+        tokio::spawn(async move { fleet.run_push(rx, None).await })
+    });
     let before = g.server.sample();
     let mut runs = Vec::new();
     for &rate in &a.rate {
@@ -470,7 +631,7 @@ async fn roundtrip(a: RoundtripArgs) -> Result<bool, String> {
         let r = roundtrip::run(
             fleet.clone(),
             api.clone(),
-            RoundtripSpec { rate, duration: a.duration, max_in_flight: a.max_in_flight, waker: Waker::Direct, drain: Duration::from_secs(10) },
+            RoundtripSpec { rate, duration: a.duration, max_in_flight: a.max_in_flight, waker, drain: Duration::from_secs(10) },
         )
         .await;
         eprintln!("  completed {} ({:.0}/s), p50 {:.2} ms, p99 {:.2} ms", r.completed, r.achieved_rate, r.latency.p50_ms, r.latency.p99_ms);
@@ -478,15 +639,32 @@ async fn roundtrip(a: RoundtripArgs) -> Result<bool, String> {
     }
     let after = g.server.sample();
     g.stop()?;
+    if let Some(p) = pusher {
+        p.abort();
+    }
+    let apns_after = apns.as_ref().map(EmulatedApns::stats);
+    let fs = fleet.summary();
     let report = RoundtripReport {
         scenario: "roundtrip",
         machine: machine(),
         enrolled: a.enrolled,
         devices: a.devices,
-        waker: Waker::Direct,
-        waker_note: "devices are woken by the driver as soon as POST /v1/commands answers (an ideal zero-latency push); APNs is not in the path",
+        waker,
+        waker_note: if a.push {
+            "the gateway pushes each command (HTTP/2 + TLS, push certificate) to an in-process APNs emulator; its delivery wakes the device"
+        } else {
+            "devices are woken by the driver as soon as POST /v1/commands answers (an ideal zero-latency push); APNs is not in the path"
+        },
         gateway_cpu_seconds: before.zip(after).map(|(b, a)| a.cpu_seconds - b.cpu_seconds),
         gateway_peak_rss_kib: after.map(|s| s.peak_rss_kib),
+        push: apns_before.zip(apns_after).map(|(b, a)| RoundtripPush {
+            coalesce_ms: push_coalesce_ms,
+            apns_accepted: a.accepted - b.accepted,
+            apns_refused: a.refused.values().sum::<u64>() - b.refused.values().sum::<u64>(),
+            apns_connections: a.connections,
+            deliveries_received: fs.pushes,
+            push_to_session_latency: fs.push_to_session_latency,
+        }),
         runs,
     };
     println!();
@@ -500,10 +678,95 @@ async fn roundtrip(a: RoundtripArgs) -> Result<bool, String> {
         );
         ok &= r.completed > 0 && r.post_errors == 0;
     }
-    let fs = fleet.summary();
+    if let Some(p) = &report.push {
+        println!(
+            "APNs emulator: {} pushes accepted, {} refused, {} connections; devices woken by {} deliveries (push → session p50 {:.2} ms, p99 {:.2} ms)",
+            p.apns_accepted, p.apns_refused, p.apns_connections, p.deliveries_received, p.push_to_session_latency.p50_ms, p.push_to_session_latency.p99_ms
+        );
+        ok &= p.apns_accepted > 0;
+    }
     println!("device errors: {}{}", fs.errors, fs.first_errors.first().map(|e| format!(" (first: {e})")).unwrap_or_default());
     write_json(&a.common, &report)?;
     Ok(ok && fs.errors == 0)
+}
+
+#[derive(Debug, Serialize)]
+struct PushReport {
+    scenario: &'static str,
+    machine: Machine,
+    devices: u64,
+    apns_connections_setting: &'static str,
+    run: PushResult,
+    gateway_cpu_seconds: Option<f64>,
+    /// Gateway CPU per successful push (µs).
+    gateway_cpu_us_per_push: Option<f64>,
+    gateway_peak_rss_kib: Option<u64>,
+    /// The emulator's totals at the end (connections, GOAWAYs, requests, accepted, refused).
+    apns_connections: u64,
+    apns_refused: std::collections::BTreeMap<String, u64>,
+}
+
+async fn push(a: PushArgs) -> Result<bool, String> {
+    if a.devices == 0 {
+        return Err("--devices must be at least 1".into());
+    }
+    let w = work(&a.common)?;
+    let data_dir = w.dir.join("gw-push");
+    init_data_dir(&w, &a.common, &data_dir).await?;
+    const SEED: u64 = 13;
+    let s = seed::seed(&data_dir.join("gateway.db"), a.devices, &[], unix_now(), SEED).await?;
+    eprintln!("seeded {} enrolled devices with push tokens in {:.1} s", s.rows, s.seconds);
+    // The emulator's deliveries are not needed (nobody to wake): dropping the receiver only
+    // stops the forwarding.
+    let (apns, deliveries) = EmulatedApns::start(&w.dir).await?;
+    drop(deliveries);
+    let mut g = GatewayChild::start_with_env(&w.gateway_bin, &data_dir, a.common.gateway_config.as_deref(), &apns.gateway_env(None)).await?;
+    let api = ApiClient::new(&g.api_url(), &g.api_key()?);
+    apns.upload_certificate(&api, fleet::FLEET_TOPIC).await?;
+    let ids: Arc<Vec<String>> = Arc::new((0..a.devices).map(|i| seed::seeded_udid(SEED, i)).collect());
+    eprintln!("pushing {} devices, {} per request, {} requests in flight, for {:?}", a.devices, a.batch, a.concurrency, a.duration);
+    let before = g.server.sample();
+    let run = push_bench::run(api, ids, PushSpec { batch: a.batch, concurrency: a.concurrency, duration: a.duration, max_batches: a.max_batches }, || apns.stats()).await;
+    let after = g.server.sample();
+    g.stop()?;
+    let stats = apns.stats();
+    let cpu = before.zip(after).map(|(b, a)| a.cpu_seconds - b.cpu_seconds);
+    let report = PushReport {
+        scenario: "push",
+        machine: machine(),
+        devices: a.devices,
+        apns_connections_setting: "gateway default (apple.apns_connections = 2) unless --gateway-config sets it",
+        gateway_cpu_us_per_push: cpu.filter(|_| run.succeeded > 0).map(|c| c * 1e6 / run.succeeded as f64),
+        gateway_cpu_seconds: cpu,
+        gateway_peak_rss_kib: after.map(|s| s.peak_rss_kib),
+        apns_connections: stats.connections,
+        apns_refused: stats.refused.clone(),
+        run,
+    };
+    let r = &report.run;
+    println!();
+    println!("mdm-bench push: {} devices, {} ids per GET /v1/push, {} in flight, {:.1} s", a.devices, r.batch, r.concurrency, r.seconds);
+    println!("{:>9} {:>9} {:>9} {:>9} {:>11} {:>12} {:>9} {:>9} {:>9} {:>10}", "batches", "pushes", "ok", "failed", "pushes/s", "APNs ok/s", "p50 ms", "p99 ms", "CPU s", "CPU µs/p");
+    println!(
+        "{:>9} {:>9} {:>9} {:>9} {:>11.0} {:>12.0} {:>9.2} {:>9.2} {:>9.2} {:>10.1}",
+        r.batches,
+        r.pushes,
+        r.succeeded,
+        r.failed,
+        r.pushes_per_second,
+        r.apns_accepted_per_second,
+        r.batch_latency.p50_ms,
+        r.batch_latency.p99_ms,
+        report.gateway_cpu_seconds.unwrap_or(0.0),
+        report.gateway_cpu_us_per_push.unwrap_or(0.0)
+    );
+    println!("APNs emulator: {} connections, refused {:?}", report.apns_connections, report.apns_refused);
+    if let Some(e) = &r.first_error {
+        println!("first error: {e}");
+    }
+    write_json(&a.common, &report)?;
+    apns.emulator.stop().await;
+    Ok(r.succeeded > 0 && r.failed == 0 && r.apns_accepted == r.succeeded)
 }
 
 async fn seed_cmd(a: SeedArgs) -> Result<bool, String> {
@@ -543,6 +806,7 @@ fn main() -> ExitCode {
         match cli.command {
             Cmd::Idle(a) => idle(a).await,
             Cmd::Roundtrip(a) => roundtrip(a).await,
+            Cmd::Push(a) => push(a).await,
             Cmd::Seed(a) => seed_cmd(a).await,
             Cmd::CeilingServer(a) => ceiling_server(a).await,
         }

@@ -4,8 +4,14 @@
 //! mdm-emulate apple --devices 5000 --gateway https://localhost:8443 --ca-dir ./mdm-data \
 //!     --api http://127.0.0.1:8080 --commands 2 --ack 0.9 --error 0.05 --notnow 0.05 --checkout
 //! ```
+//!
+//! With `--apns-listen 127.0.0.1:2197` an APNs emulator runs in this process: its server CA is
+//! kept in `--apns-dir` (so the gateway's `apple.apns_ca` stays valid across runs; also written
+//! to `--apns-ca-out`), a push certificate for the fleet's topic is uploaded to the gateway
+//! (`PUT /v1/pushcert`), and devices wake on the pushes the gateway sends instead of polling.
 
-use std::path::PathBuf;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -13,7 +19,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use mdm_conformance::apple::fleet::{ApiClient, Fleet, FleetConfig, Issuer, Ratios, sample_command};
+use mdm_conformance::apns::{ApnsEmulator, PushCa};
+use mdm_conformance::apple::fleet::{ApiClient, FLEET_TOPIC, Fleet, FleetConfig, Issuer, Ratios, sample_command};
 
 #[derive(Debug, Parser)]
 #[command(name = "mdm-emulate", version, about = "Emulated device fleets for an MDM gateway")]
@@ -79,12 +86,31 @@ struct AppleArgs {
     /// Each device runs an Idle session this often (e.g. `30s`); off by default.
     #[arg(long, value_parser = parse_duration)]
     poll_interval: Option<Duration>,
-    /// How long to keep polling (with --poll-interval).
+    /// How long to keep polling (with --poll-interval), or at most to wait for the commands'
+    /// answers (with --apns-listen).
     #[arg(long, value_parser = parse_duration, default_value = "60s")]
     duration: Duration,
     /// Check every device out at the end.
     #[arg(long)]
     checkout: bool,
+    /// Run an APNs emulator on this address (e.g. `127.0.0.1:2197`): the gateway pushes to it
+    /// and devices wake on its deliveries. Needs --api; the gateway must be configured with the
+    /// `apple.apns_url` / `apple.apns_ca` lines this prints.
+    #[arg(long)]
+    apns_listen: Option<SocketAddr>,
+    /// Where the APNs emulator keeps its CAs (created on first use, reused after).
+    #[arg(long, default_value = "./apns-emulator")]
+    apns_dir: PathBuf,
+    /// Also write the APNs emulator's server CA (the gateway's `apple.apns_ca`) to this file.
+    #[arg(long, requires = "apns_listen")]
+    apns_ca_out: Option<PathBuf>,
+    /// Only make the APNs emulator's CA (in --apns-dir, and --apns-ca-out), print the gateway
+    /// configuration lines and exit: for configuring the gateway before the first run.
+    #[arg(long, requires = "apns_listen")]
+    apns_print_config: bool,
+    /// Upload the push certificate with `?add=1` (the gateway already has another topic).
+    #[arg(long, requires = "apns_listen")]
+    apns_add_topic: bool,
     /// Write the summary as JSON to this file (`-` for stdout).
     #[arg(long)]
     json: Option<PathBuf>,
@@ -130,8 +156,81 @@ fn follow(bar: &ProgressBar, value: impl Fn() -> u64 + Send + 'static) -> tokio:
     })
 }
 
+/// The emulator's push CA and server CA from `dir`, made and saved there on first use.
+fn apns_cas(dir: &Path) -> Result<(PushCa, PushCa), String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let load = |name: &str, cn: &str| -> Result<PushCa, String> {
+        let (cert, key) = (dir.join(format!("{name}.pem")), dir.join(format!("{name}-key.pem")));
+        if cert.is_file() && key.is_file() {
+            let read = |p: &Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+            return PushCa::from_pem(&read(&cert)?, &read(&key)?).map_err(|e| format!("{}: {e}", cert.display()));
+        }
+        let ca = PushCa::generate(cn).map_err(|e| e.to_string())?;
+        std::fs::write(&cert, ca.cert_pem()).map_err(|e| format!("{}: {e}", cert.display()))?;
+        std::fs::write(&key, ca.key_pem()).map_err(|e| format!("{}: {e}", key.display()))?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).map_err(|e| format!("{}: {e}", key.display()))?;
+        }
+        Ok(ca)
+    };
+    Ok((load("push-ca", "Emulated Apple Push CA")?, load("server-ca", "Emulated APNs Server CA")?))
+}
+
+/// Sends one push to `udid` through the gateway (`GET /v1/push`) to check it reaches the
+/// emulator, with an explanation when it does not.
+async fn probe_push(api: &ApiClient, udid: &str, url: &str, ca_file: &Path) -> Result<(), String> {
+    let (code, body) = api.push(&[udid]).await.map_err(|e| format!("GET /v1/push: {e}"))?;
+    if code == 200 {
+        return Ok(());
+    }
+    let why = body["status"][udid]["push_error"].as_str().map(str::to_owned).unwrap_or_else(|| body.to_string());
+    Err(format!(
+        "the gateway could not push through the APNs emulator ({why}); start the gateway with\n  [apple]\n  apns_url = \"{url}\"\n  apns_ca = \"{}\"\n(or MDM_GATEWAY_APPLE__APNS_URL / MDM_GATEWAY_APPLE__APNS_CA) and run again",
+        ca_file.display()
+    ))
+}
+
 async fn run(a: AppleArgs) -> Result<bool, String> {
     let read = |p: &PathBuf| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+    let key_file = a.api_key_file.clone().unwrap_or_else(|| a.ca_dir.join("api-key"));
+    let api = match &a.api {
+        Some(url) => {
+            let key = std::fs::read_to_string(&key_file).map_err(|e| format!("{}: {e}", key_file.display()))?;
+            Some(ApiClient::new(url, key.trim()))
+        }
+        None => None,
+    };
+    let mut apns = None;
+    if let Some(listen) = a.apns_listen {
+        let (push_ca, server_ca) = apns_cas(&a.apns_dir)?;
+        if a.apns_print_config {
+            let mut ca_file = std::path::absolute(a.apns_dir.join("server-ca.pem")).map_err(|e| e.to_string())?;
+            if let Some(out) = &a.apns_ca_out {
+                std::fs::write(out, server_ca.cert_pem()).map_err(|e| format!("{}: {e}", out.display()))?;
+                ca_file = std::path::absolute(out).map_err(|e| e.to_string())?;
+            }
+            println!("[apple]\napns_url = \"https://{listen}\"\napns_ca = \"{}\"", ca_file.display());
+            return Ok(true);
+        }
+        let Some(api) = &api else { return Err("--apns-listen needs --api (the push certificate is uploaded through it)".into()) };
+        let (emulator, rx) = ApnsEmulator::start_with_cas(listen, push_ca, server_ca).await.map_err(|e| format!("APNs emulator on {listen}: {e}"))?;
+        let mut ca_file = std::path::absolute(a.apns_dir.join("server-ca.pem")).map_err(|e| e.to_string())?;
+        if let Some(out) = &a.apns_ca_out {
+            std::fs::write(out, emulator.server_ca_pem()).map_err(|e| format!("{}: {e}", out.display()))?;
+            ca_file = std::path::absolute(out).map_err(|e| e.to_string())?;
+        }
+        println!("APNs emulator listening on {}; the gateway needs:", emulator.url());
+        println!("  [apple]");
+        println!("  apns_url = \"{}\"", emulator.url());
+        println!("  apns_ca = \"{}\"", ca_file.display());
+        let not_after = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0) + 365 * 86_400;
+        let (cert, key) = emulator.issue_push_certificate(FLEET_TOPIC, not_after).map_err(|e| format!("push certificate: {e}"))?;
+        let query = if a.apns_add_topic { "?add=1" } else { "" };
+        api.put_pushcert(format!("{cert}{key}"), query).await?;
+        println!("push certificate for {FLEET_TOPIC} uploaded");
+        apns = Some((emulator, rx, ca_file));
+    }
     let server_ca = read(&a.ca_dir.join("ca.pem"))?;
     let issuer = match (&a.issuer_cert, &a.issuer_key) {
         (Some(c), Some(k)) => Issuer {
@@ -160,12 +259,21 @@ async fn run(a: AppleArgs) -> Result<bool, String> {
     bar.set_position(fleet.counters().enrolled.load(Ordering::Relaxed));
     bar.finish();
 
+    // Push mode: devices wake on the emulator's deliveries from now on.
+    let mut pusher = None;
+    let mut emulator = None;
+    if let Some((emu, rx, ca_file)) = apns.take() {
+        let f = fleet.clone();
+        pusher = Some(tokio::spawn(async move { f.run_push(rx, None).await }));
+        if let (Some(api), true) = (&api, fleet.counters().enrolled.load(Ordering::Relaxed) > 0) {
+            probe_push(api, &fleet.device(0).udid, &emu.url(), &ca_file).await?;
+        }
+        emulator = Some(emu);
+    }
+
     let mut queued = 0u64;
     if a.commands > 0 {
-        let Some(api_url) = &a.api else { return Err("--commands needs --api".into()) };
-        let key_file = a.api_key_file.clone().unwrap_or_else(|| a.ca_dir.join("api-key"));
-        let key = std::fs::read_to_string(&key_file).map_err(|e| format!("{}: {e}", key_file.display()))?;
-        let api = ApiClient::new(api_url, key.trim());
+        let Some(api) = api.clone() else { return Err("--commands needs --api".into()) };
         let total = (a.devices * a.commands) as u64;
         let bar = progress(a.quiet, total, "queueing");
         let ids = fleet.device_ids();
@@ -201,7 +309,33 @@ async fn run(a: AppleArgs) -> Result<bool, String> {
     }
 
     let answered = |f: &Fleet| f.counters().answered();
-    if let Some(interval) = a.poll_interval {
+    let mut all_answered = true;
+    if emulator.is_some() {
+        // The gateway pushed each device when its commands were queued; wait for the answers
+        // (NotNow ones stay queued and are not pushed again: answered once is enough here).
+        let bar = progress(a.quiet, queued, "answering");
+        let f = fleet.clone();
+        let ticker = follow(&bar, move || answered(&f));
+        let poll = a.poll_interval.map(|interval| {
+            let f = fleet.clone();
+            let until = tokio::time::Instant::now() + a.duration;
+            tokio::spawn(async move { f.run_poll(interval, until).await })
+        });
+        let deadline = tokio::time::Instant::now() + a.duration;
+        while answered(&fleet) < queued && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if let Some(p) = poll {
+            let _ = p.await;
+        }
+        ticker.abort();
+        bar.set_position(answered(&fleet));
+        bar.finish();
+        all_answered = answered(&fleet) >= queued;
+        if !all_answered {
+            eprintln!("mdm-emulate: {} of {queued} commands answered within {:?} (--duration)", answered(&fleet), a.duration);
+        }
+    } else if let Some(interval) = a.poll_interval {
         let bar = progress(a.quiet, queued, "answering");
         let f = fleet.clone();
         let ticker = follow(&bar, move || answered(&f));
@@ -222,21 +356,38 @@ async fn run(a: AppleArgs) -> Result<bool, String> {
     if a.checkout {
         fleet.checkout_all().await;
     }
+    if let Some(p) = pusher {
+        p.abort();
+    }
+    let apns_stats = emulator.as_ref().map(|e| e.control().stats());
     let summary = fleet.summary();
     println!("mdm-emulate apple: summary");
     print!("{}", summary.table());
     if queued > 0 {
         println!("  commands queued      {queued}");
     }
+    if let Some(s) = &apns_stats {
+        println!("  APNs emulator        {} pushes accepted, {} refused {:?}, {} connections", s.accepted, s.refused.values().sum::<u64>(), s.refused, s.connections);
+    }
     if let Some(path) = &a.json {
-        let text = serde_json::to_string_pretty(&summary).map_err(|e| e.to_string())?;
+        let mut value = serde_json::to_value(&summary).map_err(|e| e.to_string())?;
+        value["commands_queued"] = queued.into();
+        if let Some(s) = &apns_stats {
+            value["apns"] = serde_json::json!({
+                "accepted": s.accepted, "requests": s.requests, "connections": s.connections, "refused": s.refused,
+            });
+        }
+        let text = serde_json::to_string_pretty(&value).map_err(|e| e.to_string())?;
         if path.as_os_str() == "-" {
             println!("{text}");
         } else {
             std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))?;
         }
     }
-    Ok(summary.errors == 0 && summary.enrolled == a.devices as u64)
+    if let Some(e) = emulator {
+        e.stop().await;
+    }
+    Ok(summary.errors == 0 && summary.enrolled == a.devices as u64 && all_answered)
 }
 
 fn main() -> ExitCode {
