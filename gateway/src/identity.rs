@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use http::{HeaderMap, HeaderName};
 use ipnet::IpNet;
@@ -77,14 +77,19 @@ fn unix_of(t: &Asn1TimeRef) -> Option<i64> {
 }
 
 impl VerifiedChains {
-    fn key(cert: &X509, chain: &[X509]) -> Option<[u8; 32]> {
-        let mut h = Sha256::new();
-        for c in std::iter::once(cert).chain(chain) {
-            let der = c.to_der().ok()?;
-            h.update((der.len() as u64).to_be_bytes());
-            h.update(&der);
+    /// The leaf's SHA-256 alone when it came without a chain; otherwise a SHA-256 over the
+    /// SHA-256 of every certificate, leaf first (a distinct input length, so the two forms
+    /// cannot meet short of a SHA-256 collision).
+    fn key(leaf: &[u8; 32], chain: &[[u8; 32]]) -> [u8; 32] {
+        if chain.is_empty() {
+            return *leaf;
         }
-        Some(h.finalize().into())
+        let mut h = Sha256::new();
+        h.update(leaf);
+        for d in chain {
+            h.update(d);
+        }
+        h.finalize().into()
     }
 
     fn window<'a>(certs: impl Iterator<Item = &'a X509>) -> Option<(i64, i64)> {
@@ -120,19 +125,83 @@ struct DecodedCerts {
 }
 
 impl DecodedCerts {
-    fn decode(&self, der: &[u8]) -> Result<X509, openssl::error::ErrorStack> {
+    /// The certificate and the SHA-256 of `der` (its fingerprint).
+    fn decode(&self, der: &[u8]) -> Result<(X509, [u8; 32]), openssl::error::ErrorStack> {
         let key: [u8; 32] = Sha256::digest(der).into();
         if let Some(c) = self.certs.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
-            return Ok(c.clone());
+            return Ok((c.clone(), key));
         }
         let cert = X509::from_der(der)?;
+        Ok((self.share(key, cert), key))
+    }
+
+    /// The instance already held for the certificate whose DER hashes to `key`, or `cert`,
+    /// which is kept from now on (so repeated senders share one decoded copy).
+    fn share(&self, key: [u8; 32], cert: X509) -> X509 {
         let mut certs = self.certs.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = certs.get(&key) {
+            return c.clone();
+        }
         if certs.len() >= VERIFIED_CACHE_MAX {
             certs.clear();
         }
         certs.insert(key, cert.clone());
-        Ok(cert)
+        cert
     }
+}
+
+/// A `Mdm-Signature` that verified over a body: who signed, with the SHA-256 of each
+/// certificate's DER.
+#[derive(Debug)]
+struct Signed {
+    signer: X509,
+    signer_sha256: [u8; 32],
+    chain: Vec<X509>,
+    chain_sha256: Vec<[u8; 32]>,
+}
+
+/// Successful `Mdm-Signature` verifications, keyed by a SHA-256 over the exact header value and
+/// the exact body. The verification ([`mdm_certs::verify_mdm_signature`]) is a pure function of
+/// those bytes: the same bytes give the same signer and chain, and any other body or header
+/// (a different signature, or the same signature over other bytes) is another key and is
+/// verified in full. Devices whose signatures are deterministic (RSA PKCS#1 v1.5, the key type
+/// of Apple's SCEP enrollment profiles) send byte-identical Idle check-ins, so the expensive
+/// part (OpenSSL's PKCS#7 decoder and the public-key operation) runs once per distinct message.
+/// Failures are never remembered; the chain, validity and usage checks are not part of this and
+/// still run on every request ([`VerifiedChains`] with its validity window). At most
+/// [`VERIFIED_CACHE_MAX`] entries, cleared when full; the certificates are shared with
+/// [`DecodedCerts`], so an entry costs a key and a pointer.
+#[derive(Debug, Default)]
+struct VerifiedSignatures {
+    entries: Mutex<HashMap<[u8; 32], Arc<Signed>>>,
+}
+
+impl VerifiedSignatures {
+    fn key(header: &[u8], body: &[u8]) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update((header.len() as u64).to_be_bytes());
+        h.update(header);
+        h.update((body.len() as u64).to_be_bytes());
+        h.update(body);
+        h.finalize().into()
+    }
+
+    fn get(&self, key: &[u8; 32]) -> Option<Arc<Signed>> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner()).get(key).cloned()
+    }
+
+    fn remember(&self, key: [u8; 32], signed: Arc<Signed>) {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if entries.len() >= VERIFIED_CACHE_MAX {
+            entries.clear();
+        }
+        entries.insert(key, signed);
+    }
+}
+
+fn der_sha256(cert: &X509) -> Result<[u8; 32], IdentityFailure> {
+    let der = cert.to_der().map_err(|e| IdentityFailure::new("bad_certificate", e.to_string()))?;
+    Ok(Sha256::digest(&der).into())
 }
 
 #[derive(Debug)]
@@ -143,30 +212,43 @@ pub struct IdentityVerifier {
     rfc9440: bool,
     verified: VerifiedChains,
     decoded: DecodedCerts,
+    signatures: VerifiedSignatures,
 }
 
 impl IdentityVerifier {
     pub fn new(anchors: TrustAnchors, trusted_proxies: Vec<IpNet>, header: HeaderName) -> Self {
         let rfc9440 = header.as_str().eq_ignore_ascii_case("client-cert");
-        IdentityVerifier { anchors, trusted_proxies, header, rfc9440, verified: VerifiedChains::default(), decoded: DecodedCerts::default() }
+        IdentityVerifier { anchors, trusted_proxies, header, rfc9440, verified: VerifiedChains::default(), decoded: DecodedCerts::default(), signatures: VerifiedSignatures::default() }
     }
 
     /// [`mdm_certs::verify_device_certificate`], skipped when this exact certificate and chain
     /// passed it before and `now` is inside the window where that result holds.
-    fn verify_chain(&self, cert: &X509, chain: &[X509], now: i64) -> Result<(), IdentityError> {
-        let key = VerifiedChains::key(cert, chain);
-        if let Some(k) = &key
-            && self.verified.holds(k, now)
-        {
+    fn verify_chain(&self, cert: &X509, cert_sha256: &[u8; 32], chain: &[X509], chain_sha256: &[[u8; 32]], now: i64) -> Result<(), IdentityError> {
+        let key = VerifiedChains::key(cert_sha256, chain_sha256);
+        if self.verified.holds(&key, now) {
             return Ok(());
         }
         mdm_certs::verify_device_certificate(cert, chain, &self.anchors, now)?;
-        if let Some(k) = key
-            && let Some(w) = VerifiedChains::window(std::iter::once(cert).chain(chain).chain(self.anchors.roots()))
-        {
-            self.verified.remember(k, w);
+        if let Some(w) = VerifiedChains::window(std::iter::once(cert).chain(chain).chain(self.anchors.roots())) {
+            self.verified.remember(key, w);
         }
         Ok(())
+    }
+
+    /// [`mdm_certs::verify_mdm_signature`], or its remembered success for these exact bytes.
+    fn verify_signature(&self, header: &str, body: &[u8]) -> Result<Arc<Signed>, IdentityFailure> {
+        let key = VerifiedSignatures::key(header.as_bytes(), body);
+        if let Some(s) = self.signatures.get(&key) {
+            return Ok(s);
+        }
+        let signed = mdm_certs::verify_mdm_signature(header, body)?;
+        let signer_sha256 = der_sha256(&signed.signer)?;
+        let chain_sha256 = signed.chain.iter().map(der_sha256).collect::<Result<Vec<_>, _>>()?;
+        let signer = self.decoded.share(signer_sha256, signed.signer);
+        let chain = signed.chain.into_iter().zip(&chain_sha256).map(|(c, d)| self.decoded.share(*d, c)).collect();
+        let signed = Arc::new(Signed { signer, signer_sha256, chain, chain_sha256 });
+        self.signatures.remember(key, signed.clone());
+        Ok(signed)
     }
 
     fn trusted_proxy(&self, peer: Option<IpAddr>) -> bool {
@@ -181,14 +263,14 @@ impl IdentityVerifier {
 
     /// Establishes the identity behind a request whose body is `body`. `now` is unix seconds.
     pub fn verify(&self, headers: &HeaderMap, body: &[u8], conn: &ConnInfo, now: i64) -> Result<DeviceIdentity, IdentityFailure> {
-        let (cert, chain, source) = if let Some(sig) = headers.get(MDM_SIGNATURE) {
+        let (cert, cert_sha256, chain, chain_sha256, source) = if let Some(sig) = headers.get(MDM_SIGNATURE) {
             let sig = sig.to_str().map_err(|_| IdentityFailure::new("bad_signature_header", "Mdm-Signature is not ASCII"))?;
-            let signed = mdm_certs::verify_mdm_signature(sig, body)?;
-            (signed.signer, signed.chain, IdentitySource::MdmSignature)
+            let s = self.verify_signature(sig, body)?;
+            (s.signer.clone(), s.signer_sha256, s.chain.clone(), s.chain_sha256.clone(), IdentitySource::MdmSignature)
         } else if let Some(leaf) = conn.client_certs.first() {
-            let cert = self.decoded.decode(leaf).map_err(|e| IdentityFailure::new("bad_client_certificate", e.to_string()))?;
-            let chain = conn.client_certs[1..].iter().filter_map(|d| self.decoded.decode(d).ok()).collect();
-            (cert, chain, IdentitySource::TlsClientCertificate)
+            let (cert, digest) = self.decoded.decode(leaf).map_err(|e| IdentityFailure::new("bad_client_certificate", e.to_string()))?;
+            let (chain, chain_sha256) = conn.client_certs[1..].iter().filter_map(|d| self.decoded.decode(d).ok()).unzip();
+            (cert, digest, chain, chain_sha256, IdentitySource::TlsClientCertificate)
         } else if let Some(value) = headers.get(&self.header) {
             if !self.trusted_proxy(conn.peer.map(|p| p.ip())) {
                 return Err(IdentityFailure::new(
@@ -202,15 +284,17 @@ impl IdentityVerifier {
             } else {
                 mdm_certs::header::parse_nginx_escaped_pem(value)?
             };
-            (cert, Vec::new(), IdentitySource::ProxyHeader)
+            let digest = der_sha256(&cert)?;
+            (cert, digest, Vec::new(), Vec::new(), IdentitySource::ProxyHeader)
         } else {
             return Err(IdentityFailure::new(
                 "no_identity",
                 "no Mdm-Signature header, no TLS client certificate and no proxy certificate header",
             ));
         };
-        self.verify_chain(&cert, &chain, now)?;
-        let fingerprint = mdm_certs::fingerprint_sha256(&cert);
+        self.verify_chain(&cert, &cert_sha256, &chain, &chain_sha256, now)?;
+        // The SHA-256 of the DER, as `mdm_certs::fingerprint_sha256` computes it.
+        let fingerprint = hex::encode(cert_sha256);
         Ok(DeviceIdentity { cert, fingerprint, source })
     }
 }

@@ -104,6 +104,27 @@ async fn signature_over_other_bytes() {
     h.stop().await;
 }
 
+/// The gateway remembers successful `Mdm-Signature` verifications by the exact header and body
+/// bytes: a signature it has already accepted must still fail over any other body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accepted_signature_over_other_bytes() {
+    let h = Harness::start().await;
+    let device = h.device("SIGMEMO-0001");
+    let signed = device.authenticate_message();
+    let sig = device.sign(&signed).expect("sign");
+    let client = h.device_client(None);
+    let ok = h.device_put(&client, "/mdm", Some(CHECKIN), &[("Mdm-Signature", sig.clone())], signed.clone()).await;
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    let sent = String::from_utf8(signed.clone()).expect("utf8").replace("17.5.1", "17.5.2").into_bytes();
+    assert_ne!(sent, signed);
+    assert_refused(&h, "signature_invalid", h.device_put(&client, "/mdm", Some(CHECKIN), &[("Mdm-Signature", sig.clone())], sent)).await;
+    // One byte more or less is another message too.
+    let mut longer = signed.clone();
+    longer.push(b'\n');
+    assert_refused(&h, "signature_invalid", h.device_put(&client, "/mdm", Some(CHECKIN), &[("Mdm-Signature", sig)], longer)).await;
+    h.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificate_from_unknown_ca() {
     let h = Harness::start().await;
