@@ -4,14 +4,13 @@
 //! real certificate; the others get a random one.
 
 use std::path::Path;
-use std::str::FromStr;
 use std::time::Instant;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteSynchronous};
-use sqlx::{ConnectOptions, Connection};
+use rusqlite::Connection;
+use rusqlite::types::Value;
 
 /// A device that will send requests: its UDID and certificate.
 #[derive(Debug, Clone)]
@@ -52,16 +51,23 @@ pub fn seeded_udid(seed: u64, i: u64) -> String {
 /// on the data directory once before). `now` stamps `last_seen` and `checked_in_event_at`, so
 /// devices look recently seen, as in a fleet checking in steadily.
 pub async fn seed(db: &Path, total: u64, active: &[ActiveDevice], now: i64, seed: u64) -> Result<SeedStats, String> {
+    let db = db.to_path_buf();
+    let active = active.to_vec();
+    tokio::task::spawn_blocking(move || seed_blocking(&db, total, &active, now, seed))
+        .await
+        .map_err(|e| format!("seeding thread: {e}"))?
+}
+
+fn seed_blocking(db: &Path, total: u64, active: &[ActiveDevice], now: i64, seed: u64) -> Result<SeedStats, String> {
     let started = Instant::now();
-    let opts = SqliteConnectOptions::from_str(&format!("sqlite://{}", db.display()))
-        .map_err(|e| e.to_string())?
-        .synchronous(SqliteSynchronous::Off)
-        .pragma("cache_size", "-262144");
-    let mut conn = opts.connect().await.map_err(|e| format!("open {}: {e}", db.display()))?;
+    let mut conn = Connection::open(db).map_err(|e| format!("open {}: {e}", db.display()))?;
+    conn.pragma_update(None, "synchronous", "OFF").map_err(|e| e.to_string())?;
+    conn.pragma_update(None, "cache_size", -262_144).map_err(|e| e.to_string())?;
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut tx = conn.begin().await.map_err(|e| e.to_string())?;
+    let tx = conn.transaction().map_err(|e| e.to_string())?;
     let full_sql = format!("INSERT INTO enrollments ({COLUMNS}) VALUES {}", vec![PER_ROW; BATCH].join(", "));
     let mut batch: Vec<Row> = Vec::with_capacity(BATCH);
+    let mut values: Vec<Value> = Vec::with_capacity(BATCH * 12);
     let mut written = 0u64;
     for i in 0..total {
         let row = match active.get(i as usize) {
@@ -74,12 +80,6 @@ pub async fn seed(db: &Path, total: u64, active: &[ActiveDevice], now: i64, seed
         };
         batch.push(row);
         if batch.len() == BATCH || i + 1 == total {
-            let sql = if batch.len() == BATCH {
-                full_sql.clone()
-            } else {
-                format!("INSERT INTO enrollments ({COLUMNS}) VALUES {}", vec![PER_ROW; batch.len()].join(", "))
-            };
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
             for r in &batch {
                 let serial: String = r.udid.chars().filter(|c| c.is_ascii_alphanumeric()).rev().take(12).collect();
                 let inventory = serde_json::json!({
@@ -92,29 +92,36 @@ pub async fn seed(db: &Path, total: u64, active: &[ActiveDevice], now: i64, seed
                     "enrollment_type": "device", "cert_subject": r.cert_subject, "awaiting_configuration": false,
                 })
                 .to_string();
-                q = q
-                    .bind(format!("apple:{}", r.udid))
-                    .bind(r.cert_sha256.clone())
-                    .bind(r.token.to_vec())
-                    .bind(format!("magic-{}", r.udid))
-                    .bind(b"unlock-token-bytes".to_vec())
-                    .bind(inventory)
-                    .bind(attributes)
-                    .bind(now - 86_400)
-                    .bind(now)
-                    .bind(now)
-                    .bind(now - 86_400)
-                    .bind(now);
+                values.extend([
+                    Value::Text(format!("apple:{}", r.udid)),
+                    Value::Text(r.cert_sha256.clone()),
+                    Value::Blob(r.token.to_vec()),
+                    Value::Text(format!("magic-{}", r.udid)),
+                    Value::Blob(b"unlock-token-bytes".to_vec()),
+                    Value::Text(inventory),
+                    Value::Text(attributes),
+                    Value::Integer(now - 86_400),
+                    Value::Integer(now),
+                    Value::Integer(now),
+                    Value::Integer(now - 86_400),
+                    Value::Integer(now),
+                ]);
             }
-            q.execute(&mut *tx).await.map_err(|e| format!("insert: {e}"))?;
+            let inserted = if batch.len() == BATCH {
+                tx.prepare_cached(&full_sql).and_then(|mut st| st.execute(rusqlite::params_from_iter(values.drain(..))))
+            } else {
+                let sql = format!("INSERT INTO enrollments ({COLUMNS}) VALUES {}", vec![PER_ROW; batch.len()].join(", "));
+                tx.prepare(&sql).and_then(|mut st| st.execute(rusqlite::params_from_iter(values.drain(..))))
+            };
+            inserted.map_err(|e| format!("insert: {e}"))?;
             written += batch.len() as u64;
             batch.clear();
         }
     }
-    tx.commit().await.map_err(|e| e.to_string())?;
+    tx.commit().map_err(|e| e.to_string())?;
     // Leave the file as the gateway would find it after a clean stop: WAL folded in.
-    sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(&mut conn).await.map_err(|e| e.to_string())?;
-    conn.close().await.map_err(|e| e.to_string())?;
+    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())).map_err(|e| e.to_string())?;
+    conn.close().map_err(|(_, e)| e.to_string())?;
     let db_bytes = std::fs::metadata(db).map(|m| m.len()).unwrap_or(0);
     Ok(SeedStats { rows: written, seconds: started.elapsed().as_secs_f64(), db_bytes })
 }

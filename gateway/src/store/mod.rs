@@ -22,9 +22,18 @@ pub use sqlite::{Durability, SqliteStore};
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
+    Sqlite(#[from] rusqlite::Error),
+    /// A migration could not be applied or does not match the database; the message names it.
     #[error("migration failed: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
+    Migrate(String),
+    #[error("invalid database URL: {0}")]
+    Url(String),
+    /// A database thread could not be started.
+    #[error("cannot start a database thread: {0}")]
+    Thread(#[source] std::io::Error),
+    /// The store was closed, or its database thread is gone.
+    #[error("the store is closed")]
+    Closed,
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
     #[error("idempotency key `{0}` is already used")]

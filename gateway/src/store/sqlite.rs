@@ -1,54 +1,59 @@
 //! [`Store`] on SQLite: the embedded deployment's database.
 //!
-//! Two pools share one database file in WAL mode. Every write and every transaction goes
-//! through a writer pool of exactly one connection, so our own writers queue in the pool instead
-//! of meeting `SQLITE_BUSY` inside SQLite; plain reads go through a separate pool of read-only
-//! connections, which WAL lets run alongside the writer.
+//! Each connection lives on a thread of its own, and a store operation is **one** job sent to
+//! such a thread: the whole transaction (begin, statements, commit) runs there as a closure, and
+//! the async caller awaits its answer on a `oneshot`. One hand-off per operation, however many
+//! statements it runs.
+//!
+//! Every write and every transaction goes to the single writer thread, which owns the only
+//! write connection and runs its jobs in order, so our own writers queue in its channel instead
+//! of meeting `SQLITE_BUSY` inside SQLite. Plain reads go to a small pool of reader threads
+//! sharing one job channel, each with its own read-only connection, which WAL lets run
+//! alongside the writer. Statements are prepared once per connection (`prepare_cached`).
 //!
 //! The SQL stays close to what PostgreSQL accepts (upserts, partial indexes, `RETURNING`) so the
 //! PostgreSQL store can share its shape.
 
-use std::borrow::Cow;
-use std::str::FromStr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use mdm_core::{CommandStatus, DeviceId, Event, Inventory, Platform};
+use rusqlite::types::FromSql;
+use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, Row, TransactionBehavior, params};
 use serde::de::DeserializeOwned;
-use sqlx::migrate::{Migration, MigrationType, Migrator};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
-};
-use sqlx::{Decode, Row, SqlSafeStr, Sqlite, Type};
-use tokio::sync::Notify;
+use sha2::{Digest, Sha384};
+use tokio::sync::{Notify, oneshot};
 
 use super::{
     CommandRecord, CommandUpdate, Enrollment, EnrollmentState, LoggedEvent, NewCommand, PushCert, PushInfo, Result,
     Store, StoreError,
 };
 
-/// Migrations, embedded at build time. Listed by hand (rather than with `sqlx::migrate!`) so the
-/// workspace does not need sqlx's proc-macro feature; the version and description follow sqlx's
-/// `<version>_<description>.sql` file naming, so the `_sqlx_migrations` bookkeeping is the same
-/// as the macro's would be. A test checks that every file in the directory is listed here.
+/// Migrations, embedded at build time: `(version, description, sql)`, following the
+/// `<version>_<description>.sql` file naming. Applied migrations are recorded in sqlx's
+/// `_sqlx_migrations` table with sqlx's columns and checksum (SHA-384 of the file), so databases
+/// created by the earlier sqlx-based store open unchanged, and the other way round. A test
+/// checks that every file in the directory is listed here.
 const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "init", include_str!("../../migrations/sqlite/0001_init.sql"))];
 
-fn migrator() -> Migrator {
-    Migrator::with_migrations(
-        MIGRATIONS
-            .iter()
-            .map(|&(version, description, sql)| {
-                Migration::new(version, Cow::Borrowed(description), MigrationType::Simple, sql.into_sql_str(), false)
-            })
-            .collect(),
-    )
-}
+/// The bookkeeping table, exactly as sqlx creates it.
+const MIGRATIONS_TABLE_SQL: &str = "CREATE TABLE IF NOT EXISTS _sqlx_migrations (
+    version BIGINT PRIMARY KEY,
+    description TEXT NOT NULL,
+    installed_on TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP,
+    success BOOLEAN NOT NULL,
+    checksum BLOB NOT NULL,
+    execution_time BIGINT NOT NULL
+);";
 
 /// How long a connection waits on a lock held by another process (an operator's `sqlite3`
 /// shell, a backup) before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Prepared statements kept per connection; more than the store has.
+const STATEMENT_CACHE: usize = 64;
 
 /// `SELECT <every enrollment column> FROM enrollments` followed by the given literal.
 macro_rules! select_enrollments {
@@ -83,7 +88,8 @@ const ENROLLMENT_BY_CERT_SQL: &str = "SELECT device_id FROM enrollments \
 // (3.46 and later) lets the planner peek at a bare `LIMIT ?` parameter, which marks the
 // statement to be re-prepared at every new binding, so each cached statement would be compiled
 // again on every call (about 10 % of an Idle check-in's CPU on the pending-commands read).
-const LIST_ENROLLMENTS_SQL: &str = select_enrollments!("WHERE device_id > ? ORDER BY device_id LIMIT CAST(? AS INTEGER)");
+const LIST_ENROLLMENTS_SQL: &str =
+    select_enrollments!("WHERE device_id > ? ORDER BY device_id LIMIT CAST(? AS INTEGER)");
 const LIST_ENROLLMENTS_BY_PLATFORM_SQL: &str =
     select_enrollments!("WHERE platform = ? AND device_id > ? ORDER BY device_id LIMIT CAST(? AS INTEGER)");
 const SET_STATE_WITH_CHILDREN_SQL: &str = "UPDATE enrollments SET state = ?, updated_at = ? \
@@ -111,12 +117,207 @@ pub enum Durability {
     Normal,
 }
 
-/// The SQLite store. Cheap to clone; clones share the pools and the notifier.
+const INSERT_EVENT_SQL: &str = "INSERT INTO events (id, device_id, type, body) VALUES (?, ?, ?, ?)";
+const SAVE_ENROLLMENT_SQL: &str = "INSERT INTO enrollments (device_id, platform, parent, state, cert_sha256, push_token, \
+     push_magic, push_topic, unlock_token, bootstrap_token, inventory, attributes, enrolled_at, last_seen, \
+     checked_in_event_at, created_at, updated_at) \
+     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+     ON CONFLICT (device_id) DO UPDATE SET \
+     platform = excluded.platform, parent = excluded.parent, state = excluded.state, \
+     cert_sha256 = excluded.cert_sha256, push_token = excluded.push_token, \
+     push_magic = excluded.push_magic, push_topic = excluded.push_topic, \
+     unlock_token = excluded.unlock_token, bootstrap_token = excluded.bootstrap_token, \
+     inventory = excluded.inventory, attributes = excluded.attributes, \
+     enrolled_at = excluded.enrolled_at, last_seen = excluded.last_seen, \
+     checked_in_event_at = excluded.checked_in_event_at, created_at = excluded.created_at, \
+     updated_at = excluded.updated_at";
+const INSERT_COMMAND_SQL: &str = "INSERT INTO commands (device_id, command_id, seq, request_type, normalised, payload, \
+     priority, status, expires_at, idempotency_key, result, error, created_at, updated_at, sent_count) \
+     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, ?, ?, 0)";
+/// The compare-and-set of `update_command` as one statement: the status must be one of the
+/// `from` list, bound as six parameters (there are six statuses), unused ones NULL, which
+/// matches nothing.
+const UPDATE_COMMAND_SQL: &str = "UPDATE commands SET status = ?1, result = ?2, error = ?3, updated_at = ?4, \
+     sent_count = sent_count + ?5 \
+     WHERE device_id = ?6 AND command_id = ?7 AND status IN (?8, ?9, ?10, ?11, ?12, ?13)";
+const FROM_SLOTS: usize = 6;
+
+/// Work for a connection thread.
+type Job = Box<dyn FnOnce(&mut Connection) + Send>;
+
+enum Msg {
+    Run(Job),
+    /// Close the connection, then answer.
+    Stop(oneshot::Sender<()>),
+}
+
+/// The threads behind a store, shared by its clones.
+#[derive(Debug)]
+struct Shared {
+    writer: crossbeam_channel::Sender<Msg>,
+    /// `None` for an in-memory database, which reads through the writer.
+    reader: Option<crossbeam_channel::Sender<Msg>>,
+    readers: usize,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Msg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Msg::Run(_) => "Run",
+            Msg::Stop(_) => "Stop",
+        })
+    }
+}
+
+/// The SQLite store. Cheap to clone; clones share the connection threads and the notifier.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
-    writer: SqlitePool,
-    reader: SqlitePool,
+    shared: Arc<Shared>,
     notify: Arc<Notify>,
+}
+
+/// Where a connection points.
+#[derive(Debug, Clone)]
+enum Target {
+    File(String),
+    Memory,
+}
+
+fn parse_target(url_or_path: &str) -> Result<Target> {
+    let Some(rest) = url_or_path.strip_prefix("sqlite:") else {
+        return Ok(Target::File(url_or_path.to_owned()));
+    };
+    let rest = rest.strip_prefix("//").unwrap_or(rest);
+    let (path, query) = match rest.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (rest, None),
+    };
+    let memory = path == ":memory:" || query.is_some_and(|q| q.split('&').any(|kv| kv == "mode=memory"));
+    if memory {
+        return Ok(Target::Memory);
+    }
+    if let Some(q) = query {
+        // The options we honour are set in code; refuse the rest rather than ignore them.
+        return Err(StoreError::Url(format!("unsupported options `{q}` in `{url_or_path}`")));
+    }
+    if path.is_empty() {
+        return Err(StoreError::Url(format!("no database path in `{url_or_path}`")));
+    }
+    Ok(Target::File(path.to_owned()))
+}
+
+fn open_connection(target: &Target, read_only: bool, durability: Durability) -> rusqlite::Result<Connection> {
+    let conn = match target {
+        Target::Memory => Connection::open_in_memory()?,
+        Target::File(path) => {
+            let flags =
+                OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+            Connection::open_with_flags(path, flags)?
+        }
+    };
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    if !read_only {
+        // journal_mode is persistent in the file; the readers find it set.
+        let _mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+    }
+    conn.pragma_update(None, "foreign_keys", true)?;
+    conn.pragma_update(
+        None,
+        "synchronous",
+        match durability {
+            Durability::Full => "FULL",
+            Durability::Normal => "NORMAL",
+        },
+    )?;
+    if read_only {
+        // A write sent to the wrong connection fails loudly instead of competing with the
+        // writer for the lock.
+        conn.pragma_update(None, "query_only", true)?;
+    }
+    Ok(conn)
+}
+
+/// Brings the schema up to date, with sqlx's bookkeeping and checks: a failed (dirty) migration,
+/// an applied migration whose file changed, or one this build does not know stop the store.
+fn migrate(conn: &mut Connection) -> Result<()> {
+    conn.execute_batch(MIGRATIONS_TABLE_SQL)
+        .map_err(|e| StoreError::Migrate(format!("creating `_sqlx_migrations`: {e}")))?;
+    let applied: Vec<(i64, bool, Vec<u8>)> = {
+        let mut stmt = conn
+            .prepare("SELECT version, success, checksum FROM _sqlx_migrations ORDER BY version")
+            .map_err(|e| StoreError::Migrate(format!("reading `_sqlx_migrations`: {e}")))?;
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .and_then(|rows| rows.collect())
+            .map_err(|e| StoreError::Migrate(format!("reading `_sqlx_migrations`: {e}")))?
+    };
+    let name = |version: i64| match MIGRATIONS.iter().find(|m| m.0 == version) {
+        Some((v, d, _)) => format!("migration {v:04}_{d}"),
+        None => format!("migration {version}"),
+    };
+    if let Some((version, ..)) = applied.iter().find(|(_, success, _)| !success) {
+        return Err(StoreError::Migrate(format!("{} failed earlier and left the database dirty", name(*version))));
+    }
+    for (version, _, checksum) in &applied {
+        match MIGRATIONS.iter().find(|m| m.0 == *version) {
+            None => {
+                return Err(StoreError::Migrate(format!(
+                    "migration {version} is applied to the database but unknown to this build"
+                )));
+            }
+            Some((_, _, sql)) if Sha384::digest(sql.as_bytes()).as_slice() != checksum.as_slice() => {
+                return Err(StoreError::Migrate(format!("{} was applied from a different file", name(*version))));
+            }
+            Some(_) => {}
+        }
+    }
+    for &(version, description, sql) in MIGRATIONS {
+        if applied.iter().any(|(v, ..)| *v == version) {
+            continue;
+        }
+        let what = name(version);
+        let started = Instant::now();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| StoreError::Migrate(format!("{what}: {e}")))?;
+        tx.execute_batch(sql).map_err(|e| StoreError::Migrate(format!("{what}: {e}")))?;
+        let nanos = i64::try_from(started.elapsed().as_nanos()).unwrap_or(i64::MAX);
+        tx.execute(
+            "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+             VALUES (?, ?, TRUE, ?, ?)",
+            params![version, description, Sha384::digest(sql.as_bytes()).as_slice(), nanos],
+        )
+        .map_err(|e| StoreError::Migrate(format!("{what}: recording it: {e}")))?;
+        tx.commit().map_err(|e| StoreError::Migrate(format!("{what}: {e}")))?;
+    }
+    Ok(())
+}
+
+/// Runs jobs on `conn` until told to stop or every sender is gone.
+fn serve(mut conn: Connection, jobs: crossbeam_channel::Receiver<Msg>) {
+    let mut stopped = None;
+    while let Ok(msg) = jobs.recv() {
+        match msg {
+            // A panicking job drops its reply (the caller sees `Closed`) and rolls back its
+            // transaction while unwinding; the connection stays in service.
+            Msg::Run(job) => {
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&mut conn)));
+            }
+            Msg::Stop(done) => {
+                stopped = Some(done);
+                break;
+            }
+        }
+    }
+    drop(conn);
+    if let Some(done) = stopped {
+        let _ = done.send(());
+    }
+}
+
+fn spawn(name: String, conn: Connection, jobs: crossbeam_channel::Receiver<Msg>) -> Result<JoinHandle<()>> {
+    std::thread::Builder::new().name(name).spawn(move || serve(conn, jobs)).map_err(StoreError::Thread)
 }
 
 impl SqliteStore {
@@ -129,47 +330,43 @@ impl SqliteStore {
 
     /// Like [`SqliteStore::open`], choosing how commits reach the disk.
     pub async fn open_with(url_or_path: &str, read_connections: u32, durability: Durability) -> Result<SqliteStore> {
-        let base = if url_or_path.starts_with("sqlite:") {
-            SqliteConnectOptions::from_str(url_or_path)?
+        let target = parse_target(url_or_path)?;
+        let readers = usize::try_from(read_connections.max(1)).unwrap_or(1);
+        // Opening and migrating block; do it off the async workers, in one go.
+        let opened = tokio::task::spawn_blocking(move || -> Result<_> {
+            let mut writer = open_connection(&target, false, durability)?;
+            migrate(&mut writer)?;
+            // Each connection to an in-memory database is its own database; an in-memory
+            // store reads through its writer.
+            let readers = match target {
+                Target::Memory => Vec::new(),
+                Target::File(_) => {
+                    (0..readers).map(|_| open_connection(&target, true, durability)).collect::<rusqlite::Result<_>>()?
+                }
+            };
+            Ok((writer, readers))
+        })
+        .await
+        .map_err(|_| StoreError::Closed)?;
+        let (writer, reader_conns) = opened?;
+
+        let mut threads = Vec::with_capacity(reader_conns.len() + 1);
+        let (writer_tx, writer_rx) = crossbeam_channel::unbounded();
+        threads.push(spawn("sqlite-writer".into(), writer, writer_rx)?);
+        let reader = if reader_conns.is_empty() {
+            None
         } else {
-            SqliteConnectOptions::new().filename(url_or_path)
+            let (tx, rx) = crossbeam_channel::unbounded();
+            for (i, conn) in reader_conns.into_iter().enumerate() {
+                threads.push(spawn(format!("sqlite-reader-{i}"), conn, rx.clone())?);
+            }
+            Some(tx)
         };
-        let base = base
-            .create_if_missing(true)
-            .foreign_keys(true)
-            .busy_timeout(BUSY_TIMEOUT)
-            .synchronous(match durability {
-                Durability::Full => SqliteSynchronous::Full,
-                Durability::Normal => SqliteSynchronous::Normal,
-            });
-
-        // The single writer connection is kept for the life of the store: it is the queue all
-        // writes wait in, and reopening it per burst would only cost time.
-        let writer = SqlitePoolOptions::new()
-            .max_connections(1)
-            .min_connections(1)
-            .idle_timeout(None)
-            .max_lifetime(None)
-            .connect_with(base.clone().journal_mode(SqliteJournalMode::Wal))
-            .await?;
-        migrator().run(&writer).await?;
-
-        // Each connection to an in-memory database is its own database unless shared; rather
-        // than depend on that, an in-memory store reads through its writer.
-        let in_memory = url_or_path.contains(":memory:") || url_or_path.contains("mode=memory");
-        let reader = if in_memory {
-            writer.clone()
-        } else {
-            SqlitePoolOptions::new()
-                .max_connections(read_connections.max(1))
-                // journal_mode is persistent and already WAL (set by the writer above);
-                // query_only makes a write sent to the wrong pool fail loudly instead of
-                // competing with the writer for the lock.
-                .connect_with(base.pragma("query_only", "ON"))
-                .await?
-        };
-
-        Ok(SqliteStore { writer, reader, notify: Arc::new(Notify::new()) })
+        let readers = if reader.is_some() { readers } else { 0 };
+        Ok(SqliteStore {
+            shared: Arc::new(Shared { writer: writer_tx, reader, readers, threads: Mutex::new(threads) }),
+            notify: Arc::new(Notify::new()),
+        })
     }
 
     /// Notified (`notify_waiters`) after every commit that appended events. Only tasks already
@@ -179,31 +376,97 @@ impl SqliteStore {
         Arc::clone(&self.notify)
     }
 
-    /// Closes both pools, waiting for connections in use to be returned.
+    /// Closes every connection, after the jobs already queued. Later calls fail with
+    /// [`StoreError::Closed`].
     pub async fn close(&self) {
-        self.reader.close().await;
-        self.writer.close().await;
+        let mut waits = Vec::new();
+        if let Some(reader) = &self.shared.reader {
+            for _ in 0..self.shared.readers {
+                let (tx, rx) = oneshot::channel();
+                if reader.send(Msg::Stop(tx)).is_ok() {
+                    waits.push(rx);
+                }
+            }
+        }
+        // Readers first, so the writer (the last connection) checkpoints the WAL as it closes.
+        for rx in waits.drain(..) {
+            let _ = rx.await;
+        }
+        let (tx, rx) = oneshot::channel();
+        if self.shared.writer.send(Msg::Stop(tx)).is_ok() {
+            let _ = rx.await;
+        }
+        let threads =
+            std::mem::take(&mut *self.shared.threads.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        drop(threads); // every thread has answered its stop; they exit on their own.
     }
 
-    async fn commit(&self, tx: sqlx::Transaction<'static, Sqlite>, appended: bool) -> Result<()> {
-        tx.commit().await?;
-        if appended {
-            self.notify.notify_waiters();
-        }
-        Ok(())
+    /// Runs `job` on the writer thread (inside whatever transaction it opens) and returns its
+    /// answer: one hand-off.
+    async fn write<T, F>(&self, job: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+    {
+        call(&self.shared.writer, job).await
+    }
+
+    /// Runs `job` on a reader thread (the writer for an in-memory database).
+    async fn read<T, F>(&self, job: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+    {
+        call(self.shared.reader.as_ref().unwrap_or(&self.shared.writer), job).await
+    }
+
+    /// A write transaction on the writer thread: `job` runs inside it, the commit follows, and
+    /// waiters are notified when `appended` (the job wrote events).
+    async fn transact<T, F>(&self, job: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&rusqlite::Transaction<'_>) -> Result<(T, bool)> + Send + 'static,
+    {
+        let notify = Arc::clone(&self.notify);
+        self.write(move |conn| {
+            // IMMEDIATE: take the write lock at BEGIN, so a competing process makes us wait
+            // (busy_timeout) up front rather than fail a read-to-write upgrade mid-way.
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            // An error drops `tx`, which rolls back everything the job wrote.
+            let (answer, appended) = job(&tx)?;
+            tx.commit()?;
+            if appended {
+                notify.notify_waiters();
+            }
+            Ok(answer)
+        })
+        .await
     }
 }
 
-/// An event ready to insert, serialised before the transaction opens so the transaction holds
-/// the writer only for the inserts.
-struct EventRow<'a> {
-    id: &'a str,
-    device_id: &'a str,
-    event_type: &'a str,
+async fn call<T, F>(to: &crossbeam_channel::Sender<Msg>, job: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+{
+    let (reply, answer) = oneshot::channel();
+    to.send(Msg::Run(Box::new(move |conn: &mut Connection| {
+        let _ = reply.send(job(conn));
+    })))
+    .map_err(|_| StoreError::Closed)?;
+    answer.await.map_err(|_| StoreError::Closed)?
+}
+
+/// An event ready to insert, serialised before it is sent to the writer, so the transaction
+/// holds the writer only for the inserts.
+struct EventRow {
+    id: String,
+    device_id: String,
+    event_type: String,
     body: String,
 }
 
-fn event_rows(events: &[Event]) -> Result<Vec<EventRow<'_>>> {
+fn event_rows(events: &[Event]) -> Result<Vec<EventRow>> {
     events
         .iter()
         .map(|e| {
@@ -211,32 +474,36 @@ fn event_rows(events: &[Event]) -> Result<Vec<EventRow<'_>>> {
             // no RFC 3339 form); refuse it here rather than store something unreadable.
             let body = serde_json::to_string(e)
                 .map_err(|err| StoreError::Corrupt(format!("event `{}` cannot be serialised: {err}", e.id)))?;
-            Ok(EventRow { id: &e.id, device_id: e.device_id.as_str(), event_type: e.event_type.as_str(), body })
+            Ok(EventRow {
+                id: e.id.clone(),
+                device_id: e.device_id.as_str().to_owned(),
+                event_type: e.event_type.as_str().to_owned(),
+                body,
+            })
         })
         .collect()
 }
 
-async fn insert_events(conn: &mut SqliteConnection, rows: &[EventRow<'_>]) -> Result<()> {
+fn insert_events(conn: &Connection, rows: &[EventRow]) -> Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut stmt = conn.prepare_cached(INSERT_EVENT_SQL)?;
     for row in rows {
-        sqlx::query("INSERT INTO events (id, device_id, type, body) VALUES (?, ?, ?, ?)")
-            .bind(row.id)
-            .bind(row.device_id)
-            .bind(row.event_type)
-            .bind(row.body.as_str())
-            .execute(&mut *conn)
-            .await?;
+        stmt.execute(params![row.id, row.device_id, row.event_type, row.body])?;
     }
     Ok(())
 }
 
-/// Reads a column, reporting a value of the wrong type as corruption.
-fn get<'r, T>(row: &'r SqliteRow, column: &str) -> Result<T>
-where
-    T: Decode<'r, Sqlite> + Type<Sqlite>,
-{
-    row.try_get(column).map_err(|e| match e {
-        sqlx::Error::ColumnDecode { .. } => StoreError::Corrupt(format!("column `{column}`: {e}")),
-        other => StoreError::Database(other),
+/// Reads column `idx` (named `column` for messages), reporting a value of the wrong type as
+/// corruption.
+fn get<T: FromSql>(row: &Row<'_>, idx: usize, column: &str) -> Result<T> {
+    row.get(idx).map_err(|e| match e {
+        rusqlite::Error::InvalidColumnType(..)
+        | rusqlite::Error::FromSqlConversionFailure(..)
+        | rusqlite::Error::IntegralValueOutOfRange(..)
+        | rusqlite::Error::Utf8Error(..) => StoreError::Corrupt(format!("column `{column}`: {e}")),
+        other => StoreError::Sqlite(other),
     })
 }
 
@@ -256,8 +523,36 @@ fn limit(n: u32) -> i64 {
     i64::from(n)
 }
 
-fn enrollment_from_row(row: &SqliteRow) -> Result<Enrollment> {
-    let id_text: String = get(row, "device_id")?;
+/// Runs a cached query and maps every row, stopping at the first error.
+fn query_all<T>(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    map: impl Fn(&Row<'_>) -> Result<T>,
+) -> Result<Vec<T>> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let mut rows = stmt.query(params)?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        out.push(map(row)?);
+    }
+    Ok(out)
+}
+
+/// Like [`query_all`] for at most one row.
+fn query_opt<T>(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    map: impl Fn(&Row<'_>) -> Result<T>,
+) -> Result<Option<T>> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let mut rows = stmt.query(params)?;
+    rows.next()?.map(map).transpose()
+}
+
+fn enrollment_from_row(row: &Row<'_>) -> Result<Enrollment> {
+    let id_text: String = get(row, 0, "device_id")?;
     let device_id = parse_device_id(&id_text, "enrollments.device_id")?;
     // Everything after the id is reported with the id, so an operator can find the row.
     let ctx = |e: StoreError| match e {
@@ -265,174 +560,207 @@ fn enrollment_from_row(row: &SqliteRow) -> Result<Enrollment> {
         other => other,
     };
     let rest = || -> Result<Enrollment> {
-        let parent = get::<Option<String>>(row, "parent")?.map(|p| parse_device_id(&p, "parent")).transpose()?;
-        let state_text: String = get(row, "state")?;
+        let parent = get::<Option<String>>(row, 1, "parent")?.map(|p| parse_device_id(&p, "parent")).transpose()?;
+        let state_text: String = get(row, 2, "state")?;
         let state = EnrollmentState::parse(&state_text)
             .ok_or_else(|| StoreError::Corrupt(format!("unknown state `{state_text}`")))?;
-        let push = match get::<Option<String>>(row, "push_topic")? {
+        let push = match get::<Option<String>>(row, 6, "push_topic")? {
             None => None,
             Some(topic) => Some(PushInfo {
-                token: get::<Option<Vec<u8>>>(row, "push_token")?
+                token: get::<Option<Vec<u8>>>(row, 4, "push_token")?
                     .ok_or_else(|| StoreError::Corrupt("push_topic set without push_token".into()))?,
-                magic: get::<Option<String>>(row, "push_magic")?
+                magic: get::<Option<String>>(row, 5, "push_magic")?
                     .ok_or_else(|| StoreError::Corrupt("push_topic set without push_magic".into()))?,
                 topic,
             }),
         };
-        let inventory: Inventory = parse_json(&get::<String>(row, "inventory")?, "inventory")?;
-        let attributes = parse_json(&get::<String>(row, "attributes")?, "attributes")?;
+        let inventory: Inventory = parse_json(&get::<String>(row, 9, "inventory")?, "inventory")?;
+        let attributes = parse_json(&get::<String>(row, 10, "attributes")?, "attributes")?;
         Ok(Enrollment {
             device_id: device_id.clone(),
             parent,
             state,
-            cert_sha256: get(row, "cert_sha256")?,
+            cert_sha256: get(row, 3, "cert_sha256")?,
             push,
-            unlock_token: get(row, "unlock_token")?,
-            bootstrap_token: get(row, "bootstrap_token")?,
+            unlock_token: get(row, 7, "unlock_token")?,
+            bootstrap_token: get(row, 8, "bootstrap_token")?,
             inventory,
             attributes,
-            enrolled_at: get(row, "enrolled_at")?,
-            last_seen: get(row, "last_seen")?,
-            checked_in_event_at: get(row, "checked_in_event_at")?,
-            created_at: get(row, "created_at")?,
-            updated_at: get(row, "updated_at")?,
+            enrolled_at: get(row, 11, "enrolled_at")?,
+            last_seen: get(row, 12, "last_seen")?,
+            checked_in_event_at: get(row, 13, "checked_in_event_at")?,
+            created_at: get(row, 14, "created_at")?,
+            updated_at: get(row, 15, "updated_at")?,
         })
     };
     rest().map_err(ctx)
 }
 
-fn command_from_row(row: &SqliteRow) -> Result<CommandRecord> {
-    let device_text: String = get(row, "device_id")?;
-    let command_id: String = get(row, "command_id")?;
+fn command_from_row(row: &Row<'_>) -> Result<CommandRecord> {
+    let device_text: String = get(row, 0, "device_id")?;
+    let command_id: String = get(row, 1, "command_id")?;
     let ctx = |e: StoreError| match e {
         StoreError::Corrupt(m) => StoreError::Corrupt(format!("command `{command_id}` of `{device_text}`: {m}")),
         other => other,
     };
     let rest = || -> Result<CommandRecord> {
         let device_id = parse_device_id(&device_text, "device_id")?;
-        let status_text: String = get(row, "status")?;
+        let status_text: String = get(row, 7, "status")?;
         let status = CommandStatus::parse(&status_text)
             .ok_or_else(|| StoreError::Corrupt(format!("unknown status `{status_text}`")))?;
-        let priority: i64 = get(row, "priority")?;
+        let priority: i64 = get(row, 6, "priority")?;
         let priority =
             i32::try_from(priority).map_err(|_| StoreError::Corrupt(format!("priority {priority} is out of range")))?;
-        let json_col = |column: &str| -> Result<Option<serde_json::Value>> {
-            get::<Option<String>>(row, column)?.map(|s| parse_json(&s, column)).transpose()
+        let json_col = |idx: usize, column: &str| -> Result<Option<serde_json::Value>> {
+            get::<Option<String>>(row, idx, column)?.map(|s| parse_json(&s, column)).transpose()
         };
         Ok(CommandRecord {
             command_id: command_id.clone(),
             device_id,
-            request_type: get(row, "request_type")?,
-            normalised: json_col("normalised")?,
-            payload: get(row, "payload")?,
+            request_type: get(row, 3, "request_type")?,
+            normalised: json_col(4, "normalised")?,
+            payload: get(row, 5, "payload")?,
             priority,
-            seq: get(row, "seq")?,
+            seq: get(row, 2, "seq")?,
             status,
-            expires_at: get(row, "expires_at")?,
-            idempotency_key: get(row, "idempotency_key")?,
-            result: json_col("result")?,
-            error: json_col("error")?,
-            created_at: get(row, "created_at")?,
-            updated_at: get(row, "updated_at")?,
-            sent_count: get(row, "sent_count")?,
+            expires_at: get(row, 8, "expires_at")?,
+            idempotency_key: get(row, 9, "idempotency_key")?,
+            result: json_col(10, "result")?,
+            error: json_col(11, "error")?,
+            created_at: get(row, 12, "created_at")?,
+            updated_at: get(row, 13, "updated_at")?,
+            sent_count: get(row, 14, "sent_count")?,
         })
     };
     rest().map_err(ctx)
 }
 
-fn push_cert_from_row(row: &SqliteRow) -> Result<PushCert> {
+fn push_cert_from_row(row: &Row<'_>) -> Result<PushCert> {
     Ok(PushCert {
-        topic: get(row, "topic")?,
-        cert_pem: get(row, "cert_pem")?,
-        key_pem: get(row, "key_pem")?,
-        not_after: get(row, "not_after")?,
-        updated_at: get(row, "updated_at")?,
+        topic: get(row, 0, "topic")?,
+        cert_pem: get(row, 1, "cert_pem")?,
+        key_pem: get(row, 2, "key_pem")?,
+        not_after: get(row, 3, "not_after")?,
+        updated_at: get(row, 4, "updated_at")?,
     })
 }
 
 /// Maps a unique violation that slipped past the explicit checks in `enqueue` (which give the
 /// precise key) to the matching error; anything else stays a database error.
-fn enqueue_error(e: sqlx::Error, command: &NewCommand) -> StoreError {
-    if let sqlx::Error::Database(db) = &e
-        && db.kind() == sqlx::error::ErrorKind::UniqueViolation
+fn enqueue_error(e: rusqlite::Error, command: &NewCommand) -> StoreError {
+    if let rusqlite::Error::SqliteFailure(f, Some(message)) = &e
+        && f.code == ErrorCode::ConstraintViolation
     {
-        if db.message().contains("idempotency_key")
+        if message.contains("idempotency_key")
             && let Some(key) = &command.idempotency_key
         {
             return StoreError::IdempotencyConflict(key.clone());
         }
-        if db.message().contains("command_id") {
+        if message.contains("command_id") {
             return StoreError::DuplicateCommand(command.command_id.clone());
         }
     }
-    StoreError::Database(e)
+    StoreError::Sqlite(e)
+}
+
+/// An enrollment's column values, owned, ready for the writer thread.
+struct EnrollmentRow {
+    device_id: String,
+    platform: &'static str,
+    parent: Option<String>,
+    state: &'static str,
+    cert_sha256: Option<String>,
+    push_token: Option<Vec<u8>>,
+    push_magic: Option<String>,
+    push_topic: Option<String>,
+    unlock_token: Option<Vec<u8>>,
+    bootstrap_token: Option<Vec<u8>>,
+    inventory: String,
+    attributes: String,
+    enrolled_at: Option<i64>,
+    last_seen: Option<i64>,
+    checked_in_event_at: Option<i64>,
+    created_at: i64,
+    updated_at: i64,
 }
 
 #[async_trait]
 impl Store for SqliteStore {
     async fn ping(&self) -> Result<()> {
-        sqlx::query("SELECT 1").execute(&self.reader).await?;
-        Ok(())
+        self.read(|conn| {
+            conn.prepare_cached("SELECT 1")?.query_row([], |_| Ok(()))?;
+            Ok(())
+        })
+        .await
     }
 
     async fn enrollment(&self, id: &DeviceId) -> Result<Option<Enrollment>> {
-        let row = sqlx::query(ENROLLMENT_SQL).bind(id.as_str()).fetch_optional(&self.reader).await?;
-        row.as_ref().map(enrollment_from_row).transpose()
+        let id = id.as_str().to_owned();
+        self.read(move |conn| query_opt(conn, ENROLLMENT_SQL, [&id], enrollment_from_row)).await
     }
 
     async fn enrollment_by_cert(&self, cert_sha256: &str) -> Result<Option<DeviceId>> {
-        let id: Option<String> =
-            sqlx::query_scalar(ENROLLMENT_BY_CERT_SQL).bind(cert_sha256).fetch_optional(&self.reader).await?;
-        id.map(|s| parse_device_id(&s, "enrollments.device_id")).transpose()
+        let cert = cert_sha256.to_owned();
+        self.read(move |conn| {
+            query_opt(conn, ENROLLMENT_BY_CERT_SQL, [&cert], |row| {
+                parse_device_id(&get::<String>(row, 0, "device_id")?, "enrollments.device_id")
+            })
+        })
+        .await
     }
 
     async fn save_enrollment(&self, e: &Enrollment, events: &[Event]) -> Result<()> {
         let inventory = serde_json::to_string(&e.inventory)
             .map_err(|err| StoreError::Corrupt(format!("inventory cannot be serialised: {err}")))?;
         let attributes = serde_json::Value::Object(e.attributes.clone()).to_string();
-        let rows = event_rows(events)?;
+        let events = event_rows(events)?;
         let (push_token, push_magic, push_topic) = match &e.push {
-            Some(p) => (Some(p.token.as_slice()), Some(p.magic.as_str()), Some(p.topic.as_str())),
+            Some(p) => (Some(p.token.clone()), Some(p.magic.clone()), Some(p.topic.clone())),
             None => (None, None, None),
         };
-
-        let mut tx = self.writer.begin().await?;
-        sqlx::query(
-            "INSERT INTO enrollments (device_id, platform, parent, state, cert_sha256, push_token, push_magic, \
-             push_topic, unlock_token, bootstrap_token, inventory, attributes, enrolled_at, last_seen, \
-             checked_in_event_at, created_at, updated_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
-             ON CONFLICT (device_id) DO UPDATE SET \
-             platform = excluded.platform, parent = excluded.parent, state = excluded.state, \
-             cert_sha256 = excluded.cert_sha256, push_token = excluded.push_token, \
-             push_magic = excluded.push_magic, push_topic = excluded.push_topic, \
-             unlock_token = excluded.unlock_token, bootstrap_token = excluded.bootstrap_token, \
-             inventory = excluded.inventory, attributes = excluded.attributes, \
-             enrolled_at = excluded.enrolled_at, last_seen = excluded.last_seen, \
-             checked_in_event_at = excluded.checked_in_event_at, created_at = excluded.created_at, \
-             updated_at = excluded.updated_at",
-        )
-        .bind(e.device_id.as_str())
-        .bind(e.platform().as_str())
-        .bind(e.parent.as_ref().map(DeviceId::as_str))
-        .bind(e.state.as_str())
-        .bind(e.cert_sha256.as_deref())
-        .bind(push_token)
-        .bind(push_magic)
-        .bind(push_topic)
-        .bind(e.unlock_token.as_deref())
-        .bind(e.bootstrap_token.as_deref())
-        .bind(inventory)
-        .bind(attributes)
-        .bind(e.enrolled_at)
-        .bind(e.last_seen)
-        .bind(e.checked_in_event_at)
-        .bind(e.created_at)
-        .bind(e.updated_at)
-        .execute(&mut *tx)
-        .await?;
-        insert_events(&mut tx, &rows).await?;
-        self.commit(tx, !rows.is_empty()).await
+        let r = EnrollmentRow {
+            device_id: e.device_id.as_str().to_owned(),
+            platform: e.platform().as_str(),
+            parent: e.parent.as_ref().map(|p| p.as_str().to_owned()),
+            state: e.state.as_str(),
+            cert_sha256: e.cert_sha256.clone(),
+            push_token,
+            push_magic,
+            push_topic,
+            unlock_token: e.unlock_token.clone(),
+            bootstrap_token: e.bootstrap_token.clone(),
+            inventory,
+            attributes,
+            enrolled_at: e.enrolled_at,
+            last_seen: e.last_seen,
+            checked_in_event_at: e.checked_in_event_at,
+            created_at: e.created_at,
+            updated_at: e.updated_at,
+        };
+        self.transact(move |tx| {
+            tx.prepare_cached(SAVE_ENROLLMENT_SQL)?.execute(params![
+                r.device_id,
+                r.platform,
+                r.parent,
+                r.state,
+                r.cert_sha256,
+                r.push_token,
+                r.push_magic,
+                r.push_topic,
+                r.unlock_token,
+                r.bootstrap_token,
+                r.inventory,
+                r.attributes,
+                r.enrolled_at,
+                r.last_seen,
+                r.checked_in_event_at,
+                r.created_at,
+                r.updated_at,
+            ])?;
+            insert_events(tx, &events)?;
+            Ok(((), !events.is_empty()))
+        })
+        .await
     }
 
     async fn set_state_with_children(
@@ -442,30 +770,27 @@ impl Store for SqliteStore {
         now: i64,
         events: &[Event],
     ) -> Result<u64> {
-        let rows = event_rows(events)?;
-        let mut tx = self.writer.begin().await?;
-        // Rows already in `state` are left alone, so the count is of real changes.
-        let done = sqlx::query(SET_STATE_WITH_CHILDREN_SQL)
-            .bind(state.as_str())
-            .bind(now)
-            .bind(parent.as_str())
-            .bind(parent.as_str())
-            .bind(state.as_str())
-            .execute(&mut *tx)
-            .await?;
-        insert_events(&mut tx, &rows).await?;
-        self.commit(tx, !rows.is_empty()).await?;
-        Ok(done.rows_affected())
+        let events = event_rows(events)?;
+        let parent = parent.as_str().to_owned();
+        let state = state.as_str();
+        self.transact(move |tx| {
+            // Rows already in `state` are left alone, so the count is of real changes.
+            let changed =
+                tx.prepare_cached(SET_STATE_WITH_CHILDREN_SQL)?.execute(params![state, now, parent, parent, state])?;
+            insert_events(tx, &events)?;
+            Ok((changed as u64, !events.is_empty()))
+        })
+        .await
     }
 
     async fn touch(&self, id: &DeviceId, now: i64) -> Result<()> {
-        sqlx::query("UPDATE enrollments SET last_seen = ?, updated_at = ? WHERE device_id = ?")
-            .bind(now)
-            .bind(now)
-            .bind(id.as_str())
-            .execute(&self.writer)
-            .await?;
-        Ok(())
+        let id = id.as_str().to_owned();
+        self.write(move |conn| {
+            conn.prepare_cached("UPDATE enrollments SET last_seen = ?, updated_at = ? WHERE device_id = ?")?
+                .execute(params![now, now, id])?;
+            Ok(())
+        })
+        .await
     }
 
     async fn list_enrollments(
@@ -475,225 +800,233 @@ impl Store for SqliteStore {
         limit: u32,
     ) -> Result<Vec<Enrollment>> {
         // Every id sorts after "" (ids are never empty), so the first page needs no other query.
-        let after = after.unwrap_or("");
-        let rows = match platform {
-            Some(p) => {
-                sqlx::query(LIST_ENROLLMENTS_BY_PLATFORM_SQL)
-                    .bind(p.as_str())
-                    .bind(after)
-                    .bind(self::limit(limit))
-                    .fetch_all(&self.reader)
-                    .await?
-            }
-            None => {
-                sqlx::query(LIST_ENROLLMENTS_SQL).bind(after).bind(self::limit(limit)).fetch_all(&self.reader).await?
-            }
-        };
-        rows.iter().map(enrollment_from_row).collect()
+        let after = after.unwrap_or("").to_owned();
+        let limit = self::limit(limit);
+        self.read(move |conn| match platform {
+            Some(p) => query_all(
+                conn,
+                LIST_ENROLLMENTS_BY_PLATFORM_SQL,
+                params![p.as_str(), after, limit],
+                enrollment_from_row,
+            ),
+            None => query_all(conn, LIST_ENROLLMENTS_SQL, params![after, limit], enrollment_from_row),
+        })
+        .await
     }
 
     async fn count_enrollments(&self) -> Result<u64> {
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM enrollments").fetch_one(&self.reader).await?;
+        let n: i64 = self
+            .read(|conn| Ok(conn.prepare_cached("SELECT COUNT(*) FROM enrollments")?.query_row([], |r| r.get(0))?))
+            .await?;
         u64::try_from(n).map_err(|_| StoreError::Corrupt(format!("negative enrollment count {n}")))
     }
 
     async fn enqueue(&self, commands: &[NewCommand], events: &[Event]) -> Result<()> {
-        let rows = event_rows(events)?;
-        let mut tx = self.writer.begin().await?;
-        for c in commands {
-            // Checked explicitly (inside the transaction, so earlier commands of this batch
-            // count) to name the offending key; the unique indexes remain the guarantee. An
-            // early return drops `tx`, which rolls back everything this call wrote.
-            if let Some(key) = &c.idempotency_key {
-                let used = sqlx::query("SELECT 1 FROM commands WHERE idempotency_key = ?")
-                    .bind(key.as_str())
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                if used.is_some() {
-                    return Err(StoreError::IdempotencyConflict(key.clone()));
+        let events = event_rows(events)?;
+        let commands = commands.to_vec();
+        self.transact(move |tx| {
+            for c in &commands {
+                // Checked explicitly (inside the transaction, so earlier commands of this batch
+                // count) to name the offending key; the unique indexes remain the guarantee. An
+                // early return drops the transaction, which rolls back everything this call wrote.
+                if let Some(key) = &c.idempotency_key {
+                    let used = tx
+                        .prepare_cached("SELECT 1 FROM commands WHERE idempotency_key = ?")?
+                        .query_row([key], |_| Ok(()))
+                        .optional()?;
+                    if used.is_some() {
+                        return Err(StoreError::IdempotencyConflict(key.clone()));
+                    }
                 }
-            }
-            let exists = sqlx::query("SELECT 1 FROM commands WHERE device_id = ? AND command_id = ?")
-                .bind(c.device_id.as_str())
-                .bind(c.command_id.as_str())
-                .fetch_optional(&mut *tx)
-                .await?;
-            if exists.is_some() {
-                return Err(StoreError::DuplicateCommand(c.command_id.clone()));
-            }
-            let seq: i64 =
-                sqlx::query_scalar("UPDATE counters SET value = value + 1 WHERE name = 'command_seq' RETURNING value")
-                    .fetch_optional(&mut *tx)
-                    .await?
+                let exists = tx
+                    .prepare_cached("SELECT 1 FROM commands WHERE device_id = ? AND command_id = ?")?
+                    .query_row([c.device_id.as_str(), c.command_id.as_str()], |_| Ok(()))
+                    .optional()?;
+                if exists.is_some() {
+                    return Err(StoreError::DuplicateCommand(c.command_id.clone()));
+                }
+                let seq: i64 = tx
+                    .prepare_cached("UPDATE counters SET value = value + 1 WHERE name = 'command_seq' RETURNING value")?
+                    .query_row([], |r| r.get(0))
+                    .optional()?
                     .ok_or_else(|| StoreError::Corrupt("counter `command_seq` is missing".into()))?;
-            sqlx::query(
-                "INSERT INTO commands (device_id, command_id, seq, request_type, normalised, payload, priority, \
-                 status, expires_at, idempotency_key, result, error, created_at, updated_at, sent_count) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, ?, ?, 0)",
-            )
-            .bind(c.device_id.as_str())
-            .bind(c.command_id.as_str())
-            .bind(seq)
-            .bind(c.request_type.as_str())
-            .bind(opt_json(&c.normalised))
-            .bind(c.payload.as_slice())
-            .bind(c.priority)
-            .bind(CommandStatus::Queued.as_str())
-            .bind(c.expires_at)
-            .bind(c.idempotency_key.as_deref())
-            .bind(c.created_at)
-            .bind(c.created_at)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| enqueue_error(e, c))?;
-        }
-        insert_events(&mut tx, &rows).await?;
-        self.commit(tx, !rows.is_empty()).await
+                tx.prepare_cached(INSERT_COMMAND_SQL)?
+                    .execute(params![
+                        c.device_id.as_str(),
+                        c.command_id,
+                        seq,
+                        c.request_type,
+                        opt_json(&c.normalised),
+                        c.payload,
+                        c.priority,
+                        CommandStatus::Queued.as_str(),
+                        c.expires_at,
+                        c.idempotency_key,
+                        c.created_at,
+                        c.created_at,
+                    ])
+                    .map_err(|e| enqueue_error(e, c))?;
+            }
+            insert_events(tx, &events)?;
+            Ok(((), !events.is_empty()))
+        })
+        .await
     }
 
     async fn command(&self, command_id: &str) -> Result<Vec<CommandRecord>> {
-        let rows = sqlx::query(COMMAND_SQL).bind(command_id).fetch_all(&self.reader).await?;
-        rows.iter().map(command_from_row).collect()
+        let command_id = command_id.to_owned();
+        self.read(move |conn| query_all(conn, COMMAND_SQL, [&command_id], command_from_row)).await
     }
 
     async fn command_for_device(&self, device: &DeviceId, command_id: &str) -> Result<Option<CommandRecord>> {
-        let row = sqlx::query(COMMAND_FOR_DEVICE_SQL)
-            .bind(device.as_str())
-            .bind(command_id)
-            .fetch_optional(&self.reader)
-            .await?;
-        row.as_ref().map(command_from_row).transpose()
+        let device = device.as_str().to_owned();
+        let command_id = command_id.to_owned();
+        self.read(move |conn| query_opt(conn, COMMAND_FOR_DEVICE_SQL, [&device, &command_id], command_from_row)).await
     }
 
     async fn command_by_idempotency_key(&self, key: &str) -> Result<Option<CommandRecord>> {
-        let row = sqlx::query(COMMAND_BY_IDEMPOTENCY_KEY_SQL).bind(key).fetch_optional(&self.reader).await?;
-        row.as_ref().map(command_from_row).transpose()
+        let key = key.to_owned();
+        self.read(move |conn| query_opt(conn, COMMAND_BY_IDEMPOTENCY_KEY_SQL, [&key], command_from_row)).await
     }
 
     async fn pending(&self, device: &DeviceId, limit: u32) -> Result<Vec<CommandRecord>> {
-        let rows =
-            sqlx::query(PENDING_SQL).bind(device.as_str()).bind(self::limit(limit)).fetch_all(&self.reader).await?;
-        rows.iter().map(command_from_row).collect()
+        let device = device.as_str().to_owned();
+        let limit = self::limit(limit);
+        self.read(move |conn| query_all(conn, PENDING_SQL, params![device, limit], command_from_row)).await
     }
 
     async fn update_command(&self, update: CommandUpdate<'_>, events: &[Event]) -> Result<bool> {
-        let rows = event_rows(events)?;
-        let mut tx = self.writer.begin().await?;
-        // Read, decide, then write conditionally on the status read: a portable compare-and-set
-        // that needs no dynamic `IN (...)` list.
-        let current: Option<String> =
-            sqlx::query_scalar("SELECT status FROM commands WHERE device_id = ? AND command_id = ?")
-                .bind(update.device_id.as_str())
-                .bind(update.command_id)
-                .fetch_optional(&mut *tx)
-                .await?;
-        let Some(current) = current else {
-            return Ok(false);
-        };
-        let status = CommandStatus::parse(&current).ok_or_else(|| {
-            StoreError::Corrupt(format!(
-                "command `{}` of `{}`: unknown status `{current}`",
-                update.command_id, update.device_id
-            ))
-        })?;
-        if !update.from.contains(&status) {
+        let events = event_rows(events)?;
+        // The allowed current statuses, each once; unused slots stay NULL.
+        let mut from: [Option<&'static str>; FROM_SLOTS] = [None; FROM_SLOTS];
+        let mut n = 0;
+        for s in update.from {
+            let s = s.as_str();
+            if !from[..n].contains(&Some(s)) {
+                if n == FROM_SLOTS {
+                    return Err(StoreError::Corrupt(format!("more than {FROM_SLOTS} distinct statuses")));
+                }
+                from[n] = Some(s);
+                n += 1;
+            }
+        }
+        if n == 0 {
             return Ok(false);
         }
-        let done = sqlx::query(
-            "UPDATE commands SET status = ?, result = ?, error = ?, updated_at = ?, sent_count = sent_count + ? \
-             WHERE device_id = ? AND command_id = ? AND status = ?",
-        )
-        .bind(update.to.as_str())
-        .bind(opt_json(&update.result))
-        .bind(opt_json(&update.error))
-        .bind(update.now)
-        .bind(i64::from(update.to == CommandStatus::Sent))
-        .bind(update.device_id.as_str())
-        .bind(update.command_id)
-        .bind(current.as_str())
-        .execute(&mut *tx)
-        .await?;
-        // Cannot be 0 behind the single writer; kept so the logic holds on any backend.
-        if done.rows_affected() == 0 {
-            return Ok(false);
-        }
-        insert_events(&mut tx, &rows).await?;
-        self.commit(tx, !rows.is_empty()).await?;
-        Ok(true)
+        let to = update.to.as_str();
+        let sent = i64::from(update.to == CommandStatus::Sent);
+        let result = opt_json(&update.result);
+        let error = opt_json(&update.error);
+        let now = update.now;
+        let device = update.device_id.as_str().to_owned();
+        let command_id = update.command_id.to_owned();
+        self.transact(move |tx| {
+            // Compare-and-set in one statement: it applies only if the current status is one of
+            // `from`, and events are appended only then.
+            let changed = tx.prepare_cached(UPDATE_COMMAND_SQL)?.execute(params![
+                to, result, error, now, sent, device, command_id, from[0], from[1], from[2], from[3], from[4], from[5],
+            ])?;
+            if changed == 0 {
+                return Ok((false, false));
+            }
+            insert_events(tx, &events)?;
+            Ok((true, !events.is_empty()))
+        })
+        .await
     }
 
     async fn due_for_expiry(&self, now: i64, limit: u32) -> Result<Vec<CommandRecord>> {
-        let rows = sqlx::query(DUE_FOR_EXPIRY_SQL).bind(now).bind(self::limit(limit)).fetch_all(&self.reader).await?;
-        rows.iter().map(command_from_row).collect()
+        let limit = self::limit(limit);
+        self.read(move |conn| query_all(conn, DUE_FOR_EXPIRY_SQL, params![now, limit], command_from_row)).await
     }
 
     async fn append_events(&self, events: &[Event]) -> Result<()> {
         if events.is_empty() {
             return Ok(());
         }
-        let rows = event_rows(events)?;
-        let mut tx = self.writer.begin().await?;
-        insert_events(&mut tx, &rows).await?;
-        self.commit(tx, true).await
+        let events = event_rows(events)?;
+        self.transact(move |tx| {
+            insert_events(tx, &events)?;
+            Ok(((), true))
+        })
+        .await
     }
 
     async fn events_after(&self, after: i64, limit: u32) -> Result<Vec<LoggedEvent>> {
-        let rows = sqlx::query("SELECT seq, device_id, body FROM events WHERE seq > ? ORDER BY seq LIMIT CAST(? AS INTEGER)")
-            .bind(after)
-            .bind(self::limit(limit))
-            .fetch_all(&self.reader)
-            .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(LoggedEvent { seq: get(row, "seq")?, device_id: get(row, "device_id")?, json: get(row, "body")? })
-            })
-            .collect()
+        let limit = self::limit(limit);
+        self.read(move |conn| {
+            query_all(
+                conn,
+                "SELECT seq, device_id, body FROM events WHERE seq > ? ORDER BY seq LIMIT CAST(? AS INTEGER)",
+                params![after, limit],
+                |row| {
+                    Ok(LoggedEvent {
+                        seq: get(row, 0, "seq")?,
+                        device_id: get(row, 1, "device_id")?,
+                        json: get(row, 2, "body")?,
+                    })
+                },
+            )
+        })
+        .await
     }
 
     async fn last_event_seq(&self) -> Result<i64> {
-        Ok(sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM events").fetch_one(&self.reader).await?)
+        self.read(|conn| {
+            Ok(conn.prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM events")?.query_row([], |r| r.get(0))?)
+        })
+        .await
     }
 
     async fn sink_cursor(&self, sink: &str) -> Result<i64> {
-        let seq: Option<i64> = sqlx::query_scalar("SELECT seq FROM sink_cursors WHERE sink = ?")
-            .bind(sink)
-            .fetch_optional(&self.reader)
+        let sink = sink.to_owned();
+        let seq: Option<i64> = self
+            .read(move |conn| {
+                Ok(conn
+                    .prepare_cached("SELECT seq FROM sink_cursors WHERE sink = ?")?
+                    .query_row([&sink], |r| r.get(0))
+                    .optional()?)
+            })
             .await?;
         Ok(seq.unwrap_or(0))
     }
 
     async fn set_sink_cursor(&self, sink: &str, seq: i64) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO sink_cursors (sink, seq) VALUES (?, ?) ON CONFLICT (sink) DO UPDATE SET seq = excluded.seq",
-        )
-        .bind(sink)
-        .bind(seq)
-        .execute(&self.writer)
-        .await?;
-        Ok(())
+        let sink = sink.to_owned();
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "INSERT INTO sink_cursors (sink, seq) VALUES (?, ?) ON CONFLICT (sink) DO UPDATE SET seq = excluded.seq",
+            )?
+            .execute(params![sink, seq])?;
+            Ok(())
+        })
+        .await
     }
 
     async fn save_push_cert(&self, cert: &PushCert) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO push_certs (topic, cert_pem, key_pem, not_after, updated_at) VALUES (?, ?, ?, ?, ?) \
-             ON CONFLICT (topic) DO UPDATE SET cert_pem = excluded.cert_pem, key_pem = excluded.key_pem, \
-             not_after = excluded.not_after, updated_at = excluded.updated_at",
-        )
-        .bind(cert.topic.as_str())
-        .bind(cert.cert_pem.as_str())
-        .bind(cert.key_pem.as_str())
-        .bind(cert.not_after)
-        .bind(cert.updated_at)
-        .execute(&self.writer)
-        .await?;
-        Ok(())
+        let cert = cert.clone();
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "INSERT INTO push_certs (topic, cert_pem, key_pem, not_after, updated_at) VALUES (?, ?, ?, ?, ?) \
+                 ON CONFLICT (topic) DO UPDATE SET cert_pem = excluded.cert_pem, key_pem = excluded.key_pem, \
+                 not_after = excluded.not_after, updated_at = excluded.updated_at",
+            )?
+            .execute(params![cert.topic, cert.cert_pem, cert.key_pem, cert.not_after, cert.updated_at])?;
+            Ok(())
+        })
+        .await
     }
 
     async fn push_certs(&self) -> Result<Vec<PushCert>> {
-        let rows = sqlx::query("SELECT topic, cert_pem, key_pem, not_after, updated_at FROM push_certs ORDER BY topic")
-            .fetch_all(&self.reader)
-            .await?;
-        rows.iter().map(push_cert_from_row).collect()
+        self.read(|conn| {
+            query_all(
+                conn,
+                "SELECT topic, cert_pem, key_pem, not_after, updated_at FROM push_certs ORDER BY topic",
+                [],
+                push_cert_from_row,
+            )
+        })
+        .await
     }
 }
 
@@ -716,14 +1049,24 @@ mod tests {
 
     crate::store_suite!(harness);
 
+    /// Runs `sql` on the writer connection, outside the store's methods.
+    async fn exec(store: &SqliteStore, sql: &'static str) -> Result<()> {
+        store.write(move |conn| Ok(conn.execute_batch(sql)?)).await
+    }
+
     /// The query plan of `sql`, one `detail` line per step.
     async fn plan(store: &SqliteStore, sql: &str, binds: &[&str]) -> Vec<String> {
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}")));
-        for b in binds {
-            q = q.bind(b.to_string());
-        }
-        let rows = q.fetch_all(&store.reader).await.expect("explain");
-        let plan: Vec<String> = rows.iter().map(|r| r.try_get::<String, _>("detail").expect("detail column")).collect();
+        let sql = format!("EXPLAIN QUERY PLAN {sql}");
+        let binds: Vec<String> = binds.iter().map(|b| b.to_string()).collect();
+        let plan = store
+            .read(move |conn| {
+                let mut stmt = conn.prepare(&sql)?;
+                let rows =
+                    stmt.query_map(rusqlite::params_from_iter(binds.iter()), |r| r.get::<_, String>("detail"))?;
+                Ok(rows.collect::<rusqlite::Result<Vec<String>>>()?)
+            })
+            .await
+            .expect("explain");
         eprintln!("{plan:?}");
         plan
     }
@@ -767,7 +1110,7 @@ mod tests {
                 .expect("save");
         }
         store.enqueue(&commands, &[]).await.expect("enqueue");
-        sqlx::query("ANALYZE").execute(&store.writer).await.expect("analyze");
+        exec(&store, "ANALYZE").await.expect("analyze");
 
         let p = plan(&store, PENDING_SQL, &["apple:dev-3", "10"]).await;
         assert_searches(&p, "commands", "commands_pending");
@@ -870,32 +1213,29 @@ mod tests {
         let (store, _dir) = fresh().await;
         let id: DeviceId = "apple:BROKEN".parse().expect("id");
         store.save_enrollment(&Enrollment::new(id.clone(), 1), &[]).await.expect("save");
-        sqlx::query("UPDATE enrollments SET inventory = '{\"serial_number\": 5}'")
-            .execute(&store.writer)
-            .await
-            .expect("corrupt");
+        exec(&store, "UPDATE enrollments SET inventory = '{\"serial_number\": 5}'").await.expect("corrupt");
         match store.enrollment(&id).await {
             Err(StoreError::Corrupt(m)) => assert!(m.contains("apple:BROKEN") && m.contains("inventory"), "{m}"),
             other => panic!("expected Corrupt, got {other:?}"),
         }
-        sqlx::query("UPDATE enrollments SET inventory = '{}', device_id = 'nope'")
-            .execute(&store.writer)
-            .await
-            .expect("corrupt");
+        exec(&store, "UPDATE enrollments SET inventory = '{}', device_id = 'nope'").await.expect("corrupt");
         assert!(matches!(store.list_enrollments(None, None, 10).await, Err(StoreError::Corrupt(_))));
 
         store.enqueue(&[suite::new_command(&id, "c1", 0)], &[]).await.expect("enqueue");
-        sqlx::query("UPDATE commands SET priority = 99999999999").execute(&store.writer).await.expect("corrupt");
+        exec(&store, "UPDATE commands SET priority = 99999999999").await.expect("corrupt");
         assert!(matches!(store.pending(&id, 10).await, Err(StoreError::Corrupt(_))));
-        sqlx::query("UPDATE commands SET priority = 'high'").execute(&store.writer).await.expect("corrupt");
+        exec(&store, "UPDATE commands SET priority = 'high'").await.expect("corrupt");
         assert!(matches!(store.command("c1").await, Err(StoreError::Corrupt(_))));
     }
 
     #[tokio::test]
     async fn readers_refuse_writes() {
         let (store, _dir) = fresh().await;
-        let r = sqlx::query("INSERT INTO sink_cursors (sink, seq) VALUES ('x', 1)").execute(&store.reader).await;
-        assert!(r.is_err(), "the read pool must be query-only");
+        for _ in 0..4 {
+            let r =
+                store.read(|conn| Ok(conn.execute("INSERT INTO sink_cursors (sink, seq) VALUES ('x', 1)", [])?)).await;
+            assert!(matches!(r, Err(StoreError::Sqlite(_))), "the read connections must be query-only: {r:?}");
+        }
     }
 
     #[tokio::test]
@@ -925,5 +1265,112 @@ mod tests {
     async fn in_memory_database_works() {
         let store = SqliteStore::open("sqlite::memory:", 4).await.expect("open");
         suite::events_are_logged_in_order(&store).await;
+    }
+
+    #[tokio::test]
+    async fn closed_store_answers_closed() {
+        let (store, _dir) = fresh().await;
+        store.close().await;
+        assert!(matches!(store.ping().await, Err(StoreError::Closed)));
+        assert!(matches!(
+            store
+                .append_events(&[suite::event(
+                    "ev-x",
+                    &"apple:X".parse().expect("id"),
+                    mdm_core::EventType::DEVICE_CHECKED_IN,
+                    None
+                )])
+                .await,
+            Err(StoreError::Closed)
+        ));
+    }
+
+    #[tokio::test]
+    async fn urls_and_paths() {
+        assert!(matches!(parse_target("sqlite::memory:"), Ok(Target::Memory)));
+        assert!(matches!(parse_target("sqlite://file.db?mode=memory&cache=shared"), Ok(Target::Memory)));
+        assert!(
+            matches!(parse_target("sqlite:///var/lib/x/gateway.db"), Ok(Target::File(p)) if p == "/var/lib/x/gateway.db")
+        );
+        assert!(matches!(parse_target("sqlite:rel.db"), Ok(Target::File(p)) if p == "rel.db"));
+        assert!(matches!(parse_target("/abs/gateway.db"), Ok(Target::File(p)) if p == "/abs/gateway.db"));
+        assert!(matches!(parse_target("sqlite://x.db?mode=ro"), Err(StoreError::Url(_))));
+        assert!(matches!(parse_target("sqlite://"), Err(StoreError::Url(_))));
+    }
+
+    /// A database migrated by the earlier, sqlx-based store: sqlx's `_sqlx_migrations` table
+    /// (its DDL, its SHA-384 checksum) with 0001 applied. It must open without re-running
+    /// anything, and a changed or unknown migration must stop the store, naming it.
+    #[tokio::test]
+    async fn opens_databases_migrated_by_sqlx() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("gateway.db");
+        let path = path.to_str().expect("utf-8 path").to_owned();
+        let (version, description, sql) = MIGRATIONS[0];
+        {
+            let conn = Connection::open(&path).expect("open");
+            conn.execute_batch(MIGRATIONS_TABLE_SQL).expect("table");
+            conn.execute_batch(sql).expect("schema");
+            // As sqlx writes it: success as TRUE, execution_time in nanoseconds.
+            conn.execute(
+                "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+                 VALUES (?, ?, TRUE, ?, 1234)",
+                params![version, description, Sha384::digest(sql.as_bytes()).as_slice()],
+            )
+            .expect("bookkeeping");
+            conn.execute("INSERT INTO sink_cursors (sink, seq) VALUES ('old', 7)", []).expect("row");
+        }
+        let store = SqliteStore::open(&format!("sqlite://{path}"), 1).await.expect("open sqlx database");
+        assert_eq!(store.sink_cursor("old").await.expect("read"), 7);
+        store.close().await;
+
+        let conn = Connection::open(&path).expect("open");
+        let rows: i64 = conn.query_row("SELECT COUNT(*) FROM _sqlx_migrations", [], |r| r.get(0)).expect("count");
+        assert_eq!(rows, 1);
+        conn.execute("UPDATE _sqlx_migrations SET checksum = x'00'", []).expect("tamper");
+        match SqliteStore::open(&path, 1).await {
+            Err(StoreError::Migrate(m)) => assert!(m.contains("0001_init"), "{m}"),
+            other => panic!("expected Migrate, got {other:?}"),
+        }
+        conn.execute("UPDATE _sqlx_migrations SET checksum = ?", [Sha384::digest(sql.as_bytes()).as_slice()])
+            .expect("fix");
+        conn.execute("INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) VALUES (2, 'future', TRUE, x'00', 1)", []).expect("future");
+        assert!(matches!(SqliteStore::open(&path, 1).await, Err(StoreError::Migrate(m)) if m.contains("migration 2")));
+        conn.execute("DELETE FROM _sqlx_migrations WHERE version = 2", []).expect("undo");
+        conn.execute("UPDATE _sqlx_migrations SET success = FALSE", []).expect("dirty");
+        assert!(matches!(SqliteStore::open(&path, 1).await, Err(StoreError::Migrate(m)) if m.contains("dirty")));
+    }
+
+    /// A fresh database records its migration the way sqlx would, so the earlier store (and
+    /// sqlx tooling) accepts it.
+    #[tokio::test]
+    async fn records_migrations_as_sqlx_does() {
+        let (store, dir) = fresh().await;
+        store.close().await;
+        let conn = Connection::open(dir.path().join("gateway.db")).expect("open");
+        let (version, description, success, checksum): (i64, String, bool, Vec<u8>) = conn
+            .query_row("SELECT version, description, success, checksum FROM _sqlx_migrations", [], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })
+            .expect("row");
+        assert_eq!((version, description.as_str(), success), (1, "init", true));
+        assert_eq!(checksum, Sha384::digest(MIGRATIONS[0].2.as_bytes()).to_vec());
+        let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).expect("mode");
+        assert_eq!(mode, "wal");
+    }
+
+    #[tokio::test]
+    async fn connections_have_their_pragmas() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("gateway.db");
+        let store = SqliteStore::open_with(path.to_str().expect("path"), 2, Durability::Normal).await.expect("open");
+        let pragmas = |conn: &mut Connection| -> Result<(i64, i64, i64, i64)> {
+            let get = |p: &str| conn.query_row(&format!("PRAGMA {p}"), [], |r| r.get::<_, i64>(0));
+            Ok((get("foreign_keys")?, get("synchronous")?, get("busy_timeout")?, get("query_only")?))
+        };
+        assert_eq!(store.write(pragmas).await.expect("writer"), (1, 1, 5000, 0));
+        assert_eq!(store.read(pragmas).await.expect("reader"), (1, 1, 5000, 1));
+        let store = SqliteStore::open(path.to_str().expect("path"), 1).await.expect("open");
+        assert_eq!(store.write(pragmas).await.expect("writer").1, 2);
     }
 }
