@@ -5,8 +5,7 @@
 use openssl::{
     stack::Stack,
     x509::{
-        X509, X509ExtendedKeyUsage, X509KeyUsage, X509Ref, X509StoreContext, X509StoreContextRef,
-        X509VerifyResult,
+        X509, X509ExtendedKeyUsage, X509KeyUsage, X509Ref, X509StoreContext, X509StoreContextRef, X509VerifyResult,
         store::{X509Store, X509StoreBuilder},
         verify::{X509VerifyFlags, X509VerifyParam},
     },
@@ -90,9 +89,7 @@ fn check_usage(ctx: &X509StoreContextRef) -> Result<(), IdentityError> {
 fn eku_allows_client_auth(cert: &X509Ref) -> bool {
     match cert.extended_key_usage() {
         None => true,
-        Some(eku) => {
-            eku.intersects(X509ExtendedKeyUsage::SSL_CLIENT | X509ExtendedKeyUsage::ANYEKU)
-        }
+        Some(eku) => eku.intersects(X509ExtendedKeyUsage::SSL_CLIENT | X509ExtendedKeyUsage::ANYEKU),
     }
 }
 
@@ -108,12 +105,9 @@ fn map_verify_error(result: X509VerifyResult) -> IdentityError {
         ffi::X509_V_ERR_CERT_NOT_YET_VALID => IdentityError::NotYetValid,
         ffi::X509_V_ERR_INVALID_PURPOSE => IdentityError::NotForClientAuth,
         ffi::X509_V_ERR_CERT_SIGNATURE_FAILURE => IdentityError::BadCertificateSignature,
-        ffi::X509_V_ERR_INVALID_CA
-        | ffi::X509_V_ERR_PATH_LENGTH_EXCEEDED
-        | ffi::X509_V_ERR_KEYUSAGE_NO_CERTSIGN => IdentityError::InvalidCa,
-        code => IdentityError::ChainRejected {
-            code,
-            message: result.error_string(),
-        },
+        ffi::X509_V_ERR_INVALID_CA | ffi::X509_V_ERR_PATH_LENGTH_EXCEEDED | ffi::X509_V_ERR_KEYUSAGE_NO_CERTSIGN => {
+            IdentityError::InvalidCa
+        }
+        code => IdentityError::ChainRejected { code, message: result.error_string() },
     }
 }

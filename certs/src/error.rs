@@ -127,10 +127,7 @@ mod tests {
             IdentityError::NotForClientAuth,
             IdentityError::BadCertificateSignature,
             IdentityError::InvalidCa,
-            IdentityError::ChainRejected {
-                code: 1,
-                message: "x",
-            },
+            IdentityError::ChainRejected { code: 1, message: "x" },
             IdentityError::TimeOutOfRange,
             IdentityError::BadCertificateHeader,
             IdentityError::EmptyCertificateHeader,
@@ -140,10 +137,9 @@ mod tests {
             IdentityError::Crypto(openssl::error::ErrorStack::get()),
         ];
         let mut labels: Vec<&str> = all.iter().map(IdentityError::reason).collect();
-        assert!(labels.iter().all(|l| {
-            l.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-        }));
+        assert!(
+            labels.iter().all(|l| { l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') })
+        );
         labels.sort_unstable();
         labels.dedup();
         assert_eq!(labels.len(), all.len());

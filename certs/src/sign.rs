@@ -24,11 +24,7 @@ pub enum SignError {
 }
 
 /// Base64 of a detached PKCS#7 SignedData over `body`, including the signer certificate.
-pub fn sign_detached(
-    cert: &X509Ref,
-    key: &PKeyRef<Private>,
-    body: &[u8],
-) -> Result<String, SignError> {
+pub fn sign_detached(cert: &X509Ref, key: &PKeyRef<Private>, body: &[u8]) -> Result<String, SignError> {
     sign_detached_with_chain(cert, key, &[], body)
 }
 

@@ -34,27 +34,20 @@ pub struct SignedBy {
 /// are accepted. If the CMS also embeds content, the signature is still checked over `body`, never over
 /// the embedded copy.
 pub fn verify_mdm_signature(header_value: &str, body: &[u8]) -> Result<SignedBy, IdentityError> {
-    let der =
-        b64::decode_ignoring_whitespace(header_value).map_err(|_| IdentityError::BadBase64)?;
+    let der = b64::decode_ignoring_whitespace(header_value).map_err(|_| IdentityError::BadBase64)?;
     let p7 = Pkcs7::from_der(&der).map_err(|_| IdentityError::NotCms)?;
     let carried: Vec<X509> = match p7.signed() {
         None => return Err(IdentityError::NotSignedData),
-        Some(signed) => signed
-            .certificates()
-            .map(|certs| certs.iter().map(|c| c.to_owned()).collect())
-            .unwrap_or_default(),
+        Some(signed) => {
+            signed.certificates().map(|certs| certs.iter().map(|c| c.to_owned()).collect()).unwrap_or_default()
+        }
     };
 
     let no_extra_certs = Stack::<X509>::new()?;
-    let signers = p7
-        .signers(&no_extra_certs, Pkcs7Flags::empty())
-        .map_err(signer_error)?;
+    let signers = p7.signers(&no_extra_certs, Pkcs7Flags::empty()).map_err(signer_error)?;
     let signer = match signers.len() {
         0 => return Err(IdentityError::NoSigners),
-        1 => signers
-            .get(0)
-            .map(|c| c.to_owned())
-            .ok_or(IdentityError::NoSigners)?,
+        1 => signers.get(0).map(|c| c.to_owned()).ok_or(IdentityError::NoSigners)?,
         _ => return Err(IdentityError::MultipleSigners),
     };
 
@@ -62,32 +55,17 @@ pub fn verify_mdm_signature(header_value: &str, body: &[u8]) -> Result<SignedBy,
     // openssl's own chain check here would use the S/MIME purpose and the system clock.
     // BINARY: the body is a plist and must be hashed byte for byte, never as canonicalised text.
     let empty_store = X509StoreBuilder::new()?.build();
-    p7.verify(
-        &no_extra_certs,
-        &empty_store,
-        Some(body),
-        None,
-        Pkcs7Flags::NOVERIFY | Pkcs7Flags::BINARY,
-    )
-    .map_err(|_| IdentityError::SignatureInvalid)?;
+    p7.verify(&no_extra_certs, &empty_store, Some(body), None, Pkcs7Flags::NOVERIFY | Pkcs7Flags::BINARY)
+        .map_err(|_| IdentityError::SignatureInvalid)?;
 
-    let chain = carried
-        .into_iter()
-        .filter(|c| !same_cert(c, &signer))
-        .collect();
+    let chain = carried.into_iter().filter(|c| !same_cert(c, &signer)).collect();
     Ok(SignedBy { signer, chain })
 }
 
 fn signer_error(stack: ErrorStack) -> IdentityError {
-    let no_signers = stack
-        .errors()
-        .iter()
-        .any(|e| e.library_code() == ERR_LIB_PKCS7 && e.reason_code() == PKCS7_R_NO_SIGNERS);
-    if no_signers {
-        IdentityError::NoSigners
-    } else {
-        IdentityError::NoSignerCertificate
-    }
+    let no_signers =
+        stack.errors().iter().any(|e| e.library_code() == ERR_LIB_PKCS7 && e.reason_code() == PKCS7_R_NO_SIGNERS);
+    if no_signers { IdentityError::NoSigners } else { IdentityError::NoSignerCertificate }
 }
 
 fn same_cert(a: &X509, b: &X509) -> bool {

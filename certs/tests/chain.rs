@@ -4,8 +4,8 @@ mod common;
 
 use common::{Ca, DAY, NOW};
 use mdm_certs::{
-    IdentityError, TrustAnchors, X509, devpki::Usage, sign_detached_with_chain,
-    verify_device_certificate, verify_mdm_signature,
+    IdentityError, TrustAnchors, X509, devpki::Usage, sign_detached_with_chain, verify_device_certificate,
+    verify_mdm_signature,
 };
 use openssl::{
     asn1::Asn1Time,
@@ -50,11 +50,7 @@ fn server_auth_only_leaf_is_not_for_client_auth() {
 #[test]
 fn any_eku_mixed_eku_and_no_eku_pass() {
     let ca = Ca::root("Test CA");
-    for usage in [
-        Usage::AnyExtendedKeyUsage,
-        Usage::ClientAndServerAuth,
-        Usage::Unrestricted,
-    ] {
+    for usage in [Usage::AnyExtendedKeyUsage, Usage::ClientAndServerAuth, Usage::Unrestricted] {
         let (cert, _) = ca.leaf_with_usage("device-1", usage);
         check(&cert, &[], &ca.anchors()).unwrap_or_else(|e| panic!("{usage:?}: {e:?}"));
     }
@@ -79,13 +75,7 @@ fn same_name_different_key_ca_is_untrusted() {
     let impostor = Ca::root("Test CA");
     let (cert, _) = impostor.device("device-1");
     let err = check(&cert, &[], &ours.anchors()).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            IdentityError::UntrustedIssuer | IdentityError::BadCertificateSignature
-        ),
-        "{err:?}"
-    );
+    assert!(matches!(err, IdentityError::UntrustedIssuer | IdentityError::BadCertificateSignature), "{err:?}");
 }
 
 #[test]
@@ -120,10 +110,7 @@ fn time_is_the_injected_now_not_the_clock() {
     let ca_key = mdm_certs::devpki::generate_key().unwrap();
     let then = 1_000_000_000;
     let ca_cert = mdm_certs::devpki::create_ca(&ca_key, "Old CA", then, 30, &[1]).unwrap();
-    let ca = Ca {
-        cert: ca_cert,
-        key: ca_key,
-    };
+    let ca = Ca { cert: ca_cert, key: ca_key };
     let (cert, _) = ca.device_valid("device-1", then, then + DAY);
     verify_device_certificate(&cert, &[], &ca.anchors(), then + 60).unwrap();
     let err = verify_device_certificate(&cert, &[], &ca.anchors(), then + 2 * DAY).unwrap_err();
@@ -133,12 +120,8 @@ fn time_is_the_injected_now_not_the_clock() {
 #[test]
 fn expired_ca_is_expired() {
     let ca_key = mdm_certs::devpki::generate_key().unwrap();
-    let ca_cert =
-        mdm_certs::devpki::create_ca(&ca_key, "Short CA", NOW - 10 * DAY, 5, &[1]).unwrap();
-    let ca = Ca {
-        cert: ca_cert,
-        key: ca_key,
-    };
+    let ca_cert = mdm_certs::devpki::create_ca(&ca_key, "Short CA", NOW - 10 * DAY, 5, &[1]).unwrap();
+    let ca = Ca { cert: ca_cert, key: ca_key };
     let (cert, _) = ca.device("device-1");
     let err = check(&cert, &[], &ca.anchors()).unwrap_err();
     assert!(matches!(err, IdentityError::Expired), "{err:?}");
@@ -150,8 +133,7 @@ fn chain_through_intermediate_carried_in_the_cms_passes() {
     let issuing = root.intermediate("Test Issuing CA");
     let (cert, key) = issuing.device("device-1");
     let body = include_bytes!("data/authenticate.plist");
-    let header =
-        sign_detached_with_chain(&cert, &key, std::slice::from_ref(&issuing.cert), body).unwrap();
+    let header = sign_detached_with_chain(&cert, &key, std::slice::from_ref(&issuing.cert), body).unwrap();
     let signed = verify_mdm_signature(&header, body).unwrap();
     verify_device_certificate(&signed.signer, &signed.chain, &root.anchors(), NOW).unwrap();
     // Without the intermediate the root alone cannot reach the leaf.
@@ -181,10 +163,7 @@ fn leaf_used_as_issuer_is_invalid_ca() {
     // A device certificate (CA:false) cannot issue another device certificate.
     let root = Ca::root("Test Root");
     let (fake_ca_cert, fake_ca_key) = root.device("pretend-ca");
-    let fake = Ca {
-        cert: fake_ca_cert,
-        key: fake_ca_key,
-    };
+    let fake = Ca { cert: fake_ca_cert, key: fake_ca_key };
     let (cert, _) = fake.device("device-1");
     let err = check(&cert, std::slice::from_ref(&fake.cert), &root.anchors()).unwrap_err();
     assert!(matches!(err, IdentityError::InvalidCa), "{err:?}");
@@ -202,17 +181,14 @@ fn custom(issuer: &Ca, cn: &str, ca: bool, eku: Option<ExtendedKeyUsage>, ku: Ke
     let key = mdm_certs::devpki::generate_key().unwrap();
     let mut b = X509Builder::new().unwrap();
     b.set_version(2).unwrap();
-    b.set_serial_number(&BigNum::from_u32(99).unwrap().to_asn1_integer().unwrap())
-        .unwrap();
+    b.set_serial_number(&BigNum::from_u32(99).unwrap().to_asn1_integer().unwrap()).unwrap();
     let mut name = openssl::x509::X509Name::builder().unwrap();
     name.append_entry_by_text("CN", cn).unwrap();
     b.set_subject_name(&name.build()).unwrap();
     b.set_issuer_name(issuer.cert.subject_name()).unwrap();
     b.set_pubkey(&key).unwrap();
-    b.set_not_before(&Asn1Time::from_unix(NOW - DAY).unwrap())
-        .unwrap();
-    b.set_not_after(&Asn1Time::from_unix(NOW + DAY).unwrap())
-        .unwrap();
+    b.set_not_before(&Asn1Time::from_unix(NOW - DAY).unwrap()).unwrap();
+    b.set_not_after(&Asn1Time::from_unix(NOW + DAY).unwrap()).unwrap();
     let mut bc = BasicConstraints::new();
     bc.critical();
     if ca {
@@ -223,16 +199,10 @@ fn custom(issuer: &Ca, cn: &str, ca: bool, eku: Option<ExtendedKeyUsage>, ku: Ke
     if let Some(eku) = eku {
         b.append_extension(eku.build().unwrap()).unwrap();
     }
-    let aki = AuthorityKeyIdentifier::new()
-        .keyid(true)
-        .build(&b.x509v3_context(Some(&issuer.cert), None))
-        .unwrap();
+    let aki = AuthorityKeyIdentifier::new().keyid(true).build(&b.x509v3_context(Some(&issuer.cert), None)).unwrap();
     b.append_extension(aki).unwrap();
     b.sign(&issuer.key, MessageDigest::sha256()).unwrap();
-    Ca {
-        cert: b.build(),
-        key,
-    }
+    Ca { cert: b.build(), key }
 }
 
 #[test]

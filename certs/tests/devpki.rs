@@ -14,8 +14,8 @@ use openssl::{
     nid::Nid,
     stack::Stack,
     x509::{
-        X509ExtendedKeyUsage, X509KeyUsage, X509PurposeId, X509StoreContext,
-        store::X509StoreBuilder, verify::X509VerifyParam,
+        X509ExtendedKeyUsage, X509KeyUsage, X509PurposeId, X509StoreContext, store::X509StoreBuilder,
+        verify::X509VerifyParam,
     },
 };
 
@@ -32,12 +32,7 @@ fn server_names() -> Vec<SubjectAltName> {
 }
 
 /// What `openssl verify -purpose sslserver -verify_hostname/-verify_ip -attime` does, through the API.
-fn verify_server(
-    ca: &X509,
-    cert: &X509,
-    host: Option<&str>,
-    ip: Option<IpAddr>,
-) -> Result<(), String> {
+fn verify_server(ca: &X509, cert: &X509, host: Option<&str>, ip: Option<IpAddr>) -> Result<(), String> {
     let mut store = X509StoreBuilder::new().unwrap();
     store.add_cert(ca.clone()).unwrap();
     let mut param = X509VerifyParam::new().unwrap();
@@ -53,11 +48,7 @@ fn verify_server(
     let store = store.build();
     let mut ctx = X509StoreContext::new().unwrap();
     ctx.init(&store, cert, &Stack::new().unwrap(), |c| {
-        Ok(if c.verify_cert()? {
-            Ok(())
-        } else {
-            Err(c.error().error_string().to_string())
-        })
+        Ok(if c.verify_cert()? { Ok(()) } else { Err(c.error().error_string().to_string()) })
     })
     .unwrap()
 }
@@ -68,24 +59,14 @@ fn ca_is_a_self_signed_ca_with_the_requested_validity() {
     let ca = devpki::create_ca(&key, "Gateway Dev CA", NOW, 3650, &[0x42, 0x01]).unwrap();
     assert!(ca.verify(&key).unwrap(), "self-signature");
     assert_eq!(ca.issued(&ca), openssl::x509::X509VerifyResult::OK);
-    assert_eq!(
-        ca.key_usage(),
-        Some(X509KeyUsage::KEY_CERT_SIGN | X509KeyUsage::CRL_SIGN)
-    );
+    assert_eq!(ca.key_usage(), Some(X509KeyUsage::KEY_CERT_SIGN | X509KeyUsage::CRL_SIGN));
     assert!(ca.subject_key_id().is_some());
     assert_eq!(ca.extended_key_usage(), None);
     assert_eq!(ca.version(), 2);
     assert!(same_time(ca.not_before(), NOW - BACKDATE_SECONDS));
     assert!(same_time(ca.not_after(), NOW + 3650 * DAY));
-    assert_eq!(
-        ca.serial_number().to_bn().unwrap().to_vec(),
-        vec![0x42, 0x01]
-    );
-    let cn = ca
-        .subject_name()
-        .entries_by_nid(Nid::COMMONNAME)
-        .next()
-        .unwrap();
+    assert_eq!(ca.serial_number().to_bn().unwrap().to_vec(), vec![0x42, 0x01]);
+    let cn = ca.subject_name().entries_by_nid(Nid::COMMONNAME).next().unwrap();
     assert_eq!(cn.data().to_string().unwrap(), "Gateway Dev CA");
 }
 
@@ -96,23 +77,9 @@ fn ca_extensions_as_openssl_prints_them() {
     let key = devpki::generate_key().unwrap();
     let ca = devpki::create_ca(&key, "Gateway Dev CA", NOW, 3650, &[1]).unwrap();
     write(dir.path(), "ca.pem", devpki::to_pem(&ca));
-    let text = run_openssl(
-        cli,
-        dir.path(),
-        &[
-            "x509",
-            "-in",
-            "ca.pem",
-            "-noout",
-            "-ext",
-            "basicConstraints,keyUsage",
-        ],
-    );
+    let text = run_openssl(cli, dir.path(), &["x509", "-in", "ca.pem", "-noout", "-ext", "basicConstraints,keyUsage"]);
     let text = String::from_utf8(text).unwrap();
-    assert!(
-        text.contains("X509v3 Basic Constraints: critical"),
-        "{text}"
-    );
+    assert!(text.contains("X509v3 Basic Constraints: critical"), "{text}");
     assert!(text.contains("CA:TRUE"), "{text}");
     assert!(text.contains("X509v3 Key Usage: critical"), "{text}");
     assert!(text.contains("Certificate Sign, CRL Sign"), "{text}");
@@ -122,18 +89,10 @@ fn ca_extensions_as_openssl_prints_them() {
 fn server_certificate_verifies_for_its_names_only() {
     let ca = Ca::root("Gateway Dev CA");
     let key = devpki::generate_key().unwrap();
-    let cert =
-        devpki::issue_server_certificate(&ca.cert, &ca.key, &key, &server_names(), NOW, 825, &[3])
-            .unwrap();
-    assert_eq!(
-        cert.extended_key_usage(),
-        Some(X509ExtendedKeyUsage::SSL_SERVER)
-    );
+    let cert = devpki::issue_server_certificate(&ca.cert, &ca.key, &key, &server_names(), NOW, 825, &[3]).unwrap();
+    assert_eq!(cert.extended_key_usage(), Some(X509ExtendedKeyUsage::SSL_SERVER));
     assert_eq!(cert.key_usage(), Some(X509KeyUsage::DIGITAL_SIGNATURE));
-    assert_eq!(
-        cert.authority_key_id().unwrap().as_slice(),
-        ca.cert.subject_key_id().unwrap().as_slice()
-    );
+    assert_eq!(cert.authority_key_id().unwrap().as_slice(), ca.cert.subject_key_id().unwrap().as_slice());
     verify_server(&ca.cert, &cert, Some("mdm.example.test"), None).unwrap();
     verify_server(&ca.cert, &cert, None, Some("127.0.0.1".parse().unwrap())).unwrap();
     verify_server(&ca.cert, &cert, None, Some("::1".parse().unwrap())).unwrap();
@@ -148,13 +107,8 @@ fn server_certificate_verifies_for_its_names_only() {
 fn rsa_server_certificate_has_key_encipherment() {
     let ca = Ca::root("Gateway Dev CA");
     let key = devpki::generate_rsa_key(2048).unwrap();
-    let cert =
-        devpki::issue_server_certificate(&ca.cert, &ca.key, &key, &server_names(), NOW, 825, &[3])
-            .unwrap();
-    assert_eq!(
-        cert.key_usage(),
-        Some(X509KeyUsage::DIGITAL_SIGNATURE | X509KeyUsage::KEY_ENCIPHERMENT)
-    );
+    let cert = devpki::issue_server_certificate(&ca.cert, &ca.key, &key, &server_names(), NOW, 825, &[3]).unwrap();
+    assert_eq!(cert.key_usage(), Some(X509KeyUsage::DIGITAL_SIGNATURE | X509KeyUsage::KEY_ENCIPHERMENT));
     verify_server(&ca.cert, &cert, Some("mdm.example.test"), None).unwrap();
 }
 
@@ -164,8 +118,7 @@ fn server_certificate_with_a_long_name_has_no_cn_but_verifies() {
     let key = devpki::generate_key().unwrap();
     let long = format!("{}.example.test", "a".repeat(60));
     let names = [SubjectAltName::Dns(long.clone())];
-    let cert =
-        devpki::issue_server_certificate(&ca.cert, &ca.key, &key, &names, NOW, 30, &[3]).unwrap();
+    let cert = devpki::issue_server_certificate(&ca.cert, &ca.key, &key, &names, NOW, 30, &[3]).unwrap();
     assert_eq!(cert.subject_name().entries().count(), 0);
     verify_server(&ca.cert, &cert, Some(&long), None).unwrap();
 }
@@ -176,33 +129,16 @@ fn dev_ca_and_server_certificate_pass_openssl_verify() {
     let dir = tempfile::tempdir().unwrap();
     let ca = Ca::root("Gateway Dev CA");
     let key = devpki::generate_key().unwrap();
-    let cert =
-        devpki::issue_server_certificate(&ca.cert, &ca.key, &key, &server_names(), NOW, 825, &[3])
-            .unwrap();
+    let cert = devpki::issue_server_certificate(&ca.cert, &ca.key, &key, &server_names(), NOW, 825, &[3]).unwrap();
     let (device, _) = ca.device("device-1");
     write(dir.path(), "ca.pem", devpki::to_pem(&ca.cert));
     write(dir.path(), "server.pem", devpki::to_pem(&cert));
     write(dir.path(), "device.pem", devpki::to_pem(&device));
     let at = NOW.to_string();
-    let common = [
-        "verify",
-        "-x509_strict",
-        "-attime",
-        at.as_str(),
-        "-CAfile",
-        "ca.pem",
-    ];
-    let with = |extra: &[&'static str]| -> Vec<String> {
-        common.iter().chain(extra).map(|s| s.to_string()).collect()
-    };
+    let common = ["verify", "-x509_strict", "-attime", at.as_str(), "-CAfile", "ca.pem"];
+    let with = |extra: &[&'static str]| -> Vec<String> { common.iter().chain(extra).map(|s| s.to_string()).collect() };
     for args in [
-        with(&[
-            "-purpose",
-            "sslserver",
-            "-verify_hostname",
-            "mdm.example.test",
-            "server.pem",
-        ]),
+        with(&["-purpose", "sslserver", "-verify_hostname", "mdm.example.test", "server.pem"]),
         with(&["-purpose", "sslserver", "-verify_ip", "::1", "server.pem"]),
         with(&["-purpose", "sslclient", "device.pem"]),
     ] {
@@ -213,13 +149,7 @@ fn dev_ca_and_server_certificate_pass_openssl_verify() {
     // And it is not a yes-machine: the wrong host name fails.
     let out = std::process::Command::new(cli)
         .current_dir(dir.path())
-        .args(with(&[
-            "-purpose",
-            "sslserver",
-            "-verify_hostname",
-            "other.test",
-            "server.pem",
-        ]))
+        .args(with(&["-purpose", "sslserver", "-verify_hostname", "other.test", "server.pem"]))
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -229,33 +159,19 @@ fn dev_ca_and_server_certificate_pass_openssl_verify() {
 fn device_certificate_profile() {
     let ca = Ca::root("Gateway Dev CA");
     let ec = devpki::generate_key().unwrap();
-    let cert =
-        devpki::issue_device_certificate(&ca.cert, &ca.key, &ec, "UDID-1", NOW - 5, NOW + 5, &[9])
-            .unwrap();
-    assert_eq!(
-        cert.extended_key_usage(),
-        Some(X509ExtendedKeyUsage::SSL_CLIENT)
-    );
+    let cert = devpki::issue_device_certificate(&ca.cert, &ca.key, &ec, "UDID-1", NOW - 5, NOW + 5, &[9]).unwrap();
+    assert_eq!(cert.extended_key_usage(), Some(X509ExtendedKeyUsage::SSL_CLIENT));
     assert_eq!(cert.key_usage(), Some(X509KeyUsage::DIGITAL_SIGNATURE));
     assert!(same_time(cert.not_before(), NOW - 5));
     assert!(same_time(cert.not_after(), NOW + 5));
     assert!(cert.public_key().unwrap().public_eq(&ec));
     assert_eq!(ca.cert.issued(&cert), openssl::x509::X509VerifyResult::OK);
-    let cn = cert
-        .subject_name()
-        .entries_by_nid(Nid::COMMONNAME)
-        .next()
-        .unwrap();
+    let cn = cert.subject_name().entries_by_nid(Nid::COMMONNAME).next().unwrap();
     assert_eq!(cn.data().to_string().unwrap(), "UDID-1");
 
     let rsa = devpki::generate_rsa_key(2048).unwrap();
-    let cert =
-        devpki::issue_device_certificate(&ca.cert, &ca.key, &rsa, "UDID-2", NOW - 5, NOW + 5, &[9])
-            .unwrap();
-    assert_eq!(
-        cert.key_usage(),
-        Some(X509KeyUsage::DIGITAL_SIGNATURE | X509KeyUsage::KEY_ENCIPHERMENT)
-    );
+    let cert = devpki::issue_device_certificate(&ca.cert, &ca.key, &rsa, "UDID-2", NOW - 5, NOW + 5, &[9]).unwrap();
+    assert_eq!(cert.key_usage(), Some(X509KeyUsage::DIGITAL_SIGNATURE | X509KeyUsage::KEY_ENCIPHERMENT));
     mdm_certs::verify_device_certificate(&cert, &[], &ca.anchors(), NOW).unwrap();
 }
 
@@ -279,26 +195,15 @@ fn pem_round_trips() {
     let key = devpki::parse_private_key_pem(key_pem.as_bytes()).unwrap();
     assert!(key.public_eq(&ca.key));
 
-    assert!(matches!(
-        devpki::parse_certificate_pem(b"nope"),
-        Err(DevPkiError::BadPem(_))
-    ));
-    assert!(matches!(
-        devpki::parse_private_key_pem(pem.as_bytes()),
-        Err(DevPkiError::BadPem(_))
-    ));
+    assert!(matches!(devpki::parse_certificate_pem(b"nope"), Err(DevPkiError::BadPem(_))));
+    assert!(matches!(devpki::parse_private_key_pem(pem.as_bytes()), Err(DevPkiError::BadPem(_))));
 }
 
 #[test]
 fn trust_anchor_bundle_parsing() {
     let a = Ca::root("CA A");
     let b = Ca::root("CA B");
-    let bundle = format!(
-        "{}{}{}",
-        devpki::to_pem(&a.cert),
-        devpki::key_to_pem(&a.key),
-        devpki::to_pem(&b.cert)
-    );
+    let bundle = format!("{}{}{}", devpki::to_pem(&a.cert), devpki::key_to_pem(&a.key), devpki::to_pem(&b.cert));
     let roots = TrustAnchors::from_pem_bundle(bundle.as_bytes()).unwrap();
     assert_eq!(roots.len(), 2);
     assert_eq!(roots[1].to_der().unwrap(), b.cert.to_der().unwrap());
@@ -317,10 +222,7 @@ fn serial_numbers_are_checked() {
     twenty[0] = 0x80;
     for bad in [&[][..], &[0, 0][..], &[1; 21][..], &twenty[..]] {
         let err = devpki::create_ca(&key, "CA", NOW, 1, bad).unwrap_err();
-        assert!(
-            matches!(err, DevPkiError::InvalidSerial),
-            "{bad:?}: {err:?}"
-        );
+        assert!(matches!(err, DevPkiError::InvalidSerial), "{bad:?}: {err:?}");
     }
 }
 
@@ -329,29 +231,19 @@ fn caller_mistakes_have_precise_errors() {
     let ca = Ca::root("CA");
     let key = devpki::generate_key().unwrap();
     let other = devpki::generate_key().unwrap();
-    let err =
-        devpki::issue_device_certificate(&ca.cert, &ca.key, &key, "d", NOW, NOW, &[1]).unwrap_err();
+    let err = devpki::issue_device_certificate(&ca.cert, &ca.key, &key, "d", NOW, NOW, &[1]).unwrap_err();
     assert!(matches!(err, DevPkiError::InvalidValidity), "{err:?}");
-    let err = devpki::issue_device_certificate(&ca.cert, &other, &key, "d", NOW, NOW + 1, &[1])
-        .unwrap_err();
+    let err = devpki::issue_device_certificate(&ca.cert, &other, &key, "d", NOW, NOW + 1, &[1]).unwrap_err();
     assert!(matches!(err, DevPkiError::KeyMismatch), "{err:?}");
     for cn in ["", &"x".repeat(65)] {
-        let err = devpki::issue_device_certificate(&ca.cert, &ca.key, &key, cn, NOW, NOW + 1, &[1])
-            .unwrap_err();
-        assert!(
-            matches!(err, DevPkiError::InvalidCommonName),
-            "{cn:?}: {err:?}"
-        );
+        let err = devpki::issue_device_certificate(&ca.cert, &ca.key, &key, cn, NOW, NOW + 1, &[1]).unwrap_err();
+        assert!(matches!(err, DevPkiError::InvalidCommonName), "{cn:?}: {err:?}");
     }
-    let err =
-        devpki::issue_server_certificate(&ca.cert, &ca.key, &key, &[], NOW, 1, &[1]).unwrap_err();
+    let err = devpki::issue_server_certificate(&ca.cert, &ca.key, &key, &[], NOW, 1, &[1]).unwrap_err();
     assert!(matches!(err, DevPkiError::NoNames), "{err:?}");
     for bits in [1024, 2047, 16384] {
         let err = devpki::generate_rsa_key(bits).unwrap_err();
-        assert!(
-            matches!(err, DevPkiError::RsaKeySize { .. }),
-            "{bits}: {err:?}"
-        );
+        assert!(matches!(err, DevPkiError::RsaKeySize { .. }), "{bits}: {err:?}");
     }
     let err = devpki::create_ca(&key, "CA", i64::MAX - 10, 1, &[1]).unwrap_err();
     assert!(matches!(err, DevPkiError::TimeOutOfRange), "{err:?}");

@@ -15,10 +15,7 @@ fn der(cert: &X509) -> Vec<u8> {
 }
 
 fn sf_binary(bytes: &[u8]) -> String {
-    format!(
-        ":{}:",
-        base64::engine::general_purpose::STANDARD.encode(bytes)
-    )
+    format!(":{}:", base64::engine::general_purpose::STANDARD.encode(bytes))
 }
 
 #[test]
@@ -32,11 +29,7 @@ fn rfc9440_client_cert_parses_the_same_certificate() {
 fn rfc9440_tolerates_surrounding_space_parameters_and_missing_padding() {
     let (cert, _) = Ca::root("Test CA").device("device-1");
     let b64 = base64::engine::general_purpose::STANDARD_NO_PAD.encode(der(&cert));
-    for value in [
-        format!("  :{b64}: "),
-        format!(":{b64}:;a=1;b"),
-        format!("\t:{b64}:"),
-    ] {
+    for value in [format!("  :{b64}: "), format!(":{b64}:;a=1;b"), format!("\t:{b64}:")] {
         let parsed = parse_client_cert(&value).unwrap_or_else(|e| panic!("{value:?}: {e:?}"));
         assert_eq!(der(&parsed), der(&cert));
     }
@@ -57,10 +50,7 @@ fn rfc9440_malformed_values_are_refused() {
     ];
     for value in cases {
         let err = parse_client_cert(&value).unwrap_err();
-        assert!(
-            matches!(err, IdentityError::BadCertificateHeader),
-            "{value:?}: {err:?}"
-        );
+        assert!(matches!(err, IdentityError::BadCertificateHeader), "{value:?}: {err:?}");
         assert_eq!(err.reason(), "bad_certificate_header");
     }
 }
@@ -82,29 +72,19 @@ fn rfc9440_bytes_that_are_not_one_certificate_are_refused() {
 fn rfc9440_empty_is_empty() {
     for value in ["", "  ", "::"] {
         let err = parse_client_cert(value).unwrap_err();
-        assert!(
-            matches!(err, IdentityError::EmptyCertificateHeader),
-            "{value:?}: {err:?}"
-        );
+        assert!(matches!(err, IdentityError::EmptyCertificateHeader), "{value:?}: {err:?}");
     }
 }
 
 /// What nginx's ngx_escape_uri(NGX_ESCAPE_URI_COMPONENT) leaves alone: unreserved characters.
-const NGINX_COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~');
+const NGINX_COMPONENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
 
 #[test]
 fn nginx_escaped_pem_parses_the_same_certificate() {
     let (cert, _) = Ca::root("Test CA").device("device-1");
     let pem = String::from_utf8(cert.to_pem().unwrap()).unwrap();
     let escaped = utf8_percent_encode(&pem, NGINX_COMPONENT).to_string();
-    assert!(
-        escaped.starts_with("-----BEGIN%20CERTIFICATE-----%0A"),
-        "{escaped}"
-    );
+    assert!(escaped.starts_with("-----BEGIN%20CERTIFICATE-----%0A"), "{escaped}");
     let parsed = parse_nginx_escaped_pem(&escaped).unwrap();
     assert_eq!(der(&parsed), der(&cert));
     // Proxies that escape less (only newlines and spaces) are read the same way.
@@ -115,10 +95,7 @@ fn nginx_escaped_pem_parses_the_same_certificate() {
 #[test]
 fn nginx_bad_values_are_refused() {
     let err = parse_nginx_escaped_pem("").unwrap_err();
-    assert!(
-        matches!(err, IdentityError::EmptyCertificateHeader),
-        "{err:?}"
-    );
+    assert!(matches!(err, IdentityError::EmptyCertificateHeader), "{err:?}");
     let err = parse_nginx_escaped_pem("not%20a%20certificate").unwrap_err();
     assert!(matches!(err, IdentityError::BadPem), "{err:?}");
     let truncated = "-----BEGIN%20CERTIFICATE-----%0AMIIB%0A-----END%20CERTIFICATE-----%0A";
@@ -132,11 +109,7 @@ fn nginx_two_certificates_are_refused() {
     let (cert, _) = ca.device("device-1");
     let mut pem = cert.to_pem().unwrap();
     pem.extend_from_slice(&ca.cert.to_pem().unwrap());
-    let escaped =
-        utf8_percent_encode(std::str::from_utf8(&pem).unwrap(), NGINX_COMPONENT).to_string();
+    let escaped = utf8_percent_encode(std::str::from_utf8(&pem).unwrap(), NGINX_COMPONENT).to_string();
     let err = parse_nginx_escaped_pem(&escaped).unwrap_err();
-    assert!(
-        matches!(err, IdentityError::BadCertificateHeader),
-        "{err:?}"
-    );
+    assert!(matches!(err, IdentityError::BadCertificateHeader), "{err:?}");
 }

@@ -54,15 +54,8 @@ fn binary_body_is_not_canonicalised() {
     let header = sign_detached(&cert, &key, BINARY_BODY).unwrap();
     verify_mdm_signature(&header, BINARY_BODY).unwrap();
     // Same bytes with CR LF turned into LF (what text-mode canonicalisation would blur) must fail.
-    let lf: Vec<u8> = BINARY_BODY
-        .iter()
-        .copied()
-        .filter(|b| *b != b'\r')
-        .collect();
-    assert!(matches!(
-        verify_mdm_signature(&header, &lf),
-        Err(IdentityError::SignatureInvalid)
-    ));
+    let lf: Vec<u8> = BINARY_BODY.iter().copied().filter(|b| *b != b'\r').collect();
+    assert!(matches!(verify_mdm_signature(&header, &lf), Err(IdentityError::SignatureInvalid)));
 }
 
 #[test]
@@ -76,10 +69,7 @@ fn signature_over_other_bytes_is_invalid() {
     let err = verify_mdm_signature(&header, &tampered).unwrap_err();
     assert!(matches!(err, IdentityError::SignatureInvalid), "{err:?}");
     assert_eq!(err.reason(), "signature_invalid");
-    assert!(matches!(
-        verify_mdm_signature(&header, b""),
-        Err(IdentityError::SignatureInvalid)
-    ));
+    assert!(matches!(verify_mdm_signature(&header, b""), Err(IdentityError::SignatureInvalid)));
 }
 
 #[test]
@@ -87,12 +77,8 @@ fn header_with_line_breaks_and_spaces_verifies() {
     let ca = Ca::root("Test CA");
     let (cert, key) = ca.device("device-1");
     let header = sign_detached(&cert, &key, BODY).unwrap();
-    let wrapped: String = header
-        .as_bytes()
-        .chunks(64)
-        .map(|c| std::str::from_utf8(c).unwrap())
-        .collect::<Vec<_>>()
-        .join("\r\n ");
+    let wrapped: String =
+        header.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).unwrap()).collect::<Vec<_>>().join("\r\n ");
     assert!(wrapped.contains('\n'));
     verify_mdm_signature(&format!(" {wrapped}\n"), BODY).unwrap();
     // Missing padding is tolerated too.
@@ -114,10 +100,7 @@ fn base64_of_non_cms_is_not_cms() {
     let ca = Ca::root("Test CA");
     let err = verify_mdm_signature(&b64(&ca.cert.to_der().unwrap()), BODY).unwrap_err();
     assert!(matches!(err, IdentityError::NotCms), "{err:?}");
-    assert!(matches!(
-        verify_mdm_signature("", BODY),
-        Err(IdentityError::NotCms)
-    ));
+    assert!(matches!(verify_mdm_signature("", BODY), Err(IdentityError::NotCms)));
 }
 
 #[test]
@@ -157,14 +140,7 @@ fn signed_attributes_are_checked_against_the_body() {
 fn embedded_content_does_not_replace_the_body() {
     let ca = Ca::root("Test CA");
     let (cert, key) = ca.device("device-1");
-    let p7 = Pkcs7::sign(
-        &cert,
-        &key,
-        &Stack::new().unwrap(),
-        BODY,
-        Pkcs7Flags::BINARY,
-    )
-    .unwrap();
+    let p7 = Pkcs7::sign(&cert, &key, &Stack::new().unwrap(), BODY, Pkcs7Flags::BINARY).unwrap();
     let header = b64(&p7.to_der().unwrap());
     verify_mdm_signature(&header, BODY).unwrap();
     let err = verify_mdm_signature(&header, b"a different body").unwrap_err();
@@ -176,15 +152,11 @@ fn intermediates_are_returned_as_chain_not_as_signer() {
     let root = Ca::root("Test Root");
     let issuing = root.intermediate("Test Issuing CA");
     let (cert, key) = issuing.device("device-1");
-    let header =
-        sign_detached_with_chain(&cert, &key, std::slice::from_ref(&issuing.cert), BODY).unwrap();
+    let header = sign_detached_with_chain(&cert, &key, std::slice::from_ref(&issuing.cert), BODY).unwrap();
     let signed = verify_mdm_signature(&header, BODY).unwrap();
     assert_eq!(signed.signer.to_der().unwrap(), cert.to_der().unwrap());
     assert_eq!(signed.chain.len(), 1);
-    assert_eq!(
-        signed.chain[0].to_der().unwrap(),
-        issuing.cert.to_der().unwrap()
-    );
+    assert_eq!(signed.chain[0].to_der().unwrap(), issuing.cert.to_der().unwrap());
 }
 
 #[test]
@@ -203,31 +175,20 @@ fn verifies_signature_made_by_openssl_cms_cli() {
     let ca = Ca::root("Test CA");
     let (cert, key) = ca.device("device-1");
     write(dir.path(), "cert.pem", cert.to_pem().unwrap());
-    write(
-        dir.path(),
-        "key.pem",
-        key.private_key_to_pem_pkcs8().unwrap(),
-    );
+    write(dir.path(), "key.pem", key.private_key_to_pem_pkcs8().unwrap());
     write(dir.path(), "body.bin", BINARY_BODY);
     for tool in ["cms", "smime"] {
         let der = run_openssl(
             cli,
             dir.path(),
             &[
-                tool, "-sign", "-binary", "-outform", "DER", "-in", "body.bin", "-signer",
-                "cert.pem", "-inkey", "key.pem",
+                tool, "-sign", "-binary", "-outform", "DER", "-in", "body.bin", "-signer", "cert.pem", "-inkey",
+                "key.pem",
             ],
         );
         let signed = verify_mdm_signature(&b64(&der), BINARY_BODY).unwrap();
-        assert_eq!(
-            signed.signer.to_der().unwrap(),
-            cert.to_der().unwrap(),
-            "{tool}"
-        );
-        assert!(matches!(
-            verify_mdm_signature(&b64(&der), BODY),
-            Err(IdentityError::SignatureInvalid)
-        ));
+        assert_eq!(signed.signer.to_der().unwrap(), cert.to_der().unwrap(), "{tool}");
+        assert!(matches!(verify_mdm_signature(&b64(&der), BODY), Err(IdentityError::SignatureInvalid)));
     }
 }
 
@@ -239,17 +200,9 @@ fn two_signers_are_refused() {
     let (a, a_key) = ca.device("device-a");
     let (b, b_key) = ca.device("device-b");
     write(dir.path(), "a.pem", a.to_pem().unwrap());
-    write(
-        dir.path(),
-        "a.key",
-        a_key.private_key_to_pem_pkcs8().unwrap(),
-    );
+    write(dir.path(), "a.key", a_key.private_key_to_pem_pkcs8().unwrap());
     write(dir.path(), "b.pem", b.to_pem().unwrap());
-    write(
-        dir.path(),
-        "b.key",
-        b_key.private_key_to_pem_pkcs8().unwrap(),
-    );
+    write(dir.path(), "b.key", b_key.private_key_to_pem_pkcs8().unwrap());
     write(dir.path(), "body.plist", BODY);
     let der = run_openssl(
         cli,
@@ -283,18 +236,7 @@ fn signed_data_without_signers_is_no_signers() {
     let ca = Ca::root("Test CA");
     write(dir.path(), "ca.pem", ca.cert.to_pem().unwrap());
     // crl2pkcs7 makes a "certs-only" SignedData: certificates, no SignerInfo.
-    let der = run_openssl(
-        cli,
-        dir.path(),
-        &[
-            "crl2pkcs7",
-            "-nocrl",
-            "-certfile",
-            "ca.pem",
-            "-outform",
-            "DER",
-        ],
-    );
+    let der = run_openssl(cli, dir.path(), &["crl2pkcs7", "-nocrl", "-certfile", "ca.pem", "-outform", "DER"]);
     let err = verify_mdm_signature(&b64(&der), BODY).unwrap_err();
     assert!(matches!(err, IdentityError::NoSigners), "{err:?}");
 }

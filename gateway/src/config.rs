@@ -338,10 +338,8 @@ impl Config {
 
     /// Checks values serde cannot: URLs, files that must exist, ranges.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let uri: http::Uri = self
-            .public_url
-            .parse()
-            .map_err(|e| ConfigError::new("public_url", format!("not a URL: {e}")))?;
+        let uri: http::Uri =
+            self.public_url.parse().map_err(|e| ConfigError::new("public_url", format!("not a URL: {e}")))?;
         if uri.scheme_str() != Some("https") || uri.host().is_none() {
             return Err(ConfigError::new("public_url", "must be an https:// URL with a host"));
         }
@@ -350,9 +348,10 @@ impl Config {
         }
         for (key, path) in [("device.tls_cert", &self.device.tls_cert), ("device.tls_key", &self.device.tls_key)] {
             if let Some(p) = path
-                && !p.is_file() {
-                    return Err(ConfigError::new(key, format!("{} does not exist", p.display())));
-                }
+                && !p.is_file()
+            {
+                return Err(ConfigError::new(key, format!("{} does not exist", p.display())));
+            }
         }
         if self.device.max_body_bytes < 1024 {
             return Err(ConfigError::new("device.max_body_bytes", "must be at least 1024"));
@@ -367,9 +366,10 @@ impl Config {
         }
         self.validate_push()?;
         if let Some(url) = &self.store.url
-            && !url.starts_with("sqlite:") {
-                return Err(ConfigError::new("store.url", "only sqlite:// is supported by this build"));
-            }
+            && !url.starts_with("sqlite:")
+        {
+            return Err(ConfigError::new("store.url", "only sqlite:// is supported by this build"));
+        }
         if self.store.read_connections == 0 {
             return Err(ConfigError::new("store.read_connections", "must be at least 1"));
         }
@@ -377,32 +377,37 @@ impl Config {
             return Err(ConfigError::new("events.max_page", "must be at least 1"));
         }
         if let Some(w) = &self.webhook {
-            let u: http::Uri =
-                w.url.parse().map_err(|e| ConfigError::new("webhook.url", format!("not a URL: {e}")))?;
+            let u: http::Uri = w.url.parse().map_err(|e| ConfigError::new("webhook.url", format!("not a URL: {e}")))?;
             if !matches!(u.scheme_str(), Some("http" | "https")) || u.host().is_none() {
                 return Err(ConfigError::new("webhook.url", "must be an http:// or https:// URL"));
             }
             if let Some(p) = &w.hmac_secret_file
-                && !p.is_file() {
-                    return Err(ConfigError::new("webhook.hmac_secret_file", format!("{} does not exist", p.display())));
-                }
+                && !p.is_file()
+            {
+                return Err(ConfigError::new("webhook.hmac_secret_file", format!("{} does not exist", p.display())));
+            }
         }
         Ok(())
     }
 
     fn validate_push(&self) -> Result<(), ConfigError> {
         let a = &self.apple;
-        let uri: http::Uri = a.apns_url.parse().map_err(|e| ConfigError::new("apple.apns_url", format!("not a URL: {e}")))?;
+        let uri: http::Uri =
+            a.apns_url.parse().map_err(|e| ConfigError::new("apple.apns_url", format!("not a URL: {e}")))?;
         if uri.scheme_str() != Some("https") || uri.host().is_none() {
             return Err(ConfigError::new("apple.apns_url", "must be an https:// URL with a host"));
         }
         if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
-            return Err(ConfigError::new("apple.apns_url", "must not have a path or query (the client adds /3/device/<token>)"));
+            return Err(ConfigError::new(
+                "apple.apns_url",
+                "must not have a path or query (the client adds /3/device/<token>)",
+            ));
         }
         if let Some(p) = &a.apns_ca
-            && !p.is_file() {
-                return Err(ConfigError::new("apple.apns_ca", format!("{} does not exist", p.display())));
-            }
+            && !p.is_file()
+        {
+            return Err(ConfigError::new("apple.apns_ca", format!("{} does not exist", p.display())));
+        }
         if !(1..=64).contains(&a.apns_connections) {
             return Err(ConfigError::new("apple.apns_connections", "must be 1 to 64"));
         }
@@ -430,9 +435,6 @@ impl Config {
     }
 
     pub fn store_url(&self) -> String {
-        self.store
-            .url
-            .clone()
-            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("gateway.db").display()))
+        self.store.url.clone().unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("gateway.db").display()))
     }
 }

@@ -17,7 +17,13 @@ impl EventFactory {
         EventFactory { clock }
     }
 
-    pub fn event(&self, event_type: EventType, device: &DeviceId, command_id: Option<&str>, data: serde_json::Value) -> Event {
+    pub fn event(
+        &self,
+        event_type: EventType,
+        device: &DeviceId,
+        command_id: Option<&str>,
+        data: serde_json::Value,
+    ) -> Event {
         Event {
             id: new_id(),
             time: self.clock.now(),
@@ -31,7 +37,15 @@ impl EventFactory {
     }
 
     /// Like [`EventFactory::event`], carrying the device's message.
-    pub fn with_raw(&self, event_type: EventType, device: &DeviceId, command_id: Option<&str>, data: serde_json::Value, content_type: &str, body: &[u8]) -> Event {
+    pub fn with_raw(
+        &self,
+        event_type: EventType,
+        device: &DeviceId,
+        command_id: Option<&str>,
+        data: serde_json::Value,
+        content_type: &str,
+        body: &[u8],
+    ) -> Event {
         let mut e = self.event(event_type, device, command_id, data);
         e.raw = Some(RawMessage {
             content_type: content_type.to_owned(),

@@ -22,9 +22,10 @@ pub enum BodyError {
 /// `Content-Length` before reading anything, or while streaming for chunked bodies.
 pub async fn read_body(headers: &HeaderMap, body: Incoming, limit: usize) -> Result<Bytes, BodyError> {
     if let Some(len) = headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok())
-        && len > limit as u64 {
-            return Err(BodyError::TooLarge { limit });
-        }
+        && len > limit as u64
+    {
+        return Err(BodyError::TooLarge { limit });
+    }
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(BodyError::TooLarge { limit }),

@@ -218,12 +218,27 @@ pub struct IdentityVerifier {
 impl IdentityVerifier {
     pub fn new(anchors: TrustAnchors, trusted_proxies: Vec<IpNet>, header: HeaderName) -> Self {
         let rfc9440 = header.as_str().eq_ignore_ascii_case("client-cert");
-        IdentityVerifier { anchors, trusted_proxies, header, rfc9440, verified: VerifiedChains::default(), decoded: DecodedCerts::default(), signatures: VerifiedSignatures::default() }
+        IdentityVerifier {
+            anchors,
+            trusted_proxies,
+            header,
+            rfc9440,
+            verified: VerifiedChains::default(),
+            decoded: DecodedCerts::default(),
+            signatures: VerifiedSignatures::default(),
+        }
     }
 
     /// [`mdm_certs::verify_device_certificate`], skipped when this exact certificate and chain
     /// passed it before and `now` is inside the window where that result holds.
-    fn verify_chain(&self, cert: &X509, cert_sha256: &[u8; 32], chain: &[X509], chain_sha256: &[[u8; 32]], now: i64) -> Result<(), IdentityError> {
+    fn verify_chain(
+        &self,
+        cert: &X509,
+        cert_sha256: &[u8; 32],
+        chain: &[X509],
+        chain_sha256: &[[u8; 32]],
+        now: i64,
+    ) -> Result<(), IdentityError> {
         let key = VerifiedChains::key(cert_sha256, chain_sha256);
         if self.verified.holds(&key, now) {
             return Ok(());
@@ -262,23 +277,37 @@ impl IdentityVerifier {
     }
 
     /// Establishes the identity behind a request whose body is `body`. `now` is unix seconds.
-    pub fn verify(&self, headers: &HeaderMap, body: &[u8], conn: &ConnInfo, now: i64) -> Result<DeviceIdentity, IdentityFailure> {
+    pub fn verify(
+        &self,
+        headers: &HeaderMap,
+        body: &[u8],
+        conn: &ConnInfo,
+        now: i64,
+    ) -> Result<DeviceIdentity, IdentityFailure> {
         let (cert, cert_sha256, chain, chain_sha256, source) = if let Some(sig) = headers.get(MDM_SIGNATURE) {
-            let sig = sig.to_str().map_err(|_| IdentityFailure::new("bad_signature_header", "Mdm-Signature is not ASCII"))?;
+            let sig =
+                sig.to_str().map_err(|_| IdentityFailure::new("bad_signature_header", "Mdm-Signature is not ASCII"))?;
             let s = self.verify_signature(sig, body)?;
             (s.signer.clone(), s.signer_sha256, s.chain.clone(), s.chain_sha256.clone(), IdentitySource::MdmSignature)
         } else if let Some(leaf) = conn.client_certs.first() {
-            let (cert, digest) = self.decoded.decode(leaf).map_err(|e| IdentityFailure::new("bad_client_certificate", e.to_string()))?;
-            let (chain, chain_sha256) = conn.client_certs[1..].iter().filter_map(|d| self.decoded.decode(d).ok()).unzip();
+            let (cert, digest) =
+                self.decoded.decode(leaf).map_err(|e| IdentityFailure::new("bad_client_certificate", e.to_string()))?;
+            let (chain, chain_sha256) =
+                conn.client_certs[1..].iter().filter_map(|d| self.decoded.decode(d).ok()).unzip();
             (cert, digest, chain, chain_sha256, IdentitySource::TlsClientCertificate)
         } else if let Some(value) = headers.get(&self.header) {
             if !self.trusted_proxy(conn.peer.map(|p| p.ip())) {
                 return Err(IdentityFailure::new(
                     "untrusted_proxy_header",
-                    format!("{} header from {:?}, which is not a trusted proxy", self.header, conn.peer.map(|p| p.ip())),
+                    format!(
+                        "{} header from {:?}, which is not a trusted proxy",
+                        self.header,
+                        conn.peer.map(|p| p.ip())
+                    ),
                 ));
             }
-            let value = value.to_str().map_err(|_| IdentityFailure::new("bad_certificate_header", "header is not ASCII"))?;
+            let value =
+                value.to_str().map_err(|_| IdentityFailure::new("bad_certificate_header", "header is not ASCII"))?;
             let cert = if self.rfc9440 {
                 mdm_certs::header::parse_client_cert(value)?
             } else {

@@ -107,40 +107,66 @@ impl Gateway {
 
         let mut anchors = vec![data.ca.clone()];
         for path in &config.apple.device_ca {
-            let pem = std::fs::read(path).map_err(|e| config::ConfigError { key: "apple.device_ca".into(), message: format!("{}: {e}", path.display()) })?;
-            let certs = mdm_certs::TrustAnchors::from_pem_bundle(&pem)
-                .map_err(|e| config::ConfigError { key: "apple.device_ca".into(), message: format!("{}: {e}", path.display()) })?;
+            let pem = std::fs::read(path).map_err(|e| config::ConfigError {
+                key: "apple.device_ca".into(),
+                message: format!("{}: {e}", path.display()),
+            })?;
+            let certs = mdm_certs::TrustAnchors::from_pem_bundle(&pem).map_err(|e| config::ConfigError {
+                key: "apple.device_ca".into(),
+                message: format!("{}: {e}", path.display()),
+            })?;
             anchors.extend(certs);
         }
         let header = http::HeaderName::from_bytes(config.device.client_cert_header.as_bytes())
             .map_err(|e| config::ConfigError { key: "device.client_cert_header".into(), message: e.to_string() })?;
-        let identity = IdentityVerifier::new(mdm_certs::TrustAnchors::new(anchors), config.device.trusted_proxies.clone(), header);
+        let identity =
+            IdentityVerifier::new(mdm_certs::TrustAnchors::new(anchors), config.device.trusted_proxies.clone(), header);
 
         let api_key = match &config.api.api_key_file {
-            Some(p) => pki::read_secret(p).map_err(|e| config::ConfigError { key: "api.api_key_file".into(), message: e.to_string() })?,
+            Some(p) => pki::read_secret(p)
+                .map_err(|e| config::ConfigError { key: "api.api_key_file".into(), message: e.to_string() })?,
             None => data.api_key.clone(),
         };
 
         let (tls_chain, tls_key) = match (&config.device.tls_cert, &config.device.tls_key) {
             (Some(c), Some(k)) => (
-                std::fs::read(c).map_err(|e| config::ConfigError { key: "device.tls_cert".into(), message: format!("{}: {e}", c.display()) })?,
-                std::fs::read(k).map_err(|e| config::ConfigError { key: "device.tls_key".into(), message: format!("{}: {e}", k.display()) })?,
+                std::fs::read(c).map_err(|e| config::ConfigError {
+                    key: "device.tls_cert".into(),
+                    message: format!("{}: {e}", c.display()),
+                })?,
+                std::fs::read(k).map_err(|e| config::ConfigError {
+                    key: "device.tls_key".into(),
+                    message: format!("{}: {e}", k.display()),
+                })?,
             ),
             _ => (data.server_chain_pem.clone(), data.server_key_pem.clone()),
         };
         let tls = tls::device_server_config(&tls_chain, &tls_key)
             .map_err(|e| config::ConfigError { key: "device.tls_cert".into(), message: e.to_string() })?;
 
-        let sqlite = SqliteStore::open_with(&config.store_url(), config.store.read_connections, config.store.durability).await?;
+        let sqlite =
+            SqliteStore::open_with(&config.store_url(), config.store.read_connections, config.store.durability).await?;
         let notify = sqlite.notifier();
         let store: Arc<dyn Store> = Arc::new(sqlite);
         // Before any port is bound: a bad `apple.apns_ca` is a configuration error (exit 64).
         let apns_ca = match &config.apple.apns_ca {
-            Some(p) => Some(std::fs::read(p).map_err(|e| config::ConfigError { key: "apple.apns_ca".into(), message: format!("{}: {e}", p.display()) })?),
+            Some(p) => Some(std::fs::read(p).map_err(|e| config::ConfigError {
+                key: "apple.apns_ca".into(),
+                message: format!("{}: {e}", p.display()),
+            })?),
             None => None,
         };
-        let pusher = push::Pusher::new(&config.apple, apns_ca.as_deref(), store.clone(), EventFactory::new(clock.clone()), clock.clone())
-            .map_err(|message| config::ConfigError { key: if apns_ca.is_some() { "apple.apns_ca" } else { "apple.apns_url" }.into(), message })?;
+        let pusher = push::Pusher::new(
+            &config.apple,
+            apns_ca.as_deref(),
+            store.clone(),
+            EventFactory::new(clock.clone()),
+            clock.clone(),
+        )
+        .map_err(|message| config::ConfigError {
+            key: if apns_ca.is_some() { "apple.apns_ca" } else { "apple.apns_url" }.into(),
+            message,
+        })?;
 
         let device_listener = TcpListener::bind(config.device.listen)
             .await
@@ -148,8 +174,10 @@ impl Gateway {
         let api_listener = TcpListener::bind(config.api.listen)
             .await
             .map_err(|source| StartError::Bind { addr: config.api.listen, source })?;
-        let device_addr = device_listener.local_addr().map_err(|source| StartError::Bind { addr: config.device.listen, source })?;
-        let api_addr = api_listener.local_addr().map_err(|source| StartError::Bind { addr: config.api.listen, source })?;
+        let device_addr =
+            device_listener.local_addr().map_err(|source| StartError::Bind { addr: config.device.listen, source })?;
+        let api_addr =
+            api_listener.local_addr().map_err(|source| StartError::Bind { addr: config.api.listen, source })?;
 
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         // Relays stop on their own signal, sent only once the listeners have drained, so that
@@ -159,7 +187,10 @@ impl Gateway {
         let webhook = match &config.webhook {
             Some(w) => {
                 let secret = match &w.hmac_secret_file {
-                    Some(p) => Some(pki::read_secret(p).map_err(|e| config::ConfigError { key: "webhook.hmac_secret_file".into(), message: e.to_string() })?),
+                    Some(p) => Some(pki::read_secret(p).map_err(|e| config::ConfigError {
+                        key: "webhook.hmac_secret_file".into(),
+                        message: e.to_string(),
+                    })?),
                     None => None,
                 };
                 let health = Arc::new(SinkHealth::new("webhook"));
@@ -187,15 +218,30 @@ impl Gateway {
         let grace = Duration::from_secs(state.config.shutdown.grace_period_s);
         let mut tasks = Vec::new();
         let device_handler = sources::device_handler(state.clone());
-        tasks.push(tokio::spawn(server::serve(device_listener, Some(tls), device_handler, shutdown_rx.clone(), grace, "device")));
+        tasks.push(tokio::spawn(server::serve(
+            device_listener,
+            Some(tls),
+            device_handler,
+            shutdown_rx.clone(),
+            grace,
+            "device",
+        )));
         let api_handler = api::handler(state.clone());
         tasks.push(tokio::spawn(server::serve(api_listener, None, api_handler, shutdown_rx.clone(), grace, "api")));
         tasks.push(tokio::spawn(expiry::run(state.clone(), shutdown_rx.clone())));
-        tasks.push(tokio::spawn(push::ExpiryWatch::new(state.store.clone(), state.clock.clone()).run(shutdown_rx.clone())));
+        tasks.push(tokio::spawn(
+            push::ExpiryWatch::new(state.store.clone(), state.clock.clone()).run(shutdown_rx.clone()),
+        ));
 
         let mut relays = Vec::new();
         if let Some((sink, health)) = webhook {
-            relays.push(tokio::spawn(sinks::relay(state.clone(), Arc::new(sink), health, relay_stop_rx.clone(), grace)));
+            relays.push(tokio::spawn(sinks::relay(
+                state.clone(),
+                Arc::new(sink),
+                health,
+                relay_stop_rx.clone(),
+                grace,
+            )));
         }
 
         tracing::info!(

@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand};
 use mdm_gateway::config::{Config, Overrides};
 
 #[derive(Debug, Parser)]
-#[command(name = "mdm-gateway", version, about = "MDM protocol gateway: Apple, Windows and Android devices to one backend API")]
+#[command(
+    name = "mdm-gateway",
+    version,
+    about = "MDM protocol gateway: Apple, Windows and Android devices to one backend API"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,

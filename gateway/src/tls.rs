@@ -89,8 +89,7 @@ pub fn device_server_config(cert_chain_pem: &[u8], key_pem: &[u8]) -> Result<Arc
     if chain.is_empty() {
         return Err(TlsSetupError::NoCertificate);
     }
-    let key: PrivateKeyDer<'static> =
-        rustls_pemfile::private_key(&mut &key_pem[..])?.ok_or(TlsSetupError::NoKey)?;
+    let key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut &key_pem[..])?.ok_or(TlsSetupError::NoKey)?;
     let provider = provider();
     let verifier = Arc::new(AnyClientCert { algorithms: provider.signature_verification_algorithms });
     let mut config = ServerConfig::builder_with_provider(provider)

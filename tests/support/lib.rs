@@ -58,7 +58,8 @@ impl Harness {
         let data = &config.data_dir;
         let ca_pem = std::fs::read(data.join("ca.pem")).expect("ca.pem");
         let ca = X509::from_pem(&ca_pem).expect("ca parses");
-        let ca_key = PKey::private_key_from_pem(&std::fs::read(data.join("ca-key.pem")).expect("ca key")).expect("ca key parses");
+        let ca_key = PKey::private_key_from_pem(&std::fs::read(data.join("ca-key.pem")).expect("ca key"))
+            .expect("ca key parses");
         let api_key = std::fs::read_to_string(data.join("api-key")).expect("api-key").trim().to_owned();
         Harness {
             api_url: format!("http://{}", gateway.api_addr),
@@ -81,8 +82,16 @@ impl Harness {
     /// A key and a client-auth certificate from the gateway's CA, valid in `[not_before, not_after]`.
     pub fn issue(&self, common_name: &str, not_before: i64, not_after: i64) -> (PKey<Private>, X509) {
         let key = devpki::generate_key().expect("key");
-        let cert = devpki::issue_device_certificate(&self.ca, &self.ca_key, &key, common_name, not_before, not_after, &random_serial())
-            .expect("device cert");
+        let cert = devpki::issue_device_certificate(
+            &self.ca,
+            &self.ca_key,
+            &key,
+            common_name,
+            not_before,
+            not_after,
+            &random_serial(),
+        )
+        .expect("device cert");
         (key, cert)
     }
 
@@ -112,7 +121,8 @@ impl Harness {
     }
 
     pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
-        let resp = self.auth(self.api.post(format!("{}{path}", self.api_url))).json(body).send().await.expect("api post");
+        let resp =
+            self.auth(self.api.post(format!("{}{path}", self.api_url))).json(body).send().await.expect("api post");
         decode(resp).await
     }
 
@@ -177,7 +187,11 @@ pub fn config_on(data_dir: std::path::PathBuf) -> Config {
 async fn decode(resp: reqwest::Response) -> (u16, Value) {
     let code = resp.status().as_u16();
     let bytes = resp.bytes().await.expect("body");
-    let value = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned())) };
+    let value = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+    };
     (code, value)
 }
 

@@ -61,7 +61,8 @@ impl Setup {
     /// everything `Acknowledged`. Returns the task; it ends when the emulator stops.
     fn run_fleet(&mut self, devices: &[Arc<AppleDevice>]) -> JoinHandle<()> {
         let mut rx = self.deliveries.take().expect("deliveries not taken yet");
-        let by_token: HashMap<String, Arc<AppleDevice>> = devices.iter().map(|d| (hex::encode(&d.push_token), d.clone())).collect();
+        let by_token: HashMap<String, Arc<AppleDevice>> =
+            devices.iter().map(|d| (hex::encode(&d.push_token), d.clone())).collect();
         tokio::spawn(async move {
             while let Some(push) = rx.recv().await {
                 let Some(device) = by_token.get(&push.token_hex).cloned() else { continue };
@@ -95,7 +96,13 @@ impl Setup {
             let (api, key, d) = (self.h.api_url.clone(), self.h.api_key.clone(), d.clone());
             posts.spawn(async move {
                 let body = json!({ "device_id": format!("apple:{}", d.udid), "command": { "type": "device_info" } });
-                let resp = reqwest::Client::new().post(format!("{api}/v1/commands")).bearer_auth(key).json(&body).send().await.expect("post");
+                let resp = reqwest::Client::new()
+                    .post(format!("{api}/v1/commands"))
+                    .bearer_auth(key)
+                    .json(&body)
+                    .send()
+                    .await
+                    .expect("post");
                 assert_eq!(resp.status().as_u16(), 202);
                 let r: Value = resp.json().await.expect("json");
                 r["command_id"].as_str().expect("id").to_owned()
@@ -257,7 +264,8 @@ async fn goaway_midway_loses_no_push() {
     let stats = s.apns.control().stats();
     assert!(stats.goaways >= 2, "{stats:?}");
     assert!(stats.connections >= 3, "the pool reconnected after GOAWAY: {stats:?}");
-    let mut woken: Vec<String> = s.apns.control().recent().into_iter().filter(|r| r.status == 200).map(|r| r.path).collect();
+    let mut woken: Vec<String> =
+        s.apns.control().recent().into_iter().filter(|r| r.status == 200).map(|r| r.path).collect();
     woken.sort();
     woken.dedup();
     assert_eq!(woken.len(), 30, "every device was pushed");
@@ -301,7 +309,11 @@ async fn token_refusals_mark_the_device_until_token_update() {
     assert!(err.contains("Unregistered") && err.contains("TokenUpdate"), "{err}");
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(s.apns.control().stats().requests, 2, "refused without asking APNs");
-    assert_eq!(s.h.events_of(&format!("apple:{}", gone.udid), "push.failed").await.len(), 1, "no event per refused push");
+    assert_eq!(
+        s.h.events_of(&format!("apple:{}", gone.udid), "push.failed").await.len(),
+        1,
+        "no event per refused push"
+    );
 
     // A TokenUpdate brings the device back.
     s.apns.control().clear_token(&token_hex(&gone));
@@ -352,8 +364,17 @@ async fn push_certificate_rules() {
     second.enroll().await.expect("enroll");
     let (code, r) = s.h.get(&format!("/v1/push/{},{}", first.udid, second.udid)).await;
     assert_eq!(code, 200, "{r}");
-    let topics: Vec<(String, String)> = s.apns.control().recent().into_iter().map(|r| (r.client_topic.clone(), r.header("apns-topic").unwrap_or("").to_owned())).collect();
-    assert!(topics.contains(&(TOPIC.into(), TOPIC.into())) && topics.contains(&(other.into(), other.into())), "{topics:?}");
+    let topics: Vec<(String, String)> = s
+        .apns
+        .control()
+        .recent()
+        .into_iter()
+        .map(|r| (r.client_topic.clone(), r.header("apns-topic").unwrap_or("").to_owned()))
+        .collect();
+    assert!(
+        topics.contains(&(TOPIC.into(), TOPIC.into())) && topics.contains(&(other.into(), other.into())),
+        "{topics:?}"
+    );
 
     // Renewal (same topic) replaces the certificate, and pushes use the new one.
     let connections = s.apns.control().stats().connections;
@@ -362,9 +383,15 @@ async fn push_certificate_rules() {
     assert_eq!(r["renewal"], true);
     let (code, _) = s.h.get(&format!("/v1/push/{}", first.udid)).await;
     assert_eq!(code, 200);
-    assert!(s.apns.control().stats().connections > connections, "a new pool (new connection) for the renewed certificate");
+    assert!(
+        s.apns.control().stats().connections > connections,
+        "a new pool (new connection) for the renewed certificate"
+    );
     let metrics = s.h.metrics_text().await;
-    assert!(metrics.contains("mdm_push_certificate_expiry_seconds{topic=\"com.apple.mgmt.External.second\"}"), "{metrics}");
+    assert!(
+        metrics.contains("mdm_push_certificate_expiry_seconds{topic=\"com.apple.mgmt.External.second\"}"),
+        "{metrics}"
+    );
     s.stop().await;
 }
 
@@ -409,11 +436,20 @@ async fn nanomdm_push_and_enqueue_report_apns_ids() {
     let s = setup(|_| {}).await;
     let one = s.enrolled(&udid(700)).await;
     let two = s.enrolled(&udid(701)).await;
-    let plist = std::fs::read(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("vectors/nanomdm/enqueue_device_information.plist")).expect("vector");
+    let plist = std::fs::read(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("vectors/nanomdm/enqueue_device_information.plist"),
+    )
+    .expect("vector");
 
     let (code, r) = s.h.put_bytes(&format!("/v1/enqueue/{},{}", one.udid, two.udid), plist.clone()).await;
     assert_eq!(code, 200, "{r}");
-    let ids: HashMap<String, String> = s.apns.control().recent().into_iter().map(|r| (r.path.rsplit('/').next().unwrap_or("").to_owned(), r.apns_id)).collect();
+    let ids: HashMap<String, String> = s
+        .apns
+        .control()
+        .recent()
+        .into_iter()
+        .map(|r| (r.path.rsplit('/').next().unwrap_or("").to_owned(), r.apns_id))
+        .collect();
     for d in [&one, &two] {
         assert_eq!(r["status"][&d.udid]["push_result"], ids[&token_hex(d)].as_str(), "{r}");
         assert!(r["status"][&d.udid].get("push_error").is_none(), "{r}");
@@ -444,7 +480,12 @@ async fn slow_apns_times_out_and_is_retried() {
         let key = s.h.api_key.clone();
         let udid = dev.udid.clone();
         async move {
-            let resp = reqwest::Client::new().get(format!("{api}/v1/push/{udid}")).bearer_auth(key).send().await.expect("push");
+            let resp = reqwest::Client::new()
+                .get(format!("{api}/v1/push/{udid}"))
+                .bearer_auth(key)
+                .send()
+                .await
+                .expect("push");
             (resp.status().as_u16(), resp.json::<Value>().await.expect("json"))
         }
     });

@@ -28,7 +28,13 @@ where
 }
 
 /// `body` signed by `device`, PUT with `content_type` to `path`.
-async fn signed(h: &Harness, device: &mdm_conformance::apple::AppleDevice, path: &str, content_type: Option<&str>, body: Vec<u8>) -> DeviceReply {
+async fn signed(
+    h: &Harness,
+    device: &mdm_conformance::apple::AppleDevice,
+    path: &str,
+    content_type: Option<&str>,
+    body: Vec<u8>,
+) -> DeviceReply {
     let sig = device.sign(&body).expect("sign");
     h.device_put(&h.device_client(None), path, content_type, &[("Mdm-Signature", sig)], body).await
 }
@@ -46,7 +52,8 @@ async fn malformed_checkin_bodies_are_refused() {
     device.enroll().await.expect("enroll");
 
     // Not a plist at all, and a truncated one (signed correctly: the bytes are the device's).
-    assert_refused(&h, 400, "not_plist", signed(&h, &device, "/mdm", Some(CHECKIN), b"this is not a plist".to_vec())).await;
+    assert_refused(&h, 400, "not_plist", signed(&h, &device, "/mdm", Some(CHECKIN), b"this is not a plist".to_vec()))
+        .await;
     let mut truncated = device.token_update_message(None);
     truncated.truncate(truncated.len() / 2);
     assert_refused(&h, 400, "not_plist", signed(&h, &device, "/mdm", Some(CHECKIN), truncated)).await;
@@ -62,7 +69,8 @@ async fn malformed_checkin_bodies_are_refused() {
     let mut d = Dictionary::new();
     d.insert("UDID".into(), device.udid.clone().into());
     d.insert("Topic".into(), device.topic.clone().into());
-    assert_refused(&h, 400, "missing_message_type", signed(&h, &device, "/mdm", Some(CHECKIN), plist_xml(d.into()))).await;
+    assert_refused(&h, 400, "missing_message_type", signed(&h, &device, "/mdm", Some(CHECKIN), plist_xml(d.into())))
+        .await;
 
     // Neither UDID nor EnrollmentID.
     let mut d = Dictionary::new();
@@ -75,7 +83,8 @@ async fn malformed_checkin_bodies_are_refused() {
 
     // Unknown MessageType, from an enrolled device with its bound certificate.
     let unknown = device.checkin_message("FancyNewMessage", None, Dictionary::new());
-    assert_refused(&h, 400, "unsupported_message_type", signed(&h, &device, "/mdm", Some(CHECKIN), unknown.clone())).await;
+    assert_refused(&h, 400, "unsupported_message_type", signed(&h, &device, "/mdm", Some(CHECKIN), unknown.clone()))
+        .await;
     assert_refused(&h, 400, "unsupported_message_type", signed(&h, &device, "/checkin", Some(CHECKIN), unknown)).await;
 
     // The device still works afterwards.
@@ -88,8 +97,15 @@ async fn malformed_reports_are_refused() {
     let h = Harness::start().await;
     let device = h.device("BADREPORT-0001");
     device.enroll().await.expect("enroll");
-    assert_refused(&h, 400, "not_plist", signed(&h, &device, "/mdm", Some(REPORT), b"<plist><dict><key>UDID".to_vec())).await;
-    assert_refused(&h, 400, "not_dictionary", signed(&h, &device, "/mdm", Some(REPORT), plist_xml(plist::Value::Integer(7.into())))).await;
+    assert_refused(&h, 400, "not_plist", signed(&h, &device, "/mdm", Some(REPORT), b"<plist><dict><key>UDID".to_vec()))
+        .await;
+    assert_refused(
+        &h,
+        400,
+        "not_dictionary",
+        signed(&h, &device, "/mdm", Some(REPORT), plist_xml(plist::Value::Integer(7.into()))),
+    )
+    .await;
     let mut d = Dictionary::new();
     d.insert("UDID".into(), device.udid.clone().into());
     assert_refused(&h, 400, "missing_status", signed(&h, &device, "/mdm", Some(REPORT), plist_xml(d.into()))).await;
@@ -106,10 +122,17 @@ async fn report_from_device_that_never_authenticated() {
     let device = h.device("NEVERAUTH-0001");
     let idle = device.report_message("Idle", None, None, Dictionary::new());
     assert_refused(&h, 400, "not_enrolled", signed(&h, &device, "/mdm", Some(REPORT), idle)).await;
-    let ack = device.report_message("Acknowledged", Some("0190f0a0-0000-7000-8000-000000000001"), None, Dictionary::new());
+    let ack =
+        device.report_message("Acknowledged", Some("0190f0a0-0000-7000-8000-000000000001"), None, Dictionary::new());
     assert_refused(&h, 400, "not_enrolled", signed(&h, &device, "/mdm", Some(REPORT), ack)).await;
     // Nor can it skip Authenticate with a TokenUpdate.
-    assert_refused(&h, 400, "not_enrolled", signed(&h, &device, "/mdm", Some(CHECKIN), device.token_update_message(None))).await;
+    assert_refused(
+        &h,
+        400,
+        "not_enrolled",
+        signed(&h, &device, "/mdm", Some(CHECKIN), device.token_update_message(None)),
+    )
+    .await;
     let (code, _) = h.get("/v1/devices/apple:NEVERAUTH-0001").await;
     assert_eq!(code, 404);
     h.stop().await;
@@ -121,7 +144,8 @@ async fn wrong_content_types_are_415() {
     let device = h.device("CTYPE-0001");
     let auth = device.authenticate_message();
     assert_refused(&h, 415, "wrong_content_type", signed(&h, &device, "/mdm", Some("text/plain"), auth.clone())).await;
-    assert_refused(&h, 415, "wrong_content_type", signed(&h, &device, "/mdm", Some("application/xml"), auth.clone())).await;
+    assert_refused(&h, 415, "wrong_content_type", signed(&h, &device, "/mdm", Some("application/xml"), auth.clone()))
+        .await;
     assert_refused(&h, 415, "wrong_content_type", signed(&h, &device, "/mdm", None, auth.clone())).await;
     // /checkin takes check-ins only, not command reports.
     assert_refused(&h, 415, "wrong_content_type", signed(&h, &device, "/checkin", Some(REPORT), auth.clone())).await;
@@ -142,11 +166,23 @@ async fn methods_and_paths() {
         let r = client.get(format!("{}{path}", h.device_url)).send().await.expect("get");
         assert_eq!(r.status().as_u16(), 405, "GET {path}");
         assert_eq!(r.headers().get("allow").and_then(|v| v.to_str().ok()), Some("PUT"));
-        let r = client.post(format!("{}{path}", h.device_url)).header("Content-Type", CHECKIN).body("x").send().await.expect("post");
+        let r = client
+            .post(format!("{}{path}", h.device_url))
+            .header("Content-Type", CHECKIN)
+            .body("x")
+            .send()
+            .await
+            .expect("post");
         assert_eq!(r.status().as_u16(), 405, "POST {path}");
     }
     for path in ["/", "/nope", "/mdm/extra", "/v1/devices"] {
-        let r = client.put(format!("{}{path}", h.device_url)).header("Content-Type", CHECKIN).body("x").send().await.expect("put");
+        let r = client
+            .put(format!("{}{path}", h.device_url))
+            .header("Content-Type", CHECKIN)
+            .body("x")
+            .send()
+            .await
+            .expect("put");
         assert_eq!(r.status().as_u16(), 404, "PUT {path}");
     }
     assert_eq!(h.snapshot(&[]).await, before);
@@ -215,7 +251,9 @@ async fn huge_content_length_is_refused_without_reading_the_body() {
     tls.write_all(&[b'x'; 1024]).await.expect("write some body");
     tls.flush().await.expect("flush");
     // The body never comes; the answer must anyway.
-    let answer = tokio::time::timeout(Duration::from_secs(3), read_head(&mut tls)).await.expect("413 within 3 s, without the body");
+    let answer = tokio::time::timeout(Duration::from_secs(3), read_head(&mut tls))
+        .await
+        .expect("413 within 3 s, without the body");
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     assert_eq!(h.snapshot(&[]).await, before);
     h.stop().await;
@@ -226,7 +264,9 @@ async fn endless_chunked_body_is_cut_off_at_the_limit() {
     let h = Harness::start_with(|c| c.device.max_body_bytes = 4096).await;
     let before = h.snapshot(&[]).await;
     let mut tls = raw_tls(&h).await;
-    let head = format!("PUT /mdm HTTP/1.1\r\nHost: localhost\r\nContent-Type: {CHECKIN}\r\nTransfer-Encoding: chunked\r\n\r\n");
+    let head = format!(
+        "PUT /mdm HTTP/1.1\r\nHost: localhost\r\nContent-Type: {CHECKIN}\r\nTransfer-Encoding: chunked\r\n\r\n"
+    );
     tls.write_all(head.as_bytes()).await.expect("write head");
     // 8 KiB in 1 KiB chunks, then silence (no terminating chunk).
     for _ in 0..8 {
@@ -292,8 +332,12 @@ async fn api_authentication() {
     let device = h.device("AUTH-0001");
     device.enroll().await.expect("enroll");
     let before = h.snapshot(&[]).await;
-    let (code, _, body) =
-        raw_api(&h, api.post(format!("{}/v1/commands", h.api_url)).json(&json!({"device_id": "apple:AUTH-0001", "command": {"type": "restart"}}))).await;
+    let (code, _, body) = raw_api(
+        &h,
+        api.post(format!("{}/v1/commands", h.api_url))
+            .json(&json!({"device_id": "apple:AUTH-0001", "command": {"type": "restart"}})),
+    )
+    .await;
     assert_eq!(code, 401, "{body}");
     assert_eq!(h.snapshot(&[]).await, before);
     assert!(h.events_of("apple:AUTH-0001", "command.queued").await.is_empty());
@@ -311,7 +355,12 @@ async fn invalid_command_requests_queue_nothing() {
     device.enroll().await.expect("enroll");
     let dev = format!("apple:{udid}");
 
-    async fn refused(h: &Harness, status: u16, code: &str, send: impl std::future::Future<Output = (u16, Value)>) -> Value {
+    async fn refused(
+        h: &Harness,
+        status: u16,
+        code: &str,
+        send: impl std::future::Future<Output = (u16, Value)>,
+    ) -> Value {
         let before = h.snapshot(&[]).await;
         let (got, body) = send.await;
         assert_eq!(got, status, "expected {status} {code}: {body}");
@@ -323,7 +372,10 @@ async fn invalid_command_requests_queue_nothing() {
 
     // Not JSON.
     let post_raw = |body: &'static str| {
-        let req = h.auth(h.raw_api().post(format!("{}/v1/commands", h.api_url))).header("Content-Type", "application/json").body(body);
+        let req = h
+            .auth(h.raw_api().post(format!("{}/v1/commands", h.api_url)))
+            .header("Content-Type", "application/json")
+            .body(body);
         async move {
             let resp = req.send().await.expect("post");
             let code = resp.status().as_u16();
@@ -333,29 +385,57 @@ async fn invalid_command_requests_queue_nothing() {
     refused(&h, 400, "invalid_json", post_raw("{\"device_id\": ")).await;
     refused(&h, 400, "invalid_json", post_raw("")).await;
     // Unknown command type, unknown field in a command.
-    refused(&h, 422, "invalid_command", h.post("/v1/commands", &json!({"device_id": dev, "command": {"type": "self_destruct"}}))).await;
-    refused(&h, 422, "invalid_command", h.post("/v1/commands", &json!({"device_id": dev, "command": {"type": "restart", "now": true}})))
-        .await;
+    refused(
+        &h,
+        422,
+        "invalid_command",
+        h.post("/v1/commands", &json!({"device_id": dev, "command": {"type": "self_destruct"}})),
+    )
+    .await;
+    refused(
+        &h,
+        422,
+        "invalid_command",
+        h.post("/v1/commands", &json!({"device_id": dev, "command": {"type": "restart", "now": true}})),
+    )
+    .await;
     // Unknown device.
-    refused(&h, 404, "device_not_found", h.post("/v1/commands", &json!({"device_id": "apple:NO-SUCH-DEVICE", "command": {"type": "restart"}})))
-        .await;
+    refused(
+        &h,
+        404,
+        "device_not_found",
+        h.post("/v1/commands", &json!({"device_id": "apple:NO-SUCH-DEVICE", "command": {"type": "restart"}})),
+    )
+    .await;
     // Not something an Apple device can carry (yet).
     refused(
         &h,
         422,
         "unsupported_on_platform",
-        h.post("/v1/commands", &json!({"device_id": dev, "command": {"type": "set_settings", "settings": {"camera_disabled": true}}})),
+        h.post(
+            "/v1/commands",
+            &json!({"device_id": dev, "command": {"type": "set_settings", "settings": {"camera_disabled": true}}}),
+        ),
     )
     .await;
     // Lock PIN must be six digits on Apple.
-    let body = refused(&h, 422, "invalid_command", h.post("/v1/commands", &json!({"device_id": dev, "command": {"type": "lock", "pin": "1234"}}))).await;
+    let body = refused(
+        &h,
+        422,
+        "invalid_command",
+        h.post("/v1/commands", &json!({"device_id": dev, "command": {"type": "lock", "pin": "1234"}})),
+    )
+    .await;
     assert!(body["error"]["message"].as_str().expect("message").contains("pin"), "{body}");
     // Already expired.
     refused(
         &h,
         422,
         "invalid_expires_at",
-        h.post("/v1/commands", &json!({"device_id": dev, "command": {"type": "restart"}, "expires_at": "2001-01-01T00:00:00Z"})),
+        h.post(
+            "/v1/commands",
+            &json!({"device_id": dev, "command": {"type": "restart"}, "expires_at": "2001-01-01T00:00:00Z"}),
+        ),
     )
     .await;
     refused(
@@ -370,7 +450,8 @@ async fn invalid_command_requests_queue_nothing() {
     // Nothing for the device to fetch.
     assert!(device.session(|_| "Acknowledged").await.expect("session").is_empty());
     // The same device accepts a valid command: the refusals were about the requests.
-    let (code, body) = h.post("/v1/commands", &json!({"device_id": dev, "command": {"type": "lock", "pin": "123456"}})).await;
+    let (code, body) =
+        h.post("/v1/commands", &json!({"device_id": dev, "command": {"type": "lock", "pin": "123456"}})).await;
     assert_eq!(code, 202, "{body}");
     assert_eq!(h.events_of(&dev, "command.queued").await.len(), 1);
     h.stop().await;

@@ -8,7 +8,11 @@ use mdm_tests::{Harness, eventually};
 use serde_json::{Value, json};
 
 fn types(events: &[Value], device_id: &str) -> Vec<String> {
-    events.iter().filter(|e| e["device_id"] == device_id).map(|e| e["type"].as_str().unwrap_or_default().to_owned()).collect()
+    events
+        .iter()
+        .filter(|e| e["device_id"] == device_id)
+        .map(|e| e["type"].as_str().unwrap_or_default().to_owned())
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -27,7 +31,8 @@ async fn enroll_command_result_round_trip() {
     assert_eq!(device["inventory"]["os_version"], "17.5.1");
     assert_eq!(device["enrollment"]["push_topic"], dev.topic);
 
-    let (code, queued) = h.post("/v1/commands", &json!({ "device_id": id, "command": { "type": "device_info" } })).await;
+    let (code, queued) =
+        h.post("/v1/commands", &json!({ "device_id": id, "command": { "type": "device_info" } })).await;
     assert_eq!(code, 202, "{queued}");
     assert_eq!(queued["status"], "queued");
     let command_id = queued["command_id"].as_str().expect("command id").to_owned();
@@ -100,8 +105,13 @@ async fn queue_rules_priority_age_not_now_and_error() {
     let id = format!("apple:{}", dev.udid);
     dev.enroll().await.expect("enrolls");
     let mut ids = Vec::new();
-    for (command, priority) in [(json!({"type": "restart"}), 0), (json!({"type": "device_info"}), 0), (json!({"type": "lock", "message": "hi"}), 5)] {
-        let (code, r) = h.post("/v1/commands", &json!({ "device_id": id, "command": command, "priority": priority })).await;
+    for (command, priority) in [
+        (json!({"type": "restart"}), 0),
+        (json!({"type": "device_info"}), 0),
+        (json!({"type": "lock", "message": "hi"}), 5),
+    ] {
+        let (code, r) =
+            h.post("/v1/commands", &json!({ "device_id": id, "command": command, "priority": priority })).await;
         assert_eq!(code, 202, "{r}");
         ids.push(r["command_id"].as_str().expect("id").to_owned());
     }
@@ -115,7 +125,11 @@ async fn queue_rules_priority_age_not_now_and_error() {
         .await
         .expect("session");
     let order: Vec<&str> = handled.iter().map(|(_, rt, _)| rt.as_str()).collect();
-    assert_eq!(order, ["DeviceLock", "RestartDevice", "DeviceInformation"], "priority then age; NotNow not re-sent in the session");
+    assert_eq!(
+        order,
+        ["DeviceLock", "RestartDevice", "DeviceInformation"],
+        "priority then age; NotNow not re-sent in the session"
+    );
 
     let (_, lock) = h.get(&format!("/v1/commands/{}", ids[2])).await;
     assert_eq!(lock["status"], "error");
@@ -168,7 +182,8 @@ async fn expired_commands_are_never_sent_and_reported() {
     dev.enroll().await.expect("enrolls");
     let soon = time::OffsetDateTime::now_utc() + time::Duration::seconds(60);
     let soon = soon.format(&time::format_description::well_known::Rfc3339).expect("format");
-    let (_, a) = h.post("/v1/commands", &json!({ "device_id": id, "command": { "type": "restart" }, "expires_at": soon })).await;
+    let (_, a) =
+        h.post("/v1/commands", &json!({ "device_id": id, "command": { "type": "restart" }, "expires_at": soon })).await;
     let (_, b) = h.post("/v1/commands", &json!({ "device_id": id, "command": { "type": "device_info" } })).await;
     let expiring = a["command_id"].as_str().expect("id").to_owned();
     let lasting = b["command_id"].as_str().expect("id").to_owned();
@@ -192,7 +207,8 @@ async fn expiry_sweeper_reports_devices_that_never_return() {
     dev.enroll().await.expect("enrolls");
     let soon = time::OffsetDateTime::now_utc() + time::Duration::seconds(30);
     let soon = soon.format(&time::format_description::well_known::Rfc3339).expect("format");
-    let (_, a) = h.post("/v1/commands", &json!({ "device_id": id, "command": { "type": "restart" }, "expires_at": soon })).await;
+    let (_, a) =
+        h.post("/v1/commands", &json!({ "device_id": id, "command": { "type": "restart" }, "expires_at": soon })).await;
     let command_id = a["command_id"].as_str().expect("id").to_owned();
     h.clock.advance(60);
     let found = eventually(Duration::from_secs(15), || async {
@@ -210,7 +226,11 @@ async fn user_channel_enrolls_and_takes_commands() {
     let h = Harness::start().await;
     let dev = h.device("A1B2C3D4-0000-4000-8000-000000000006");
     dev.enroll().await.expect("device channel");
-    let user = UserChannel { user_id: "0C5E1D2A-1111-2222-3333-444455556666".into(), short_name: "ada".into(), long_name: "Ada Lovelace".into() };
+    let user = UserChannel {
+        user_id: "0C5E1D2A-1111-2222-3333-444455556666".into(),
+        short_name: "ada".into(),
+        long_name: "Ada Lovelace".into(),
+    };
     let reply = dev.send_checkin(dev.token_update_message(Some(&user))).await.expect("user token update");
     assert_eq!(reply.status, 200);
     let user_id = format!("apple:{}:{}", dev.udid, user.user_id);
@@ -221,16 +241,25 @@ async fn user_channel_enrolls_and_takes_commands() {
     assert_eq!(device["enrollment"]["user_short_name"], "ada");
     assert_eq!(device["enrollment"]["enrollment_type"], "user");
 
-    let (code, r) = h.post("/v1/commands", &json!({ "device_id": user_id, "command": { "type": "device_info", "fields": ["UDID"] } })).await;
+    let (code, r) = h
+        .post(
+            "/v1/commands",
+            &json!({ "device_id": user_id, "command": { "type": "device_info", "fields": ["UDID"] } }),
+        )
+        .await;
     assert_eq!(code, 202, "{r}");
     let command_id = r["command_id"].as_str().expect("id").to_owned();
     // The device channel has nothing; the user channel has the command.
     let handled = dev.session(|_| "Acknowledged").await.expect("device session");
     assert!(handled.is_empty());
-    let idle = dev.send_report(dev.report_message("Idle", None, Some(&user), Default::default())).await.expect("user idle");
+    let idle =
+        dev.send_report(dev.report_message("Idle", None, Some(&user), Default::default())).await.expect("user idle");
     let cmd: plist::Dictionary = plist::from_bytes(&idle.body).expect("command plist");
     assert_eq!(cmd.get("CommandUUID").and_then(|v| v.as_string()), Some(command_id.as_str()));
-    let done = dev.send_report(dev.report_message("Acknowledged", Some(&command_id), Some(&user), Default::default())).await.expect("ack");
+    let done = dev
+        .send_report(dev.report_message("Acknowledged", Some(&command_id), Some(&user), Default::default()))
+        .await
+        .expect("ack");
     assert_eq!(done.status, 200);
     let (_, status) = h.get(&format!("/v1/commands/{command_id}")).await;
     assert_eq!(status["status"], "acknowledged");
@@ -265,8 +294,13 @@ async fn other_checkin_messages_are_decoded_stored_and_answered() {
     let answer: plist::Dictionary = plist::from_bytes(&r.body).expect("plist answer");
     assert_eq!(answer.get("BootstrapToken").and_then(|v| v.as_data()), Some(&b"secret-bootstrap"[..]));
 
-    let user = UserChannel { user_id: "0C5E1D2A-1111-2222-3333-444455556666".into(), short_name: "ada".into(), long_name: "Ada".into() };
-    let r = dev.send_checkin(dev.checkin_message("UserAuthenticate", Some(&user), Default::default())).await.expect("ua");
+    let user = UserChannel {
+        user_id: "0C5E1D2A-1111-2222-3333-444455556666".into(),
+        short_name: "ada".into(),
+        long_name: "Ada".into(),
+    };
+    let r =
+        dev.send_checkin(dev.checkin_message("UserAuthenticate", Some(&user), Default::default())).await.expect("ua");
     assert_eq!(r.status, 410, "UserAuthenticate is declined with 410 by default");
 
     let mut dm = plist::Dictionary::new();
@@ -281,7 +315,12 @@ async fn other_checkin_messages_are_decoded_stored_and_answered() {
 
     let events = h.events().await;
     let t = types(&events, &id);
-    for expected in ["device.bootstrap_token_set", "device.bootstrap_token_requested", "device.declarative_management", "device.token_requested"] {
+    for expected in [
+        "device.bootstrap_token_set",
+        "device.bootstrap_token_requested",
+        "device.declarative_management",
+        "device.token_requested",
+    ] {
         assert!(t.iter().any(|x| x == expected), "{expected} in {t:?}");
     }
     assert_eq!(h.events_of(&format!("{id}:{}", user.user_id), "device.user_authenticate").await.len(), 1);
@@ -330,7 +369,12 @@ async fn events_long_poll_wakes_on_new_event() {
     assert_eq!(page["events"][0]["type"], "device.authenticated");
     // An empty poll with wait=0 returns immediately with the same cursor.
     let next = page["next"].as_str().expect("next");
-    let (_, empty) = h.get(&format!("/v1/events?after={}", page["events"].as_array().map(|a| a.len()).unwrap_or(0) as i64 + cursor.parse::<i64>().unwrap_or(0) + 100)).await;
+    let (_, empty) = h
+        .get(&format!(
+            "/v1/events?after={}",
+            page["events"].as_array().map(|a| a.len()).unwrap_or(0) as i64 + cursor.parse::<i64>().unwrap_or(0) + 100
+        ))
+        .await;
     assert_eq!(empty["events"].as_array().map(Vec::len), Some(0));
     assert!(!next.is_empty());
     h.stop().await;
@@ -353,7 +397,15 @@ async fn state_survives_a_restart_on_the_same_data_directory() {
     let g = mdm_gateway::Gateway::start(config).await.expect("restart");
     assert_eq!(std::fs::read(data_dir.join("ca.pem")).expect("ca"), ca_before, "CA reused");
     let url = format!("https://localhost:{}", g.device_addr.port());
-    let again = mdm_conformance::apple::AppleDevice::new(&dev.udid, dev.key.clone(), dev.cert.clone(), IdentityMode::SignMessages, &url, &ca_before).expect("device");
+    let again = mdm_conformance::apple::AppleDevice::new(
+        &dev.udid,
+        dev.key.clone(),
+        dev.cert.clone(),
+        IdentityMode::SignMessages,
+        &url,
+        &ca_before,
+    )
+    .expect("device");
     let handled = again.session(|_| "Acknowledged").await.expect("session after restart");
     assert_eq!(handled.len(), 1);
     assert_eq!(handled[0].0, command_id);
@@ -372,7 +424,16 @@ async fn operator_device_ca_is_trusted_besides_the_gateway_ca() {
     std::fs::write(&ca_path, devpki::to_pem(&ca)).expect("write");
     let h = Harness::start_with(|c| c.apple.device_ca = vec![ca_path.clone()]).await;
     let device_key = devpki::generate_key().expect("key");
-    let cert = devpki::issue_device_certificate(&ca, &key, &device_key, "operator-device", now - 60, now + 86_400, &mdm_tests::random_serial()).expect("cert");
+    let cert = devpki::issue_device_certificate(
+        &ca,
+        &key,
+        &device_key,
+        "operator-device",
+        now - 60,
+        now + 86_400,
+        &mdm_tests::random_serial(),
+    )
+    .expect("cert");
     let dev = h.device_from("A1B2C3D4-0000-4000-8000-00000000000B", device_key, cert, IdentityMode::SignMessages);
     dev.enroll().await.expect("a device of the operator CA enrolls");
     // And the gateway's own CA still works.
@@ -419,7 +480,8 @@ async fn user_enrollment_is_identified_by_enrollment_id() {
     let cmd: plist::Dictionary = plist::from_bytes(&idle.body).expect("command");
     let uuid = cmd.get("CommandUUID").and_then(Value::as_string).expect("uuid").to_owned();
     assert_eq!(uuid, r["command_id"].as_str().expect("id"));
-    let ack = dict(&[("EnrollmentID", eid.into()), ("Status", "Acknowledged".into()), ("CommandUUID", uuid.as_str().into())]);
+    let ack =
+        dict(&[("EnrollmentID", eid.into()), ("Status", "Acknowledged".into()), ("CommandUUID", uuid.as_str().into())]);
     assert_eq!(dev.send_report(ack).await.expect("ack").status, 200);
     let (_, status) = h.get(&format!("/v1/commands/{uuid}")).await;
     assert_eq!(status["status"], "acknowledged");
@@ -432,7 +494,11 @@ async fn shared_ipad_user_channel_is_named_by_short_name() {
     let h = Harness::start().await;
     let dev = h.device("A1B2C3D4-0000-4000-8000-00000000000D");
     dev.enroll().await.expect("device channel");
-    let user = UserChannel { user_id: mdm_apple::SHARED_IPAD_USER_ID.into(), short_name: "student42@school.example".into(), long_name: "Student".into() };
+    let user = UserChannel {
+        user_id: mdm_apple::SHARED_IPAD_USER_ID.into(),
+        short_name: "student42@school.example".into(),
+        long_name: "Student".into(),
+    };
     let r = dev.send_checkin(dev.token_update_message(Some(&user))).await.expect("token update");
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     let (code, devices) = h.get("/v1/devices?platform=apple").await;

@@ -27,7 +27,10 @@ where
     assert!(reply.body.contains(reason), "body should name {reason}: {}", reply.body);
     assert_eq!(h.snapshot(&[]).await, before, "a refused request ({reason}) changed the store");
     let after_metric = h.metric(IDENTITY_FAILURES, &label).await;
-    assert!(after_metric >= before_metric + 1.0, "{IDENTITY_FAILURES}{{{label}}} went {before_metric} -> {after_metric}");
+    assert!(
+        after_metric >= before_metric + 1.0,
+        "{IDENTITY_FAILURES}{{{label}}} went {before_metric} -> {after_metric}"
+    );
     reply
 }
 
@@ -41,7 +44,8 @@ fn foreign_identity(cn: &str) -> (PKey<Private>, X509) {
     let ca_key = devpki::generate_key().expect("key");
     let ca = devpki::create_ca(&ca_key, "Some Other CA", now, 30, &random_serial()).expect("ca");
     let key = devpki::generate_key().expect("key");
-    let cert = devpki::issue_device_certificate(&ca, &ca_key, &key, cn, now - 3600, now + 86_400, &random_serial()).expect("cert");
+    let cert = devpki::issue_device_certificate(&ca, &ca_key, &key, cn, now - 3600, now + 86_400, &random_serial())
+        .expect("cert");
     (key, cert)
 }
 
@@ -59,11 +63,21 @@ async fn no_signature_and_no_client_certificate() {
     let h = Harness::start().await;
     let device = h.device("NOSIG-0001");
     let client = h.device_client(None);
-    assert_refused(&h, "no_identity", h.device_put(&client, "/mdm", Some(CHECKIN), &[], device.authenticate_message())).await;
-    // Same for a report, and on /checkin.
-    assert_refused(&h, "no_identity", h.device_put(&client, "/mdm", Some(REPORT), &[], device.report_message("Idle", None, None, Dictionary::new())))
+    assert_refused(&h, "no_identity", h.device_put(&client, "/mdm", Some(CHECKIN), &[], device.authenticate_message()))
         .await;
-    assert_refused(&h, "no_identity", h.device_put(&client, "/checkin", Some(CHECKIN), &[], device.authenticate_message())).await;
+    // Same for a report, and on /checkin.
+    assert_refused(
+        &h,
+        "no_identity",
+        h.device_put(&client, "/mdm", Some(REPORT), &[], device.report_message("Idle", None, None, Dictionary::new())),
+    )
+    .await;
+    assert_refused(
+        &h,
+        "no_identity",
+        h.device_put(&client, "/checkin", Some(CHECKIN), &[], device.authenticate_message()),
+    )
+    .await;
     assert_eq!(device_state(&h, "NOSIG-0001").await, None);
     h.stop().await;
 }
@@ -77,12 +91,23 @@ async fn signature_over_other_bytes() {
     // Same message with one value changed: the signature no longer covers what is sent.
     let sent = String::from_utf8(signed).expect("utf8").replace("17.5.1", "17.5.2").into_bytes();
     let client = h.device_client(None);
-    assert_refused(&h, "signature_invalid", h.device_put(&client, "/mdm", Some(CHECKIN), &[("Mdm-Signature", sig.clone())], sent)).await;
+    assert_refused(
+        &h,
+        "signature_invalid",
+        h.device_put(&client, "/mdm", Some(CHECKIN), &[("Mdm-Signature", sig.clone())], sent),
+    )
+    .await;
     // A signature that is not base64 / not CMS at all.
     assert_refused(
         &h,
         "bad_base64",
-        h.device_put(&client, "/mdm", Some(CHECKIN), &[("Mdm-Signature", "not base64!".into())], device.authenticate_message()),
+        h.device_put(
+            &client,
+            "/mdm",
+            Some(CHECKIN),
+            &[("Mdm-Signature", "not base64!".into())],
+            device.authenticate_message(),
+        ),
     )
     .await;
     assert_refused(
@@ -99,7 +124,8 @@ async fn signature_over_other_bytes() {
     .await;
     assert_eq!(device_state(&h, "SIGSWAP-0001").await, None);
     // The untouched body with its own signature is fine: the refusals were about the bytes.
-    let ok = h.device_put(&client, "/mdm", Some(CHECKIN), &[("Mdm-Signature", sig)], device.authenticate_message()).await;
+    let ok =
+        h.device_put(&client, "/mdm", Some(CHECKIN), &[("Mdm-Signature", sig)], device.authenticate_message()).await;
     assert_eq!(ok.status, 200, "{}", ok.body);
     h.stop().await;
 }
@@ -117,11 +143,21 @@ async fn accepted_signature_over_other_bytes() {
     assert_eq!(ok.status, 200, "{}", ok.body);
     let sent = String::from_utf8(signed.clone()).expect("utf8").replace("17.5.1", "17.5.2").into_bytes();
     assert_ne!(sent, signed);
-    assert_refused(&h, "signature_invalid", h.device_put(&client, "/mdm", Some(CHECKIN), &[("Mdm-Signature", sig.clone())], sent)).await;
+    assert_refused(
+        &h,
+        "signature_invalid",
+        h.device_put(&client, "/mdm", Some(CHECKIN), &[("Mdm-Signature", sig.clone())], sent),
+    )
+    .await;
     // One byte more or less is another message too.
     let mut longer = signed.clone();
     longer.push(b'\n');
-    assert_refused(&h, "signature_invalid", h.device_put(&client, "/mdm", Some(CHECKIN), &[("Mdm-Signature", sig)], longer)).await;
+    assert_refused(
+        &h,
+        "signature_invalid",
+        h.device_put(&client, "/mdm", Some(CHECKIN), &[("Mdm-Signature", sig)], longer),
+    )
+    .await;
     h.stop().await;
 }
 
@@ -130,7 +166,10 @@ async fn certificate_from_unknown_ca() {
     let h = Harness::start().await;
     let (key, cert) = foreign_identity("FOREIGN-0001");
     let device = h.device_from("FOREIGN-0001", key, cert, IdentityMode::SignMessages);
-    assert_refused(&h, "untrusted_issuer", async { reply(device.send_checkin(device.authenticate_message()).await.expect("send")) }).await;
+    assert_refused(&h, "untrusted_issuer", async {
+        reply(device.send_checkin(device.authenticate_message()).await.expect("send"))
+    })
+    .await;
     assert_eq!(device_state(&h, "FOREIGN-0001").await, None);
     h.stop().await;
 }
@@ -141,7 +180,10 @@ async fn expired_certificate() {
     let now = unix_now();
     let (key, cert) = h.issue("EXPIRED-0001", now - 86_400 * 30, now - 3600);
     let device = h.device_from("EXPIRED-0001", key, cert, IdentityMode::SignMessages);
-    assert_refused(&h, "expired", async { reply(device.send_checkin(device.authenticate_message()).await.expect("send")) }).await;
+    assert_refused(&h, "expired", async {
+        reply(device.send_checkin(device.authenticate_message()).await.expect("send"))
+    })
+    .await;
     assert_eq!(device_state(&h, "EXPIRED-0001").await, None);
     h.stop().await;
 }
@@ -152,7 +194,10 @@ async fn not_yet_valid_certificate() {
     let now = unix_now();
     let (key, cert) = h.issue("FUTURE-0001", now + 3600, now + 86_400 * 30);
     let device = h.device_from("FUTURE-0001", key, cert, IdentityMode::SignMessages);
-    assert_refused(&h, "not_yet_valid", async { reply(device.send_checkin(device.authenticate_message()).await.expect("send")) }).await;
+    assert_refused(&h, "not_yet_valid", async {
+        reply(device.send_checkin(device.authenticate_message()).await.expect("send"))
+    })
+    .await;
     assert_eq!(device_state(&h, "FUTURE-0001").await, None);
     h.stop().await;
 }
@@ -173,8 +218,10 @@ async fn certificate_without_client_auth() {
     };
     let cert = devpki::issue_leaf_certificate(&h.ca, &h.ca_key, &key, &profile).expect("leaf");
     let device = h.device_from("SERVERAUTH-0001", key, cert, IdentityMode::SignMessages);
-    assert_refused(&h, "not_for_client_auth", async { reply(device.send_checkin(device.authenticate_message()).await.expect("send")) })
-        .await;
+    assert_refused(&h, "not_for_client_auth", async {
+        reply(device.send_checkin(device.authenticate_message()).await.expect("send"))
+    })
+    .await;
     assert_eq!(device_state(&h, "SERVERAUTH-0001").await, None);
     h.stop().await;
 }
@@ -252,8 +299,10 @@ async fn different_certificate_for_enrolled_udid() {
         reply(other.send_report(other.report_message("Idle", None, None, Dictionary::new())).await.expect("send"))
     })
     .await;
-    assert_refused(&h, "certificate_mismatch", async { reply(other.send_checkin(other.token_update_message(None)).await.expect("send")) })
-        .await;
+    assert_refused(&h, "certificate_mismatch", async {
+        reply(other.send_checkin(other.token_update_message(None)).await.expect("send"))
+    })
+    .await;
     let (_, after) = h.get(&format!("/v1/devices/apple:{udid}")).await;
     assert_eq!(after, before);
     assert!(h.events_of(&format!("apple:{udid}"), "device.identity_renewed").await.is_empty());
@@ -323,7 +372,13 @@ async fn proxy_header_from_untrusted_peer() {
     assert_refused(
         &h,
         "untrusted_proxy_header",
-        h.device_put(&client, "/mdm", Some(CHECKIN), &[("Client-Cert", rfc9440(&device.cert))], device.authenticate_message()),
+        h.device_put(
+            &client,
+            "/mdm",
+            Some(CHECKIN),
+            &[("Client-Cert", rfc9440(&device.cert))],
+            device.authenticate_message(),
+        ),
     )
     .await;
     assert_eq!(device_state(&h, "PROXY-0001").await, None);
@@ -348,11 +403,31 @@ async fn proxy_header_rfc9440_from_trusted_proxy() {
     // The header is still checked like any identity: a foreign certificate in it is refused.
     let (_, foreign) = foreign_identity("PROXY-BAD-0001");
     let other = h.device("PROXY-BAD-0001");
-    assert_refused(&h, "untrusted_issuer", h.device_put(&client, "/mdm", Some(CHECKIN), &[("Client-Cert", rfc9440(&foreign))], other.authenticate_message()))
-        .await;
+    assert_refused(
+        &h,
+        "untrusted_issuer",
+        h.device_put(
+            &client,
+            "/mdm",
+            Some(CHECKIN),
+            &[("Client-Cert", rfc9440(&foreign))],
+            other.authenticate_message(),
+        ),
+    )
+    .await;
     // And a malformed header value.
-    assert_refused(&h, "bad_certificate_header", h.device_put(&client, "/mdm", Some(CHECKIN), &[("Client-Cert", "garbage".into())], other.authenticate_message()))
-        .await;
+    assert_refused(
+        &h,
+        "bad_certificate_header",
+        h.device_put(
+            &client,
+            "/mdm",
+            Some(CHECKIN),
+            &[("Client-Cert", "garbage".into())],
+            other.authenticate_message(),
+        ),
+    )
+    .await;
     h.stop().await;
 }
 
@@ -373,8 +448,18 @@ async fn proxy_header_nginx_escaped_pem() {
     assert_eq!(device_state(&h, "NGINX-0001").await.as_deref(), Some("enrolled"));
     // With this header configured, an RFC 9440 `Client-Cert` header means nothing.
     let other = h.device("NGINX-0002");
-    assert_refused(&h, "no_identity", h.device_put(&client, "/mdm", Some(CHECKIN), &[("Client-Cert", rfc9440(&other.cert))], other.authenticate_message()))
-        .await;
+    assert_refused(
+        &h,
+        "no_identity",
+        h.device_put(
+            &client,
+            "/mdm",
+            Some(CHECKIN),
+            &[("Client-Cert", rfc9440(&other.cert))],
+            other.authenticate_message(),
+        ),
+    )
+    .await;
     h.stop().await;
 }
 
@@ -389,7 +474,12 @@ async fn tls_client_certificate_full_enrollment() {
     assert_eq!(d["enrollment"]["certificate_sha256"], mdm_certs::fingerprint_sha256(&device.cert).as_str());
 
     // A command round trip over the same identity.
-    let (code, q) = h.post("/v1/commands", &serde_json::json!({"device_id": format!("apple:{udid}"), "command": {"type": "device_info"}})).await;
+    let (code, q) = h
+        .post(
+            "/v1/commands",
+            &serde_json::json!({"device_id": format!("apple:{udid}"), "command": {"type": "device_info"}}),
+        )
+        .await;
     assert_eq!(code, 202, "{q}");
     let handled = device.session(|_| "Acknowledged").await.expect("session");
     assert_eq!(handled.len(), 1);
@@ -411,13 +501,18 @@ async fn tls_client_certificate_from_unknown_ca_gets_http_400() {
     let (key, cert) = foreign_identity("TLSFOREIGN-0001");
     let device = h.device_from("TLSFOREIGN-0001", key, cert, IdentityMode::TlsClientCertificate);
     // The TLS handshake succeeds (send() returns a reply instead of an error) and the answer is 400.
-    let r = assert_refused(&h, "untrusted_issuer", async { reply(device.send_checkin(device.authenticate_message()).await.expect("TLS and HTTP work")) })
-        .await;
+    let r = assert_refused(&h, "untrusted_issuer", async {
+        reply(device.send_checkin(device.authenticate_message()).await.expect("TLS and HTTP work"))
+    })
+    .await;
     assert!(r.body.contains("untrusted_issuer"));
     // Expired TLS client certificate from our CA: also a 400, not a handshake failure.
     let now = unix_now();
     let (key, cert) = h.issue("TLSEXPIRED-0001", now - 86_400 * 10, now - 60);
     let expired = h.device_from("TLSEXPIRED-0001", key, cert, IdentityMode::TlsClientCertificate);
-    assert_refused(&h, "expired", async { reply(expired.send_checkin(expired.authenticate_message()).await.expect("TLS and HTTP work")) }).await;
+    assert_refused(&h, "expired", async {
+        reply(expired.send_checkin(expired.authenticate_message()).await.expect("TLS and HTTP work"))
+    })
+    .await;
     h.stop().await;
 }

@@ -27,12 +27,22 @@ fn gateway_binary() -> PathBuf {
     // other's work.
     for (k, _) in std::env::vars_os() {
         let k = k.to_string_lossy().into_owned();
-        let per_package = ["CARGO_MANIFEST_", "CARGO_PKG_", "CARGO_CRATE_", "CARGO_BIN_", "CARGO_PRIMARY_PACKAGE", "CARGO_TARGET_TMPDIR", "CARGO_RUSTC_CURRENT_DIR"];
+        let per_package = [
+            "CARGO_MANIFEST_",
+            "CARGO_PKG_",
+            "CARGO_CRATE_",
+            "CARGO_BIN_",
+            "CARGO_PRIMARY_PACKAGE",
+            "CARGO_TARGET_TMPDIR",
+            "CARGO_RUSTC_CURRENT_DIR",
+        ];
         if per_package.iter().any(|p| k.starts_with(p)) || k == "OUT_DIR" {
             cmd.env_remove(&k);
         }
     }
-    cmd.current_dir(workspace).args(["build", "--quiet", "-p", "mdm-gateway", "--bin", "mdm-gateway", "--target-dir"]).arg(&target_dir);
+    cmd.current_dir(workspace)
+        .args(["build", "--quiet", "-p", "mdm-gateway", "--bin", "mdm-gateway", "--target-dir"])
+        .arg(&target_dir);
     if profile_dir.file_name().is_some_and(|n| n == "release") {
         cmd.arg("--release");
     }
@@ -108,13 +118,23 @@ fn unknown_key_in_config_file_exits_64() {
     let file = tmp.path().join("gateway.toml");
     std::fs::write(&file, "[device]\nlsten = \"127.0.0.1:9443\"\n").expect("write config");
     let mut cmd = gateway(tmp.path());
-    cmd.arg("serve").arg("--config").arg(&file).arg("--data-dir").arg(&data).args(["--api-listen", &format!("127.0.0.1:{}", held.port)]);
+    cmd.arg("serve")
+        .arg("--config")
+        .arg(&file)
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["--api-listen", &format!("127.0.0.1:{}", held.port)]);
     assert_config_refused(&run(cmd), &data, &["device.lsten"]);
 
     // Top-level typo too.
     std::fs::write(&file, "pubilc_url = \"https://mdm.example.com\"\n").expect("write config");
     let mut cmd = gateway(tmp.path());
-    cmd.arg("serve").arg("--config").arg(&file).arg("--data-dir").arg(&data).args(["--api-listen", &format!("127.0.0.1:{}", held.port)]);
+    cmd.arg("serve")
+        .arg("--config")
+        .arg(&file)
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["--api-listen", &format!("127.0.0.1:{}", held.port)]);
     assert_config_refused(&run(cmd), &data, &["pubilc_url"]);
 
     // `config` (print the effective configuration) refuses the same way.
@@ -152,7 +172,12 @@ fn invalid_values_exit_64() {
     assert_config_refused(&run(cmd), &data, &["device.listen"]);
     // A missing config file.
     let mut cmd = gateway(tmp.path());
-    cmd.arg("serve").arg("--config").arg(tmp.path().join("absent.toml")).arg("--data-dir").arg(&data).args(["--api-listen", &api]);
+    cmd.arg("serve")
+        .arg("--config")
+        .arg(tmp.path().join("absent.toml"))
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["--api-listen", &api]);
     assert_config_refused(&run(cmd), &data, &["--config"]);
 }
 
@@ -162,11 +187,19 @@ fn unknown_environment_variable_exits_64() {
     let data = tmp.path().join("data");
     let held = hold_port();
     let mut cmd = gateway(tmp.path());
-    cmd.env("MDM_GATEWAY_DEVICE__LSTEN", "1").arg("serve").arg("--data-dir").arg(&data).args(["--api-listen", &format!("127.0.0.1:{}", held.port)]);
+    cmd.env("MDM_GATEWAY_DEVICE__LSTEN", "1")
+        .arg("serve")
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["--api-listen", &format!("127.0.0.1:{}", held.port)]);
     assert_config_refused(&run(cmd), &data, &["device.lsten", "MDM_GATEWAY_DEVICE__LSTEN"]);
     // An invalid value from the environment names its key too.
     let mut cmd = gateway(tmp.path());
-    cmd.env("MDM_GATEWAY_DEVICE__LISTEN", "nope").arg("serve").arg("--data-dir").arg(&data).args(["--api-listen", &format!("127.0.0.1:{}", held.port)]);
+    cmd.env("MDM_GATEWAY_DEVICE__LISTEN", "nope")
+        .arg("serve")
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["--api-listen", &format!("127.0.0.1:{}", held.port)]);
     assert_config_refused(&run(cmd), &data, &["device.listen"]);
 }
 
@@ -255,14 +288,23 @@ async fn serve_creates_data_dir_answers_health_and_stops_on_sigterm() {
     assert_eq!(ready.status().as_u16(), 200);
 
     let status = terminate(&mut first, Duration::from_secs(10));
-    assert_eq!(status.code(), Some(0), "exit after SIGTERM: {status:?}\n{}", std::fs::read_to_string(tmp.path().join("first.log")).unwrap_or_default());
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "exit after SIGTERM: {status:?}\n{}",
+        std::fs::read_to_string(tmp.path().join("first.log")).unwrap_or_default()
+    );
     assert!(client.get(format!("{}/healthz", first.api)).send().await.is_err(), "still answering after exit");
 
     // Second start on the same directory reuses the CA and the secrets.
     let mut second = start(tmp.path(), &data, "second.log");
     wait_healthy(&mut second).await;
     assert_eq!(std::fs::read(data.join("ca.pem")).expect("ca"), ca, "ca.pem changed on restart");
-    assert_eq!(std::fs::read_to_string(data.join("api-key")).expect("api-key").trim(), api_key, "api-key changed on restart");
+    assert_eq!(
+        std::fs::read_to_string(data.join("api-key")).expect("api-key").trim(),
+        api_key,
+        "api-key changed on restart"
+    );
     let ok = client.get(format!("{}/v1/devices", second.api)).bearer_auth(&api_key).send().await.expect("devices");
     assert_eq!(ok.status().as_u16(), 200);
     let status = terminate(&mut second, Duration::from_secs(10));

@@ -26,7 +26,8 @@ async fn queue(h: &Harness, fleet: &Fleet, per_device: usize) -> Vec<String> {
     let mut ids = Vec::new();
     for n in 0..per_device {
         for device_id in fleet.device_ids() {
-            let (code, r) = h.post("/v1/commands", &json!({ "device_id": device_id, "command": sample_command(n) })).await;
+            let (code, r) =
+                h.post("/v1/commands", &json!({ "device_id": device_id, "command": sample_command(n) })).await;
             assert_eq!(code, 202, "{r}");
             ids.push(r["command_id"].as_str().expect("command_id").to_owned());
         }
@@ -191,7 +192,15 @@ fn workspace_binary(package: &str, bin: &str) -> PathBuf {
     let mut cmd = Command::new(env!("CARGO"));
     for (k, _) in std::env::vars_os() {
         let k = k.to_string_lossy().into_owned();
-        let per_package = ["CARGO_MANIFEST_", "CARGO_PKG_", "CARGO_CRATE_", "CARGO_BIN_", "CARGO_PRIMARY_PACKAGE", "CARGO_TARGET_TMPDIR", "CARGO_RUSTC_CURRENT_DIR"];
+        let per_package = [
+            "CARGO_MANIFEST_",
+            "CARGO_PKG_",
+            "CARGO_CRATE_",
+            "CARGO_BIN_",
+            "CARGO_PRIMARY_PACKAGE",
+            "CARGO_TARGET_TMPDIR",
+            "CARGO_RUSTC_CURRENT_DIR",
+        ];
         if per_package.iter().any(|p| k.starts_with(p)) || k == "OUT_DIR" {
             cmd.env_remove(&k);
         }
@@ -230,7 +239,19 @@ fn run_bench(args: &[&str]) -> Value {
 
 #[test]
 fn mdm_bench_idle_short_run() {
-    let r = run_bench(&["idle", "--enrolled", "300", "--active", "20", "--connections", "4", "--duration", "1s", "--warmup", "300ms"]);
+    let r = run_bench(&[
+        "idle",
+        "--enrolled",
+        "300",
+        "--active",
+        "20",
+        "--connections",
+        "4",
+        "--duration",
+        "1s",
+        "--warmup",
+        "300ms",
+    ]);
     let ceiling = &r["ceiling"];
     assert!(ceiling["requests"].as_u64().unwrap_or(0) > 0, "{r}");
     assert!(ceiling["server_cpu_seconds"].as_f64().is_some(), "{r}");
@@ -241,7 +262,9 @@ fn mdm_bench_idle_short_run() {
     assert!(load["requests"].as_u64().unwrap_or(0) > 0, "{r}");
     assert_eq!(load["non_200"], 0, "{r}");
     assert!(load["requests_per_second"].as_f64().unwrap_or(0.0) > 0.0);
-    assert!(load["latency"]["p99_ms"].as_f64().unwrap_or(0.0) >= load["latency"]["p50_ms"].as_f64().unwrap_or(f64::MAX));
+    assert!(
+        load["latency"]["p99_ms"].as_f64().unwrap_or(0.0) >= load["latency"]["p50_ms"].as_f64().unwrap_or(f64::MAX)
+    );
     assert!(load["server_peak_rss_kib"].as_u64().unwrap_or(0) > 1000, "{r}");
     assert!(load["server_cpu_seconds"].as_f64().unwrap_or(0.0) > 0.0, "{r}");
     let ratio = g["ratio_to_ceiling"].as_f64().expect("ratio present");
@@ -261,7 +284,8 @@ fn mdm_bench_roundtrip_short_run() {
 
 #[test]
 fn mdm_bench_roundtrip_push_short_run() {
-    let r = run_bench(&["roundtrip", "--push", "--enrolled", "100", "--devices", "10", "--rate", "20", "--duration", "1s"]);
+    let r =
+        run_bench(&["roundtrip", "--push", "--enrolled", "100", "--devices", "10", "--rate", "20", "--duration", "1s"]);
     assert_eq!(r["waker"], "push", "{r}");
     let run = &r["runs"][0];
     assert!(run["posted"].as_u64().unwrap_or(0) > 0, "{r}");
@@ -291,7 +315,11 @@ fn mdm_bench_push_short_run() {
     assert_eq!(run["apns_accepted"], ok, "the emulator accepted exactly what the API reported: {r}");
     assert_eq!(run["pushes"].as_u64(), run["batches"].as_u64().map(|b| b * 20), "{r}");
     assert!(run["pushes_per_second"].as_f64().unwrap_or(0.0) > 0.0, "{r}");
-    assert!(run["batch_latency"]["p99_ms"].as_f64().unwrap_or(0.0) >= run["batch_latency"]["p50_ms"].as_f64().unwrap_or(f64::MAX), "{r}");
+    assert!(
+        run["batch_latency"]["p99_ms"].as_f64().unwrap_or(0.0)
+            >= run["batch_latency"]["p50_ms"].as_f64().unwrap_or(f64::MAX),
+        "{r}"
+    );
     assert!(r["gateway_cpu_seconds"].as_f64().unwrap_or(0.0) > 0.0, "{r}");
     assert!(r["gateway_cpu_us_per_push"].as_f64().unwrap_or(0.0) > 0.0, "{r}");
     assert!(r["apns_connections"].as_u64().unwrap_or(0) >= 1, "{r}");
@@ -301,7 +329,8 @@ fn mdm_bench_push_short_run() {
 /// configured beforehand with the CA that `--apns-print-config` made (kept in `--apns-dir`).
 #[tokio::test]
 async fn mdm_emulate_push_mode_short_run() {
-    let emulate = tokio::task::spawn_blocking(|| workspace_binary("mdm-conformance", "mdm-emulate")).await.expect("build");
+    let emulate =
+        tokio::task::spawn_blocking(|| workspace_binary("mdm-conformance", "mdm-emulate")).await.expect("build");
     let dir = tempfile::tempdir().expect("tmp");
     let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
     let listen = format!("127.0.0.1:{port}");
@@ -331,14 +360,39 @@ async fn mdm_emulate_push_mode_short_run() {
     let ca_dir = h.dir.path().join("data");
     let json_path = dir.path().join("summary.json");
     let args: Vec<std::ffi::OsString> = vec![
-        "apple".into(), "--devices".into(), "8".into(), "--gateway".into(), h.device_url.clone().into(),
-        "--ca-dir".into(), ca_dir.into(), "--api".into(), h.api_url.clone().into(), "--api-key-file".into(), key_file.into(),
-        "--commands".into(), "2".into(), "--apns-listen".into(), format!("127.0.0.1:{port}").into(),
-        "--apns-dir".into(), apns_dir.into(), "--duration".into(), "20s".into(), "--quiet".into(), "--json".into(), json_path.clone().into(),
+        "apple".into(),
+        "--devices".into(),
+        "8".into(),
+        "--gateway".into(),
+        h.device_url.clone().into(),
+        "--ca-dir".into(),
+        ca_dir.into(),
+        "--api".into(),
+        h.api_url.clone().into(),
+        "--api-key-file".into(),
+        key_file.into(),
+        "--commands".into(),
+        "2".into(),
+        "--apns-listen".into(),
+        format!("127.0.0.1:{port}").into(),
+        "--apns-dir".into(),
+        apns_dir.into(),
+        "--duration".into(),
+        "20s".into(),
+        "--quiet".into(),
+        "--json".into(),
+        json_path.clone().into(),
     ];
-    let out = tokio::task::spawn_blocking(move || Command::new(emulate).args(args).output().expect("run mdm-emulate")).await.expect("join");
+    let out = tokio::task::spawn_blocking(move || Command::new(emulate).args(args).output().expect("run mdm-emulate"))
+        .await
+        .expect("join");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "mdm-emulate failed ({}):\n{stdout}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "mdm-emulate failed ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("push certificate for com.apple.mgmt.External.emulated uploaded"), "{stdout}");
     let s: Value = serde_json::from_slice(&std::fs::read(&json_path).expect("summary written")).expect("JSON");
     assert_eq!(s["enrolled"], 8, "{s}");

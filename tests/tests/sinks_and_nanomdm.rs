@@ -28,10 +28,16 @@ async fn webhook_gets_every_event_in_order_signed() {
     let secret_path = secret_dir.path().join("hook-secret");
     std::fs::write(&secret_path, "s3cret\n").expect("write secret");
     let url = receiver.url.clone();
-    let h = Harness::start_with(|c| c.webhook = Some(webhook(&url, WebhookFormat::Event, Some(secret_path.clone())))).await;
+    let h =
+        Harness::start_with(|c| c.webhook = Some(webhook(&url, WebhookFormat::Event, Some(secret_path.clone())))).await;
     let dev = h.device("B1B2C3D4-0000-4000-8000-000000000001");
     dev.enroll().await.expect("enroll");
-    let (_, r) = h.post("/v1/commands", &json!({ "device_id": format!("apple:{}", dev.udid), "command": { "type": "device_info" } })).await;
+    let (_, r) = h
+        .post(
+            "/v1/commands",
+            &json!({ "device_id": format!("apple:{}", dev.udid), "command": { "type": "device_info" } }),
+        )
+        .await;
     assert!(r["command_id"].is_string());
     dev.session(|_| "Acknowledged").await.expect("session");
 
@@ -72,7 +78,10 @@ async fn a_backend_that_is_down_loses_nothing() {
     .await
     .expect("delivered after the outage");
     assert_eq!(receiver.failed.load(std::sync::atomic::Ordering::SeqCst), 4);
-    assert_eq!(delivered.iter().map(|e| e["id"].clone()).collect::<Vec<_>>(), logged.iter().map(|e| e["id"].clone()).collect::<Vec<_>>());
+    assert_eq!(
+        delivered.iter().map(|e| e["id"].clone()).collect::<Vec<_>>(),
+        logged.iter().map(|e| e["id"].clone()).collect::<Vec<_>>()
+    );
     let (_, metrics) = {
         let resp = h.raw_api().get(format!("{}/metrics", h.api_url)).send().await.expect("metrics");
         (resp.status(), resp.text().await.expect("text"))
@@ -133,7 +142,12 @@ async fn micromdm_webhook_matches_nanomdm_captures() {
     assert_eq!(r.status, 200);
     let r = dev.send_checkin(dev.token_update_message(None)).await.expect("token update");
     assert_eq!(r.status, 200);
-    let (code, result) = h.put_bytes("/v1/enqueue/66ADE930-5FDF-5EC4-8429-15640684C489?nopush=1", vector("nanomdm/enqueue_device_information.plist")).await;
+    let (code, result) = h
+        .put_bytes(
+            "/v1/enqueue/66ADE930-5FDF-5EC4-8429-15640684C489?nopush=1",
+            vector("nanomdm/enqueue_device_information.plist"),
+        )
+        .await;
     assert_eq!(code, 200, "{result}");
     let idle = dev.send_report(dev.report_message("Idle", None, None, Default::default())).await.expect("idle");
     assert!(!idle.body.is_empty());
@@ -175,13 +189,18 @@ async fn nanomdm_enqueue_replies_like_nanomdm() {
     // All ids fine, no push: 200 and no per-id entries.
     let (code, r) = h.put_bytes(&format!("/v1/enqueue/{}?nopush=1", dev.udid), plist.clone()).await;
     assert_eq!(code, 200, "{r}");
-    assert_eq!(r, json!({ "no_push": true, "command_uuid": "76eda240-5488-4989-8339-f2ae160113c4", "request_type": "DeviceInformation" }));
+    assert_eq!(
+        r,
+        json!({ "no_push": true, "command_uuid": "76eda240-5488-4989-8339-f2ae160113c4", "request_type": "DeviceInformation" })
+    );
     let handled = dev.session(|_| "Acknowledged").await.expect("session");
     assert_eq!(handled[0].0, "76eda240-5488-4989-8339-f2ae160113c4");
 
     // One unknown id among two: 207 with its error in the status map.
     let mut second = plist.clone();
-    let text = String::from_utf8(second.clone()).expect("utf8").replace("76eda240-5488-4989-8339-f2ae160113c4", "11111111-2222-4333-8444-555555555555");
+    let text = String::from_utf8(second.clone())
+        .expect("utf8")
+        .replace("76eda240-5488-4989-8339-f2ae160113c4", "11111111-2222-4333-8444-555555555555");
     second = text.into_bytes();
     let (code, r) = h.put_bytes(&format!("/v1/enqueue/{},UNKNOWN-UDID?nopush=1", dev.udid), second).await;
     assert_eq!(code, 207, "{r}");
@@ -199,7 +218,9 @@ async fn nanomdm_enqueue_replies_like_nanomdm() {
     assert_eq!(h.snapshot(&[]).await, before);
 
     // With push requested: enqueued, but the push fails per id with a clear reason.
-    let third = String::from_utf8(plist).expect("utf8").replace("76eda240-5488-4989-8339-f2ae160113c4", "33333333-2222-4333-8444-555555555555");
+    let third = String::from_utf8(plist)
+        .expect("utf8")
+        .replace("76eda240-5488-4989-8339-f2ae160113c4", "33333333-2222-4333-8444-555555555555");
     let (code, r) = h.put_bytes(&format!("/v1/enqueue/{}", dev.udid), third.into_bytes()).await;
     assert_eq!(code, 500, "{r}");
     assert!(r["status"][&dev.udid]["push_error"].as_str().expect("push error").contains("no push certificate"), "{r}");
@@ -262,7 +283,8 @@ async fn push_certificate_upload_and_read() {
     })
     .await;
     let topic = "com.apple.mgmt.External.emulated";
-    let (cert, key) = apns.issue_push_certificate(topic, mdm_tests::unix_now() + 365 * 86_400).expect("push certificate");
+    let (cert, key) =
+        apns.issue_push_certificate(topic, mdm_tests::unix_now() + 365 * 86_400).expect("push certificate");
     let (code, r) = h.put_bytes("/v1/pushcert", format!("{cert}{key}").into_bytes()).await;
     assert_eq!(code, 200, "{r}");
     assert_eq!(r["topic"], topic);
@@ -294,8 +316,12 @@ async fn push_certificate_upload_and_read() {
     let seen = apns.control().recent();
     assert_eq!(seen.len(), 1);
     assert_eq!(r["status"][&dev.udid]["push_result"], seen[0].apns_id.as_str(), "{r}");
-    let metrics = h.raw_api().get(format!("{}/metrics", h.api_url)).send().await.expect("metrics").text().await.expect("text");
-    assert!(metrics.contains("mdm_push_certificate_expiry_seconds{topic=\"com.apple.mgmt.External.emulated\"}"), "{metrics}");
+    let metrics =
+        h.raw_api().get(format!("{}/metrics", h.api_url)).send().await.expect("metrics").text().await.expect("text");
+    assert!(
+        metrics.contains("mdm_push_certificate_expiry_seconds{topic=\"com.apple.mgmt.External.emulated\"}"),
+        "{metrics}"
+    );
     h.stop().await;
     apns.stop().await;
 }
@@ -322,7 +348,10 @@ async fn readiness_follows_sinks_unless_told_otherwise() {
         };
         let (code, _) = ready(&h).await;
         assert_eq!(code, 200, "nothing to deliver yet");
-        h.device("B1B2C3D4-0000-4000-8000-00000000000F").send_checkin(h.device("B1B2C3D4-0000-4000-8000-00000000000F").authenticate_message()).await.expect("auth");
+        h.device("B1B2C3D4-0000-4000-8000-00000000000F")
+            .send_checkin(h.device("B1B2C3D4-0000-4000-8000-00000000000F").authenticate_message())
+            .await
+            .expect("auth");
         let seen = eventually(Duration::from_secs(10), || async {
             let (code, body) = ready(&h).await;
             (body["sinks"][0]["failing"] == true).then_some(code)

@@ -55,34 +55,22 @@ pub(crate) fn valid_common_name(cn: &str) -> bool {
 }
 
 /// Refuse to sign with a key that is not the CA's: the result would never verify.
-pub(crate) fn check_issuer_key(
-    issuer: &X509Ref,
-    issuer_key: &PKeyRef<Private>,
-) -> Result<(), DevPkiError> {
-    if issuer.public_key()?.public_eq(issuer_key) {
-        Ok(())
-    } else {
-        Err(DevPkiError::KeyMismatch)
-    }
+pub(crate) fn check_issuer_key(issuer: &X509Ref, issuer_key: &PKeyRef<Private>) -> Result<(), DevPkiError> {
+    if issuer.public_key()?.public_eq(issuer_key) { Ok(()) } else { Err(DevPkiError::KeyMismatch) }
 }
 
-pub(crate) fn sign(
-    builder: &mut X509Builder,
-    issuer_key: &PKeyRef<Private>,
-) -> Result<(), DevPkiError> {
+pub(crate) fn sign(builder: &mut X509Builder, issuer_key: &PKeyRef<Private>) -> Result<(), DevPkiError> {
     builder.sign(issuer_key, MessageDigest::sha256())?;
     Ok(())
 }
 
 /// `now + days`, checked.
 pub(crate) fn days_after(now: i64, days: u32) -> Result<i64, DevPkiError> {
-    now.checked_add(i64::from(days) * 86_400)
-        .ok_or(DevPkiError::TimeOutOfRange)
+    now.checked_add(i64::from(days) * 86_400).ok_or(DevPkiError::TimeOutOfRange)
 }
 
 pub(crate) fn backdated(now: i64) -> Result<i64, DevPkiError> {
-    now.checked_sub(super::BACKDATE_SECONDS)
-        .ok_or(DevPkiError::TimeOutOfRange)
+    now.checked_sub(super::BACKDATE_SECONDS).ok_or(DevPkiError::TimeOutOfRange)
 }
 
 fn serial_number(bytes: &[u8]) -> Result<Asn1Integer, DevPkiError> {

@@ -29,9 +29,7 @@ pub fn generate_rsa_key(bits: u32) -> Result<PKey<Private>, DevPkiError> {
 /// Unencrypted PKCS#8 PEM (`-----BEGIN PRIVATE KEY-----`).
 pub fn key_to_pem(key: &PKeyRef<Private>) -> String {
     // Only fails if openssl cannot allocate.
-    let pem = key
-        .private_key_to_pem_pkcs8()
-        .expect("openssl failed to allocate while encoding a private key");
+    let pem = key.private_key_to_pem_pkcs8().expect("openssl failed to allocate while encoding a private key");
     String::from_utf8(pem).expect("PEM is ASCII")
 }
 

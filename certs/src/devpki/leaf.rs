@@ -6,8 +6,8 @@ use openssl::{
     x509::{
         X509, X509Ref,
         extension::{
-            AuthorityKeyIdentifier, BasicConstraints, ExtendedKeyUsage, KeyUsage,
-            SubjectAlternativeName, SubjectKeyIdentifier,
+            AuthorityKeyIdentifier, BasicConstraints, ExtendedKeyUsage, KeyUsage, SubjectAlternativeName,
+            SubjectKeyIdentifier,
         },
     },
 };
@@ -93,13 +93,7 @@ pub fn issue_leaf_certificate(
         return Err(DevPkiError::NoNames);
     }
     let subject = build::name(profile.common_name)?;
-    let mut builder = build::start(
-        &subject,
-        key,
-        profile.serial,
-        profile.not_before,
-        profile.not_after,
-    )?;
+    let mut builder = build::start(&subject, key, profile.serial, profile.not_before, profile.not_after)?;
     builder.set_issuer_name(ca.subject_name())?;
     builder.append_extension(BasicConstraints::new().critical().build()?)?;
 
@@ -136,10 +130,8 @@ pub fn issue_leaf_certificate(
     builder.append_extension(ski)?;
     // Copy the issuer's SKI when it has one; older operator CAs may not, and then openssl falls
     // back to issuer name + serial instead of failing.
-    let aki = AuthorityKeyIdentifier::new()
-        .keyid(false)
-        .issuer(false)
-        .build(&builder.x509v3_context(Some(ca), None))?;
+    let aki =
+        AuthorityKeyIdentifier::new().keyid(false).issuer(false).build(&builder.x509v3_context(Some(ca), None))?;
     builder.append_extension(aki)?;
 
     build::sign(&mut builder, ca_key)?;

@@ -8,9 +8,7 @@ use super::DevPkiError;
 /// `-----BEGIN CERTIFICATE-----` PEM.
 pub fn to_pem(cert: &X509Ref) -> String {
     // Only fails if openssl cannot allocate.
-    let pem = cert
-        .to_pem()
-        .expect("openssl failed to allocate while encoding a certificate");
+    let pem = cert.to_pem().expect("openssl failed to allocate while encoding a certificate");
     String::from_utf8(pem).expect("PEM is ASCII")
 }
 

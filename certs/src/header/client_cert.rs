@@ -15,20 +15,13 @@ pub fn parse_client_cert(value: &str) -> Result<X509, IdentityError> {
     if value.is_empty() {
         return Err(IdentityError::EmptyCertificateHeader);
     }
-    let inner = value
-        .strip_prefix(':')
-        .ok_or(IdentityError::BadCertificateHeader)?;
-    let (content, rest) = inner
-        .split_once(':')
-        .ok_or(IdentityError::BadCertificateHeader)?;
+    let inner = value.strip_prefix(':').ok_or(IdentityError::BadCertificateHeader)?;
+    let (content, rest) = inner.split_once(':').ok_or(IdentityError::BadCertificateHeader)?;
     if !(rest.is_empty() || rest.starts_with(';')) {
         return Err(IdentityError::BadCertificateHeader);
     }
     // RFC 8941 §3.3.5: only the base64 alphabet and "=" may appear between the colons.
-    if !content
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='))
-    {
+    if !content.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=')) {
         return Err(IdentityError::BadCertificateHeader);
     }
     if content.is_empty() {

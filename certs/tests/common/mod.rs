@@ -26,16 +26,8 @@ impl Ca {
 
     pub(crate) fn intermediate(&self, name: &str) -> Ca {
         let key = devpki::generate_key().unwrap();
-        let cert = devpki::create_intermediate_ca(
-            &self.cert,
-            &self.key,
-            &key,
-            name,
-            NOW - 30 * DAY,
-            1825,
-            &[0x02],
-        )
-        .unwrap();
+        let cert =
+            devpki::create_intermediate_ca(&self.cert, &self.key, &key, name, NOW - 30 * DAY, 1825, &[0x02]).unwrap();
         Ca { cert, key }
     }
 
@@ -48,23 +40,11 @@ impl Ca {
         self.device_valid(cn, NOW - DAY, NOW + 365 * DAY)
     }
 
-    pub(crate) fn device_valid(
-        &self,
-        cn: &str,
-        not_before: i64,
-        not_after: i64,
-    ) -> (X509, PKey<Private>) {
+    pub(crate) fn device_valid(&self, cn: &str, not_before: i64, not_after: i64) -> (X509, PKey<Private>) {
         let key = devpki::generate_key().unwrap();
-        let cert = devpki::issue_device_certificate(
-            &self.cert,
-            &self.key,
-            &key,
-            cn,
-            not_before,
-            not_after,
-            &[0x10, 0x01],
-        )
-        .unwrap();
+        let cert =
+            devpki::issue_device_certificate(&self.cert, &self.key, &key, cn, not_before, not_after, &[0x10, 0x01])
+                .unwrap();
         (cert, key)
     }
 
@@ -96,16 +76,8 @@ pub(crate) fn openssl_cli() -> Option<&'static str> {
 
 /// Run the openssl CLI in `dir`, panicking with its stderr on failure.
 pub(crate) fn run_openssl(cli: &str, dir: &Path, args: &[&str]) -> Vec<u8> {
-    let out = Command::new(cli)
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "openssl {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = Command::new(cli).current_dir(dir).args(args).output().unwrap();
+    assert!(out.status.success(), "openssl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     out.stdout
 }
 

@@ -11,7 +11,9 @@ use openssl::asn1::{Asn1Integer, Asn1Time};
 use openssl::bn::BigNum;
 use openssl::hash::MessageDigest;
 use openssl::nid::Nid;
-use openssl::x509::extension::{AuthorityKeyIdentifier, BasicConstraints, ExtendedKeyUsage, KeyUsage, SubjectKeyIdentifier};
+use openssl::x509::extension::{
+    AuthorityKeyIdentifier, BasicConstraints, ExtendedKeyUsage, KeyUsage, SubjectKeyIdentifier,
+};
 use openssl::x509::{X509Builder, X509NameBuilder};
 
 use super::ApnsError;
@@ -105,7 +107,8 @@ impl PushCa {
             SubjectAltName::Ip(std::net::Ipv6Addr::LOCALHOST.into()),
             SubjectAltName::Dns("localhost".into()),
         ];
-        let cert = devpki::issue_server_certificate(&self.cert, &self.key, &key, &names, unix_now(), 365, &rand_bytes())?;
+        let cert =
+            devpki::issue_server_certificate(&self.cert, &self.key, &key, &names, unix_now(), 365, &rand_bytes())?;
         Ok((devpki::to_pem(&cert) + &self.cert_pem(), devpki::key_to_pem(&key)))
     }
 }

@@ -49,7 +49,15 @@ fn injected(status: u16) -> Verdict {
 }
 
 /// `body` is `None` when it exceeded [`MAX_PAYLOAD`].
-pub(super) fn check(control: &ApnsControl, method: &Method, path: &str, headers: &HeaderMap, body: Option<&[u8]>, cert_topic: &str, now_ms: i64) -> Verdict {
+pub(super) fn check(
+    control: &ApnsControl,
+    method: &Method,
+    path: &str,
+    headers: &HeaderMap,
+    body: Option<&[u8]>,
+    cert_topic: &str,
+    now_ms: i64,
+) -> Verdict {
     if let Some(status) = control.take_injected() {
         return injected(status);
     }
@@ -111,7 +119,9 @@ pub(super) fn check(control: &ApnsControl, method: &Method, path: &str, headers:
         return refuse(400, "BadPayload");
     };
     match control.token_mark(&token) {
-        Some(TokenMark::Unregistered) => Verdict::Refuse { status: 410, reason: "Unregistered", timestamp: Some(now_ms) },
+        Some(TokenMark::Unregistered) => {
+            Verdict::Refuse { status: 410, reason: "Unregistered", timestamp: Some(now_ms) }
+        }
         Some(TokenMark::BadDeviceToken) => refuse(400, "BadDeviceToken"),
         Some(TokenMark::NotForTopic) => refuse(400, "DeviceTokenNotForTopic"),
         None => Verdict::Accept { token_hex: token, push_magic },
@@ -150,14 +160,23 @@ mod tests {
             Verdict::Refuse { status, reason, .. } => (status, reason),
             Verdict::Accept { .. } => (200, ""),
         };
-        assert_eq!(run(&c, Method::POST, &path, &good(), Some(body)), Verdict::Accept { token_hex: token.clone(), push_magic: "magic".into() });
+        assert_eq!(
+            run(&c, Method::POST, &path, &good(), Some(body)),
+            Verdict::Accept { token_hex: token.clone(), push_magic: "magic".into() }
+        );
         assert_eq!(reason(run(&c, Method::GET, &path, &good(), Some(body))), (405, "MethodNotAllowed"));
         assert_eq!(reason(run(&c, Method::POST, "/3/other", &good(), Some(body))), (404, "BadPath"));
         assert_eq!(reason(run(&c, Method::POST, "/3/device/abc", &good(), Some(body))), (400, "BadDeviceToken"));
         let wrong_topic = headers(&[("apns-topic", "com.apple.mgmt.other"), ("apns-push-type", "mdm")]);
         assert_eq!(reason(run(&c, Method::POST, &path, &wrong_topic, Some(body))), (400, "TopicDisallowed"));
-        assert_eq!(reason(run(&c, Method::POST, &path, &headers(&[("apns-push-type", "mdm")]), Some(body))), (400, "MissingTopic"));
-        assert_eq!(reason(run(&c, Method::POST, &path, &headers(&[("apns-topic", TOPIC)]), Some(body))), (400, "InvalidPushType"));
+        assert_eq!(
+            reason(run(&c, Method::POST, &path, &headers(&[("apns-push-type", "mdm")]), Some(body))),
+            (400, "MissingTopic")
+        );
+        assert_eq!(
+            reason(run(&c, Method::POST, &path, &headers(&[("apns-topic", TOPIC)]), Some(body))),
+            (400, "InvalidPushType")
+        );
         let mut h = good();
         h.insert("apns-priority", "7".parse().expect("v"));
         assert_eq!(reason(run(&c, Method::POST, &path, &h, Some(body))), (400, "BadPriority"));
@@ -172,7 +191,10 @@ mod tests {
         assert_eq!(reason(run(&c, Method::POST, &path, &good(), Some(b"{\"aps\":{}}"))), (400, "BadPayload"));
 
         c.mark_token(&token, TokenMark::Unregistered);
-        assert_eq!(run(&c, Method::POST, &path, &good(), Some(body)), Verdict::Refuse { status: 410, reason: "Unregistered", timestamp: Some(5) });
+        assert_eq!(
+            run(&c, Method::POST, &path, &good(), Some(body)),
+            Verdict::Refuse { status: 410, reason: "Unregistered", timestamp: Some(5) }
+        );
         c.mark_token(&token, TokenMark::BadDeviceToken);
         assert_eq!(reason(run(&c, Method::POST, &path, &good(), Some(body))), (400, "BadDeviceToken"));
         c.clear_token(&token);

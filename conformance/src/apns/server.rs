@@ -48,7 +48,10 @@ impl ApnsEmulator {
     }
 
     /// Starts with a given push CA, so certificates issued earlier stay valid.
-    pub async fn start_with(listen: SocketAddr, push_ca: PushCa) -> Result<(ApnsEmulator, mpsc::UnboundedReceiver<PushDelivery>), ApnsError> {
+    pub async fn start_with(
+        listen: SocketAddr,
+        push_ca: PushCa,
+    ) -> Result<(ApnsEmulator, mpsc::UnboundedReceiver<PushDelivery>), ApnsError> {
         ApnsEmulator::start_with_cas(listen, push_ca, PushCa::generate("Emulated APNs Server CA")?).await
     }
 
@@ -114,8 +117,10 @@ fn server_tls(push_ca: &PushCa, chain_pem: &str, key_pem: &str) -> Result<Arc<Se
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .build()
         .map_err(|e| ApnsError::Tls(e.to_string()))?;
-    let chain: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut chain_pem.as_bytes()).collect::<Result<_, _>>()?;
-    let key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut key_pem.as_bytes())?.ok_or_else(|| ApnsError::Tls("no server key".into()))?;
+    let chain: Vec<CertificateDer<'static>> =
+        rustls_pemfile::certs(&mut chain_pem.as_bytes()).collect::<Result<_, _>>()?;
+    let key: PrivateKeyDer<'static> =
+        rustls_pemfile::private_key(&mut key_pem.as_bytes())?.ok_or_else(|| ApnsError::Tls("no server key".into()))?;
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(verifier)
@@ -141,13 +146,20 @@ async fn accept_loop(
             _ = stop.wait_for(|s| *s) => break,
         };
         let _ = tcp.set_nodelay(true);
-        let (acceptor, control, deliveries, stop) = (acceptor.clone(), control.clone(), deliveries.clone(), stop.clone());
+        let (acceptor, control, deliveries, stop) =
+            (acceptor.clone(), control.clone(), deliveries.clone(), stop.clone());
         conns.spawn(async move {
             // A failed handshake (no certificate, wrong CA, expired) is APNs closing the socket.
             let Ok(Ok(tls)) = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await else {
                 return;
             };
-            let topic = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(|c| topic_of(c)).unwrap_or_default();
+            let topic = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(|c| topic_of(c))
+                .unwrap_or_default();
             serve(tls, topic, control, deliveries, stop).await;
         });
         while conns.try_join_next().is_some() {}
@@ -165,7 +177,8 @@ async fn serve(
     let connection = control.connections.fetch_add(1, Ordering::SeqCst) + 1;
     let streams = Arc::new(AtomicU64::new(0));
     let goaway = Arc::new(Notify::new());
-    let ctx = Arc::new(Ctx { connection, topic, control: control.clone(), deliveries, streams, goaway: goaway.clone() });
+    let ctx =
+        Arc::new(Ctx { connection, topic, control: control.clone(), deliveries, streams, goaway: goaway.clone() });
     let service = service_fn(move |req| {
         let ctx = ctx.clone();
         async move { Ok::<_, Infallible>(ctx.answer(req).await) }
@@ -215,7 +228,15 @@ impl Ctx {
             Ok(b) => Some(b.to_bytes()),
             Err(_) => None,
         };
-        let verdict = check(&self.control, &parts.method, parts.uri.path(), &parts.headers, body.as_deref(), &self.topic, unix_now() * 1000);
+        let verdict = check(
+            &self.control,
+            &parts.method,
+            parts.uri.path(),
+            &parts.headers,
+            body.as_deref(),
+            &self.topic,
+            unix_now() * 1000,
+        );
         let delay = self.control.delay();
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
@@ -244,7 +265,11 @@ impl Ctx {
             connection: self.connection,
             method: parts.method.to_string(),
             path: parts.uri.path().to_owned(),
-            headers: parts.headers.iter().map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned())).collect(),
+            headers: parts
+                .headers
+                .iter()
+                .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+                .collect(),
             body: body.map(|b| b.to_vec()).unwrap_or_default(),
             client_topic: self.topic.clone(),
             status,
@@ -267,7 +292,8 @@ impl Ctx {
             resp.headers_mut().insert("apns-id", v);
         }
         if !reply_body.is_empty() {
-            resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json; charset=utf-8"));
+            resp.headers_mut()
+                .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json; charset=utf-8"));
         }
         resp
     }

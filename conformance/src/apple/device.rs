@@ -57,7 +57,14 @@ pub struct AppleDevice {
 impl AppleDevice {
     /// `gateway_ca_pem` is what the device trusts for the server; `base_url` e.g.
     /// `https://localhost:8443`.
-    pub fn new(udid: &str, key: PKey<Private>, cert: X509, mode: IdentityMode, base_url: &str, gateway_ca_pem: &[u8]) -> Result<Self, DeviceError> {
+    pub fn new(
+        udid: &str,
+        key: PKey<Private>,
+        cert: X509,
+        mode: IdentityMode,
+        base_url: &str,
+        gateway_ca_pem: &[u8],
+    ) -> Result<Self, DeviceError> {
         let root = reqwest::Certificate::from_pem(gateway_ca_pem)?;
         let mut builder = reqwest::Client::builder()
             .use_rustls_tls()
@@ -75,8 +82,16 @@ impl AppleDevice {
     /// A device that sends through `client`, which may be shared by many devices (connection
     /// reuse). With [`IdentityMode::TlsClientCertificate`] the client must present this device's
     /// certificate; signing devices can all share one client.
-    pub fn with_client(udid: &str, key: PKey<Private>, cert: X509, mode: IdentityMode, base_url: &str, client: reqwest::Client) -> Self {
-        let serial: String = udid.chars().filter(|c| c.is_ascii_alphanumeric()).take(12).collect::<String>().to_uppercase();
+    pub fn with_client(
+        udid: &str,
+        key: PKey<Private>,
+        cert: X509,
+        mode: IdentityMode,
+        base_url: &str,
+        client: reqwest::Client,
+    ) -> Self {
+        let serial: String =
+            udid.chars().filter(|c| c.is_ascii_alphanumeric()).take(12).collect::<String>().to_uppercase();
         AppleDevice {
             udid: udid.to_owned(),
             serial,
@@ -133,7 +148,13 @@ impl AppleDevice {
     }
 
     /// A command report. `extra` carries the command's answer keys.
-    pub fn report_message(&self, status: &str, command_uuid: Option<&str>, user: Option<&UserChannel>, extra: Dictionary) -> Vec<u8> {
+    pub fn report_message(
+        &self,
+        status: &str,
+        command_uuid: Option<&str>,
+        user: Option<&UserChannel>,
+        extra: Dictionary,
+    ) -> Vec<u8> {
         let mut d = Dictionary::new();
         d.insert("UDID".into(), self.udid.clone().into());
         if let Some(u) = user {
@@ -190,7 +211,10 @@ impl AppleDevice {
     /// One MDM session as after a push: Idle, then answer each command with `choose(request_type)`
     /// giving the Status to report ("Acknowledged", "Error", "NotNow"), until the gateway has
     /// nothing more. Returns the (CommandUUID, RequestType, Status) handled, in order.
-    pub async fn session(&self, choose: impl FnMut(&str) -> &'static str) -> Result<Vec<(String, String, String)>, DeviceError> {
+    pub async fn session(
+        &self,
+        choose: impl FnMut(&str) -> &'static str,
+    ) -> Result<Vec<(String, String, String)>, DeviceError> {
         self.session_timed(choose, |_| {}).await
     }
 
@@ -202,7 +226,8 @@ impl AppleDevice {
     ) -> Result<Vec<(String, String, String)>, DeviceError> {
         let mut handled = Vec::new();
         let started = std::time::Instant::now();
-        let mut reply = Self::expect_ok(self.send_report(self.report_message("Idle", None, None, Dictionary::new())).await?)?;
+        let mut reply =
+            Self::expect_ok(self.send_report(self.report_message("Idle", None, None, Dictionary::new())).await?)?;
         timed(started.elapsed());
         // A session can never be longer than the queue; the bound stops a broken server looping us.
         for _ in 0..10_000 {

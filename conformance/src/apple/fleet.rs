@@ -67,9 +67,12 @@ pub struct Issuer {
 impl Issuer {
     /// Reads `ca.pem` and `ca-key.pem` from a gateway data directory.
     pub fn from_data_dir(dir: &std::path::Path) -> Result<Issuer, FleetError> {
-        let read = |name: &str| std::fs::read(dir.join(name)).map_err(|e| FleetError::Setup(format!("{}: {e}", dir.join(name).display())));
+        let read = |name: &str| {
+            std::fs::read(dir.join(name)).map_err(|e| FleetError::Setup(format!("{}: {e}", dir.join(name).display())))
+        };
         let cert = X509::from_pem(&read("ca.pem")?).map_err(|e| FleetError::Setup(format!("ca.pem: {e}")))?;
-        let key = PKey::private_key_from_pem(&read("ca-key.pem")?).map_err(|e| FleetError::Setup(format!("ca-key.pem: {e}")))?;
+        let key = PKey::private_key_from_pem(&read("ca-key.pem")?)
+            .map_err(|e| FleetError::Setup(format!("ca-key.pem: {e}")))?;
         Ok(Issuer { cert, key })
     }
 }
@@ -166,7 +169,9 @@ impl Counters {
 
     /// Commands answered so far, all statuses.
     pub fn answered(&self) -> u64 {
-        self.acknowledged.load(Ordering::Relaxed) + self.errored.load(Ordering::Relaxed) + self.not_now.load(Ordering::Relaxed)
+        self.acknowledged.load(Ordering::Relaxed)
+            + self.errored.load(Ordering::Relaxed)
+            + self.not_now.load(Ordering::Relaxed)
     }
 }
 
@@ -190,7 +195,12 @@ impl Latency {
             let i = ((samples.len() as f64 * q).ceil() as usize).clamp(1, samples.len()) - 1;
             f64::from(samples[i]) / 1000.0
         };
-        Latency { count: samples.len() as u64, p50_ms: at(0.50), p99_ms: at(0.99), max_ms: f64::from(samples[samples.len() - 1]) / 1000.0 }
+        Latency {
+            count: samples.len() as u64,
+            p50_ms: at(0.50),
+            p99_ms: at(0.99),
+            max_ms: f64::from(samples[samples.len() - 1]) / 1000.0,
+        }
     }
 }
 
@@ -226,23 +236,37 @@ impl Summary {
 
     /// A plain-text table.
     pub fn table(&self) -> String {
-        let mut rows: Vec<(String, String)> = vec![
-            ("devices".into(), self.devices.to_string()),
-            ("enrolled".into(), self.enrolled.to_string()),
-        ];
+        let mut rows: Vec<(String, String)> =
+            vec![("devices".into(), self.devices.to_string()), ("enrolled".into(), self.enrolled.to_string())];
         if self.user_channels > 0 {
             rows.push(("user channels".into(), self.user_channels.to_string()));
         }
         rows.extend([
             ("sessions".into(), self.sessions.to_string()),
             ("pushes received".into(), format!("{} ({} unknown token)", self.pushes, self.unknown_pushes)),
-            ("commands answered".into(), format!("{} (Acknowledged {}, Error {}, NotNow {})", self.answered(), self.acknowledged, self.errored, self.not_now)),
+            (
+                "commands answered".into(),
+                format!(
+                    "{} (Acknowledged {}, Error {}, NotNow {})",
+                    self.answered(),
+                    self.acknowledged,
+                    self.errored,
+                    self.not_now
+                ),
+            ),
             ("checked out".into(), self.checked_out.to_string()),
             ("errors".into(), self.errors.to_string()),
         ]);
-        for (name, l) in [("enroll", &self.enroll_latency), ("check-in request", &self.checkin_latency), ("push → session", &self.push_to_session_latency)] {
+        for (name, l) in [
+            ("enroll", &self.enroll_latency),
+            ("check-in request", &self.checkin_latency),
+            ("push → session", &self.push_to_session_latency),
+        ] {
             if l.count > 0 {
-                rows.push((format!("{name} latency"), format!("p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms  (n={})", l.p50_ms, l.p99_ms, l.max_ms, l.count)));
+                rows.push((
+                    format!("{name} latency"),
+                    format!("p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms  (n={})", l.p50_ms, l.p99_ms, l.max_ms, l.count),
+                ));
             }
         }
         rows.push(("wall time".into(), format!("{:.2} s", self.wall_seconds)));
@@ -289,18 +313,30 @@ pub fn issue_identities(issuer: &Issuer, common_names: &[String]) -> Result<Vec<
                     names
                         .iter()
                         .map(|cn| {
-                            let key = mdm_certs::devpki::generate_key().map_err(|e| FleetError::Setup(format!("key: {e}")))?;
+                            let key = mdm_certs::devpki::generate_key()
+                                .map_err(|e| FleetError::Setup(format!("key: {e}")))?;
                             let mut serial: [u8; 16] = rand::random();
                             serial[0] = (serial[0] & 0x7f) | 0x01;
-                            let cert = mdm_certs::devpki::issue_device_certificate(&issuer.cert, &issuer.key, &key, cn, now - 3600, now + 86_400 * 365, &serial)
-                                .map_err(|e| FleetError::Setup(format!("certificate: {e}")))?;
+                            let cert = mdm_certs::devpki::issue_device_certificate(
+                                &issuer.cert,
+                                &issuer.key,
+                                &key,
+                                cn,
+                                now - 3600,
+                                now + 86_400 * 365,
+                                &serial,
+                            )
+                            .map_err(|e| FleetError::Setup(format!("certificate: {e}")))?;
                             Ok((key, cert))
                         })
                         .collect()
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(FleetError::Setup("issuing thread panicked".into())))).collect()
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err(FleetError::Setup("issuing thread panicked".into()))))
+            .collect()
     });
     let mut out = Vec::with_capacity(common_names.len());
     for r in results {
@@ -322,7 +358,8 @@ pub fn fleet_token(udid: &str) -> Vec<u8> {
 impl Fleet {
     /// Makes the devices (keys, certificates, one shared client); sends nothing yet.
     pub fn build(config: &FleetConfig) -> Result<Fleet, FleetError> {
-        let root = reqwest::Certificate::from_pem(&config.server_ca_pem).map_err(|e| FleetError::Setup(format!("server CA: {e}")))?;
+        let root = reqwest::Certificate::from_pem(&config.server_ca_pem)
+            .map_err(|e| FleetError::Setup(format!("server CA: {e}")))?;
         let client = reqwest::Client::builder()
             .use_rustls_tls()
             .tls_built_in_root_certs(false)
@@ -336,7 +373,14 @@ impl Fleet {
         let mut members = Vec::with_capacity(config.devices);
         let mut by_token = HashMap::with_capacity(config.devices);
         for (i, (udid, (key, cert))) in udids.iter().zip(identities).enumerate() {
-            let mut device = AppleDevice::with_client(udid, key, cert, IdentityMode::SignMessages, &config.gateway_url, client.clone());
+            let mut device = AppleDevice::with_client(
+                udid,
+                key,
+                cert,
+                IdentityMode::SignMessages,
+                &config.gateway_url,
+                client.clone(),
+            );
             device.push_token = fleet_token(udid);
             device.push_magic = format!("magic-{udid}");
             by_token.insert(hex::encode(&device.push_token), i);
@@ -477,7 +521,11 @@ impl Fleet {
 
     /// Runs sessions for pushes from the APNs emulator ([`crate::apns::ApnsEmulator::start`]
     /// hands out the receiver) until the channel closes or `until`.
-    pub async fn run_push(self: &Arc<Self>, mut deliveries: mpsc::UnboundedReceiver<PushDelivery>, until: Option<tokio::time::Instant>) {
+    pub async fn run_push(
+        self: &Arc<Self>,
+        mut deliveries: mpsc::UnboundedReceiver<PushDelivery>,
+        until: Option<tokio::time::Instant>,
+    ) {
         let mut tasks = tokio::task::JoinSet::new();
         loop {
             let delivery = match until {
@@ -589,7 +637,11 @@ pub struct ApiClient {
 
 impl ApiClient {
     pub fn new(base: &str, key: &str) -> ApiClient {
-        let client = reqwest::Client::builder().timeout(Duration::from_secs(90)).pool_max_idle_per_host(256).build().expect("HTTP client");
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(256)
+            .build()
+            .expect("HTTP client");
         ApiClient { base: base.trim_end_matches('/').to_owned(), key: key.to_owned(), client }
     }
 
@@ -612,7 +664,12 @@ impl ApiClient {
     }
 
     /// `GET /v1/events?after=&limit=&wait=`: (events, next cursor).
-    pub async fn events(&self, after: &str, limit: u32, wait_s: u64) -> Result<(Vec<serde_json::Value>, String), String> {
+    pub async fn events(
+        &self,
+        after: &str,
+        limit: u32,
+        wait_s: u64,
+    ) -> Result<(Vec<serde_json::Value>, String), String> {
         let resp = self
             .client
             .get(format!("{}/v1/events?after={after}&limit={limit}&wait={wait_s}", self.base))

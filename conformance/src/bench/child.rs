@@ -76,7 +76,8 @@ impl Drop for ChildServer {
 pub fn spawn(mut cmd: Command, name: &'static str, log: &Path) -> Result<ChildServer, String> {
     let out = std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
     let err = out.try_clone().map_err(|e| e.to_string())?;
-    let child = cmd.stdin(Stdio::null()).stdout(out).stderr(err).spawn().map_err(|e| format!("cannot start {name}: {e}"))?;
+    let child =
+        cmd.stdin(Stdio::null()).stdout(out).stderr(err).spawn().map_err(|e| format!("cannot start {name}: {e}"))?;
     Ok(ChildServer { pid: child.id(), child: Some(child), name, log: log.to_owned() })
 }
 
@@ -98,7 +99,12 @@ impl GatewayChild {
 
     /// Like [`GatewayChild::start`], with extra environment variables for the child (e.g.
     /// `MDM_GATEWAY_APPLE__APNS_URL`); these override the configuration file.
-    pub async fn start_with_env(bin: &Path, data_dir: &Path, config: Option<&Path>, env: &[(String, String)]) -> Result<GatewayChild, String> {
+    pub async fn start_with_env(
+        bin: &Path,
+        data_dir: &Path,
+        config: Option<&Path>,
+        env: &[(String, String)],
+    ) -> Result<GatewayChild, String> {
         let device_addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse().map_err(|e| format!("{e}"))?;
         let api_addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse().map_err(|e| format!("{e}"))?;
         let mut cmd = Command::new(bin);
@@ -153,7 +159,9 @@ impl GatewayChild {
     }
 
     pub fn api_key(&self) -> Result<String, String> {
-        std::fs::read_to_string(self.data_dir.join("api-key")).map(|s| s.trim().to_owned()).map_err(|e| format!("api-key: {e}"))
+        std::fs::read_to_string(self.data_dir.join("api-key"))
+            .map(|s| s.trim().to_owned())
+            .map_err(|e| format!("api-key: {e}"))
     }
 
     pub fn stop(&mut self) -> Result<(), String> {

@@ -88,7 +88,8 @@ async fn connect(spec: &LoadSpec, k: usize) -> Result<hyper::client::conn::http1
     let name = ServerName::try_from(spec.server_name.clone()).map_err(|e| format!("server name: {e}"))?;
     let config = spec.tls[k % spec.tls.len()].clone();
     let tls = TlsConnector::from(config).connect(name, tcp).await.map_err(|e| format!("TLS: {e}"))?;
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.map_err(|e| format!("HTTP handshake: {e}"))?;
+    let (sender, conn) =
+        hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.map_err(|e| format!("HTTP handshake: {e}"))?;
     tokio::spawn(async move {
         let _ = conn.await;
     });

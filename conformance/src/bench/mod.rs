@@ -47,7 +47,9 @@ pub fn client_config_with(
         .map_err(|e| e.to_string())?
         .with_root_certificates(roots);
     let mut config = match identity {
-        Some((chain, key)) => config.with_client_auth_cert(chain, key).map_err(|e| format!("client certificate: {e}"))?,
+        Some((chain, key)) => {
+            config.with_client_auth_cert(chain, key).map_err(|e| format!("client certificate: {e}"))?
+        }
         None => config.with_no_client_auth(),
     };
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
@@ -55,12 +57,18 @@ pub fn client_config_with(
 }
 
 /// Certificate chain and key from PEM.
-pub fn load_identity(chain_pem: &[u8], key_pem: &[u8]) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), String> {
-    let chain: Vec<CertificateDer<'static>> =
-        rustls_pemfile::certs(&mut &chain_pem[..]).collect::<Result<_, _>>().map_err(|e| format!("certificate PEM: {e}"))?;
+pub fn load_identity(
+    chain_pem: &[u8],
+    key_pem: &[u8],
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), String> {
+    let chain: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut &chain_pem[..])
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("certificate PEM: {e}"))?;
     if chain.is_empty() {
         return Err("no certificate in PEM".into());
     }
-    let key = rustls_pemfile::private_key(&mut &key_pem[..]).map_err(|e| format!("key PEM: {e}"))?.ok_or("no private key in PEM")?;
+    let key = rustls_pemfile::private_key(&mut &key_pem[..])
+        .map_err(|e| format!("key PEM: {e}"))?
+        .ok_or("no private key in PEM")?;
     Ok((chain, key))
 }

@@ -28,7 +28,9 @@ pub struct EmulatedApns {
 impl EmulatedApns {
     /// Starts on `127.0.0.1:0`, writes the server CA to `<dir>/apns-ca.pem`.
     pub async fn start(dir: &Path) -> Result<(EmulatedApns, UnboundedReceiver<PushDelivery>), String> {
-        let (emulator, rx) = ApnsEmulator::start("127.0.0.1:0".parse().expect("loopback address")).await.map_err(|e: ApnsError| format!("APNs emulator: {e}"))?;
+        let (emulator, rx) = ApnsEmulator::start("127.0.0.1:0".parse().expect("loopback address"))
+            .await
+            .map_err(|e: ApnsError| format!("APNs emulator: {e}"))?;
         let ca_file = dir.join("apns-ca.pem");
         std::fs::write(&ca_file, emulator.server_ca_pem()).map_err(|e| format!("{}: {e}", ca_file.display()))?;
         Ok((EmulatedApns { emulator, ca_file }, rx))
@@ -49,8 +51,11 @@ impl EmulatedApns {
 
     /// Issues a push certificate for `topic` (valid a year) and uploads it (`PUT /v1/pushcert`).
     pub async fn upload_certificate(&self, api: &ApiClient, topic: &str) -> Result<serde_json::Value, String> {
-        let not_after = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0) + 365 * 86_400;
-        let (cert, key) = self.emulator.issue_push_certificate(topic, not_after).map_err(|e| format!("push certificate: {e}"))?;
+        let not_after =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+                + 365 * 86_400;
+        let (cert, key) =
+            self.emulator.issue_push_certificate(topic, not_after).map_err(|e| format!("push certificate: {e}"))?;
         api.put_pushcert(format!("{cert}{key}"), "").await
     }
 
@@ -143,12 +148,17 @@ pub async fn run(api: ApiClient, ids: Arc<Vec<String>>, spec: PushSpec, apns: im
                 match reply {
                     Ok((200 | 207 | 500, body)) => {
                         let status = body["status"].as_object();
-                        let ok = status.map(|s| s.values().filter(|r| r.get("push_result").is_some()).count()).unwrap_or(0) as u64;
+                        let ok = status
+                            .map(|s| s.values().filter(|r| r.get("push_result").is_some()).count())
+                            .unwrap_or(0) as u64;
                         t.succeeded += ok;
                         t.failed += chosen.len() as u64 - ok.min(chosen.len() as u64);
                         if ok < chosen.len() as u64 && t.first_error.is_none() {
                             let e = status
-                                .and_then(|s| s.values().find_map(|r| r.get("push_error").and_then(|e| e.as_str()).map(str::to_owned)))
+                                .and_then(|s| {
+                                    s.values()
+                                        .find_map(|r| r.get("push_error").and_then(|e| e.as_str()).map(str::to_owned))
+                                })
                                 .or_else(|| body["push_error"].as_str().map(str::to_owned))
                                 .unwrap_or_else(|| body.to_string());
                             t.first_error = Some(e);

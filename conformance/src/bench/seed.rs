@@ -8,9 +8,9 @@ use std::time::Instant;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use serde::Serialize;
 use rusqlite::Connection;
 use rusqlite::types::Value;
+use serde::Serialize;
 
 /// A device that will send requests: its UDID and certificate.
 #[derive(Debug, Clone)]
@@ -30,7 +30,8 @@ pub struct SeedStats {
 
 const COLUMNS: &str = "device_id, platform, parent, state, cert_sha256, push_token, push_magic, push_topic, unlock_token, \
      bootstrap_token, inventory, attributes, enrolled_at, last_seen, checked_in_event_at, created_at, updated_at";
-const PER_ROW: &str = "(?, 'apple', NULL, 'enrolled', ?, ?, ?, 'com.apple.mgmt.External.emulated', ?, NULL, ?, ?, ?, ?, ?, ?, ?)";
+const PER_ROW: &str =
+    "(?, 'apple', NULL, 'enrolled', ?, ?, ?, 'com.apple.mgmt.External.emulated', ?, NULL, ?, ?, ?, ?, ?, ?, ?)";
 const BATCH: usize = 200;
 
 struct Row {
@@ -71,7 +72,12 @@ fn seed_blocking(db: &Path, total: u64, active: &[ActiveDevice], now: i64, seed:
     let mut written = 0u64;
     for i in 0..total {
         let row = match active.get(i as usize) {
-            Some(a) => Row { udid: a.udid.clone(), cert_sha256: a.cert_sha256.clone(), cert_subject: a.cert_subject.clone(), token: rng.random() },
+            Some(a) => Row {
+                udid: a.udid.clone(),
+                cert_sha256: a.cert_sha256.clone(),
+                cert_subject: a.cert_subject.clone(),
+                token: rng.random(),
+            },
             None => {
                 let udid = seeded_udid(seed, i);
                 let fp: [u8; 32] = rng.random();
@@ -110,7 +116,8 @@ fn seed_blocking(db: &Path, total: u64, active: &[ActiveDevice], now: i64, seed:
             let inserted = if batch.len() == BATCH {
                 tx.prepare_cached(&full_sql).and_then(|mut st| st.execute(rusqlite::params_from_iter(values.drain(..))))
             } else {
-                let sql = format!("INSERT INTO enrollments ({COLUMNS}) VALUES {}", vec![PER_ROW; batch.len()].join(", "));
+                let sql =
+                    format!("INSERT INTO enrollments ({COLUMNS}) VALUES {}", vec![PER_ROW; batch.len()].join(", "));
                 tx.prepare(&sql).and_then(|mut st| st.execute(rusqlite::params_from_iter(values.drain(..))))
             };
             inserted.map_err(|e| format!("insert: {e}"))?;

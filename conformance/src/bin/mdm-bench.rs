@@ -222,10 +222,26 @@ struct Machine {
 
 fn machine() -> Machine {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let cpu = cpuinfo.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).unwrap_or("unknown").trim().to_owned();
+    let cpu = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .unwrap_or("unknown")
+        .trim()
+        .to_owned();
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    let mem_kib: f64 = meminfo.lines().find(|l| l.starts_with("MemTotal:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    let rustc = Command::new("rustc").arg("-V").output().ok().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned()).unwrap_or_default();
+    let mem_kib: f64 = meminfo
+        .lines()
+        .find(|l| l.starts_with("MemTotal:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    let rustc = Command::new("rustc")
+        .arg("-V")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
     Machine {
         cpu,
         cores: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
@@ -277,7 +293,13 @@ struct Devices {
 
 /// Certificates for `n` devices from the data dir's CA, and an Idle report each: pre-signed,
 /// or unsigned with the certificate kept for TLS.
-fn active_devices(data_dir: &Path, n: usize, identity: Identity, key: DeviceKey, distinct: usize) -> Result<Devices, String> {
+fn active_devices(
+    data_dir: &Path,
+    n: usize,
+    identity: Identity,
+    key: DeviceKey,
+    distinct: usize,
+) -> Result<Devices, String> {
     let issuer = Issuer::from_data_dir(data_dir).map_err(|e| e.to_string())?;
     let udids: Vec<String> = (0..n).map(|i| fleet::fleet_udid("BENCH", 0, i)).collect();
     let ids = match key {
@@ -303,7 +325,9 @@ fn active_devices(data_dir: &Path, n: usize, identity: Identity, key: DeviceKey,
         let d = AppleDevice::with_client(udid, key, cert, IdentityMode::SignMessages, "https://unused", client.clone());
         let body = d.report_message("Idle", None, None, plist::Dictionary::new());
         let signature = match identity {
-            Identity::Signature => Some(HeaderValue::from_str(&d.sign(&body).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?),
+            Identity::Signature => {
+                Some(HeaderValue::from_str(&d.sign(&body).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?)
+            }
             Identity::Tls => None,
         };
         prepared.push(Prepared { body: Bytes::from(body), signature });
@@ -325,9 +349,16 @@ const RSA_KEYS: usize = 16;
 fn issue_rsa_identities(issuer: &Issuer, udids: &[String]) -> Result<Vec<fleet::Identity>, String> {
     let keys: Vec<openssl::pkey::PKey<openssl::pkey::Private>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..RSA_KEYS.min(udids.len()).max(1))
-            .map(|_| s.spawn(|| openssl::rsa::Rsa::generate(2048).and_then(openssl::pkey::PKey::from_rsa).map_err(|e| e.to_string())))
+            .map(|_| {
+                s.spawn(|| {
+                    openssl::rsa::Rsa::generate(2048).and_then(openssl::pkey::PKey::from_rsa).map_err(|e| e.to_string())
+                })
+            })
             .collect();
-        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err("key thread panicked".into()))).collect::<Result<_, _>>()
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err("key thread panicked".into())))
+            .collect::<Result<_, _>>()
     })?;
     let now = unix_now();
     udids
@@ -337,8 +368,16 @@ fn issue_rsa_identities(issuer: &Issuer, udids: &[String]) -> Result<Vec<fleet::
             let key = keys[i % keys.len()].clone();
             let mut serial: [u8; 16] = rand::random();
             serial[0] = (serial[0] & 0x7f) | 0x01;
-            let cert = mdm_certs::devpki::issue_device_certificate(&issuer.cert, &issuer.key, &key, cn, now - 3600, now + 86_400 * 365, &serial)
-                .map_err(|e| format!("certificate: {e}"))?;
+            let cert = mdm_certs::devpki::issue_device_certificate(
+                &issuer.cert,
+                &issuer.key,
+                &key,
+                cn,
+                now - 3600,
+                now + 86_400 * 365,
+                &serial,
+            )
+            .map_err(|e| format!("certificate: {e}"))?;
             Ok((key, cert))
         })
         .collect()
@@ -362,14 +401,20 @@ fn distinct_signatures(devices: &[AppleDevice], first: Vec<Prepared>, k: usize) 
                     for _ in rs {
                         for (d, p) in devices.iter().zip(first) {
                             let sig = d.sign(&p.body).map_err(|e| e.to_string())?;
-                            out.push(Prepared { body: p.body.clone(), signature: Some(HeaderValue::from_str(&sig).map_err(|e| e.to_string())?) });
+                            out.push(Prepared {
+                                body: p.body.clone(),
+                                signature: Some(HeaderValue::from_str(&sig).map_err(|e| e.to_string())?),
+                            });
                         }
                     }
                     Ok(out)
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err("signing thread panicked".into()))).collect::<Result<_, _>>()
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err("signing thread panicked".into())))
+            .collect::<Result<_, _>>()
     })?;
     let mut all = first;
     all.extend(more.into_iter().flatten());
@@ -380,7 +425,11 @@ fn spec(addr: SocketAddr, ca_pem: &[u8], a: &IdleArgs, devices: &Devices) -> Res
     let tls = if devices.identities.is_empty() {
         vec![client_config(ca_pem, &[b"http/1.1"])?]
     } else {
-        devices.identities.iter().map(|id| client_config_with(ca_pem, &[b"http/1.1"], Some((id.0.clone(), id.1.clone_key())))).collect::<Result<_, _>>()?
+        devices
+            .identities
+            .iter()
+            .map(|id| client_config_with(ca_pem, &[b"http/1.1"], Some((id.0.clone(), id.1.clone_key()))))
+            .collect::<Result<_, _>>()?
     };
     Ok(LoadSpec {
         addr,
@@ -400,7 +449,13 @@ async fn start_ceiling(w: &Work, data_dir: &Path) -> Result<(ChildServer, Socket
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let addr: SocketAddr = format!("127.0.0.1:{}", child::free_port()?).parse().map_err(|e| format!("{e}"))?;
     let mut cmd = Command::new(exe);
-    cmd.arg("ceiling-server").arg("--cert").arg(data_dir.join("server.pem")).arg("--key").arg(data_dir.join("server-key.pem")).arg("--listen").arg(addr.to_string());
+    cmd.arg("ceiling-server")
+        .arg("--cert")
+        .arg(data_dir.join("server.pem"))
+        .arg("--key")
+        .arg(data_dir.join("server-key.pem"))
+        .arg("--listen")
+        .arg(addr.to_string());
     let mut server = child::spawn(cmd, "ceiling server", &w.dir.join("ceiling.log"))?;
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while tokio::net::TcpStream::connect(addr).await.is_err() {
@@ -468,7 +523,10 @@ async fn idle(a: IdleArgs) -> Result<bool, String> {
         return Err("--enrolled needs at least one size".into());
     }
     if a.distinct_signatures > 1 && a.device_key != DeviceKey::P256 {
-        return Err("--distinct-signatures needs --device-key p256 (RSA PKCS#1 v1.5 signatures of one body are identical)".into());
+        return Err(
+            "--distinct-signatures needs --device-key p256 (RSA PKCS#1 v1.5 signatures of one body are identical)"
+                .into(),
+        );
     }
     let mut report = IdleReport {
         scenario: "idle",
@@ -493,7 +551,12 @@ async fn idle(a: IdleArgs) -> Result<bool, String> {
         let devices = active_devices(&data_dir, active_n, a.identity, a.device_key, a.distinct_signatures)?;
         eprintln!("[{enrolled} enrolled] seeding the store");
         let seeded = seed::seed(&data_dir.join("gateway.db"), enrolled, &devices.active, unix_now(), 7).await?;
-        eprintln!("[{enrolled} enrolled] seeded {} rows in {:.1} s ({:.0} MiB)", seeded.rows, seeded.seconds, seeded.db_bytes as f64 / 1048576.0);
+        eprintln!(
+            "[{enrolled} enrolled] seeded {} rows in {:.1} s ({:.0} MiB)",
+            seeded.rows,
+            seeded.seconds,
+            seeded.db_bytes as f64 / 1048576.0
+        );
         let ca_pem = std::fs::read(data_dir.join("ca.pem")).map_err(|e| format!("ca.pem: {e}"))?;
 
         if idx == 0 && !a.no_ceiling {
@@ -518,16 +581,48 @@ async fn idle(a: IdleArgs) -> Result<bool, String> {
             eprintln!("[{enrolled} enrolled] problems: {:?}; gateway log tail: {tail:?}", r.first_error);
         }
         let ratio_to_ceiling = report.ceiling.as_ref().map(|c| r.requests_per_second / c.requests_per_second.max(1e-9));
-        let ratio_to_first = report.gateway.first().map(|f| r.requests_per_second / f.load.requests_per_second.max(1e-9)).unwrap_or(1.0);
-        report.gateway.push(GatewayRun { enrolled, seed: seeded, rss_idle_kib, load: r, ratio_to_ceiling, ratio_to_first });
+        let ratio_to_first =
+            report.gateway.first().map(|f| r.requests_per_second / f.load.requests_per_second.max(1e-9)).unwrap_or(1.0);
+        report.gateway.push(GatewayRun {
+            enrolled,
+            seed: seeded,
+            rss_idle_kib,
+            load: r,
+            ratio_to_ceiling,
+            ratio_to_first,
+        });
         if a.common.work_dir.is_none() {
             let _ = std::fs::remove_dir_all(&data_dir);
         }
     }
 
     println!();
-    println!("mdm-bench idle ({:?} identity, {:?} device keys, {} signature(s) per device): {} — {} connections, {} active devices, {:.0} s measured after {:.0} s warm-up", a.identity, a.device_key, a.distinct_signatures.max(1), report.protocol, a.connections, a.active, a.duration.as_secs_f64(), a.warmup.as_secs_f64());
-    println!("{:<9} {:>9} {:>9} {:>8} {:>8} {:>8} {:>7} {:>8} {:>8} {:>8} {:>9} {:>7}", "server", "enrolled", "req/s", "p50 ms", "p99 ms", "max ms", "reqs", "failed", "CPU s", "CPU µs/r", "peak MiB", "ratio");
+    println!(
+        "mdm-bench idle ({:?} identity, {:?} device keys, {} signature(s) per device): {} — {} connections, {} active devices, {:.0} s measured after {:.0} s warm-up",
+        a.identity,
+        a.device_key,
+        a.distinct_signatures.max(1),
+        report.protocol,
+        a.connections,
+        a.active,
+        a.duration.as_secs_f64(),
+        a.warmup.as_secs_f64()
+    );
+    println!(
+        "{:<9} {:>9} {:>9} {:>8} {:>8} {:>8} {:>7} {:>8} {:>8} {:>8} {:>9} {:>7}",
+        "server",
+        "enrolled",
+        "req/s",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "reqs",
+        "failed",
+        "CPU s",
+        "CPU µs/r",
+        "peak MiB",
+        "ratio"
+    );
     if let Some(c) = &report.ceiling {
         println!("{}", row("ceiling", "-", c, None));
     }
@@ -535,7 +630,14 @@ async fn idle(a: IdleArgs) -> Result<bool, String> {
         println!("{}", row("gateway", &g.enrolled.to_string(), &g.load, g.ratio_to_ceiling));
     }
     for g in report.gateway.iter().skip(1) {
-        println!("{} enrolled vs {}: throughput {:.1}%, idle RSS {} MiB, peak RSS {} MiB", g.enrolled, report.gateway[0].enrolled, g.ratio_to_first * 100.0, mib(Some(g.rss_idle_kib)), mib(g.load.server_peak_rss_kib));
+        println!(
+            "{} enrolled vs {}: throughput {:.1}%, idle RSS {} MiB, peak RSS {} MiB",
+            g.enrolled,
+            report.gateway[0].enrolled,
+            g.ratio_to_first * 100.0,
+            mib(Some(g.rss_idle_kib)),
+            mib(g.load.server_peak_rss_kib)
+        );
     }
     write_json(&a.common, &report)?;
     Ok(ok)
@@ -597,7 +699,8 @@ async fn roundtrip(a: RoundtripArgs) -> Result<bool, String> {
         (None, None)
     };
     let env = apns.as_ref().map(|x| x.gateway_env(a.push_coalesce_ms)).unwrap_or_default();
-    let mut g = GatewayChild::start_with_env(&w.gateway_bin, &data_dir, a.common.gateway_config.as_deref(), &env).await?;
+    let mut g =
+        GatewayChild::start_with_env(&w.gateway_bin, &data_dir, a.common.gateway_config.as_deref(), &env).await?;
     let api = ApiClient::new(&g.api_url(), &g.api_key()?);
     if let Some(apns) = &apns {
         apns.upload_certificate(&api, fleet::FLEET_TOPIC).await?;
@@ -631,10 +734,19 @@ async fn roundtrip(a: RoundtripArgs) -> Result<bool, String> {
         let r = roundtrip::run(
             fleet.clone(),
             api.clone(),
-            RoundtripSpec { rate, duration: a.duration, max_in_flight: a.max_in_flight, waker, drain: Duration::from_secs(10) },
+            RoundtripSpec {
+                rate,
+                duration: a.duration,
+                max_in_flight: a.max_in_flight,
+                waker,
+                drain: Duration::from_secs(10),
+            },
         )
         .await;
-        eprintln!("  completed {} ({:.0}/s), p50 {:.2} ms, p99 {:.2} ms", r.completed, r.achieved_rate, r.latency.p50_ms, r.latency.p99_ms);
+        eprintln!(
+            "  completed {} ({:.0}/s), p50 {:.2} ms, p99 {:.2} ms",
+            r.completed, r.achieved_rate, r.latency.p50_ms, r.latency.p99_ms
+        );
         runs.push(r);
     }
     let after = g.server.sample();
@@ -668,24 +780,47 @@ async fn roundtrip(a: RoundtripArgs) -> Result<bool, String> {
         runs,
     };
     println!();
-    println!("mdm-bench roundtrip: {} enrolled, {} emulated devices; wake: {}", a.enrolled, a.devices, report.waker_note);
-    println!("{:>8} {:>8} {:>10} {:>8} {:>9} {:>9} {:>9} {:>10} {:>6}", "target/s", "posted", "completed", "done/s", "p50 ms", "p99 ms", "max ms", "POST p50", "lost");
+    println!(
+        "mdm-bench roundtrip: {} enrolled, {} emulated devices; wake: {}",
+        a.enrolled, a.devices, report.waker_note
+    );
+    println!(
+        "{:>8} {:>8} {:>10} {:>8} {:>9} {:>9} {:>9} {:>10} {:>6}",
+        "target/s", "posted", "completed", "done/s", "p50 ms", "p99 ms", "max ms", "POST p50", "lost"
+    );
     let mut ok = true;
     for r in &report.runs {
         println!(
             "{:>8.0} {:>8} {:>10} {:>8.0} {:>9.2} {:>9.2} {:>9.2} {:>10.2} {:>6}",
-            r.target_rate, r.posted, r.completed, r.achieved_rate, r.latency.p50_ms, r.latency.p99_ms, r.latency.max_ms, r.post_latency.p50_ms, r.lost
+            r.target_rate,
+            r.posted,
+            r.completed,
+            r.achieved_rate,
+            r.latency.p50_ms,
+            r.latency.p99_ms,
+            r.latency.max_ms,
+            r.post_latency.p50_ms,
+            r.lost
         );
         ok &= r.completed > 0 && r.post_errors == 0;
     }
     if let Some(p) = &report.push {
         println!(
             "APNs emulator: {} pushes accepted, {} refused, {} connections; devices woken by {} deliveries (push → session p50 {:.2} ms, p99 {:.2} ms)",
-            p.apns_accepted, p.apns_refused, p.apns_connections, p.deliveries_received, p.push_to_session_latency.p50_ms, p.push_to_session_latency.p99_ms
+            p.apns_accepted,
+            p.apns_refused,
+            p.apns_connections,
+            p.deliveries_received,
+            p.push_to_session_latency.p50_ms,
+            p.push_to_session_latency.p99_ms
         );
         ok &= p.apns_accepted > 0;
     }
-    println!("device errors: {}{}", fs.errors, fs.first_errors.first().map(|e| format!(" (first: {e})")).unwrap_or_default());
+    println!(
+        "device errors: {}{}",
+        fs.errors,
+        fs.first_errors.first().map(|e| format!(" (first: {e})")).unwrap_or_default()
+    );
     write_json(&a.common, &report)?;
     Ok(ok && fs.errors == 0)
 }
@@ -720,13 +855,28 @@ async fn push(a: PushArgs) -> Result<bool, String> {
     // stops the forwarding.
     let (apns, deliveries) = EmulatedApns::start(&w.dir).await?;
     drop(deliveries);
-    let mut g = GatewayChild::start_with_env(&w.gateway_bin, &data_dir, a.common.gateway_config.as_deref(), &apns.gateway_env(None)).await?;
+    let mut g = GatewayChild::start_with_env(
+        &w.gateway_bin,
+        &data_dir,
+        a.common.gateway_config.as_deref(),
+        &apns.gateway_env(None),
+    )
+    .await?;
     let api = ApiClient::new(&g.api_url(), &g.api_key()?);
     apns.upload_certificate(&api, fleet::FLEET_TOPIC).await?;
     let ids: Arc<Vec<String>> = Arc::new((0..a.devices).map(|i| seed::seeded_udid(SEED, i)).collect());
-    eprintln!("pushing {} devices, {} per request, {} requests in flight, for {:?}", a.devices, a.batch, a.concurrency, a.duration);
+    eprintln!(
+        "pushing {} devices, {} per request, {} requests in flight, for {:?}",
+        a.devices, a.batch, a.concurrency, a.duration
+    );
     let before = g.server.sample();
-    let run = push_bench::run(api, ids, PushSpec { batch: a.batch, concurrency: a.concurrency, duration: a.duration, max_batches: a.max_batches }, || apns.stats()).await;
+    let run = push_bench::run(
+        api,
+        ids,
+        PushSpec { batch: a.batch, concurrency: a.concurrency, duration: a.duration, max_batches: a.max_batches },
+        || apns.stats(),
+    )
+    .await;
     let after = g.server.sample();
     g.stop()?;
     let stats = apns.stats();
@@ -745,8 +895,14 @@ async fn push(a: PushArgs) -> Result<bool, String> {
     };
     let r = &report.run;
     println!();
-    println!("mdm-bench push: {} devices, {} ids per GET /v1/push, {} in flight, {:.1} s", a.devices, r.batch, r.concurrency, r.seconds);
-    println!("{:>9} {:>9} {:>9} {:>9} {:>11} {:>12} {:>9} {:>9} {:>9} {:>10}", "batches", "pushes", "ok", "failed", "pushes/s", "APNs ok/s", "p50 ms", "p99 ms", "CPU s", "CPU µs/p");
+    println!(
+        "mdm-bench push: {} devices, {} ids per GET /v1/push, {} in flight, {:.1} s",
+        a.devices, r.batch, r.concurrency, r.seconds
+    );
+    println!(
+        "{:>9} {:>9} {:>9} {:>9} {:>11} {:>12} {:>9} {:>9} {:>9} {:>10}",
+        "batches", "pushes", "ok", "failed", "pushes/s", "APNs ok/s", "p50 ms", "p99 ms", "CPU s", "CPU µs/p"
+    );
     println!(
         "{:>9} {:>9} {:>9} {:>9} {:>11.0} {:>12.0} {:>9.2} {:>9.2} {:>9.2} {:>10.1}",
         r.batches,
@@ -771,7 +927,12 @@ async fn push(a: PushArgs) -> Result<bool, String> {
 
 async fn seed_cmd(a: SeedArgs) -> Result<bool, String> {
     let s = seed::seed(&a.data_dir.join("gateway.db"), a.devices, &[], unix_now(), a.seed).await?;
-    println!("seeded {} enrolled devices in {:.1} s; database {:.0} MiB", s.rows, s.seconds, s.db_bytes as f64 / 1048576.0);
+    println!(
+        "seeded {} enrolled devices in {:.1} s; database {:.0} MiB",
+        s.rows,
+        s.seconds,
+        s.db_bytes as f64 / 1048576.0
+    );
     Ok(true)
 }
 

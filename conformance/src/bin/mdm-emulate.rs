@@ -139,7 +139,9 @@ fn progress(quiet: bool, len: u64, what: &str) -> ProgressBar {
     }
     let bar = ProgressBar::new(len);
     bar.set_style(
-        ProgressStyle::with_template("{msg:>12} [{bar:40}] {pos}/{len} ({per_sec}, {elapsed})").expect("template").progress_chars("=> "),
+        ProgressStyle::with_template("{msg:>12} [{bar:40}] {pos}/{len} ({per_sec}, {elapsed})")
+            .expect("template")
+            .progress_chars("=> "),
     );
     bar.set_message(what.to_owned());
     bar
@@ -170,7 +172,8 @@ fn apns_cas(dir: &Path) -> Result<(PushCa, PushCa), String> {
         std::fs::write(&key, ca.key_pem()).map_err(|e| format!("{}: {e}", key.display()))?;
         {
             use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).map_err(|e| format!("{}: {e}", key.display()))?;
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| format!("{}: {e}", key.display()))?;
         }
         Ok(ca)
     };
@@ -213,8 +216,12 @@ async fn run(a: AppleArgs) -> Result<bool, String> {
             println!("[apple]\napns_url = \"https://{listen}\"\napns_ca = \"{}\"", ca_file.display());
             return Ok(true);
         }
-        let Some(api) = &api else { return Err("--apns-listen needs --api (the push certificate is uploaded through it)".into()) };
-        let (emulator, rx) = ApnsEmulator::start_with_cas(listen, push_ca, server_ca).await.map_err(|e| format!("APNs emulator on {listen}: {e}"))?;
+        let Some(api) = &api else {
+            return Err("--apns-listen needs --api (the push certificate is uploaded through it)".into());
+        };
+        let (emulator, rx) = ApnsEmulator::start_with_cas(listen, push_ca, server_ca)
+            .await
+            .map_err(|e| format!("APNs emulator on {listen}: {e}"))?;
         let mut ca_file = std::path::absolute(a.apns_dir.join("server-ca.pem")).map_err(|e| e.to_string())?;
         if let Some(out) = &a.apns_ca_out {
             std::fs::write(out, emulator.server_ca_pem()).map_err(|e| format!("{}: {e}", out.display()))?;
@@ -224,8 +231,11 @@ async fn run(a: AppleArgs) -> Result<bool, String> {
         println!("  [apple]");
         println!("  apns_url = \"{}\"", emulator.url());
         println!("  apns_ca = \"{}\"", ca_file.display());
-        let not_after = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0) + 365 * 86_400;
-        let (cert, key) = emulator.issue_push_certificate(FLEET_TOPIC, not_after).map_err(|e| format!("push certificate: {e}"))?;
+        let not_after =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+                + 365 * 86_400;
+        let (cert, key) =
+            emulator.issue_push_certificate(FLEET_TOPIC, not_after).map_err(|e| format!("push certificate: {e}"))?;
         let query = if a.apns_add_topic { "?add=1" } else { "" };
         api.put_pushcert(format!("{cert}{key}"), query).await?;
         println!("push certificate for {FLEET_TOPIC} uploaded");
@@ -253,7 +263,9 @@ async fn run(a: AppleArgs) -> Result<bool, String> {
 
     let bar = progress(a.quiet, a.devices as u64, "enrolling");
     let f = fleet.clone();
-    let ticker = follow(&bar, move || f.counters().enrolled.load(Ordering::Relaxed) + f.counters().errors.load(Ordering::Relaxed));
+    let ticker = follow(&bar, move || {
+        f.counters().enrolled.load(Ordering::Relaxed) + f.counters().errors.load(Ordering::Relaxed)
+    });
     fleet.enroll_all().await;
     ticker.abort();
     bar.set_position(fleet.counters().enrolled.load(Ordering::Relaxed));
@@ -333,7 +345,11 @@ async fn run(a: AppleArgs) -> Result<bool, String> {
         bar.finish();
         all_answered = answered(&fleet) >= queued;
         if !all_answered {
-            eprintln!("mdm-emulate: {} of {queued} commands answered within {:?} (--duration)", answered(&fleet), a.duration);
+            eprintln!(
+                "mdm-emulate: {} of {queued} commands answered within {:?} (--duration)",
+                answered(&fleet),
+                a.duration
+            );
         }
     } else if let Some(interval) = a.poll_interval {
         let bar = progress(a.quiet, queued, "answering");
@@ -367,7 +383,13 @@ async fn run(a: AppleArgs) -> Result<bool, String> {
         println!("  commands queued      {queued}");
     }
     if let Some(s) = &apns_stats {
-        println!("  APNs emulator        {} pushes accepted, {} refused {:?}, {} connections", s.accepted, s.refused.values().sum::<u64>(), s.refused, s.connections);
+        println!(
+            "  APNs emulator        {} pushes accepted, {} refused {:?}, {} connections",
+            s.accepted,
+            s.refused.values().sum::<u64>(),
+            s.refused,
+            s.connections
+        );
     }
     if let Some(path) = &a.json {
         let mut value = serde_json::to_value(&summary).map_err(|e| e.to_string())?;

@@ -35,6 +35,7 @@ pub(super) fn check(state: &AppState, headers: &HeaderMap) -> Result<(), &'stati
 pub(super) fn unauthorized(message: &str) -> Reply {
     tracing::info!(reason = message, "API request refused");
     let mut r = json_error(StatusCode::UNAUTHORIZED, "unauthorized", message);
-    r.headers_mut().insert(http::header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer, Basic realm=\"mdm-gateway\""));
+    r.headers_mut()
+        .insert(http::header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer, Basic realm=\"mdm-gateway\""));
     r
 }

@@ -35,7 +35,9 @@ const MAX_IDEMPOTENCY_KEY: usize = 256;
 pub(super) async fn create(state: &AppState, body: &[u8]) -> Reply {
     let value: serde_json::Value = match serde_json::from_slice(body) {
         Ok(v) => v,
-        Err(e) => return json_error(StatusCode::BAD_REQUEST, "invalid_json", &format!("request body is not JSON: {e}")),
+        Err(e) => {
+            return json_error(StatusCode::BAD_REQUEST, "invalid_json", &format!("request body is not JSON: {e}"));
+        }
     };
     let req: CreateRequest = match serde_json::from_value(value) {
         Ok(r) => r,
@@ -51,14 +53,25 @@ pub(super) async fn create(state: &AppState, body: &[u8]) -> Reply {
     };
     if let Some(key) = &req.idempotency_key {
         if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY {
-            return json_error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", "idempotency_key must be 1 to 256 bytes");
+            return json_error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_request",
+                "idempotency_key must be 1 to 256 bytes",
+            );
         }
         match state.store.command_by_idempotency_key(key).await {
             Ok(Some(existing)) if existing.device_id == device_id => {
-                return json(StatusCode::ACCEPTED, &json!({ "command_id": existing.command_id, "status": existing.status.as_str() }));
+                return json(
+                    StatusCode::ACCEPTED,
+                    &json!({ "command_id": existing.command_id, "status": existing.status.as_str() }),
+                );
             }
             Ok(Some(_)) => {
-                return json_error(StatusCode::CONFLICT, "idempotency_conflict", "idempotency_key was used for another device");
+                return json_error(
+                    StatusCode::CONFLICT,
+                    "idempotency_conflict",
+                    "idempotency_key was used for another device",
+                );
             }
             Ok(None) => {}
             Err(e) => return store_error(e),
@@ -69,8 +82,16 @@ pub(super) async fn create(state: &AppState, body: &[u8]) -> Reply {
         None => None,
         Some(s) => match time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339) {
             Ok(t) if t.unix_timestamp() > now => Some(t.unix_timestamp()),
-            Ok(_) => return json_error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_expires_at", "expires_at is in the past"),
-            Err(e) => return json_error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_expires_at", &format!("expires_at is not RFC 3339: {e}")),
+            Ok(_) => {
+                return json_error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_expires_at", "expires_at is in the past");
+            }
+            Err(e) => {
+                return json_error(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_expires_at",
+                    &format!("expires_at is not RFC 3339: {e}"),
+                );
+            }
         },
     };
     let enrollment = match state.store.enrollment(&device_id).await {
@@ -99,7 +120,10 @@ pub(super) async fn create(state: &AppState, body: &[u8]) -> Reply {
             }
         }
         other => {
-            return command_refused(&CommandError::UnsupportedOnPlatform { platform: other, command: command.type_name() });
+            return command_refused(&CommandError::UnsupportedOnPlatform {
+                platform: other,
+                command: command.type_name(),
+            });
         }
     };
     let new = NewCommand {
@@ -125,9 +149,13 @@ pub(super) async fn create(state: &AppState, body: &[u8]) -> Reply {
             // Lost a race with an identical request: answer as the winner did.
             if let Some(key) = &req.idempotency_key
                 && let Ok(Some(existing)) = state.store.command_by_idempotency_key(key).await
-                    && existing.device_id == device_id {
-                        return json(StatusCode::ACCEPTED, &json!({ "command_id": existing.command_id, "status": existing.status.as_str() }));
-                    }
+                && existing.device_id == device_id
+            {
+                return json(
+                    StatusCode::ACCEPTED,
+                    &json!({ "command_id": existing.command_id, "status": existing.status.as_str() }),
+                );
+            }
             return json_error(StatusCode::CONFLICT, "idempotency_conflict", "idempotency_key is already used");
         }
         Err(e) => return store_error(e),

@@ -39,10 +39,11 @@ pub(super) async fn list(state: &AppState, query: &str) -> Reply {
         Err(e) => return json_error(StatusCode::BAD_REQUEST, "invalid_query", &e.to_string()),
     };
     let limit = q.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
-    let page = match state.store.list_enrollments(q.platform, q.cursor.as_deref().filter(|c| !c.is_empty()), limit).await {
-        Ok(p) => p,
-        Err(e) => return store_error(e),
-    };
+    let page =
+        match state.store.list_enrollments(q.platform, q.cursor.as_deref().filter(|c| !c.is_empty()), limit).await {
+            Ok(p) => p,
+            Err(e) => return store_error(e),
+        };
     let next = (page.len() as u32 == limit).then(|| page.last().map(|e| e.device_id.to_string())).flatten();
     json(StatusCode::OK, &json!({ "devices": page.iter().map(describe).collect::<Vec<_>>(), "next": next }))
 }

@@ -29,7 +29,13 @@ pub(super) async fn list(state: &AppState, query: &str) -> Reply {
         None => 0,
         Some(s) => match s.parse::<i64>() {
             Ok(n) if n >= 0 => n,
-            _ => return json_error(StatusCode::BAD_REQUEST, "invalid_cursor", "`after` must be a cursor returned as `next`"),
+            _ => {
+                return json_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_cursor",
+                    "`after` must be a cursor returned as `next`",
+                );
+            }
         },
     };
     let limit = q.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, state.config.events.max_page);

@@ -20,11 +20,8 @@ pub(super) fn healthz() -> Reply {
 pub(super) async fn readyz(state: &AppState) -> Reply {
     let store = state.store.ping().await;
     let draining = state.draining.load(Ordering::SeqCst);
-    let sinks: Vec<_> = state
-        .sinks
-        .iter()
-        .map(|s| json!({ "name": s.name, "failing": s.failing(), "cursor": s.cursor() }))
-        .collect();
+    let sinks: Vec<_> =
+        state.sinks.iter().map(|s| json!({ "name": s.name, "failing": s.failing(), "cursor": s.cursor() })).collect();
     let sinks_ok = state.config.events.readiness_ignores_sinks || state.sinks.iter().all(|s| !s.failing());
     let ready = store.is_ok() && sinks_ok && !draining;
     let body = json!({

@@ -25,7 +25,8 @@ pub fn handler(state: Arc<AppState>) -> Handler {
         let state = state.clone();
         Box::pin(async move {
             let (route, reply) = route(&state, req).await;
-            metrics::counter!(telemetry::API_REQUESTS, "route" => route, "code" => reply.status().as_str().to_owned()).increment(1);
+            metrics::counter!(telemetry::API_REQUESTS, "route" => route, "code" => reply.status().as_str().to_owned())
+                .increment(1);
             reply
         })
     })
@@ -64,27 +65,47 @@ async fn route(state: &Arc<AppState>, req: Request<Incoming>) -> (&'static str, 
         })
     };
     match (&method, &segs[1..]) {
-        (&Method::POST, ["commands"]) => ("commands.create", match body().await {
-            Ok(b) => commands::create(state, &b).await,
-            Err(r) => r,
-        }),
+        (&Method::POST, ["commands"]) => (
+            "commands.create",
+            match body().await {
+                Ok(b) => commands::create(state, &b).await,
+                Err(r) => r,
+            },
+        ),
         (&Method::GET, ["commands", id]) => ("commands.get", commands::get(state, id, &query).await),
         (&Method::GET, ["devices"]) => ("devices.list", devices::list(state, &query).await),
         (&Method::GET, ["devices", id]) => ("devices.get", devices::get(state, id).await),
         (&Method::GET, ["events"]) => ("events", events::list(state, &query).await),
-        (&Method::PUT, ["enqueue", ids]) => ("nanomdm.enqueue", match body().await {
-            Ok(b) => nanomdm::enqueue(state, ids, &b, &query).await,
-            Err(r) => r,
-        }),
+        (&Method::PUT, ["enqueue", ids]) => (
+            "nanomdm.enqueue",
+            match body().await {
+                Ok(b) => nanomdm::enqueue(state, ids, &b, &query).await,
+                Err(r) => r,
+            },
+        ),
         (&Method::GET | &Method::POST, ["push", ids]) => ("nanomdm.push", nanomdm::push(state, ids).await),
-        (&Method::PUT, ["pushcert"]) => ("nanomdm.pushcert.put", match body().await {
-            Ok(b) => nanomdm::put_pushcert(state, &b, &query).await,
-            Err(r) => r,
-        }),
+        (&Method::PUT, ["pushcert"]) => (
+            "nanomdm.pushcert.put",
+            match body().await {
+                Ok(b) => nanomdm::put_pushcert(state, &b, &query).await,
+                Err(r) => r,
+            },
+        ),
         (&Method::GET, ["pushcert"]) => ("nanomdm.pushcert.get", nanomdm::get_pushcert(state, &query).await),
-        (_, ["commands"] | ["commands", _] | ["devices"] | ["devices", _] | ["events"] | ["enqueue", _] | ["push", _] | ["pushcert"]) => {
-            ("method_not_allowed", json_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this endpoint"))
-        }
+        (
+            _,
+            ["commands"]
+            | ["commands", _]
+            | ["devices"]
+            | ["devices", _]
+            | ["events"]
+            | ["enqueue", _]
+            | ["push", _]
+            | ["pushcert"],
+        ) => (
+            "method_not_allowed",
+            json_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this endpoint"),
+        ),
         _ => ("unknown", json_error(StatusCode::NOT_FOUND, "not_found", "no such endpoint")),
     }
 }

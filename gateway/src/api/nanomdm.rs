@@ -86,7 +86,8 @@ pub(super) async fn enqueue(state: &AppState, ids: &str, body: &[u8], query: &st
     let mut events = Vec::new();
     for id in &ids {
         // Like NanoMDM, an id gets a status entry on enqueue only when it failed.
-        let fail = |result: &mut ApiResult, e: String| result.status.entry(id.clone()).or_default().enqueue_error = Some(e);
+        let fail =
+            |result: &mut ApiResult, e: String| result.status.entry(id.clone()).or_default().enqueue_error = Some(e);
         let device = match DeviceId::new(Platform::Apple, &id.split(':').collect::<Vec<_>>()) {
             Ok(d) => d,
             Err(e) => {
@@ -184,11 +185,19 @@ pub(super) async fn put_pushcert(state: &AppState, body: &[u8], query: &str) -> 
     let now = state.clock.unix();
     let (topic, not_after) = (Some(parsed.topic.clone()), rfc3339(parsed.not_after));
     if parsed.not_after <= now {
-        let e = format!("push certificate for topic {} expired at {}; renew it at Apple's push certificate portal", parsed.topic, not_after.clone().unwrap_or_default());
+        let e = format!(
+            "push certificate for topic {} expired at {}; renew it at Apple's push certificate portal",
+            parsed.topic,
+            not_after.clone().unwrap_or_default()
+        );
         return fail(topic, not_after, e);
     }
     if parsed.not_before > now {
-        let e = format!("push certificate for topic {} is not valid before {}", parsed.topic, rfc3339(parsed.not_before).unwrap_or_default());
+        let e = format!(
+            "push certificate for topic {} is not valid before {}",
+            parsed.topic,
+            rfc3339(parsed.not_before).unwrap_or_default()
+        );
         return fail(topic, not_after, e);
     }
     let existing = match state.store.push_certs().await {
@@ -221,7 +230,8 @@ pub(super) async fn put_pushcert(state: &AppState, body: &[u8], query: &str) -> 
     metrics::gauge!(telemetry::PUSH_CERT_EXPIRY, "topic" => record.topic.clone()).set((record.not_after - now) as f64);
     let days_left = crate::push::days_left(record.not_after, now);
     tracing::info!(topic = %record.topic, renewal, days_left, "push certificate stored");
-    let mut reply = json!({ "topic": record.topic, "not_after": not_after, "days_left": days_left, "renewal": renewal });
+    let mut reply =
+        json!({ "topic": record.topic, "not_after": not_after, "days_left": days_left, "renewal": renewal });
     if days_left < crate::push::WARN_DAYS {
         let w = format!("push certificate expires in {days_left} days");
         tracing::warn!(topic = %record.topic, days_left, "{w}");
@@ -231,7 +241,8 @@ pub(super) async fn put_pushcert(state: &AppState, body: &[u8], query: &str) -> 
 }
 
 pub(super) async fn get_pushcert(state: &AppState, query: &str) -> Reply {
-    let topic = serde_urlencoded::from_str::<BTreeMap<String, String>>(query).ok().and_then(|q| q.get("topic").cloned());
+    let topic =
+        serde_urlencoded::from_str::<BTreeMap<String, String>>(query).ok().and_then(|q| q.get("topic").cloned());
     let mut certs = match state.store.push_certs().await {
         Ok(c) => c,
         Err(e) => return super::store_error(e),
@@ -245,9 +256,7 @@ pub(super) async fn get_pushcert(state: &AppState, query: &str) -> Reply {
         return json(StatusCode::NOT_FOUND, &json!({ "error": "no push certificate stored" }));
     };
     let now = state.clock.unix();
-    let describe = |c: &PushCert| {
-        json!({ "topic": c.topic, "not_after": rfc3339(c.not_after), "days_left": crate::push::days_left(c.not_after, now) })
-    };
+    let describe = |c: &PushCert| json!({ "topic": c.topic, "not_after": rfc3339(c.not_after), "days_left": crate::push::days_left(c.not_after, now) });
     let mut body = describe(chosen);
     body["push_certs"] = certs.iter().map(describe).collect();
     json(StatusCode::OK, &body)
@@ -275,7 +284,8 @@ fn parse_push_cert(body: &[u8]) -> Result<ParsedPushCert, String> {
         return Err("private key PEM appears to be encrypted".into());
     }
     let key_pem = key_start.map(|i| &text[i..]).ok_or_else(|| "no PRIVATE KEY block in body".to_owned())?;
-    let key = openssl::pkey::PKey::private_key_from_pem(key_pem.as_bytes()).map_err(|e| format!("private key does not parse: {e}"))?;
+    let key = openssl::pkey::PKey::private_key_from_pem(key_pem.as_bytes())
+        .map_err(|e| format!("private key does not parse: {e}"))?;
     let cert_key = cert.public_key().map_err(|e| format!("certificate key: {e}"))?;
     if !cert_key.public_eq(&key) {
         return Err("private key does not match certificate".into());
@@ -292,7 +302,8 @@ fn parse_push_cert(body: &[u8]) -> Result<ParsedPushCert, String> {
     let not_after = crate::pki::not_after_unix(&cert).ok_or_else(|| "certificate notAfter unreadable".to_owned())?;
     let not_before = asn1_unix(cert.not_before()).ok_or_else(|| "certificate notBefore unreadable".to_owned())?;
     let cert_pem = String::from_utf8(cert.to_pem().map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
-    let key_pem = String::from_utf8(key.private_key_to_pem_pkcs8().map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+    let key_pem =
+        String::from_utf8(key.private_key_to_pem_pkcs8().map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
     Ok(ParsedPushCert { topic, cert_pem, key_pem, not_before, not_after })
 }
 

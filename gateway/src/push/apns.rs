@@ -24,7 +24,11 @@ impl PushRequest {
     pub(super) fn to_http(&self) -> Result<Request<Full<Bytes>>, String> {
         Request::post(format!("{}/3/device/{}", self.base, self.token_hex))
             .header("apns-push-type", "mdm")
-            .header("apns-topic", HeaderValue::from_str(&self.topic).map_err(|_| format!("topic {:?} is not a valid header value", self.topic))?)
+            .header(
+                "apns-topic",
+                HeaderValue::from_str(&self.topic)
+                    .map_err(|_| format!("topic {:?} is not a valid header value", self.topic))?,
+            )
             .header("apns-expiration", self.expiration.to_string())
             .header("apns-priority", "10")
             .header(http::header::CONTENT_TYPE, "application/json")
@@ -60,7 +64,9 @@ impl Failure {
     pub(super) fn token_invalid(&self) -> bool {
         match self {
             Failure::Refused { status: 410, .. } => true,
-            Failure::Refused { status: 400, reason, .. } => matches!(reason.as_str(), "BadDeviceToken" | "DeviceTokenNotForTopic"),
+            Failure::Refused { status: 400, reason, .. } => {
+                matches!(reason.as_str(), "BadDeviceToken" | "DeviceTokenNotForTopic")
+            }
             _ => false,
         }
     }

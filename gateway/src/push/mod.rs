@@ -247,13 +247,23 @@ impl Pusher {
     }
 
     async fn push_inner(&self, device: &DeviceId) -> Result<String, PushError> {
-        let enrollment = self.store.enrollment(device).await.map_err(|e| PushError::Store(e.to_string()))?.ok_or(PushError::NoEnrollment)?;
+        let enrollment = self
+            .store
+            .enrollment(device)
+            .await
+            .map_err(|e| PushError::Store(e.to_string()))?
+            .ok_or(PushError::NoEnrollment)?;
         if enrollment.state == EnrollmentState::Unenrolled {
             return Err(PushError::Unenrolled);
         }
         let info = enrollment.push.clone().ok_or(PushError::NoToken)?;
         if enrollment.attributes.get(ATTR_TOKEN_INVALID).and_then(|v| v.as_bool()) == Some(true) {
-            let reason = enrollment.attributes.get(ATTR_TOKEN_INVALID_REASON).and_then(|v| v.as_str()).unwrap_or("unknown").to_owned();
+            let reason = enrollment
+                .attributes
+                .get(ATTR_TOKEN_INVALID_REASON)
+                .and_then(|v| v.as_str())
+                .unwrap_or("unknown")
+                .to_owned();
             return Err(PushError::TokenInvalid { reason });
         }
         let pool = self.pool_for(&info.topic).await?;
@@ -312,7 +322,11 @@ impl Pusher {
         };
         let event = self.events.event(EventType::PUSH_FAILED, device, None, data);
         tracing::warn!(device = %device, topic = %info.topic, error = %error, "APNs push failed");
-        let stored = if token_invalid { self.mark_token_invalid(device, info, &error, event).await } else { self.store.append_events(&[event]).await };
+        let stored = if token_invalid {
+            self.mark_token_invalid(device, info, &error, event).await
+        } else {
+            self.store.append_events(&[event]).await
+        };
         if let Err(e) = stored {
             tracing::error!(device = %device, error = %e, "cannot record the failed push");
         }
@@ -320,7 +334,13 @@ impl Pusher {
     }
 
     /// Sets the invalid-token attributes, unless the device sent another token meanwhile.
-    async fn mark_token_invalid(&self, device: &DeviceId, info: &PushInfo, error: &PushError, event: mdm_core::Event) -> crate::store::Result<()> {
+    async fn mark_token_invalid(
+        &self,
+        device: &DeviceId,
+        info: &PushInfo,
+        error: &PushError,
+        event: mdm_core::Event,
+    ) -> crate::store::Result<()> {
         let Some(mut current) = self.store.enrollment(device).await? else {
             return self.store.append_events(&[event]).await;
         };
@@ -330,9 +350,10 @@ impl Pusher {
         let now = self.clock.now();
         current.attributes.insert(ATTR_TOKEN_INVALID.into(), true.into());
         current.attributes.insert(ATTR_TOKEN_INVALID_REASON.into(), error.reason().into());
-        current
-            .attributes
-            .insert(ATTR_TOKEN_INVALID_AT.into(), now.format(&time::format_description::well_known::Rfc3339).unwrap_or_default().into());
+        current.attributes.insert(
+            ATTR_TOKEN_INVALID_AT.into(),
+            now.format(&time::format_description::well_known::Rfc3339).unwrap_or_default().into(),
+        );
         current.updated_at = now.unix_timestamp();
         self.store.save_enrollment(&current, &[event]).await
     }
@@ -358,9 +379,16 @@ impl Pusher {
                 } else {
                     match old.by_topic.get(&c.topic) {
                         Some(Ok(p)) if p.cert_updated_at == c.updated_at => Ok(p.clone()),
-                        _ => Pool::new(&self.settings.endpoint, &c.topic, &c.cert_pem, &c.key_pem, c.updated_at, self.settings.connections)
-                            .map(Arc::new)
-                            .inspect(|_| tracing::info!(topic = %c.topic, "APNs pool ready for push certificate")),
+                        _ => Pool::new(
+                            &self.settings.endpoint,
+                            &c.topic,
+                            &c.cert_pem,
+                            &c.key_pem,
+                            c.updated_at,
+                            self.settings.connections,
+                        )
+                        .map(Arc::new)
+                        .inspect(|_| tracing::info!(topic = %c.topic, "APNs pool ready for push certificate")),
                     }
                 };
                 if let Err(e) = &entry {
@@ -369,7 +397,8 @@ impl Pusher {
                 by_topic.insert(c.topic, entry);
             }
         }
-        *self.pools.write().unwrap_or_else(|e| e.into_inner()) = Pools { by_topic, generation, built: Some(Instant::now()) };
+        *self.pools.write().unwrap_or_else(|e| e.into_inner()) =
+            Pools { by_topic, generation, built: Some(Instant::now()) };
         self.cached(topic).unwrap_or(Err(PushError::NoCertificate { topic: topic.to_owned() }))
     }
 
@@ -383,7 +412,8 @@ impl Pusher {
 
     fn cached(&self, topic: &str) -> Option<Result<Arc<Pool>, PushError>> {
         let pools = self.pools.read().unwrap_or_else(|e| e.into_inner());
-        let fresh = pools.generation == self.generation.load(Ordering::SeqCst) && pools.built.is_some_and(|t| t.elapsed() < CERT_RECHECK);
+        let fresh = pools.generation == self.generation.load(Ordering::SeqCst)
+            && pools.built.is_some_and(|t| t.elapsed() < CERT_RECHECK);
         if !fresh {
             return None;
         }

@@ -43,7 +43,8 @@ impl Endpoint {
         let uri: http::Uri = url.parse().map_err(|e| format!("apple.apns_url: {e}"))?;
         let host = uri.host().ok_or("apple.apns_url has no host")?.trim_matches(|c| c == '[' || c == ']').to_owned();
         let port = uri.port_u16().unwrap_or(443);
-        let server_name = ServerName::try_from(host.clone()).map_err(|e| format!("apple.apns_url host {host:?}: {e}"))?;
+        let server_name =
+            ServerName::try_from(host.clone()).map_err(|e| format!("apple.apns_url host {host:?}: {e}"))?;
         let authority = if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
         Ok(Endpoint { base: format!("https://{authority}"), host, port, server_name, roots })
     }
@@ -55,8 +56,9 @@ pub(super) fn roots(ca_pem: Option<&[u8]>) -> Result<RootCertStore, String> {
     match ca_pem {
         None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
         Some(pem) => {
-            let certs: Vec<CertificateDer<'static>> =
-                rustls_pemfile::certs(&mut &pem[..]).collect::<Result<_, _>>().map_err(|e| format!("cannot read PEM: {e}"))?;
+            let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut &pem[..])
+                .collect::<Result<_, _>>()
+                .map_err(|e| format!("cannot read PEM: {e}"))?;
             if certs.is_empty() {
                 return Err("no PEM certificate in the file".into());
             }
@@ -71,8 +73,9 @@ pub(super) fn roots(ca_pem: Option<&[u8]>) -> Result<RootCertStore, String> {
 /// TLS client configuration presenting the push certificate; ALPN `h2` only (APNs speaks
 /// nothing else).
 fn client_tls(endpoint: &Endpoint, cert_pem: &str, key_pem: &str) -> Result<Arc<ClientConfig>, String> {
-    let chain: Vec<CertificateDer<'static>> =
-        rustls_pemfile::certs(&mut cert_pem.as_bytes()).collect::<Result<_, _>>().map_err(|e| format!("push certificate PEM: {e}"))?;
+    let chain: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut cert_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("push certificate PEM: {e}"))?;
     if chain.is_empty() {
         return Err("push certificate PEM has no certificate".into());
     }
@@ -109,7 +112,14 @@ pub(super) struct Pool {
 }
 
 impl Pool {
-    pub(super) fn new(endpoint: &Endpoint, topic: &str, cert_pem: &str, key_pem: &str, cert_updated_at: i64, connections: usize) -> Result<Pool, String> {
+    pub(super) fn new(
+        endpoint: &Endpoint,
+        topic: &str,
+        cert_pem: &str,
+        key_pem: &str,
+        cert_updated_at: i64,
+        connections: usize,
+    ) -> Result<Pool, String> {
         Ok(Pool {
             topic: topic.to_owned(),
             cert_updated_at,
@@ -128,13 +138,22 @@ impl Pool {
         let conn = match tokio::time::timeout_at(deadline, self.conn(slot)).await {
             Ok(Ok(c)) => c,
             Ok(Err(detail)) => return Err(Failure::NoAnswer { reason: "connection", detail }),
-            Err(_) => return Err(Failure::NoAnswer { reason: "timeout", detail: format!("no connection within {timeout:?}") }),
+            Err(_) => {
+                return Err(Failure::NoAnswer {
+                    reason: "timeout",
+                    detail: format!("no connection within {timeout:?}"),
+                });
+            }
         };
         let mut sender = conn.sender.clone();
         let exchange = async move {
             let resp = sender.send_request(req).await.map_err(|e| error_chain(&e))?;
             let (head, body) = resp.into_parts();
-            let body = Limited::new(body, MAX_REPLY_BYTES).collect().await.map_err(|e| format!("reading the answer: {e}"))?.to_bytes();
+            let body = Limited::new(body, MAX_REPLY_BYTES)
+                .collect()
+                .await
+                .map_err(|e| format!("reading the answer: {e}"))?
+                .to_bytes();
             Ok::<_, String>(classify(&http::Response::from_parts(head, ()), &body))
         };
         match tokio::time::timeout_at(deadline, exchange).await {
@@ -183,7 +202,9 @@ impl Pool {
 
     async fn connect(&self) -> Result<Conn, String> {
         let ep = &self.endpoint;
-        let tcp = TcpStream::connect((ep.host.as_str(), ep.port)).await.map_err(|e| format!("connect to {}: {e}", ep.base))?;
+        let tcp = TcpStream::connect((ep.host.as_str(), ep.port))
+            .await
+            .map_err(|e| format!("connect to {}: {e}", ep.base))?;
         let _ = tcp.set_nodelay(true);
         let tls = TlsConnector::from(self.tls.clone())
             .connect(ep.server_name.clone(), tcp)

@@ -60,7 +60,13 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 
 /// Runs one sink until shutdown; after shutdown it keeps delivering what is already in the log
 /// for at most `grace`.
-pub async fn relay(state: Arc<AppState>, sink: Arc<dyn Sink>, health: Arc<SinkHealth>, mut shutdown: watch::Receiver<bool>, grace: Duration) {
+pub async fn relay(
+    state: Arc<AppState>,
+    sink: Arc<dyn Sink>,
+    health: Arc<SinkHealth>,
+    mut shutdown: watch::Receiver<bool>,
+    grace: Duration,
+) {
     let name = sink.name();
     let mut cursor = loop {
         match state.store.sink_cursor(name).await {
@@ -125,7 +131,11 @@ pub async fn relay(state: Arc<AppState>, sink: Arc<dyn Sink>, health: Arc<SinkHe
                             Some(d) => {
                                 let left = d.saturating_duration_since(tokio::time::Instant::now());
                                 if left.is_zero() {
-                                    tracing::warn!(sink = name, cursor, "grace period over; undelivered events stay in the log");
+                                    tracing::warn!(
+                                        sink = name,
+                                        cursor,
+                                        "grace period over; undelivered events stay in the log"
+                                    );
                                     return;
                                 }
                                 backoff.min(left)

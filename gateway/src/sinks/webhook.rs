@@ -42,7 +42,8 @@ impl WebhookSink {
         match self.config.format {
             WebhookFormat::Event => Ok(Some(event.json.clone().into_bytes())),
             WebhookFormat::Micromdm => {
-                let parsed: mdm_core::Event = serde_json::from_str(&event.json).map_err(|e| format!("stored event is not valid: {e}"))?;
+                let parsed: mdm_core::Event =
+                    serde_json::from_str(&event.json).map_err(|e| format!("stored event is not valid: {e}"))?;
                 Ok(super::micromdm::convert(&parsed).map(|v| serde_json::to_vec(&v).unwrap_or_default()))
             }
         }
@@ -80,10 +81,6 @@ impl Sink for WebhookSink {
         let status = resp.status();
         // Drain the body so the connection can be reused.
         let _ = tokio::time::timeout(timeout, resp.into_body().collect()).await;
-        if status.is_success() {
-            Ok(())
-        } else {
-            Err(format!("webhook answered {status}"))
-        }
+        if status.is_success() { Ok(()) } else { Err(format!("webhook answered {status}")) }
     }
 }

@@ -213,11 +213,22 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn save_enrollment(&self, enrollment: &Enrollment, events: &[Event]) -> Result<()>;
     /// Sets the state of every enrollment whose id is `parent` or whose parent is `parent`,
     /// appending `events`, atomically. Returns how many changed.
-    async fn set_state_with_children(&self, parent: &DeviceId, state: EnrollmentState, now: i64, events: &[Event]) -> Result<u64>;
+    async fn set_state_with_children(
+        &self,
+        parent: &DeviceId,
+        state: EnrollmentState,
+        now: i64,
+        events: &[Event],
+    ) -> Result<u64>;
     /// Records that the device was seen. Cheap; may be skipped by callers when recent.
     async fn touch(&self, id: &DeviceId, now: i64) -> Result<()>;
     /// Enrollments ordered by id, after `after`, at most `limit`.
-    async fn list_enrollments(&self, platform: Option<Platform>, after: Option<&str>, limit: u32) -> Result<Vec<Enrollment>>;
+    async fn list_enrollments(
+        &self,
+        platform: Option<Platform>,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<Enrollment>>;
     async fn count_enrollments(&self) -> Result<u64>;
 
     /// Queues commands and appends `events`, atomically. A reused idempotency key or a command id

@@ -29,11 +29,7 @@ pub enum DecodeError {
     EmptyField { field: &'static str },
     /// A known field holds a value of another plist type.
     #[error("field `{field}` is {found}, expected {expected}")]
-    WrongType {
-        field: &'static str,
-        expected: &'static str,
-        found: &'static str,
-    },
+    WrongType { field: &'static str, expected: &'static str, found: &'static str },
     /// Neither `UDID` nor `EnrollmentID`: nothing identifies the enrollment.
     #[error("message has neither UDID nor EnrollmentID")]
     NoDeviceIdentifier,

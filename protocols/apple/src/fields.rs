@@ -23,9 +23,7 @@ pub(crate) fn parse_dict(body: &[u8]) -> Result<Dictionary, DecodeError> {
     .map_err(DecodeError::NotPlist)?;
     match value {
         Value::Dictionary(d) => Ok(d),
-        other => Err(DecodeError::NotDictionary {
-            found: kind(&other),
-        }),
+        other => Err(DecodeError::NotDictionary { found: kind(&other) }),
     }
 }
 
@@ -47,11 +45,7 @@ pub(crate) fn kind(v: &Value) -> &'static str {
 }
 
 fn wrong(field: &'static str, expected: &'static str, v: &Value) -> DecodeError {
-    DecodeError::WrongType {
-        field,
-        expected,
-        found: kind(v),
-    }
+    DecodeError::WrongType { field, expected, found: kind(v) }
 }
 
 pub(crate) fn opt_string(d: &Dictionary, key: &'static str) -> Result<Option<String>, DecodeError> {
@@ -67,10 +61,7 @@ pub(crate) fn req_string(d: &Dictionary, key: &'static str) -> Result<String, De
 }
 
 /// A required string that must also be non-empty (identifiers, endpoints).
-pub(crate) fn req_nonempty_string(
-    d: &Dictionary,
-    key: &'static str,
-) -> Result<String, DecodeError> {
+pub(crate) fn req_nonempty_string(d: &Dictionary, key: &'static str) -> Result<String, DecodeError> {
     let s = req_string(d, key)?;
     if s.is_empty() {
         return Err(DecodeError::EmptyField { field: key });
@@ -98,10 +89,7 @@ pub(crate) fn req_data(d: &Dictionary, key: &'static str) -> Result<Vec<u8>, Dec
     opt_data(d, key)?.ok_or(DecodeError::MissingField { field: key })
 }
 
-pub(crate) fn opt_dict(
-    d: &Dictionary,
-    key: &'static str,
-) -> Result<Option<Dictionary>, DecodeError> {
+pub(crate) fn opt_dict(d: &Dictionary, key: &'static str) -> Result<Option<Dictionary>, DecodeError> {
     match d.get(key) {
         None => Ok(None),
         Some(Value::Dictionary(x)) => Ok(Some(x.clone())),
@@ -109,10 +97,7 @@ pub(crate) fn opt_dict(
     }
 }
 
-pub(crate) fn opt_array<'a>(
-    d: &'a Dictionary,
-    key: &'static str,
-) -> Result<Option<&'a [Value]>, DecodeError> {
+pub(crate) fn opt_array<'a>(d: &'a Dictionary, key: &'static str) -> Result<Option<&'a [Value]>, DecodeError> {
     match d.get(key) {
         None => Ok(None),
         Some(Value::Array(a)) => Ok(Some(a)),
@@ -137,8 +122,6 @@ pub(crate) fn to_xml(value: &Value) -> Vec<u8> {
     let mut out = Vec::new();
     // Writing an in-memory `Value` into a `Vec` cannot fail: no IO, and every `Value` this crate
     // builds is representable (dates come from parsed plists, integers are in range).
-    value
-        .to_writer_xml(&mut out)
-        .expect("plist value serialises to XML in memory");
+    value.to_writer_xml(&mut out).expect("plist value serialises to XML in memory");
     out
 }

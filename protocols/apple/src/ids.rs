@@ -79,10 +79,7 @@ impl EnrollmentIds {
     }
 
     fn device_channel_native(&self) -> Result<&str, DecodeError> {
-        self.udid
-            .as_deref()
-            .or(self.enrollment_id.as_deref())
-            .ok_or(DecodeError::NoDeviceIdentifier)
+        self.udid.as_deref().or(self.enrollment_id.as_deref()).ok_or(DecodeError::NoDeviceIdentifier)
     }
 
     /// The user part of a user channel id, `None` on a device channel.
@@ -92,11 +89,9 @@ impl EnrollmentIds {
         if self.udid.is_some() {
             return match self.user_id.as_deref() {
                 None => Ok(None),
-                Some(SHARED_IPAD_USER_ID) => self
-                    .user_short_name
-                    .as_deref()
-                    .map(Some)
-                    .ok_or(DecodeError::NoSharedIpadUser),
+                Some(SHARED_IPAD_USER_ID) => {
+                    self.user_short_name.as_deref().map(Some).ok_or(DecodeError::NoSharedIpadUser)
+                }
                 Some(uid) => Ok(Some(uid)),
             };
         }
@@ -120,10 +115,7 @@ impl EnrollmentIds {
 
     /// The device channel this message belongs to (itself when it is a device channel).
     pub fn device_channel_id(&self) -> Result<DeviceId, DecodeError> {
-        Ok(DeviceId::new(
-            Platform::Apple,
-            &[self.device_channel_native()?],
-        )?)
+        Ok(DeviceId::new(Platform::Apple, &[self.device_channel_native()?])?)
     }
 
     /// True when the message came over a user channel. A Shared iPad user channel without a
@@ -205,43 +197,17 @@ mod tests {
     #[test]
     fn resolves_like_nanomdm() {
         let cases = [
+            (ids(Some("U1"), None, None, None, None), "apple:U1", EnrollmentType::Device),
+            (ids(Some("U1"), None, Some("501-GUID"), None, Some("jo")), "apple:U1:501-GUID", EnrollmentType::User),
             (
-                ids(Some("U1"), None, None, None, None),
-                "apple:U1",
-                EnrollmentType::Device,
-            ),
-            (
-                ids(Some("U1"), None, Some("501-GUID"), None, Some("jo")),
-                "apple:U1:501-GUID",
-                EnrollmentType::User,
-            ),
-            (
-                ids(
-                    Some("U1"),
-                    None,
-                    Some(SHARED_IPAD_USER_ID),
-                    None,
-                    Some("jo@school.example"),
-                ),
+                ids(Some("U1"), None, Some(SHARED_IPAD_USER_ID), None, Some("jo@school.example")),
                 "apple:U1:jo@school.example",
                 EnrollmentType::SharedIpad,
             ),
-            (
-                ids(None, Some("E1"), None, None, None),
-                "apple:E1",
-                EnrollmentType::UserEnrollmentDevice,
-            ),
-            (
-                ids(None, Some("E1"), None, Some("EU1"), None),
-                "apple:E1:EU1",
-                EnrollmentType::UserEnrollment,
-            ),
+            (ids(None, Some("E1"), None, None, None), "apple:E1", EnrollmentType::UserEnrollmentDevice),
+            (ids(None, Some("E1"), None, Some("EU1"), None), "apple:E1:EU1", EnrollmentType::UserEnrollment),
             // UDID takes precedence over EnrollmentID, and EnrollmentUserID only counts without UDID.
-            (
-                ids(Some("U1"), Some("E1"), None, Some("EU1"), None),
-                "apple:U1",
-                EnrollmentType::Device,
-            ),
+            (ids(Some("U1"), Some("E1"), None, Some("EU1"), None), "apple:U1", EnrollmentType::Device),
         ];
         for (ids, want, kind) in cases {
             assert_eq!(ids.device_id().unwrap().as_str(), want, "{ids:?}");
@@ -254,20 +220,11 @@ mod tests {
     #[test]
     fn refuses_unidentified() {
         let none = EnrollmentIds::default();
-        assert!(matches!(
-            none.device_id(),
-            Err(DecodeError::NoDeviceIdentifier)
-        ));
-        assert!(matches!(
-            none.device_channel_id(),
-            Err(DecodeError::NoDeviceIdentifier)
-        ));
+        assert!(matches!(none.device_id(), Err(DecodeError::NoDeviceIdentifier)));
+        assert!(matches!(none.device_channel_id(), Err(DecodeError::NoDeviceIdentifier)));
         assert_eq!(none.enrollment_type(), None);
         let shared = ids(Some("U1"), None, Some(SHARED_IPAD_USER_ID), None, None);
-        assert!(matches!(
-            shared.device_id(),
-            Err(DecodeError::NoSharedIpadUser)
-        ));
+        assert!(matches!(shared.device_id(), Err(DecodeError::NoSharedIpadUser)));
         assert_eq!(shared.device_channel_id().unwrap().as_str(), "apple:U1");
         let spaced = ids(Some("U 1"), None, None, None, None);
         assert_eq!(spaced.device_id().unwrap_err().reason(), "bad_device_id");

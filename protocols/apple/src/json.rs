@@ -45,10 +45,7 @@ pub(crate) fn to_json(v: &Value, data: DataPolicy) -> Json {
 
 /// Converts a dictionary, leaving out the keys in `skip` (already shown elsewhere).
 pub(crate) fn dict_to_json(d: &Dictionary, skip: &[&str], data: DataPolicy) -> Map<String, Json> {
-    d.iter()
-        .filter(|(k, _)| !skip.contains(&k.as_str()))
-        .map(|(k, v)| (k.clone(), to_json(v, data)))
-        .collect()
+    d.iter().filter(|(k, _)| !skip.contains(&k.as_str())).map(|(k, v)| (k.clone(), to_json(v, data))).collect()
 }
 
 /// Why a JSON value has no plist form.
@@ -72,9 +69,7 @@ impl std::fmt::Display for FromJsonError {
 pub(crate) fn from_json(v: &Json, path: &str) -> Result<Value, FromJsonError> {
     Ok(match v {
         Json::Null => {
-            return Err(FromJsonError::Null {
-                path: path.to_owned(),
-            });
+            return Err(FromJsonError::Null { path: path.to_owned() });
         }
         Json::Bool(b) => Value::Boolean(*b),
         Json::Number(n) => {
@@ -89,10 +84,7 @@ pub(crate) fn from_json(v: &Json, path: &str) -> Result<Value, FromJsonError> {
         }
         Json::String(s) => Value::String(s.clone()),
         Json::Array(a) => Value::Array(
-            a.iter()
-                .enumerate()
-                .map(|(i, x)| from_json(x, &format!("{path}[{i}]")))
-                .collect::<Result<_, _>>()?,
+            a.iter().enumerate().map(|(i, x)| from_json(x, &format!("{path}[{i}]"))).collect::<Result<_, _>>()?,
         ),
         Json::Object(m) => {
             if let Some(tagged) = tagged(m, path)? {
@@ -103,17 +95,10 @@ pub(crate) fn from_json(v: &Json, path: &str) -> Result<Value, FromJsonError> {
     })
 }
 
-pub(crate) fn object_to_dict(
-    m: &Map<String, Json>,
-    path: &str,
-) -> Result<Dictionary, FromJsonError> {
+pub(crate) fn object_to_dict(m: &Map<String, Json>, path: &str) -> Result<Dictionary, FromJsonError> {
     let mut d = Dictionary::new();
     for (k, x) in m {
-        let sub = if path.is_empty() {
-            k.clone()
-        } else {
-            format!("{path}.{k}")
-        };
+        let sub = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
         d.insert(k.clone(), from_json(x, &sub)?);
     }
     Ok(d)
@@ -124,17 +109,12 @@ fn tagged(m: &Map<String, Json>, path: &str) -> Result<Option<Value>, FromJsonEr
         return Ok(None);
     }
     match m.iter().next() {
-        Some((k, Json::String(s))) if k == "$data" => B64
-            .decode(s)
-            .map(|b| Some(Value::Data(b)))
-            .map_err(|_| FromJsonError::BadBase64 {
-                path: path.to_owned(),
-            }),
+        Some((k, Json::String(s))) if k == "$data" => {
+            B64.decode(s).map(|b| Some(Value::Data(b))).map_err(|_| FromJsonError::BadBase64 { path: path.to_owned() })
+        }
         Some((k, Json::String(s))) if k == "$date" => plist::Date::from_xml_format(s)
             .map(|d| Some(Value::Date(d)))
-            .map_err(|_| FromJsonError::BadDate {
-                path: path.to_owned(),
-            }),
+            .map_err(|_| FromJsonError::BadDate { path: path.to_owned() }),
         _ => Ok(None),
     }
 }
@@ -152,27 +132,15 @@ mod tests {
         assert_eq!(d.get("c").unwrap().as_data(), Some(&[0u8, 1][..]));
         assert!(d.get("d").unwrap().as_date().is_some());
         let back = to_json(&p, DataPolicy::Base64);
-        assert_eq!(
-            back,
-            json!({"a": 1, "b": [true, "x", 2.5], "c": "AAE=", "d": "2024-01-02T03:04:05Z"})
-        );
-        assert_eq!(
-            to_json(&p, DataPolicy::Redact)["c"],
-            json!({"redacted_bytes": 2})
-        );
+        assert_eq!(back, json!({"a": 1, "b": [true, "x", 2.5], "c": "AAE=", "d": "2024-01-02T03:04:05Z"}));
+        assert_eq!(to_json(&p, DataPolicy::Redact)["c"], json!({"redacted_bytes": 2}));
     }
 
     #[test]
     fn refuses_what_plist_cannot_hold() {
         let e = from_json(&json!({"a": [1, null]}), "").unwrap_err();
         assert_eq!(e.to_string(), "a[1]: null has no plist form");
-        assert!(matches!(
-            from_json(&json!({"$data": "!!"}), "x"),
-            Err(FromJsonError::BadBase64 { .. })
-        ));
-        assert!(matches!(
-            from_json(&json!({"$date": "soon"}), "x"),
-            Err(FromJsonError::BadDate { .. })
-        ));
+        assert!(matches!(from_json(&json!({"$data": "!!"}), "x"), Err(FromJsonError::BadBase64 { .. })));
+        assert!(matches!(from_json(&json!({"$date": "soon"}), "x"), Err(FromJsonError::BadDate { .. })));
     }
 }

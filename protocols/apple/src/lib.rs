@@ -21,18 +21,15 @@ mod reply;
 mod report;
 
 pub use checkin::{
-    Authenticate, CheckOut, CheckinMessage, DeclarativeManagement, GetBootstrapToken, GetToken,
-    SetBootstrapToken, TokenUpdate, UserAuthenticate, decode_checkin,
+    Authenticate, CheckOut, CheckinMessage, DeclarativeManagement, GetBootstrapToken, GetToken, SetBootstrapToken,
+    TokenUpdate, UserAuthenticate, decode_checkin,
 };
 pub use command::{
-    AppleCommand, DEFAULT_DEVICE_INFORMATION_QUERIES, TranslateContext, parse_command_plist,
-    request_type, translate,
+    AppleCommand, DEFAULT_DEVICE_INFORMATION_QUERIES, TranslateContext, parse_command_plist, request_type, translate,
 };
 pub use error::DecodeError;
 pub use ids::{EnrollmentIds, EnrollmentType, SHARED_IPAD_USER_ID};
 pub use push::push_payload;
 pub use queue::{QueueItem, QueueState, Selection, Trigger, select_next};
-pub use reply::{
-    encode_bootstrap_token_response, encode_digest_challenge, encode_get_token_response,
-};
+pub use reply::{encode_bootstrap_token_response, encode_digest_challenge, encode_get_token_response};
 pub use report::{CommandReport, ErrorChainItem, ReportStatus, decode_report};

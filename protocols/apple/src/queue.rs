@@ -68,10 +68,7 @@ impl Trigger {
 pub fn select_next(items: &[QueueItem], trigger: Trigger, now: i64) -> Selection {
     let mut order: Vec<&QueueItem> = items.iter().collect();
     order.sort_by(|a, b| {
-        b.priority
-            .cmp(&a.priority)
-            .then(a.seq.cmp(&b.seq))
-            .then_with(|| a.command_id.cmp(&b.command_id))
+        b.priority.cmp(&a.priority).then(a.seq.cmp(&b.seq)).then_with(|| a.command_id.cmp(&b.command_id))
     });
     let mut sel = Selection::default();
     for item in order {

@@ -27,9 +27,6 @@ pub fn encode_get_token_response(token_data: &[u8]) -> Vec<u8> {
 /// challenge accepts the user without authentication (what NanoMDM can be configured to do).
 pub fn encode_digest_challenge(challenge: &str) -> Vec<u8> {
     let mut d = Dictionary::new();
-    d.insert(
-        "DigestChallenge".into(),
-        Value::String(challenge.to_owned()),
-    );
+    d.insert("DigestChallenge".into(), Value::String(challenge.to_owned()));
     to_xml(&Value::Dictionary(d))
 }

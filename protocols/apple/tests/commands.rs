@@ -7,8 +7,8 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use common::{own, own_json, parse_plist, tagged_json, to_binary};
 use mdm_apple::{
-    TranslateContext, encode_bootstrap_token_response, encode_digest_challenge,
-    encode_get_token_response, parse_command_plist, push_payload, translate,
+    TranslateContext, encode_bootstrap_token_response, encode_digest_challenge, encode_get_token_response,
+    parse_command_plist, push_payload, translate,
 };
 use mdm_core::Command;
 use serde_json::{Value as Json, json};
@@ -25,21 +25,14 @@ fn translate_table() {
             let xml = String::from_utf8(own(&format!("command/{file}"))).unwrap();
             command["payload"] = Json::String(xml);
         }
-        let command: Command =
-            serde_json::from_value(command).unwrap_or_else(|e| panic!("{name}: {e}"));
-        let token = case["unlock_token_b64"]
-            .as_str()
-            .map(|t| B64.decode(t).unwrap());
-        let ctx = TranslateContext {
-            unlock_token: token.as_deref(),
-        };
+        let command: Command = serde_json::from_value(command).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let token = case["unlock_token_b64"].as_str().map(|t| B64.decode(t).unwrap());
+        let ctx = TranslateContext { unlock_token: token.as_deref() };
         let got = translate(&command, UUID, &ctx);
         if let Some(err) = case.get("error") {
             let e = got.expect_err(name);
             assert_eq!(e.code(), err["code"], "{name}: {e}");
-            if let (Some(field), mdm_core::CommandError::Invalid { field: f, .. }) =
-                (err["field"].as_str(), &e)
-            {
+            if let (Some(field), mdm_core::CommandError::Invalid { field: f, .. }) = (err["field"].as_str(), &e) {
                 assert_eq!(*f, field, "{name}");
             }
             continue;
@@ -49,21 +42,10 @@ fn translate_table() {
         assert_eq!(got.command_uuid, UUID, "{name}");
         assert_eq!(got.request_type, expect["request_type"], "{name}");
         let plist = parse_plist(&got.plist);
-        assert!(
-            got.plist.starts_with(b"<?xml"),
-            "{name}: XML plist expected"
-        );
+        assert!(got.plist.starts_with(b"<?xml"), "{name}: XML plist expected");
         let top = plist.as_dictionary().unwrap();
-        assert_eq!(
-            top.get("CommandUUID").and_then(|v| v.as_string()),
-            Some(UUID),
-            "{name}"
-        );
-        assert_eq!(
-            tagged_json(top.get("Command").unwrap()),
-            expect["command"],
-            "{name}"
-        );
+        assert_eq!(top.get("CommandUUID").and_then(|v| v.as_string()), Some(UUID), "{name}");
+        assert_eq!(tagged_json(top.get("Command").unwrap()), expect["command"], "{name}");
         // What we emit is what a NanoMDM-style parser accepts.
         let reparsed = parse_command_plist(&got.plist).unwrap();
         assert_eq!(reparsed, got, "{name}");
@@ -112,30 +94,20 @@ fn empty_command_id_refused() {
 #[test]
 fn bootstrap_token_response() {
     let with = parse_plist(&encode_bootstrap_token_response(Some(b"tok")));
-    assert_eq!(
-        tagged_json(&with),
-        json!({"BootstrapToken": {"$data": "dG9r"}})
-    );
+    assert_eq!(tagged_json(&with), json!({"BootstrapToken": {"$data": "dG9r"}}));
     let without = parse_plist(&encode_bootstrap_token_response(None));
     assert_eq!(tagged_json(&without), json!({}));
 }
 
 #[test]
 fn other_replies() {
-    assert_eq!(
-        tagged_json(&parse_plist(&encode_get_token_response(b"abc"))),
-        json!({"TokenData": {"$data": "YWJj"}})
-    );
-    assert_eq!(
-        tagged_json(&parse_plist(&encode_digest_challenge(""))),
-        json!({"DigestChallenge": ""})
-    );
+    assert_eq!(tagged_json(&parse_plist(&encode_get_token_response(b"abc"))), json!({"TokenData": {"$data": "YWJj"}}));
+    assert_eq!(tagged_json(&parse_plist(&encode_digest_challenge(""))), json!({"DigestChallenge": ""}));
 }
 
 #[test]
 fn push_payload_is_mdm_json() {
-    let p: Json =
-        serde_json::from_slice(&push_payload("CEFDF0BD-E342-4A27-8742-E930EA116B0A")).unwrap();
+    let p: Json = serde_json::from_slice(&push_payload("CEFDF0BD-E342-4A27-8742-E930EA116B0A")).unwrap();
     assert_eq!(p, json!({"mdm": "CEFDF0BD-E342-4A27-8742-E930EA116B0A"}));
     let p: Json = serde_json::from_slice(&push_payload("a\"b")).unwrap();
     assert_eq!(p["mdm"], "a\"b");

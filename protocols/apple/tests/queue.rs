@@ -20,12 +20,8 @@ fn queue_table() {
 #[test]
 fn trigger_from_status() {
     assert_eq!(Trigger::from_status(&ReportStatus::Idle), Trigger::Idle);
-    for s in [
-        ReportStatus::Acknowledged,
-        ReportStatus::Error,
-        ReportStatus::NotNow,
-        ReportStatus::Unknown("x".into()),
-    ] {
+    for s in [ReportStatus::Acknowledged, ReportStatus::Error, ReportStatus::NotNow, ReportStatus::Unknown("x".into())]
+    {
         assert_eq!(Trigger::from_status(&s), Trigger::Report);
     }
 }

@@ -16,42 +16,18 @@ fn decode(rel: &str) -> CommandReport {
 fn each_status() {
     let cases = [
         ("report/idle.plist", ReportStatus::Idle, None),
-        (
-            "report/acknowledged.plist",
-            ReportStatus::Acknowledged,
-            Some(CommandStatus::Acknowledged),
-        ),
-        (
-            "report/not_now.plist",
-            ReportStatus::NotNow,
-            Some(CommandStatus::NotNow),
-        ),
-        (
-            "report/error_chain.plist",
-            ReportStatus::Error,
-            Some(CommandStatus::Error),
-        ),
-        (
-            "report/command_format_error.plist",
-            ReportStatus::CommandFormatError,
-            Some(CommandStatus::Error),
-        ),
-        (
-            "report/unknown_status.plist",
-            ReportStatus::Unknown("Deferred".into()),
-            None,
-        ),
+        ("report/acknowledged.plist", ReportStatus::Acknowledged, Some(CommandStatus::Acknowledged)),
+        ("report/not_now.plist", ReportStatus::NotNow, Some(CommandStatus::NotNow)),
+        ("report/error_chain.plist", ReportStatus::Error, Some(CommandStatus::Error)),
+        ("report/command_format_error.plist", ReportStatus::CommandFormatError, Some(CommandStatus::Error)),
+        ("report/unknown_status.plist", ReportStatus::Unknown("Deferred".into()), None),
     ];
     for (rel, status, command_status) in cases {
         let r = decode(rel);
         assert_eq!(r.status, status, "{rel}");
         assert_eq!(r.status.command_status(), command_status, "{rel}");
         assert_eq!(r.event_data()["status"], status.as_str(), "{rel}");
-        assert_eq!(
-            r.command_uuid.is_none(),
-            status == ReportStatus::Idle,
-            "{rel}"
-        );
+        assert_eq!(r.command_uuid.is_none(), status == ReportStatus::Idle, "{rel}");
     }
 }
 
@@ -59,10 +35,7 @@ fn each_status() {
 fn unknown_status_round_trips() {
     let r = decode("report/unknown_status.plist");
     assert_eq!(r.status.as_str(), "Deferred");
-    assert_eq!(
-        r.command_uuid.as_deref(),
-        Some("0190a3c4-7b1e-7c2d-9e3f-000000000005")
-    );
+    assert_eq!(r.command_uuid.as_deref(), Some("0190a3c4-7b1e-7c2d-9e3f-000000000005"));
 }
 
 #[test]
@@ -86,10 +59,7 @@ fn error_chain() {
         ]
     );
     let data = r.event_data();
-    assert_eq!(
-        data["error_chain"][1],
-        json!({"error_code": -25300, "error_domain": "NSOSStatusErrorDomain"})
-    );
+    assert_eq!(data["error_chain"][1], json!({"error_code": -25300, "error_domain": "NSOSStatusErrorDomain"}));
     assert_eq!(data["payload"], json!({}));
 }
 
@@ -154,20 +124,13 @@ fn inventory_is_lenient_about_odd_values() {
     let inv = r.inventory("DeviceInformation").unwrap();
     assert_eq!(inv.battery_level, None, "-1 means unknown");
     assert_eq!(inv.storage_capacity_bytes, None, "wrong type skipped");
-    assert_eq!(
-        inv.hostname.as_deref(),
-        Some("lab-mac"),
-        "LocalHostName when HostName absent"
-    );
+    assert_eq!(inv.hostname.as_deref(), Some("lab-mac"), "LocalHostName when HostName absent");
     assert_eq!(inv.os_name.as_deref(), Some("macOS"));
 }
 
 #[test]
 fn no_inventory_from_failed_reports() {
-    assert_eq!(
-        decode("report/error_chain.plist").inventory("DeviceInformation"),
-        None
-    );
+    assert_eq!(decode("report/error_chain.plist").inventory("DeviceInformation"), None);
 }
 
 #[test]
@@ -175,14 +138,8 @@ fn invalid_reports_fail_precisely() {
     let cases = [
         ("invalid/report_missing_status.plist", "missing_status"),
         ("invalid/report_error_chain_not_array.plist", "wrong_type"),
-        (
-            "invalid/report_error_chain_item_missing_code.plist",
-            "missing_field",
-        ),
-        (
-            "invalid/report_no_device_identifier.plist",
-            "no_device_identifier",
-        ),
+        ("invalid/report_error_chain_item_missing_code.plist", "missing_field"),
+        ("invalid/report_no_device_identifier.plist", "no_device_identifier"),
         ("invalid/top_level_array.plist", "not_dictionary"),
         ("invalid/not_a_plist.txt", "not_plist"),
     ];

@@ -55,10 +55,6 @@ fn default_queries_exist() {
         return;
     };
     for q in DEFAULT_DEVICE_INFORMATION_QUERIES {
-        assert!(
-            text.contains(&format!("- key: {q}\n")),
-            "query {q} not in {}",
-            p.display()
-        );
+        assert!(text.contains(&format!("- key: {q}\n")), "query {q} not in {}", p.display());
     }
 }

@@ -23,11 +23,9 @@ impl EventType {
     pub const DEVICE_STATUS_REPORT: EventType = EventType::named("device.status_report");
     pub const DEVICE_IDENTITY_RENEWED: EventType = EventType::named("device.identity_renewed");
     pub const DEVICE_BOOTSTRAP_TOKEN_SET: EventType = EventType::named("device.bootstrap_token_set");
-    pub const DEVICE_BOOTSTRAP_TOKEN_REQUESTED: EventType =
-        EventType::named("device.bootstrap_token_requested");
+    pub const DEVICE_BOOTSTRAP_TOKEN_REQUESTED: EventType = EventType::named("device.bootstrap_token_requested");
     pub const DEVICE_USER_AUTHENTICATE: EventType = EventType::named("device.user_authenticate");
-    pub const DEVICE_DECLARATIVE_MANAGEMENT: EventType =
-        EventType::named("device.declarative_management");
+    pub const DEVICE_DECLARATIVE_MANAGEMENT: EventType = EventType::named("device.declarative_management");
     pub const DEVICE_TOKEN_REQUESTED: EventType = EventType::named("device.token_requested");
     pub const COMMAND_QUEUED: EventType = EventType::named("command.queued");
     pub const COMMAND_SENT: EventType = EventType::named("command.sent");

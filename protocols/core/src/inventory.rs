@@ -51,9 +51,24 @@ impl Inventory {
             ($($f:ident),*) => { $( if newer.$f.is_some() { self.$f = newer.$f.clone(); } )* };
         }
         take!(
-            serial_number, udid, model, model_name, product_name, os_name, os_version, build_version,
-            device_name, imei, meid, storage_capacity_bytes, storage_available_bytes, battery_level,
-            wifi_mac, bluetooth_mac, hostname, supervised
+            serial_number,
+            udid,
+            model,
+            model_name,
+            product_name,
+            os_name,
+            os_version,
+            build_version,
+            device_name,
+            imei,
+            meid,
+            storage_capacity_bytes,
+            storage_available_bytes,
+            battery_level,
+            wifi_mac,
+            bluetooth_mac,
+            hostname,
+            supervised
         );
     }
 

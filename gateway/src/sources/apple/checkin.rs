@@ -14,7 +14,12 @@ use crate::store::{Enrollment, EnrollmentState, PushInfo};
 /// Answers for check-ins this gateway does not serve yet; devices retry these later.
 const NOT_CONFIGURED: StatusCode = StatusCode::NOT_IMPLEMENTED;
 
-pub(super) async fn handle(state: &AppState, identity: &DeviceIdentity, body: &[u8], now: i64) -> Result<(&'static str, Reply), Reject> {
+pub(super) async fn handle(
+    state: &AppState,
+    identity: &DeviceIdentity,
+    body: &[u8],
+    now: i64,
+) -> Result<(&'static str, Reply), Reject> {
     let msg = mdm_apple::decode_checkin(body).map_err(|e| Reject::bad_request(e.reason(), e.to_string()))?;
     let (id, channel) = device_ids(msg.ids())?;
     let data = event_data(&msg);
@@ -26,9 +31,13 @@ pub(super) async fn handle(state: &AppState, identity: &DeviceIdentity, body: &[
                 return Err(Reject::bad_request("authenticate_on_user_channel", "Authenticate names a user"));
             }
             if let Some(other) = state.store.enrollment_by_cert(&identity.fingerprint).await?
-                && other != id {
-                    return Err(Reject::identity("certificate_bound_elsewhere", format!("certificate is bound to {other}")));
-                }
+                && other != id
+            {
+                return Err(Reject::identity(
+                    "certificate_bound_elsewhere",
+                    format!("certificate is bound to {other}"),
+                ));
+            }
             let mut enrollment = state.store.enrollment(&id).await?.unwrap_or_else(|| Enrollment::new(id.clone(), now));
             // (Re-)authentication starts the enrollment over: reachable again only after TokenUpdate.
             enrollment.state = EnrollmentState::Authenticated;
@@ -50,14 +59,18 @@ pub(super) async fn handle(state: &AppState, identity: &DeviceIdentity, body: &[
                 parent
             } else {
                 if parent.state != EnrollmentState::Enrolled {
-                    return Err(Reject::bad_request("device_channel_not_enrolled", format!("{channel} has no TokenUpdate yet")));
+                    return Err(Reject::bad_request(
+                        "device_channel_not_enrolled",
+                        format!("{channel} has no TokenUpdate yet"),
+                    ));
                 }
                 let mut e = state.store.enrollment(&id).await?.unwrap_or_else(|| Enrollment::new(id.clone(), now));
                 e.parent = Some(channel.clone());
                 e.attributes.insert("enrollment_type".into(), enrollment_type(msg.ids()).into());
                 e
             };
-            enrollment.push = Some(PushInfo { token: t.token.clone(), magic: t.push_magic.clone(), topic: t.topic.clone() });
+            enrollment.push =
+                Some(PushInfo { token: t.token.clone(), magic: t.push_magic.clone(), topic: t.topic.clone() });
             // A TokenUpdate is the device's word that this token works: pushes are allowed again
             // after APNs refused the previous one.
             for key in [push::ATTR_TOKEN_INVALID, push::ATTR_TOKEN_INVALID_REASON, push::ATTR_TOKEN_INVALID_AT] {
@@ -66,7 +79,8 @@ pub(super) async fn handle(state: &AppState, identity: &DeviceIdentity, body: &[
             if let Some(unlock) = &t.unlock_token {
                 enrollment.unlock_token = Some(unlock.clone());
             }
-            for (key, value) in [("user_short_name", &t.ids.user_short_name), ("user_long_name", &t.ids.user_long_name)] {
+            for (key, value) in [("user_short_name", &t.ids.user_short_name), ("user_long_name", &t.ids.user_long_name)]
+            {
                 if let Some(v) = value {
                     enrollment.attributes.insert(key.into(), v.clone().into());
                 }
@@ -87,7 +101,12 @@ pub(super) async fn handle(state: &AppState, identity: &DeviceIdentity, body: &[
             bound_enrollment(state, identity, &channel, now).await?;
             state
                 .store
-                .set_state_with_children(&id, EnrollmentState::Unenrolled, now, &[raw_event(EventType::DEVICE_UNENROLLED)])
+                .set_state_with_children(
+                    &id,
+                    EnrollmentState::Unenrolled,
+                    now,
+                    &[raw_event(EventType::DEVICE_UNENROLLED)],
+                )
                 .await?;
             Ok(("CheckOut", empty(StatusCode::OK)))
         }
@@ -114,16 +133,20 @@ pub(super) async fn handle(state: &AppState, identity: &DeviceIdentity, body: &[
         CheckinMessage::DeclarativeManagement(_) => {
             bound_enrollment(state, identity, &channel, now).await?;
             state.store.append_events(&[raw_event(EventType::DEVICE_DECLARATIVE_MANAGEMENT)]).await?;
-            Ok(("DeclarativeManagement", text(NOT_CONFIGURED, "declarative management is not configured on this gateway\n")))
+            Ok((
+                "DeclarativeManagement",
+                text(NOT_CONFIGURED, "declarative management is not configured on this gateway\n"),
+            ))
         }
         CheckinMessage::GetToken(_) => {
             bound_enrollment(state, identity, &channel, now).await?;
             state.store.append_events(&[raw_event(EventType::DEVICE_TOKEN_REQUESTED)]).await?;
             Ok(("GetToken", text(NOT_CONFIGURED, "no token services are configured on this gateway\n")))
         }
-        CheckinMessage::Unknown { message_type, .. } => {
-            Err(Reject::bad_request("unsupported_message_type", format!("MessageType {message_type:?} is not supported")))
-        }
+        CheckinMessage::Unknown { message_type, .. } => Err(Reject::bad_request(
+            "unsupported_message_type",
+            format!("MessageType {message_type:?} is not supported"),
+        )),
     }
 }
 
@@ -136,7 +159,12 @@ fn event_data(msg: &CheckinMessage) -> serde_json::Value {
 }
 
 /// Merges a partial inventory and adds a `device.inventory` event with the full result.
-pub(super) fn merge_inventory(state: &AppState, enrollment: &mut Enrollment, newer: &Inventory, events: &mut Vec<mdm_core::Event>) {
+pub(super) fn merge_inventory(
+    state: &AppState,
+    enrollment: &mut Enrollment,
+    newer: &Inventory,
+    events: &mut Vec<mdm_core::Event>,
+) {
     enrollment.inventory.merge(newer);
     let data = serde_json::to_value(&enrollment.inventory).unwrap_or_default();
     events.push(state.events.event(EventType::DEVICE_INVENTORY, &enrollment.device_id, None, data));

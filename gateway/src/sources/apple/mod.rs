@@ -55,7 +55,12 @@ impl Reject {
 
     pub(crate) fn internal(detail: impl std::fmt::Display) -> Self {
         // 500 makes the device retry later, which is right for a store hiccup.
-        Reject { status: StatusCode::INTERNAL_SERVER_ERROR, reason: "internal", detail: detail.to_string(), identity: false }
+        Reject {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            reason: "internal",
+            detail: detail.to_string(),
+            identity: false,
+        }
     }
 }
 
@@ -86,15 +91,19 @@ pub async fn handle(state: &Arc<AppState>, req: Request<Incoming>, conn: &ConnIn
             }
         };
         let body = read_body(&parts.headers, body, state.config.device.max_body_bytes).await.map_err(|e| match e {
-            BodyError::TooLarge { .. } => {
-                Reject { status: StatusCode::PAYLOAD_TOO_LARGE, reason: "body_too_large", detail: e.to_string(), identity: false }
-            }
+            BodyError::TooLarge { .. } => Reject {
+                status: StatusCode::PAYLOAD_TOO_LARGE,
+                reason: "body_too_large",
+                detail: e.to_string(),
+                identity: false,
+            },
             BodyError::Read(_) => Reject::bad_request("body_unreadable", e.to_string()),
         })?;
         let now = state.clock.unix();
-        let identity = state.identity.verify(&parts.headers, &body, conn, now).map_err(|f| {
-            Reject::identity(f.reason, f.detail)
-        })?;
+        let identity = state
+            .identity
+            .verify(&parts.headers, &body, conn, now)
+            .map_err(|f| Reject::identity(f.reason, f.detail))?;
         if is_checkin {
             checkin::handle(state, &identity, &body, now).await
         } else {
@@ -120,7 +129,8 @@ pub async fn handle(state: &Arc<AppState>, req: Request<Incoming>, conn: &ConnIn
             text(r.status, format!("{}: {}\n", r.reason, r.detail))
         }
     };
-    metrics::histogram!(telemetry::DEVICE_REQUEST_SECONDS, "platform" => "apple").record(started.elapsed().as_secs_f64());
+    metrics::histogram!(telemetry::DEVICE_REQUEST_SECONDS, "platform" => "apple")
+        .record(started.elapsed().as_secs_f64());
     reply
 }
 
@@ -151,7 +161,12 @@ pub(crate) fn device_ids(ids: &EnrollmentIds) -> Result<(DeviceId, DeviceId), Re
 
 /// The device channel's enrollment, after checking that `identity` is the certificate bound to
 /// it (or, when allowed, a renewal of it, which is rebound here with its own event).
-pub(crate) async fn bound_enrollment(state: &AppState, identity: &DeviceIdentity, channel: &DeviceId, now: i64) -> Result<Enrollment, Reject> {
+pub(crate) async fn bound_enrollment(
+    state: &AppState,
+    identity: &DeviceIdentity,
+    channel: &DeviceId,
+    now: i64,
+) -> Result<Enrollment, Reject> {
     let Some(mut enrollment) = state.store.enrollment(channel).await? else {
         return Err(Reject::bad_request("not_enrolled", format!("{channel} has not authenticated")));
     };

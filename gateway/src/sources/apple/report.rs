@@ -15,7 +15,12 @@ use crate::telemetry;
 /// How many queued commands are looked at per report; the rest wait their turn.
 const QUEUE_WINDOW: u32 = 64;
 
-pub(super) async fn handle(state: &AppState, identity: &DeviceIdentity, body: &[u8], now: i64) -> Result<(&'static str, Reply), Reject> {
+pub(super) async fn handle(
+    state: &AppState,
+    identity: &DeviceIdentity,
+    body: &[u8],
+    now: i64,
+) -> Result<(&'static str, Reply), Reject> {
     let report = mdm_apple::decode_report(body).map_err(|e| Reject::bad_request(e.reason(), e.to_string()))?;
     let (id, channel) = device_ids(&report.ids)?;
     let parent = bound_enrollment(state, identity, &channel, now).await?;
@@ -55,9 +60,10 @@ pub(super) async fn handle(state: &AppState, identity: &DeviceIdentity, body: &[
 
     // 2. The result of the command the device just worked on.
     if report.status != ReportStatus::Idle
-        && let Some(uuid) = &report.command_uuid {
-            record_result(state, &mut enrollment, &report, uuid, body, now).await?;
-        }
+        && let Some(uuid) = &report.command_uuid
+    {
+        record_result(state, &mut enrollment, &report, uuid, body, now).await?;
+    }
 
     // 3. The next command.
     let pending = state.store.pending(&id, QUEUE_WINDOW).await?;
@@ -70,7 +76,13 @@ pub(super) async fn handle(state: &AppState, identity: &DeviceIdentity, body: &[
                 CommandStatus::NotNow => QueueState::NotNow,
                 _ => return None,
             };
-            Some(QueueItem { command_id: c.command_id.clone(), priority: c.priority, seq: c.seq, state: queue_state, expires_at: c.expires_at })
+            Some(QueueItem {
+                command_id: c.command_id.clone(),
+                priority: c.priority,
+                seq: c.seq,
+                state: queue_state,
+                expires_at: c.expires_at,
+            })
         })
         .collect();
     let trigger = if report.status == ReportStatus::Idle { Trigger::Idle } else { Trigger::Report };
@@ -134,7 +146,9 @@ async fn record_result(
     let (to, event_type) = match &report.status {
         ReportStatus::Acknowledged => (CommandStatus::Acknowledged, EventType::COMMAND_ACKNOWLEDGED),
         ReportStatus::NotNow => (CommandStatus::NotNow, EventType::COMMAND_NOT_NOW),
-        ReportStatus::Error | ReportStatus::CommandFormatError | ReportStatus::Unknown(_) => (CommandStatus::Error, EventType::COMMAND_ERROR),
+        ReportStatus::Error | ReportStatus::CommandFormatError | ReportStatus::Unknown(_) => {
+            (CommandStatus::Error, EventType::COMMAND_ERROR)
+        }
         ReportStatus::Idle => return Ok(()),
     };
     let mut data = report.event_data();
@@ -167,12 +181,13 @@ async fn record_result(
     }
     metrics::counter!(telemetry::COMMAND_RESULTS, "platform" => "apple", "status" => to.as_str()).increment(1);
     if to == CommandStatus::Acknowledged
-        && let Some(inv) = report.inventory(&record.request_type).filter(|i| !i.is_empty()) {
-            let mut events = Vec::new();
-            super::checkin::merge_inventory(state, enrollment, &inv, &mut events);
-            enrollment.updated_at = now;
-            state.store.save_enrollment(enrollment, &events).await?;
-        }
+        && let Some(inv) = report.inventory(&record.request_type).filter(|i| !i.is_empty())
+    {
+        let mut events = Vec::new();
+        super::checkin::merge_inventory(state, enrollment, &inv, &mut events);
+        enrollment.updated_at = now;
+        state.store.save_enrollment(enrollment, &events).await?;
+    }
     Ok(())
 }
 

@@ -67,12 +67,8 @@ impl Authenticate {
             model: self.model.clone(),
             model_name: self.model_name.clone(),
             product_name: self.product_name.clone(),
-            os_name: os_name::infer(
-                self.product_name.as_deref(),
-                self.model.as_deref(),
-                self.os_version.as_deref(),
-            )
-            .map(Into::into),
+            os_name: os_name::infer(self.product_name.as_deref(), self.model.as_deref(), self.os_version.as_deref())
+                .map(Into::into),
             os_version: self.os_version.clone(),
             build_version: self.build_version.clone(),
             device_name: self.device_name.clone(),

@@ -17,11 +17,7 @@ pub struct CheckOut {
 
 impl CheckOut {
     pub(crate) fn from_dict(dict: Dictionary, ids: EnrollmentIds) -> Result<Self, DecodeError> {
-        Ok(CheckOut {
-            topic: opt_string(&dict, "Topic")?,
-            ids,
-            dict,
-        })
+        Ok(CheckOut { topic: opt_string(&dict, "Topic")?, ids, dict })
     }
 
     pub(crate) fn event_fields(&self, m: &mut Map<String, Json>) {

@@ -24,9 +24,6 @@ impl GetBootstrapToken {
     }
 
     pub(crate) fn event_fields(&self, m: &mut Map<String, Json>) {
-        m.insert(
-            "awaiting_configuration".into(),
-            self.awaiting_configuration.into(),
-        );
+        m.insert("awaiting_configuration".into(), self.awaiting_configuration.into());
     }
 }

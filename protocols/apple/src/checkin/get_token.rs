@@ -29,9 +29,7 @@ impl GetToken {
     }
 
     fn param(&self, key: &'static str) -> Result<Option<String>, DecodeError> {
-        self.token_parameters
-            .as_ref()
-            .map_or(Ok(None), |p| opt_string(p, key))
+        self.token_parameters.as_ref().map_or(Ok(None), |p| opt_string(p, key))
     }
 
     /// `TokenParameters.PhoneUDID` (watch pairing).
@@ -50,10 +48,7 @@ impl GetToken {
     }
 
     pub(crate) fn event_fields(&self, m: &mut Map<String, Json>) {
-        m.insert(
-            "token_service_type".into(),
-            self.token_service_type.clone().into(),
-        );
+        m.insert("token_service_type".into(), self.token_service_type.clone().into());
         if let Some(p) = &self.token_parameters {
             // SecurityToken is a credential: keep it out of events.
             let mut params = dict_to_json(p, &["SecurityToken"], DataPolicy::Redact);

@@ -58,11 +58,7 @@ pub fn decode_checkin(body: &[u8]) -> Result<CheckinMessage, DecodeError> {
         Some(Value::String(s)) if s.is_empty() => return Err(DecodeError::MissingMessageType),
         Some(Value::String(s)) => s.clone(),
         Some(v) => {
-            return Err(DecodeError::WrongType {
-                field: "MessageType",
-                expected: "string",
-                found: fields::kind(v),
-            });
+            return Err(DecodeError::WrongType { field: "MessageType", expected: "string", found: fields::kind(v) });
         }
     };
     let ids = EnrollmentIds::from_dict(&dict)?.require_device()?;
@@ -70,24 +66,12 @@ pub fn decode_checkin(body: &[u8]) -> Result<CheckinMessage, DecodeError> {
         "Authenticate" => CheckinMessage::Authenticate(Authenticate::from_dict(dict, ids)?),
         "TokenUpdate" => CheckinMessage::TokenUpdate(TokenUpdate::from_dict(dict, ids)?),
         "CheckOut" => CheckinMessage::CheckOut(CheckOut::from_dict(dict, ids)?),
-        "UserAuthenticate" => {
-            CheckinMessage::UserAuthenticate(UserAuthenticate::from_dict(dict, ids)?)
-        }
-        "SetBootstrapToken" => {
-            CheckinMessage::SetBootstrapToken(SetBootstrapToken::from_dict(dict, ids)?)
-        }
-        "GetBootstrapToken" => {
-            CheckinMessage::GetBootstrapToken(GetBootstrapToken::from_dict(dict, ids)?)
-        }
-        "DeclarativeManagement" => {
-            CheckinMessage::DeclarativeManagement(DeclarativeManagement::from_dict(dict, ids)?)
-        }
+        "UserAuthenticate" => CheckinMessage::UserAuthenticate(UserAuthenticate::from_dict(dict, ids)?),
+        "SetBootstrapToken" => CheckinMessage::SetBootstrapToken(SetBootstrapToken::from_dict(dict, ids)?),
+        "GetBootstrapToken" => CheckinMessage::GetBootstrapToken(GetBootstrapToken::from_dict(dict, ids)?),
+        "DeclarativeManagement" => CheckinMessage::DeclarativeManagement(DeclarativeManagement::from_dict(dict, ids)?),
         "GetToken" => CheckinMessage::GetToken(GetToken::from_dict(dict, ids)?),
-        _ => CheckinMessage::Unknown {
-            message_type,
-            ids,
-            dict,
-        },
+        _ => CheckinMessage::Unknown { message_type, ids, dict },
     })
 }
 
@@ -154,10 +138,7 @@ impl CheckinMessage {
             CheckinMessage::DeclarativeManagement(x) => x.event_fields(&mut m),
             CheckinMessage::GetToken(x) => x.event_fields(&mut m),
             CheckinMessage::Unknown { dict, .. } => {
-                m.insert(
-                    "fields".into(),
-                    Json::Object(dict_to_json(dict, &ID_KEYS, DataPolicy::Redact)),
-                );
+                m.insert("fields".into(), Json::Object(dict_to_json(dict, &ID_KEYS, DataPolicy::Redact)));
             }
         }
         Json::Object(m)
@@ -173,12 +154,5 @@ impl CheckinMessage {
 }
 
 /// Keys already shown under `enrollment` (and the type), left out of an unknown message's fields.
-const ID_KEYS: [&str; 7] = [
-    "MessageType",
-    "UDID",
-    "EnrollmentID",
-    "UserID",
-    "EnrollmentUserID",
-    "UserShortName",
-    "UserLongName",
-];
+const ID_KEYS: [&str; 7] =
+    ["MessageType", "UDID", "EnrollmentID", "UserID", "EnrollmentUserID", "UserShortName", "UserLongName"];

@@ -26,13 +26,7 @@ impl SetBootstrapToken {
     }
 
     pub(crate) fn event_fields(&self, m: &mut Map<String, Json>) {
-        m.insert(
-            "bootstrap_token_present".into(),
-            self.bootstrap_token.is_some().into(),
-        );
-        m.insert(
-            "awaiting_configuration".into(),
-            self.awaiting_configuration.into(),
-        );
+        m.insert("bootstrap_token_present".into(), self.bootstrap_token.is_some().into());
+        m.insert("awaiting_configuration".into(), self.awaiting_configuration.into());
     }
 }

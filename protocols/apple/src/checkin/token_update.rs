@@ -48,18 +48,9 @@ impl TokenUpdate {
     pub(crate) fn event_fields(&self, m: &mut Map<String, Json>) {
         m.insert("topic".into(), self.topic.clone().into());
         m.insert("token_present".into(), (!self.token.is_empty()).into());
-        m.insert(
-            "push_magic_present".into(),
-            (!self.push_magic.is_empty()).into(),
-        );
-        m.insert(
-            "unlock_token_present".into(),
-            self.unlock_token.is_some().into(),
-        );
-        m.insert(
-            "awaiting_configuration".into(),
-            self.awaiting_configuration.into(),
-        );
+        m.insert("push_magic_present".into(), (!self.push_magic.is_empty()).into());
+        m.insert("unlock_token_present".into(), self.unlock_token.is_some().into());
+        m.insert("awaiting_configuration".into(), self.awaiting_configuration.into());
         if let Some(b) = self.not_on_console {
             m.insert("not_on_console".into(), b.into());
         }

@@ -30,9 +30,7 @@ impl UserAuthenticate {
 
     /// True on the second message, which answers a challenge.
     pub fn is_response(&self) -> bool {
-        self.digest_response
-            .as_deref()
-            .is_some_and(|s| !s.is_empty())
+        self.digest_response.as_deref().is_some_and(|s| !s.is_empty())
     }
 
     pub(crate) fn event_fields(&self, m: &mut Map<String, Json>) {

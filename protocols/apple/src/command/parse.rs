@@ -17,23 +17,15 @@ pub fn parse_command_plist(body: &[u8]) -> Result<AppleCommand, DecodeError> {
         None => return Err(DecodeError::MissingField { field: "Command" }),
         Some(Value::Dictionary(c)) => c,
         Some(v) => {
-            return Err(DecodeError::WrongType {
-                field: "Command",
-                expected: "dictionary",
-                found: fields::kind(v),
-            });
+            return Err(DecodeError::WrongType { field: "Command", expected: "dictionary", found: fields::kind(v) });
         }
     };
     let request_type = match command.get("RequestType") {
         None => {
-            return Err(DecodeError::MissingField {
-                field: "Command.RequestType",
-            });
+            return Err(DecodeError::MissingField { field: "Command.RequestType" });
         }
         Some(Value::String(s)) if s.is_empty() => {
-            return Err(DecodeError::EmptyField {
-                field: "Command.RequestType",
-            });
+            return Err(DecodeError::EmptyField { field: "Command.RequestType" });
         }
         Some(Value::String(s)) => s.clone(),
         Some(v) => {
@@ -45,14 +37,6 @@ pub fn parse_command_plist(body: &[u8]) -> Result<AppleCommand, DecodeError> {
         }
     };
     // Devices are sent XML; a binary body is re-encoded, an XML one passed through untouched.
-    let plist = if body.starts_with(b"bplist00") {
-        to_xml(&Value::Dictionary(top))
-    } else {
-        body.to_vec()
-    };
-    Ok(AppleCommand {
-        command_uuid,
-        request_type,
-        plist,
-    })
+    let plist = if body.starts_with(b"bplist00") { to_xml(&Value::Dictionary(top)) } else { body.to_vec() };
+    Ok(AppleCommand { command_uuid, request_type, plist })
 }

@@ -14,17 +14,15 @@ use crate::fields;
 use crate::json::object_to_dict;
 
 fn invalid(reason: impl Into<String>) -> CommandError {
-    CommandError::Invalid {
-        field: "payload",
-        reason: reason.into(),
-    }
+    CommandError::Invalid { field: "payload", reason: reason.into() }
 }
 
 /// The `Command` dictionary and its `RequestType`.
 pub(super) fn command_dict(payload: &Json) -> Result<(String, Dictionary), CommandError> {
     let top = match payload {
-        Json::String(xml) => fields::parse_dict(xml.as_bytes())
-            .map_err(|e| invalid(format!("not a plist dictionary: {e}")))?,
+        Json::String(xml) => {
+            fields::parse_dict(xml.as_bytes()).map_err(|e| invalid(format!("not a plist dictionary: {e}")))?
+        }
         Json::Object(m) => object_to_dict(m, "").map_err(|e| invalid(e.to_string()))?,
         _ => return Err(invalid("expected a plist XML string or a JSON object")),
     };
@@ -37,10 +35,7 @@ pub(super) fn command_dict(payload: &Json) -> Result<(String, Dictionary), Comma
     match dict.get("RequestType") {
         Some(Value::String(r)) if !r.is_empty() => Ok((r.clone(), dict)),
         Some(Value::String(_)) => Err(invalid("RequestType is empty")),
-        Some(v) => Err(invalid(format!(
-            "RequestType is {}, expected string",
-            fields::kind(v)
-        ))),
+        Some(v) => Err(invalid(format!("RequestType is {}, expected string", fields::kind(v)))),
         None => Err(invalid("RequestType is missing")),
     }
 }

@@ -8,10 +8,4 @@ pub const ERASE_DEVICE: &str = "EraseDevice";
 pub const CLEAR_PASSCODE: &str = "ClearPasscode";
 
 /// Every request type [`crate::translate`] can produce (checked against Apple's schemas in tests).
-pub const EMITTED: [&str; 5] = [
-    DEVICE_INFORMATION,
-    DEVICE_LOCK,
-    RESTART_DEVICE,
-    ERASE_DEVICE,
-    CLEAR_PASSCODE,
-];
+pub const EMITTED: [&str; 5] = [DEVICE_INFORMATION, DEVICE_LOCK, RESTART_DEVICE, ERASE_DEVICE, CLEAR_PASSCODE];

@@ -42,18 +42,11 @@ pub const DEFAULT_DEVICE_INFORMATION_QUERIES: [&str; 18] = [
 ];
 
 fn invalid(field: &'static str, reason: impl Into<String>) -> CommandError {
-    CommandError::Invalid {
-        field,
-        reason: reason.into(),
-    }
+    CommandError::Invalid { field, reason: reason.into() }
 }
 
 /// Translates `cmd` into the plist the device fetches, with `command_uuid` as its CommandUUID.
-pub fn translate(
-    cmd: &Command,
-    command_uuid: &str,
-    ctx: &TranslateContext<'_>,
-) -> Result<AppleCommand, CommandError> {
+pub fn translate(cmd: &Command, command_uuid: &str, ctx: &TranslateContext<'_>) -> Result<AppleCommand, CommandError> {
     if command_uuid.is_empty() {
         return Err(invalid("command_id", "empty command id"));
     }
@@ -61,10 +54,7 @@ pub fn translate(
     let request_type = match cmd {
         Command::DeviceInfo { fields } => {
             let queries: Vec<Value> = match fields {
-                None => DEFAULT_DEVICE_INFORMATION_QUERIES
-                    .iter()
-                    .map(|q| Value::String((*q).into()))
-                    .collect(),
+                None => DEFAULT_DEVICE_INFORMATION_QUERIES.iter().map(|q| Value::String((*q).into())).collect(),
                 Some(f) if f.is_empty() => {
                     return Err(invalid("fields", "empty list queries nothing"));
                 }
@@ -84,11 +74,7 @@ pub fn translate(
             c.insert("Queries".into(), Value::Array(queries));
             rt::DEVICE_INFORMATION
         }
-        Command::Lock {
-            pin,
-            message,
-            phone,
-        } => {
+        Command::Lock { pin, message, phone } => {
             if let Some(pin) = pin {
                 // macOS Find My PIN: exactly six digits, or the Mac refuses the command.
                 if pin.len() != 6 || !pin.bytes().all(|b| b.is_ascii_digit()) {
@@ -119,24 +105,15 @@ pub fn translate(
             c.insert("UnlockToken".into(), Value::Data(token.to_vec()));
             rt::CLEAR_PASSCODE
         }
-        Command::Raw {
-            platform: Platform::Apple,
-            payload,
-        } => {
+        Command::Raw { platform: Platform::Apple, payload } => {
             let (request_type, dict) = raw::command_dict(payload)?;
             return Ok(AppleCommand::build(command_uuid, &request_type, dict));
         }
         Command::Raw { platform, .. } => {
-            return Err(invalid(
-                "platform",
-                format!("raw {platform} payload sent to an Apple device"),
-            ));
+            return Err(invalid("platform", format!("raw {platform} payload sent to an Apple device")));
         }
         Command::SetSettings { .. } | Command::InstallApp { .. } | Command::AppConfig { .. } => {
-            return Err(CommandError::UnsupportedOnPlatform {
-                platform: Platform::Apple,
-                command: cmd.type_name(),
-            });
+            return Err(CommandError::UnsupportedOnPlatform { platform: Platform::Apple, command: cmd.type_name() });
         }
     };
     c.insert("RequestType".into(), Value::String(request_type.into()));

@@ -29,23 +29,14 @@ fn device_information(q: &Dictionary) -> Inventory {
         Value::Integer(i) => i.as_signed().map(|i| i as f64),
         _ => None,
     };
-    let gb = |k: &str| {
-        num(k)
-            .filter(|g| g.is_finite() && *g >= 0.0)
-            .map(|g| (g * BYTES_PER_GB).round() as u64)
-    };
+    let gb = |k: &str| num(k).filter(|g| g.is_finite() && *g >= 0.0).map(|g| (g * BYTES_PER_GB).round() as u64);
     let product_name = s("ProductName");
     let model = s("Model");
     let os_version = s("OSVersion");
     Inventory {
         serial_number: s("SerialNumber"),
         udid: s("UDID"),
-        os_name: os_name::infer(
-            product_name.as_deref(),
-            model.as_deref(),
-            os_version.as_deref(),
-        )
-        .map(Into::into),
+        os_name: os_name::infer(product_name.as_deref(), model.as_deref(), os_version.as_deref()).map(Into::into),
         model,
         model_name: s("ModelName"),
         product_name,

@@ -37,11 +37,7 @@ pub fn decode_report(body: &[u8]) -> Result<CommandReport, DecodeError> {
         None => return Err(DecodeError::MissingStatus),
         Some(Value::String(s)) => ReportStatus::parse(s),
         Some(v) => {
-            return Err(DecodeError::WrongType {
-                field: "Status",
-                expected: "string",
-                found: fields::kind(v),
-            });
+            return Err(DecodeError::WrongType { field: "Status", expected: "string", found: fields::kind(v) });
         }
     };
     let ids = EnrollmentIds::from_dict(&dict)?.require_device()?;
@@ -50,13 +46,7 @@ pub fn decode_report(body: &[u8]) -> Result<CommandReport, DecodeError> {
         Some(items) => ErrorChainItem::decode_chain(items)?,
         None => Vec::new(),
     };
-    Ok(CommandReport {
-        status,
-        command_uuid,
-        ids,
-        error_chain,
-        dict,
-    })
+    Ok(CommandReport { status, command_uuid, ids, error_chain, dict })
 }
 
 /// Envelope keys, shown at the top of the event rather than in `payload`.
@@ -88,15 +78,9 @@ impl CommandReport {
         }
         m.insert("enrollment".into(), self.ids.to_json());
         if !self.error_chain.is_empty() {
-            m.insert(
-                "error_chain".into(),
-                serde_json::to_value(&self.error_chain).unwrap_or(Json::Null),
-            );
+            m.insert("error_chain".into(), serde_json::to_value(&self.error_chain).unwrap_or(Json::Null));
         }
-        m.insert(
-            "payload".into(),
-            Json::Object(dict_to_json(&self.dict, &ENVELOPE_KEYS, DataPolicy::Base64)),
-        );
+        m.insert("payload".into(), Json::Object(dict_to_json(&self.dict, &ENVELOPE_KEYS, DataPolicy::Base64)));
         Json::Object(m)
     }
 

@@ -67,21 +67,9 @@ mod tests {
 
     #[test]
     fn round_trips() {
-        for s in [
-            "Acknowledged",
-            "Error",
-            "CommandFormatError",
-            "Idle",
-            "NotNow",
-            "Pending",
-            "idle",
-            "",
-        ] {
+        for s in ["Acknowledged", "Error", "CommandFormatError", "Idle", "NotNow", "Pending", "idle", ""] {
             assert_eq!(ReportStatus::parse(s).as_str(), s);
         }
-        assert_eq!(
-            ReportStatus::parse("idle"),
-            ReportStatus::Unknown("idle".into())
-        );
+        assert_eq!(ReportStatus::parse("idle"), ReportStatus::Unknown("idle".into()));
     }
 }

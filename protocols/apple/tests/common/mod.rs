@@ -9,9 +9,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::{Map, Value as Json};
 
 pub(crate) fn own_path(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/vectors")
-        .join(rel)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/vectors").join(rel)
 }
 
 pub(crate) fn own(rel: &str) -> Vec<u8> {
@@ -27,16 +25,11 @@ pub(crate) fn own_json(rel: &str) -> Json {
 pub(crate) fn shared_dir() -> Option<PathBuf> {
     let dir = std::env::var_os("MDM_VECTORS")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/vectors")
-        });
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/vectors"));
     if dir.is_dir() {
         Some(dir)
     } else {
-        println!(
-            "skipping: shared vectors not found at {} (set MDM_VECTORS)",
-            dir.display()
-        );
+        println!("skipping: shared vectors not found at {} (set MDM_VECTORS)", dir.display());
         None
     }
 }
@@ -57,11 +50,9 @@ pub(crate) fn shared(rel: &str) -> Option<Vec<u8>> {
 pub(crate) fn tagged_json(v: &plist::Value) -> Json {
     match v {
         plist::Value::Array(a) => Json::Array(a.iter().map(tagged_json).collect()),
-        plist::Value::Dictionary(d) => Json::Object(
-            d.iter()
-                .map(|(k, v)| (k.clone(), tagged_json(v)))
-                .collect::<Map<_, _>>(),
-        ),
+        plist::Value::Dictionary(d) => {
+            Json::Object(d.iter().map(|(k, v)| (k.clone(), tagged_json(v))).collect::<Map<_, _>>())
+        }
         plist::Value::Boolean(b) => Json::Bool(*b),
         plist::Value::Data(b) => serde_json::json!({ "$data": B64.encode(b) }),
         plist::Value::Date(d) => serde_json::json!({ "$date": d.to_xml_format() }),
