@@ -292,3 +292,65 @@ pub fn metric_value(text: &str, name: &str, label: &str) -> f64 {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
+
+/// `<target>/<profile>/<bin>` of a workspace package, built (or brought up to date) by cargo
+/// first: a binary left over from an older build would test old code. A no-op when fresh.
+pub fn workspace_binary(package: &str, bin: &str) -> std::path::PathBuf {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let exe = std::env::current_exe().expect("current exe");
+    let profile_dir = exe.parent().and_then(std::path::Path::parent).expect("target/<profile>").to_path_buf();
+    let target_dir = profile_dir.parent().expect("target dir").to_path_buf();
+    let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root");
+    let mut cmd = std::process::Command::new(env!("CARGO"));
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy().into_owned();
+        let per_package = [
+            "CARGO_MANIFEST_",
+            "CARGO_PKG_",
+            "CARGO_CRATE_",
+            "CARGO_BIN_",
+            "CARGO_PRIMARY_PACKAGE",
+            "CARGO_TARGET_TMPDIR",
+            "CARGO_RUSTC_CURRENT_DIR",
+        ];
+        if per_package.iter().any(|p| k.starts_with(p)) || k == "OUT_DIR" {
+            cmd.env_remove(&k);
+        }
+    }
+    cmd.current_dir(workspace).args(["build", "--quiet", "-p", package, "--bin", bin, "--target-dir"]).arg(&target_dir);
+    if profile_dir.file_name().is_some_and(|n| n == "release") {
+        cmd.arg("--release");
+    }
+    assert!(cmd.status().expect("cargo build").success(), "cargo build -p {package} --bin {bin} failed");
+    let path = profile_dir.join(format!("{bin}{}", std::env::consts::EXE_SUFFIX));
+    assert!(path.is_file(), "{} missing", path.display());
+    path
+}
+
+/// A local APNs emulator and a gateway pointed at it (`apple.apns_url`, `apple.apns_ca`), with
+/// `adjust` applied last. The returned directory holds the emulator's CA file; keep it alive.
+pub async fn start_with_apns(
+    adjust: impl FnOnce(&mut Config),
+) -> (
+    Harness,
+    mdm_conformance::apns::ApnsEmulator,
+    tokio::sync::mpsc::UnboundedReceiver<mdm_conformance::apns::PushDelivery>,
+    TempDir,
+) {
+    let (apns, deliveries) = mdm_conformance::apns::ApnsEmulator::start("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("emulator starts");
+    let dir = tempfile::tempdir().expect("tmp");
+    let ca_path = dir.path().join("apns-ca.pem");
+    std::fs::write(&ca_path, apns.server_ca_pem()).expect("write CA");
+    let url = apns.url();
+    let h = Harness::start_with(|c| {
+        c.apple.apns_url = url;
+        c.apple.apns_ca = Some(ca_path);
+        c.apple.push_timeout_ms = 5_000;
+        adjust(c);
+    })
+    .await;
+    (h, apns, deliveries, dir)
+}

@@ -27,18 +27,7 @@ struct Setup {
 
 /// An APNs emulator, a gateway pointed at it, and a push certificate for [`TOPIC`] uploaded.
 async fn setup(adjust: impl FnOnce(&mut Config)) -> Setup {
-    let (apns, deliveries) = ApnsEmulator::start("127.0.0.1:0".parse().expect("addr")).await.expect("emulator starts");
-    let dir = tempfile::tempdir().expect("tmp");
-    let ca_path = dir.path().join("apns-ca.pem");
-    std::fs::write(&ca_path, apns.server_ca_pem()).expect("write CA");
-    let url = apns.url();
-    let h = Harness::start_with(|c| {
-        c.apple.apns_url = url;
-        c.apple.apns_ca = Some(ca_path);
-        c.apple.push_timeout_ms = 5_000;
-        adjust(c);
-    })
-    .await;
+    let (h, apns, deliveries, dir) = mdm_tests::start_with_apns(adjust).await;
     let s = Setup { h, apns, deliveries: Some(deliveries), _dir: dir };
     let (code, r) = s.upload_cert(TOPIC, unix_now() + 365 * 86_400, "").await;
     assert_eq!(code, 200, "{r}");

@@ -11,46 +11,7 @@ use std::time::{Duration, Instant};
 fn gateway_binary() -> PathBuf {
     static BUILT: Mutex<Option<PathBuf>> = Mutex::new(None);
     let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(p) = built.as_ref() {
-        return p.clone();
-    }
-    // …/target/debug/deps/cli-xxxx → …/target/debug
-    let exe = std::env::current_exe().expect("current exe");
-    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>").to_path_buf();
-    let target_dir = profile_dir.parent().expect("target dir").to_path_buf();
-    let bin = profile_dir.join(format!("mdm-gateway{}", std::env::consts::EXE_SUFFIX));
-    // Always ask cargo: a binary left from an older build would test old code. A no-op when fresh.
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root");
-    let mut cmd = Command::new(env!("CARGO"));
-    // Cargo sets per-package variables for the test process; passed on, they differ from what
-    // the outer build saw (build scripts watch some, e.g. ring's) and each build would redo the
-    // other's work.
-    for (k, _) in std::env::vars_os() {
-        let k = k.to_string_lossy().into_owned();
-        let per_package = [
-            "CARGO_MANIFEST_",
-            "CARGO_PKG_",
-            "CARGO_CRATE_",
-            "CARGO_BIN_",
-            "CARGO_PRIMARY_PACKAGE",
-            "CARGO_TARGET_TMPDIR",
-            "CARGO_RUSTC_CURRENT_DIR",
-        ];
-        if per_package.iter().any(|p| k.starts_with(p)) || k == "OUT_DIR" {
-            cmd.env_remove(&k);
-        }
-    }
-    cmd.current_dir(workspace)
-        .args(["build", "--quiet", "-p", "mdm-gateway", "--bin", "mdm-gateway", "--target-dir"])
-        .arg(&target_dir);
-    if profile_dir.file_name().is_some_and(|n| n == "release") {
-        cmd.arg("--release");
-    }
-    let status = cmd.status().expect("run cargo build");
-    assert!(status.success(), "cargo build -p mdm-gateway failed");
-    assert!(bin.is_file(), "{} missing after build", bin.display());
-    *built = Some(bin.clone());
-    bin
+    built.get_or_insert_with(|| mdm_tests::workspace_binary("mdm-gateway", "mdm-gateway")).clone()
 }
 
 /// A command for the binary with a clean environment (no stray `MDM_GATEWAY_*`), run in `cwd`.

@@ -4,12 +4,10 @@
 //! `mdm-bench roundtrip` (with and without `--push`) and `mdm-bench push` run for a second or two
 //! against the debug binaries.
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mdm_conformance::apns::ApnsEmulator;
 use mdm_conformance::apns::delivery::PushDelivery;
 use mdm_conformance::apple::fleet::{FLEET_TOPIC, Fleet, FleetConfig, Issuer, Ratios, sample_command};
 use mdm_tests::{Harness, unix_now};
@@ -125,17 +123,7 @@ async fn fleet_wakes_on_push_deliveries() {
 /// push certificate) → `Fleet::run_push` → sessions. Nobody wakes the devices but the pushes.
 #[tokio::test]
 async fn fleet_answers_commands_woken_by_real_pushes() {
-    let (apns, deliveries) = ApnsEmulator::start("127.0.0.1:0".parse().expect("addr")).await.expect("emulator");
-    let dir = tempfile::tempdir().expect("tmp");
-    let ca_path = dir.path().join("apns-ca.pem");
-    std::fs::write(&ca_path, apns.server_ca_pem()).expect("write CA");
-    let url = apns.url();
-    let h = Harness::start_with(|c| {
-        c.apple.apns_url = url;
-        c.apple.apns_ca = Some(ca_path);
-        c.apple.push_timeout_ms = 5_000;
-    })
-    .await;
+    let (h, apns, deliveries, _dir) = mdm_tests::start_with_apns(|_| {}).await;
     let (cert, key) = apns.issue_push_certificate(FLEET_TOPIC, unix_now() + 365 * 86_400).expect("push cert");
     let (code, r) = h.put_bytes("/v1/pushcert", format!("{cert}{key}").into_bytes()).await;
     assert_eq!(code, 200, "{r}");
@@ -181,43 +169,9 @@ fn hex_token(fleet: &Fleet, i: usize) -> String {
     fleet.device(i).push_token.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// `<target>/<profile>/<bin>` of `package`, built (or brought up to date) by cargo.
-fn workspace_binary(package: &str, bin: &str) -> PathBuf {
-    static LOCK: Mutex<()> = Mutex::new(());
-    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let exe = std::env::current_exe().expect("current exe");
-    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>").to_path_buf();
-    let target_dir = profile_dir.parent().expect("target dir").to_path_buf();
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root");
-    let mut cmd = Command::new(env!("CARGO"));
-    for (k, _) in std::env::vars_os() {
-        let k = k.to_string_lossy().into_owned();
-        let per_package = [
-            "CARGO_MANIFEST_",
-            "CARGO_PKG_",
-            "CARGO_CRATE_",
-            "CARGO_BIN_",
-            "CARGO_PRIMARY_PACKAGE",
-            "CARGO_TARGET_TMPDIR",
-            "CARGO_RUSTC_CURRENT_DIR",
-        ];
-        if per_package.iter().any(|p| k.starts_with(p)) || k == "OUT_DIR" {
-            cmd.env_remove(&k);
-        }
-    }
-    cmd.current_dir(workspace).args(["build", "--quiet", "-p", package, "--bin", bin, "--target-dir"]).arg(&target_dir);
-    if profile_dir.file_name().is_some_and(|n| n == "release") {
-        cmd.arg("--release");
-    }
-    assert!(cmd.status().expect("cargo build").success(), "cargo build -p {package} --bin {bin} failed");
-    let path = profile_dir.join(format!("{bin}{}", std::env::consts::EXE_SUFFIX));
-    assert!(path.is_file(), "{} missing", path.display());
-    path
-}
-
 fn run_bench(args: &[&str]) -> Value {
-    let gateway = workspace_binary("mdm-gateway", "mdm-gateway");
-    let bench = workspace_binary("mdm-conformance", "mdm-bench");
+    let gateway = mdm_tests::workspace_binary("mdm-gateway", "mdm-gateway");
+    let bench = mdm_tests::workspace_binary("mdm-conformance", "mdm-bench");
     let dir = tempfile::tempdir().expect("tempdir");
     let json_path = dir.path().join("out.json");
     let started = Instant::now();
@@ -329,8 +283,9 @@ fn mdm_bench_push_short_run() {
 /// configured beforehand with the CA that `--apns-print-config` made (kept in `--apns-dir`).
 #[tokio::test]
 async fn mdm_emulate_push_mode_short_run() {
-    let emulate =
-        tokio::task::spawn_blocking(|| workspace_binary("mdm-conformance", "mdm-emulate")).await.expect("build");
+    let emulate = tokio::task::spawn_blocking(|| mdm_tests::workspace_binary("mdm-conformance", "mdm-emulate"))
+        .await
+        .expect("build");
     let dir = tempfile::tempdir().expect("tmp");
     let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
     let listen = format!("127.0.0.1:{port}");

@@ -55,20 +55,3 @@ pub fn client_config_with(
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(config))
 }
-
-/// Certificate chain and key from PEM.
-pub fn load_identity(
-    chain_pem: &[u8],
-    key_pem: &[u8],
-) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), String> {
-    let chain: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut &chain_pem[..])
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("certificate PEM: {e}"))?;
-    if chain.is_empty() {
-        return Err("no certificate in PEM".into());
-    }
-    let key = rustls_pemfile::private_key(&mut &key_pem[..])
-        .map_err(|e| format!("key PEM: {e}"))?
-        .ok_or("no private key in PEM")?;
-    Ok((chain, key))
-}
