@@ -10,3 +10,4 @@
 pub mod apns;
 pub mod apple;
 pub mod bench;
+pub mod cli;

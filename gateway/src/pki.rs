@@ -10,7 +10,6 @@ use std::path::{Path, PathBuf};
 
 use mdm_certs::devpki::{self, SubjectAltName};
 use mdm_certs::{PKey, Private, X509};
-use rand::RngCore;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
@@ -49,18 +48,13 @@ const SERVER_DAYS: u32 = 397;
 const RENEW_BEFORE_S: i64 = 30 * 86_400;
 
 fn random_serial() -> [u8; 16] {
-    let mut s = [0u8; 16];
-    rand::rng().fill_bytes(&mut s);
-    s[0] &= 0x7f; // positive INTEGER
-    s[0] |= 0x01; // and never shorter than 16 bytes
-    s
+    devpki::serial_from_random(rand::random())
 }
 
 /// 32 random bytes, URL-safe base64 without padding: easy to paste into headers and URLs.
 fn random_secret() -> String {
     use base64::Engine;
-    let mut b = [0u8; 32];
-    rand::rng().fill_bytes(&mut b);
+    let b: [u8; 32] = rand::random();
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
 }
 

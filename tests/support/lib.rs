@@ -21,9 +21,7 @@ pub fn unix_now() -> i64 {
 }
 
 pub fn random_serial() -> [u8; 16] {
-    let mut s: [u8; 16] = rand::random();
-    s[0] = (s[0] & 0x7f) | 0x01;
-    s
+    devpki::serial_from_random(rand::random())
 }
 
 /// A running gateway plus what tests need to talk to it.

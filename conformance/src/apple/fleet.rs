@@ -75,6 +75,22 @@ impl Issuer {
             .map_err(|e| FleetError::Setup(format!("ca-key.pem: {e}")))?;
         Ok(Issuer { cert, key })
     }
+
+    /// A client-auth identity for `common_name` with `key`, valid from an hour before `now` for a
+    /// year, with a random serial.
+    pub fn issue(&self, common_name: &str, key: &PKey<Private>, now: i64) -> Result<X509, FleetError> {
+        let serial = mdm_certs::devpki::serial_from_random(rand::random());
+        mdm_certs::devpki::issue_device_certificate(
+            &self.cert,
+            &self.key,
+            key,
+            common_name,
+            now - 3600,
+            now + 86_400 * 365,
+            &serial,
+        )
+        .map_err(|e| FleetError::Setup(format!("certificate: {e}")))
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -315,18 +331,7 @@ pub fn issue_identities(issuer: &Issuer, common_names: &[String]) -> Result<Vec<
                         .map(|cn| {
                             let key = mdm_certs::devpki::generate_key()
                                 .map_err(|e| FleetError::Setup(format!("key: {e}")))?;
-                            let mut serial: [u8; 16] = rand::random();
-                            serial[0] = (serial[0] & 0x7f) | 0x01;
-                            let cert = mdm_certs::devpki::issue_device_certificate(
-                                &issuer.cert,
-                                &issuer.key,
-                                &key,
-                                cn,
-                                now - 3600,
-                                now + 86_400 * 365,
-                                &serial,
-                            )
-                            .map_err(|e| FleetError::Setup(format!("certificate: {e}")))?;
+                            let cert = issuer.issue(cn, &key, now)?;
                             Ok((key, cert))
                         })
                         .collect()

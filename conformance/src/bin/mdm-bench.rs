@@ -26,6 +26,7 @@ use mdm_conformance::bench::push::{self as push_bench, EmulatedApns, PushResult,
 use mdm_conformance::bench::roundtrip::{self, RoundtripResult, RoundtripSpec, Waker};
 use mdm_conformance::bench::seed::{self, ActiveDevice, SeedStats};
 use mdm_conformance::bench::{ceiling, client_config, client_config_with};
+use mdm_conformance::cli::parse_duration;
 use serde::Serialize;
 
 #[derive(Debug, Parser)]
@@ -192,19 +193,6 @@ struct CeilingArgs {
     listen: SocketAddr,
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).map(|i| s.split_at(i)).unwrap_or((s, "s"));
-    let n: f64 = num.parse().map_err(|_| format!("not a duration: {s:?} (e.g. 500ms, 10s, 2m)"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" | "" => n,
-        "m" => n * 60.0,
-        _ => return Err(format!("unknown unit {unit:?} in {s:?} (ms, s, m)")),
-    };
-    Ok(Duration::from_secs_f64(secs))
-}
-
 fn unix_now() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
@@ -366,18 +354,7 @@ fn issue_rsa_identities(issuer: &Issuer, udids: &[String]) -> Result<Vec<fleet::
         .enumerate()
         .map(|(i, cn)| {
             let key = keys[i % keys.len()].clone();
-            let mut serial: [u8; 16] = rand::random();
-            serial[0] = (serial[0] & 0x7f) | 0x01;
-            let cert = mdm_certs::devpki::issue_device_certificate(
-                &issuer.cert,
-                &issuer.key,
-                &key,
-                cn,
-                now - 3600,
-                now + 86_400 * 365,
-                &serial,
-            )
-            .map_err(|e| format!("certificate: {e}"))?;
+            let cert = issuer.issue(cn, &key, now).map_err(|e| e.to_string())?;
             Ok((key, cert))
         })
         .collect()

@@ -21,6 +21,7 @@ use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use mdm_conformance::apns::{ApnsEmulator, PushCa};
 use mdm_conformance::apple::fleet::{ApiClient, FLEET_TOPIC, Fleet, FleetConfig, Issuer, Ratios, sample_command};
+use mdm_conformance::cli::parse_duration;
 
 #[derive(Debug, Parser)]
 #[command(name = "mdm-emulate", version, about = "Emulated device fleets for an MDM gateway")]
@@ -117,20 +118,6 @@ struct AppleArgs {
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).map(|i| s.split_at(i)).unwrap_or((s, "s"));
-    let n: f64 = num.parse().map_err(|_| format!("not a duration: {s:?} (e.g. 500ms, 10s, 2m)"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" | "" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return Err(format!("unknown unit {unit:?} in {s:?} (ms, s, m, h)")),
-    };
-    Ok(Duration::from_secs_f64(secs))
 }
 
 fn progress(quiet: bool, len: u64, what: &str) -> ProgressBar {
