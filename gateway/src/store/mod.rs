@@ -181,6 +181,18 @@ pub struct CommandUpdate<'a> {
     pub now: i64,
 }
 
+/// See [`Store::request_snapshot`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct RequestSnapshot {
+    /// The device channel's enrollment.
+    pub channel: Option<Enrollment>,
+    /// The requesting user channel's enrollment; `None` when the request came on the device
+    /// channel (or the user channel is unknown).
+    pub user: Option<Enrollment>,
+    /// The requesting channel's pending commands.
+    pub pending: Vec<CommandRecord>,
+}
+
 /// An event as read back from the log, with its position.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoggedEvent {
@@ -240,6 +252,16 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn command_by_idempotency_key(&self, key: &str) -> Result<Option<CommandRecord>>;
     /// Commands of `device` not in a final status, by priority (high first) then age, at most `limit`.
     async fn pending(&self, device: &DeviceId, limit: u32) -> Result<Vec<CommandRecord>>;
+    /// What a device request starts from, read as one consistent snapshot: the enrollment of
+    /// the device channel `channel`, that of the requesting channel `id` when it is another (a
+    /// user channel), and `id`'s pending commands as [`Store::pending`] lists them. The default
+    /// reads them one by one; a store that can should read them in one transaction.
+    async fn request_snapshot(&self, channel: &DeviceId, id: &DeviceId, limit: u32) -> Result<RequestSnapshot> {
+        let channel_enrollment = self.enrollment(channel).await?;
+        let user = if id == channel { None } else { self.enrollment(id).await? };
+        let pending = self.pending(id, limit).await?;
+        Ok(RequestSnapshot { channel: channel_enrollment, user, pending })
+    }
     /// Applies `update` if the command's status is in `update.from`; appends `events` only then.
     /// Returns whether it applied. `to == Sent` also counts a delivery.
     async fn update_command(&self, update: CommandUpdate<'_>, events: &[Event]) -> Result<bool>;

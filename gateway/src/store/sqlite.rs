@@ -1,15 +1,20 @@
 //! [`Store`] on SQLite: the embedded deployment's database.
 //!
-//! Each connection lives on a thread of its own, and a store operation is **one** job sent to
-//! such a thread: the whole transaction (begin, statements, commit) runs there as a closure, and
-//! the async caller awaits its answer on a `oneshot`. One hand-off per operation, however many
-//! statements it runs.
-//!
 //! Every write and every transaction goes to the single writer thread, which owns the only
 //! write connection and runs its jobs in order, so our own writers queue in its channel instead
-//! of meeting `SQLITE_BUSY` inside SQLite. Plain reads go to a small pool of reader threads
-//! sharing one job channel, each with its own read-only connection, which WAL lets run
-//! alongside the writer. Statements are prepared once per connection (`prepare_cached`).
+//! of meeting `SQLITE_BUSY` inside SQLite. A write operation is **one** job sent to that thread:
+//! the whole transaction (begin, statements, commit) runs there as a closure, and the async
+//! caller awaits its answer on a `oneshot`. One hand-off per operation, however many statements
+//! it runs.
+//!
+//! Plain reads run on the calling thread, on a read-only connection taken from a small pool and
+//! put back straight after. In WAL mode a reader never waits for the writer, so a read is a
+//! bounded piece of CPU work (an index lookup and a few rows, microseconds when the pages are
+//! cached), cheaper to do in place than the thread hand-off it would otherwise need: the
+//! hand-off (futex wake, context switch, wake-up of the awaiting task) cost more than the read
+//! itself on the Idle check-in path. Statements are prepared once per connection
+//! (`prepare_cached`), and the query planner is told not to look at bound values (QPSG), so a
+//! cached statement is never re-compiled for a new device id.
 //!
 //! The SQL stays close to what PostgreSQL accepts (upserts, partial indexes, `RETURNING`) so the
 //! PostgreSQL store can share its shape.
@@ -27,8 +32,8 @@ use sha2::{Digest, Sha384};
 use tokio::sync::{Notify, oneshot};
 
 use super::{
-    CommandRecord, CommandUpdate, Enrollment, EnrollmentState, LoggedEvent, NewCommand, PushCert, PushInfo, Result,
-    Store, StoreError,
+    CommandRecord, CommandUpdate, Enrollment, EnrollmentState, LoggedEvent, NewCommand, PushCert, PushInfo,
+    RequestSnapshot, Result, Store, StoreError,
 };
 
 /// Migrations, embedded at build time: `(version, description, sql)`, following the
@@ -151,14 +156,63 @@ enum Msg {
     Stop(oneshot::Sender<()>),
 }
 
-/// The threads behind a store, shared by its clones.
+/// The writer thread and the read pool behind a store, shared by its clones.
 #[derive(Debug)]
 struct Shared {
     writer: crossbeam_channel::Sender<Msg>,
     /// `None` for an in-memory database, which reads through the writer.
-    reader: Option<crossbeam_channel::Sender<Msg>>,
-    readers: usize,
+    reads: Option<ReadPool>,
     threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// Read-only connections for reads run in place. At most one read runs per calling thread at a
+/// time (a read never awaits), so `keep` connections (at least the number of async workers)
+/// cover the steady state; when they are all taken, an extra connection is opened for the read
+/// and closed after it.
+struct ReadPool {
+    idle: Mutex<Vec<Connection>>,
+    keep: usize,
+    target: Target,
+    durability: Durability,
+    closed: std::sync::atomic::AtomicBool,
+}
+
+impl std::fmt::Debug for ReadPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadPool").field("keep", &self.keep).field("target", &self.target).finish_non_exhaustive()
+    }
+}
+
+impl ReadPool {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Connection>> {
+        self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn run<T>(&self, job: impl FnOnce(&mut Connection) -> Result<T>) -> Result<T> {
+        if self.closed.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(StoreError::Closed);
+        }
+        let taken = self.lock().pop();
+        let mut conn = match taken {
+            Some(conn) => conn,
+            None => open_connection(&self.target, true, self.durability)?,
+        };
+        // A panicking job unwinds past this point and the connection is dropped with it, so a
+        // connection left mid-statement never returns to the pool.
+        let answer = job(&mut conn);
+        if !self.closed.load(std::sync::atomic::Ordering::Acquire) {
+            let mut idle = self.lock();
+            if idle.len() < self.keep {
+                idle.push(conn);
+            }
+        }
+        answer
+    }
+
+    fn close(&self) {
+        self.closed.store(true, std::sync::atomic::Ordering::Release);
+        self.lock().clear();
+    }
 }
 
 impl std::fmt::Debug for Msg {
@@ -218,6 +272,7 @@ fn open_connection(target: &Target, read_only: bool, durability: Durability) -> 
     };
     conn.busy_timeout(BUSY_TIMEOUT)?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
     if !read_only {
         // journal_mode is persistent in the file; the readers find it set.
         let _mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
@@ -332,8 +387,10 @@ impl SqliteStore {
     pub async fn open_with(url_or_path: &str, read_connections: u32, durability: Durability) -> Result<SqliteStore> {
         let target = parse_target(url_or_path)?;
         let readers = usize::try_from(read_connections.max(1)).unwrap_or(1);
+        let opening = target.clone();
         // Opening and migrating block; do it off the async workers, in one go.
         let opened = tokio::task::spawn_blocking(move || -> Result<_> {
+            let target = opening;
             let mut writer = open_connection(&target, false, durability)?;
             migrate(&mut writer)?;
             // Each connection to an in-memory database is its own database; an in-memory
@@ -350,21 +407,20 @@ impl SqliteStore {
         .map_err(|_| StoreError::Closed)?;
         let (writer, reader_conns) = opened?;
 
-        let mut threads = Vec::with_capacity(reader_conns.len() + 1);
         let (writer_tx, writer_rx) = crossbeam_channel::unbounded();
-        threads.push(spawn("sqlite-writer".into(), writer, writer_rx)?);
-        let reader = if reader_conns.is_empty() {
-            None
-        } else {
-            let (tx, rx) = crossbeam_channel::unbounded();
-            for (i, conn) in reader_conns.into_iter().enumerate() {
-                threads.push(spawn(format!("sqlite-reader-{i}"), conn, rx.clone())?);
-            }
-            Some(tx)
+        let threads = vec![spawn("sqlite-writer".into(), writer, writer_rx)?];
+        let reads = match target {
+            Target::Memory => None,
+            Target::File(_) => Some(ReadPool {
+                idle: Mutex::new(reader_conns),
+                keep: readers,
+                target,
+                durability,
+                closed: std::sync::atomic::AtomicBool::new(false),
+            }),
         };
-        let readers = if reader.is_some() { readers } else { 0 };
         Ok(SqliteStore {
-            shared: Arc::new(Shared { writer: writer_tx, reader, readers, threads: Mutex::new(threads) }),
+            shared: Arc::new(Shared { writer: writer_tx, reads, threads: Mutex::new(threads) }),
             notify: Arc::new(Notify::new()),
         })
     }
@@ -379,18 +435,9 @@ impl SqliteStore {
     /// Closes every connection, after the jobs already queued. Later calls fail with
     /// [`StoreError::Closed`].
     pub async fn close(&self) {
-        let mut waits = Vec::new();
-        if let Some(reader) = &self.shared.reader {
-            for _ in 0..self.shared.readers {
-                let (tx, rx) = oneshot::channel();
-                if reader.send(Msg::Stop(tx)).is_ok() {
-                    waits.push(rx);
-                }
-            }
-        }
         // Readers first, so the writer (the last connection) checkpoints the WAL as it closes.
-        for rx in waits.drain(..) {
-            let _ = rx.await;
+        if let Some(reads) = &self.shared.reads {
+            reads.close();
         }
         let (tx, rx) = oneshot::channel();
         if self.shared.writer.send(Msg::Stop(tx)).is_ok() {
@@ -411,13 +458,17 @@ impl SqliteStore {
         call(&self.shared.writer, job).await
     }
 
-    /// Runs `job` on a reader thread (the writer for an in-memory database).
+    /// Runs `job` in place on a pooled read-only connection (on the writer thread for an
+    /// in-memory database). `job` must only read: it runs on the caller's async worker.
     async fn read<T, F>(&self, job: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
     {
-        call(self.shared.reader.as_ref().unwrap_or(&self.shared.writer), job).await
+        match &self.shared.reads {
+            Some(reads) => reads.run(job),
+            None => call(&self.shared.writer, job).await,
+        }
     }
 
     /// A write transaction on the writer thread: `job` runs inside it, the commit follows, and
@@ -895,6 +946,23 @@ impl Store for SqliteStore {
         self.read(move |conn| query_all(conn, PENDING_SQL, params![device, limit], command_from_row)).await
     }
 
+    async fn request_snapshot(&self, channel: &DeviceId, id: &DeviceId, limit: u32) -> Result<RequestSnapshot> {
+        let channel = channel.as_str().to_owned();
+        let id = id.as_str().to_owned();
+        let limit = self::limit(limit);
+        self.read(move |conn| {
+            // One read transaction for the three reads: one WAL snapshot, and the read lock
+            // taken and released once (each autocommit statement would take its own).
+            let tx = conn.transaction()?;
+            let channel_enrollment = query_opt(&tx, ENROLLMENT_SQL, [&channel], enrollment_from_row)?;
+            let user = if id == channel { None } else { query_opt(&tx, ENROLLMENT_SQL, [&id], enrollment_from_row)? };
+            let pending = query_all(&tx, PENDING_SQL, params![id, limit], command_from_row)?;
+            tx.commit()?;
+            Ok(RequestSnapshot { channel: channel_enrollment, user, pending })
+        })
+        .await
+    }
+
     async fn update_command(&self, update: CommandUpdate<'_>, events: &[Event]) -> Result<bool> {
         let events = event_rows(events)?;
         // The allowed current statuses, each once; unused slots stay NULL.
@@ -1163,6 +1231,38 @@ mod tests {
         assert!(DUE_FOR_EXPIRY_SQL.contains(&clause), "expiry query must use `{clause}`");
         let migration = MIGRATIONS[0].2;
         assert_eq!(migration.matches(&clause).count(), 2, "both partial indexes must use `{clause}`");
+    }
+
+    /// The hot statements keep one compiled program however many devices they are run for.
+    /// Without QPSG, SQLite marks a statement for re-compilation on every new binding when the
+    /// planner looked at a bound value (partial indexes, `LIMIT ?`), which cost ~10 % of an
+    /// Idle check-in.
+    #[tokio::test]
+    async fn hot_statements_are_not_recompiled_per_device() {
+        let (store, _dir) = fresh().await;
+        let counts = store
+            .read(|conn| {
+                let mut out = Vec::new();
+                for sql in [PENDING_SQL, ENROLLMENT_SQL, ENROLLMENT_BY_CERT_SQL, COMMAND_FOR_DEVICE_SQL] {
+                    for d in 0..5 {
+                        let id = format!("apple:dev-{d}");
+                        let n = conn.prepare_cached(sql)?.parameter_count();
+                        match n {
+                            1 => drop(query_opt(conn, sql, [&id], |_| Ok(()))?),
+                            2 if sql == PENDING_SQL => drop(query_all(conn, sql, params![id, 64i64], |_| Ok(()))?),
+                            _ => drop(query_opt(conn, sql, params![id, format!("cmd-{d}")], |_| Ok(()))?),
+                        }
+                    }
+                    let stmt = conn.prepare_cached(sql)?;
+                    out.push((sql, stmt.get_status(rusqlite::StatementStatus::RePrepare)));
+                }
+                Ok(out)
+            })
+            .await
+            .expect("read");
+        for (sql, reprepared) in counts {
+            assert_eq!(reprepared, 0, "re-compiled {reprepared} times: {sql}");
+        }
     }
 
     #[test]

@@ -41,6 +41,7 @@ macro_rules! store_suite {
             touch_records_last_seen,
             list_enrollments_keyset_pagination,
             enqueue_and_pending_order,
+            request_snapshot_matches_separate_reads,
             final_statuses_leave_pending,
             idempotency_conflict_stores_nothing,
             duplicate_command_stores_nothing,
@@ -413,6 +414,44 @@ pub async fn enqueue_and_pending_order(store: &dyn Store) {
     // An empty batch is fine and stores nothing.
     store.enqueue(&[], &[]).await.expect("empty enqueue");
     assert_eq!(pending_ids(store, &d).await.len(), 7);
+}
+
+pub async fn request_snapshot_matches_separate_reads(store: &dyn Store) {
+    let device = id("apple:SNAP");
+    let user = id("apple:SNAP:user-1");
+    let mut parent = Enrollment::new(device.clone(), 10);
+    parent.state = EnrollmentState::Enrolled;
+    parent.cert_sha256 = Some("ab".repeat(32));
+    let mut child = Enrollment::new(user.clone(), 11);
+    child.parent = Some(device.clone());
+    store.save_enrollment(&parent, &[]).await.expect("save parent");
+    store.save_enrollment(&child, &[]).await.expect("save child");
+    store
+        .enqueue(
+            &[new_command(&device, "d-low", 0), new_command(&user, "u-1", 0), new_command(&device, "d-high", 3)],
+            &[],
+        )
+        .await
+        .expect("enqueue");
+
+    let snap = store.request_snapshot(&device, &device, 10).await.expect("snapshot");
+    assert_eq!(snap.channel, store.enrollment(&device).await.expect("read"));
+    assert!(snap.channel.is_some());
+    assert_eq!(snap.user, None, "device channel request has no user enrollment");
+    assert_eq!(snap.pending, store.pending(&device, 10).await.expect("pending"));
+    let ids: Vec<_> = snap.pending.iter().map(|c| c.command_id.as_str()).collect();
+    assert_eq!(ids, ["d-high", "d-low"]);
+
+    let snap = store.request_snapshot(&device, &user, 1).await.expect("snapshot");
+    assert_eq!(snap.channel, store.enrollment(&device).await.expect("read"));
+    assert_eq!(snap.user, store.enrollment(&user).await.expect("read"));
+    assert!(snap.user.is_some());
+    let ids: Vec<_> = snap.pending.iter().map(|c| c.command_id.as_str()).collect();
+    assert_eq!(ids, ["u-1"]);
+
+    let unknown = id("apple:NOPE");
+    let snap = store.request_snapshot(&unknown, &id("apple:NOPE:u"), 10).await.expect("snapshot");
+    assert_eq!((snap.channel, snap.user, snap.pending.len()), (None, None, 0));
 }
 
 pub async fn final_statuses_leave_pending(store: &dyn Store) {

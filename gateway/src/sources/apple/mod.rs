@@ -167,7 +167,19 @@ pub(crate) async fn bound_enrollment(
     channel: &DeviceId,
     now: i64,
 ) -> Result<Enrollment, Reject> {
-    let Some(mut enrollment) = state.store.enrollment(channel).await? else {
+    let found = state.store.enrollment(channel).await?;
+    check_bound(state, identity, channel, found, now).await
+}
+
+/// [`bound_enrollment`] on the device channel's enrollment already read (`found`).
+pub(crate) async fn check_bound(
+    state: &AppState,
+    identity: &DeviceIdentity,
+    channel: &DeviceId,
+    found: Option<Enrollment>,
+    now: i64,
+) -> Result<Enrollment, Reject> {
+    let Some(mut enrollment) = found else {
         return Err(Reject::bad_request("not_enrolled", format!("{channel} has not authenticated")));
     };
     if enrollment.state == EnrollmentState::Unenrolled {

@@ -5,7 +5,7 @@ use http::StatusCode;
 use mdm_apple::{QueueItem, QueueState, ReportStatus, Trigger};
 use mdm_core::{CommandStatus, EventType};
 
-use super::{REPORT_CONTENT_TYPE, Reject, bound_enrollment, device_ids};
+use super::{REPORT_CONTENT_TYPE, Reject, check_bound, device_ids};
 use crate::AppState;
 use crate::http_util::{Reply, empty, with_type};
 use crate::identity::DeviceIdentity;
@@ -23,14 +23,15 @@ pub(super) async fn handle(
 ) -> Result<(&'static str, Reply), Reject> {
     let report = mdm_apple::decode_report(body).map_err(|e| Reject::bad_request(e.reason(), e.to_string()))?;
     let (id, channel) = device_ids(&report.ids)?;
-    let parent = bound_enrollment(state, identity, &channel, now).await?;
+    // Both enrollments and the queue in one read: on an Idle check-in with nothing due, that
+    // read is all the store work the request does.
+    let snapshot = state.store.request_snapshot(&channel, &id, QUEUE_WINDOW).await?;
+    let parent = check_bound(state, identity, &channel, snapshot.channel, now).await?;
     let mut enrollment = if id == channel {
         parent
     } else {
-        state
-            .store
-            .enrollment(&id)
-            .await?
+        snapshot
+            .user
             .ok_or_else(|| Reject::bad_request("not_enrolled", format!("user channel {id} has no TokenUpdate")))?
     };
     if enrollment.state != EnrollmentState::Enrolled {
@@ -65,8 +66,12 @@ pub(super) async fn handle(
         record_result(state, &mut enrollment, &report, uuid, body, now).await?;
     }
 
-    // 3. The next command.
-    let pending = state.store.pending(&id, QUEUE_WINDOW).await?;
+    // 3. The next command. Nothing above changed the queue unless a result was recorded.
+    let pending = if report.status == ReportStatus::Idle {
+        snapshot.pending
+    } else {
+        state.store.pending(&id, QUEUE_WINDOW).await?
+    };
     let items: Vec<QueueItem> = pending
         .iter()
         .filter_map(|c| {
