@@ -27,6 +27,7 @@ mod error;
 mod fingerprint;
 mod sign;
 mod signature;
+mod signature_parts;
 
 pub mod devpki;
 pub mod header;
@@ -41,4 +42,5 @@ pub use chain::verify_device_certificate;
 pub use error::IdentityError;
 pub use fingerprint::fingerprint_sha256;
 pub use sign::{SignError, sign_detached, sign_detached_with_chain};
-pub use signature::{SignedBy, verify_mdm_signature};
+pub use signature::{SignedBy, decode_signature_header, verify_mdm_signature};
+pub use signature_parts::SignatureParts;

@@ -11,7 +11,7 @@ use openssl::{
     x509::{X509, store::X509StoreBuilder},
 };
 
-use crate::{IdentityError, b64};
+use crate::{IdentityError, SignatureParts, b64};
 
 /// openssl's ERR_LIB_PKCS7 (err.h) and PKCS7_R_NO_SIGNERS (pkcs7err.h), both unchanged since 1.1.0;
 /// openssl-sys exports neither.
@@ -33,9 +33,31 @@ pub struct SignedBy {
 /// with exactly one signer whose certificate is included. Signatures with or without signed attributes
 /// are accepted. If the CMS also embeds content, the signature is still checked over `body`, never over
 /// the embedded copy.
+///
+/// The common shape is read directly ([`SignatureParts`]); anything else, and any signature that
+/// fails that way, goes through OpenSSL's PKCS#7 code, whose answer (and error) is final.
 pub fn verify_mdm_signature(header_value: &str, body: &[u8]) -> Result<SignedBy, IdentityError> {
-    let der = b64::decode_ignoring_whitespace(header_value).map_err(|_| IdentityError::BadBase64)?;
-    let p7 = Pkcs7::from_der(&der).map_err(|_| IdentityError::NotCms)?;
+    let der = decode_signature_header(header_value)?;
+    if let Some(signed) = SignatureParts::parse(&der).and_then(|parts| direct(&parts, body).ok()) {
+        return Ok(signed);
+    }
+    verify_with_pkcs7(&der, body)
+}
+
+/// The DER inside a `Mdm-Signature` value: base64, whitespace anywhere ignored, padding optional.
+pub fn decode_signature_header(header_value: &str) -> Result<Vec<u8>, IdentityError> {
+    b64::decode_ignoring_whitespace(header_value).map_err(|_| IdentityError::BadBase64)
+}
+
+fn direct(parts: &SignatureParts<'_>, body: &[u8]) -> Result<SignedBy, IdentityError> {
+    let signer = X509::from_der(parts.signer_der())?;
+    parts.verify(&*signer.public_key()?, body)?;
+    let chain = parts.chain_der().iter().map(|d| X509::from_der(d)).collect::<Result<Vec<_>, _>>()?;
+    Ok(SignedBy { signer, chain })
+}
+
+fn verify_with_pkcs7(der: &[u8], body: &[u8]) -> Result<SignedBy, IdentityError> {
+    let p7 = Pkcs7::from_der(der).map_err(|_| IdentityError::NotCms)?;
     let carried: Vec<X509> = match p7.signed() {
         None => return Err(IdentityError::NotSignedData),
         Some(signed) => {

@@ -256,6 +256,13 @@ impl IdentityVerifier {
         if let Some(s) = self.signatures.get(&key) {
             return Ok(s);
         }
+        if let Some(signed) = self.verify_signature_directly(header, body) {
+            let signed = Arc::new(signed);
+            self.signatures.remember(key, signed.clone());
+            return Ok(signed);
+        }
+        // Not the common shape, or it did not verify: OpenSSL's PKCS#7 code decides, and names
+        // the error.
         let signed = mdm_certs::verify_mdm_signature(header, body)?;
         let signer_sha256 = der_sha256(&signed.signer)?;
         let chain_sha256 = signed.chain.iter().map(der_sha256).collect::<Result<Vec<_>, _>>()?;
@@ -264,6 +271,26 @@ impl IdentityVerifier {
         let signed = Arc::new(Signed { signer, signer_sha256, chain, chain_sha256 });
         self.signatures.remember(key, signed.clone());
         Ok(signed)
+    }
+
+    /// The signature read with [`mdm_certs::SignatureParts`], its certificates decoded once per
+    /// distinct DER ([`DecodedCerts`]) and checked with the signer's already-decoded public key:
+    /// no PKCS#7 decoding, and no certificate decoding for a device seen before. `None` when
+    /// the signature is not of that shape or does not verify.
+    fn verify_signature_directly(&self, header: &str, body: &[u8]) -> Option<Signed> {
+        let der = mdm_certs::decode_signature_header(header).ok()?;
+        let parts = mdm_certs::SignatureParts::parse(&der)?;
+        let (signer, signer_sha256) = self.decoded.decode(parts.signer_der()).ok()?;
+        parts.verify(&*signer.public_key().ok()?, body).ok()?;
+        let (chain, chain_sha256) = parts
+            .chain_der()
+            .iter()
+            .map(|d| self.decoded.decode(d))
+            .collect::<Result<Vec<_>, _>>()
+            .ok()?
+            .into_iter()
+            .unzip();
+        Some(Signed { signer, signer_sha256, chain, chain_sha256 })
     }
 
     fn trusted_proxy(&self, peer: Option<IpAddr>) -> bool {
