@@ -19,14 +19,40 @@ pub(crate) fn normalize_pkcs7(ber: &[u8]) -> Result<Vec<u8>, ScepError> {
     p7.to_der().map_err(|_| ScepError::NotCms)
 }
 
-/// A ContentInfo from DER, or from BER through [`normalize_pkcs7`] when strict DER decoding fails.
-pub(crate) fn content_info(bytes: &[u8]) -> Result<cms::content_info::ContentInfo, ScepError> {
+/// The content of a ContentInfo of type `content_type`, decoded as `T`: from DER, or, when strict
+/// DER decoding fails anywhere (BER lengths, constructed OCTET STRINGs as Go's and NSS's encoders
+/// write them), after re-encoding through [`normalize_pkcs7`]. `wrong_type` is returned when the
+/// content type differs, `undecodable` when neither form decodes.
+pub(crate) fn content_as<T>(
+    bytes: &[u8],
+    content_type: ObjectIdentifier,
+    wrong_type: ScepError,
+    undecodable: fn() -> ScepError,
+) -> Result<T, ScepError>
+where
+    T: for<'a> der::Choice<'a> + for<'a> der::DecodeValue<'a>,
+{
     use cms::content_info::ContentInfo;
-    if let Ok(ci) = ContentInfo::from_der(bytes) {
-        return Ok(ci);
+    let strict = |der: &[u8]| -> Result<Result<T, ()>, ()> {
+        let ci = ContentInfo::from_der(der).map_err(|_| ())?;
+        if ci.content_type != content_type {
+            return Ok(Err(()));
+        }
+        Ok(ci.content.decode_as::<T>().map_err(|_| ()))
+    };
+    match strict(bytes) {
+        Ok(Ok(v)) => return Ok(v),
+        Ok(Err(())) if ContentInfo::from_der(bytes).map(|ci| ci.content_type != content_type).unwrap_or(false) => {
+            return Err(wrong_type);
+        }
+        _ => {}
     }
-    let der = normalize_pkcs7(bytes)?;
-    ContentInfo::from_der(&der).map_err(|_| ScepError::NotCms)
+    let der = normalize_pkcs7(bytes).map_err(|_| undecodable())?;
+    match strict(&der) {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(())) => Err(wrong_type),
+        Err(()) => Err(undecodable()),
+    }
 }
 
 pub(crate) fn to_rc_cert(cert: &X509Ref) -> Result<Certificate, ScepError> {

@@ -70,11 +70,9 @@ pub(crate) fn decrypt(
     key: &PKeyRef<Private>,
     allow_des: bool,
 ) -> Result<(Vec<u8>, ContentCipher), ScepError> {
-    let ci = asn1::content_info(bytes).map_err(|_| ScepError::BadEnvelope)?;
-    if ci.content_type != oids::ENVELOPED_DATA {
-        return Err(ScepError::BadEnvelope);
-    }
-    let ed = ci.content.decode_as::<EnvelopedData>().map_err(|_| ScepError::BadEnvelope)?;
+    let ed = asn1::content_as::<EnvelopedData>(bytes, oids::ENVELOPED_DATA, ScepError::BadEnvelope, || {
+        ScepError::BadEnvelope
+    })?;
     let rc = to_rc_cert(cert)?;
     let ktri = ed
         .recip_infos

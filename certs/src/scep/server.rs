@@ -165,8 +165,10 @@ impl PkiMessage {
         let csr = inspect_csr(&csr_der).map_err(|e| refuse(e, &reply))?;
         if !renewal {
             let own_key = signer.public_key().map_err(|e| refuse(e.into(), &reply))?;
-            let self_signed = signer.issued(&signer) == openssl::x509::X509VerifyResult::OK
-                && signer.verify(&own_key).unwrap_or(false);
+            // Not X509_check_issued: it also wants keyCertSign, which a requester's transient
+            // certificate rightly lacks (scepclient's has digitalSignature + keyEncipherment).
+            let same_name = signer.subject_name().to_der().ok() == signer.issuer_name().to_der().ok();
+            let self_signed = same_name && signer.verify(&own_key).unwrap_or(false);
             if !self_signed {
                 return Err(refuse(ScepError::SignerNotSelfSigned, &reply));
             }

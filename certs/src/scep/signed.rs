@@ -5,6 +5,7 @@
 
 use cms::cert::{CertificateChoices, IssuerAndSerialNumber};
 use cms::content_info::{CmsVersion, ContentInfo};
+
 use cms::signed_data::{
     CertificateSet, EncapsulatedContentInfo, SignedData, SignerIdentifier, SignerInfo, SignerInfos,
 };
@@ -33,11 +34,7 @@ pub(crate) struct Signed {
 }
 
 fn signed_data(der: &[u8]) -> Result<SignedData, ScepError> {
-    let ci = asn1::content_info(der)?;
-    if ci.content_type != oids::SIGNED_DATA {
-        return Err(ScepError::NotSignedData);
-    }
-    ci.content.decode_as::<SignedData>().map_err(|_| ScepError::NotSignedData)
+    asn1::content_as::<SignedData>(der, oids::SIGNED_DATA, ScepError::NotSignedData, || ScepError::NotCms)
 }
 
 fn certificates(sd: &SignedData) -> Vec<&x509_cert::Certificate> {
