@@ -5,8 +5,8 @@
 
 use mdm_certs::scep::{FailInfo, MessageType, PkiStatus, build_csr};
 use mdm_certs::{PKey, Private, X509, devpki};
-use mdm_conformance::apple::scep::{PendingRequest, ScepClient};
 use mdm_conformance::apple::IdentityMode;
+use mdm_conformance::apple::scep::{PendingRequest, ScepClient};
 use mdm_tests::{Harness, random_serial, unix_now};
 use openssl::nid::Nid;
 use openssl::rsa::Rsa;
@@ -105,12 +105,8 @@ async fn get_ca_caps_and_ca_cert() {
     let before = h.snapshot(&[]).await;
     assert_http_400(&h, s.client.get("GetNextCACert", &[]).await.expect("get"), &before, "unsupported_operation").await;
     assert_http_400(&h, s.client.get("", &[]).await.expect("get"), &before, "missing_operation").await;
-    let put = h
-        .device_client(None)
-        .put(format!("{}/scep?operation=GetCACert", h.device_url))
-        .send()
-        .await
-        .expect("put");
+    let put =
+        h.device_client(None).put(format!("{}/scep?operation=GetCACert", h.device_url)).send().await.expect("put");
     let reply = mdm_conformance::apple::scep::ScepReply {
         status: put.status().as_u16(),
         content_type: None,
@@ -169,7 +165,8 @@ async fn pkcs_req_with_one_time_challenge_then_apple_enrollment() {
     // The certificate works as the device's MDM identity, signed messages and TLS alike.
     let device = h.device_from(udid, key.clone(), cert.clone(), IdentityMode::SignMessages);
     device.enroll().await.expect("Authenticate + TokenUpdate");
-    let enrollment = store.enrollment(&format!("apple:{udid}").parse().expect("id")).await.expect("read").expect("enrolled");
+    let enrollment =
+        store.enrollment(&format!("apple:{udid}").parse().expect("id")).await.expect("read").expect("enrolled");
     assert_eq!(enrollment.cert_sha256.as_deref(), Some(fp.as_str()));
     let (code, body) = h.get(&format!("/v1/devices/apple:{udid}")).await;
     assert_eq!((code, body["enrollment"]["state"].as_str()), (200, Some("enrolled")), "{body}");
@@ -188,9 +185,16 @@ async fn static_challenge_over_get_and_post_and_turned_off() {
     let s = scep(&h).await;
     let challenge = static_challenge(&h);
     for (i, get) in [false, true, false].into_iter().enumerate() {
-        let req = PendingRequest::pkcs_req(rsa_key(2048), &subject(&format!("STATIC-{i}")), Some(&challenge), &s.ra, unix_now())
-            .expect("req");
-        let reply = if get { s.client.get_pki(&req.der).await } else { s.client.post_pki(&req.der).await }.expect("send");
+        let req = PendingRequest::pkcs_req(
+            rsa_key(2048),
+            &subject(&format!("STATIC-{i}")),
+            Some(&challenge),
+            &s.ra,
+            unix_now(),
+        )
+        .expect("req");
+        let reply =
+            if get { s.client.get_pki(&req.der).await } else { s.client.post_pki(&req.der).await }.expect("send");
         assert_eq!(reply.status, 200);
         let rep = req.read_reply(&reply.body, &s.ra).expect("CertRep");
         assert_eq!(rep.status, PkiStatus::SUCCESS, "static challenge, request {i}");
@@ -202,8 +206,9 @@ async fn static_challenge_over_get_and_post_and_turned_off() {
 
     let h = Harness::start_with(|c| c.apple.scep_static_challenge = false).await;
     let s = scep(&h).await;
-    let req = PendingRequest::pkcs_req(rsa_key(2048), &subject("STATIC-OFF"), Some(&static_challenge(&h)), &s.ra, unix_now())
-        .expect("req");
+    let req =
+        PendingRequest::pkcs_req(rsa_key(2048), &subject("STATIC-OFF"), Some(&static_challenge(&h)), &s.ra, unix_now())
+            .expect("req");
     assert_failure(&h, &s, &req, FailInfo::BAD_REQUEST, "wrong_challenge").await;
     h.stop().await;
 }
@@ -216,7 +221,8 @@ async fn challenge_refusals_store_nothing_and_consume_nothing() {
     let pkcs = |challenge: Option<&str>, cn: &str| {
         PendingRequest::pkcs_req(key.clone(), &subject(cn), challenge, &s.ra, unix_now()).expect("req")
     };
-    assert_failure(&h, &s, &pkcs(Some("not-a-challenge-we-issued"), "WRONG"), FailInfo::BAD_REQUEST, "wrong_challenge").await;
+    assert_failure(&h, &s, &pkcs(Some("not-a-challenge-we-issued"), "WRONG"), FailInfo::BAD_REQUEST, "wrong_challenge")
+        .await;
     assert_failure(&h, &s, &pkcs(None, "NONE"), FailInfo::BAD_REQUEST, "missing_challenge").await;
 
     // Used once, refused the second time.
@@ -229,8 +235,14 @@ async fn challenge_refusals_store_nothing_and_consume_nothing() {
     let fresh = one_time_challenge(&h, None).await;
     let weak = rsa_key(1024);
     let csr = build_csr(&weak, &subject("WEAK"), Some(&fresh)).expect("csr");
-    let signer = mdm_certs::scep::self_signed_certificate(&weak, &subject("WEAK"), unix_now() - 60, unix_now() + 60, &random_serial())
-        .expect("self-signed");
+    let signer = mdm_certs::scep::self_signed_certificate(
+        &weak,
+        &subject("WEAK"),
+        unix_now() - 60,
+        unix_now() + 60,
+        &random_serial(),
+    )
+    .expect("self-signed");
     let req = PendingRequest::build(MessageType::PKCS_REQ, &csr, signer, weak.clone(), weak, &s.ra).expect("req");
     assert_failure(&h, &s, &req, FailInfo::BAD_ALG, "weak_key").await;
     let rep = s.client.send(&pkcs(Some(&fresh), "AFTER-WEAK"), &s.ra).await.expect("fresh still works");
@@ -263,15 +275,27 @@ async fn malformed_messages_are_http_400_and_bad_signatures_bad_message_check() 
     let key = rsa_key(2048);
     let challenge = one_time_challenge(&h, None).await;
     let csr = build_csr(&key, &subject("BADSIG"), Some(&challenge)).expect("csr");
-    let signer = mdm_certs::scep::self_signed_certificate(&key, &subject("BADSIG"), unix_now() - 60, unix_now() + 60, &random_serial())
-        .expect("self-signed");
+    let signer = mdm_certs::scep::self_signed_certificate(
+        &key,
+        &subject("BADSIG"),
+        unix_now() - 60,
+        unix_now() + 60,
+        &random_serial(),
+    )
+    .expect("self-signed");
     let req = PendingRequest::build(MessageType::PKCS_REQ, &csr, signer, rsa_key(2048), key, &s.ra).expect("req");
     assert_failure(&h, &s, &req, FailInfo::BAD_MESSAGE_CHECK, "signature_invalid").await;
     // GetCertInitial (polling) is not served: badRequest.
     let key = rsa_key(2048);
     let csr = build_csr(&key, &subject("POLL"), Some(&challenge)).expect("csr");
-    let signer = mdm_certs::scep::self_signed_certificate(&key, &subject("POLL"), unix_now() - 60, unix_now() + 60, &random_serial())
-        .expect("self-signed");
+    let signer = mdm_certs::scep::self_signed_certificate(
+        &key,
+        &subject("POLL"),
+        unix_now() - 60,
+        unix_now() + 60,
+        &random_serial(),
+    )
+    .expect("self-signed");
     let req = PendingRequest::build(MessageType::CERT_POLL, &csr, signer, key.clone(), key, &s.ra).expect("req");
     assert_failure(&h, &s, &req, FailInfo::BAD_REQUEST, "unsupported_message_type").await;
     h.stop().await;
@@ -286,14 +310,16 @@ async fn renewal_req_then_check_in_rebinds_the_enrollment() {
     let udid = "SCEP-RENEW-0001";
     let key_a = rsa_key(2048);
     let challenge = one_time_challenge(&h, Some("renew-ticket")).await;
-    let req = PendingRequest::pkcs_req(key_a.clone(), &subject(udid), Some(&challenge), &s.ra, unix_now()).expect("req");
+    let req =
+        PendingRequest::pkcs_req(key_a.clone(), &subject(udid), Some(&challenge), &s.ra, unix_now()).expect("req");
     let cert_a = s.client.send(&req, &s.ra).await.expect("PKCSReq").certificates[0].clone();
     let device_a = h.device_from(udid, key_a.clone(), cert_a.clone(), IdentityMode::SignMessages);
     device_a.enroll().await.expect("enroll with A");
 
     // RenewalReq signed with A for a new key: B, recorded as the renewal of A.
     let key_b = rsa_key(2048);
-    let renew = PendingRequest::renewal_req(cert_a.clone(), key_a.clone(), key_b.clone(), &subject(udid), &s.ra).expect("req");
+    let renew =
+        PendingRequest::renewal_req(cert_a.clone(), key_a.clone(), key_b.clone(), &subject(udid), &s.ra).expect("req");
     let rep = s.client.send(&renew, &s.ra).await.expect("RenewalReq");
     assert_eq!(rep.status, PkiStatus::SUCCESS);
     let cert_b = rep.certificates[0].clone();
@@ -307,7 +333,8 @@ async fn renewal_req_then_check_in_rebinds_the_enrollment() {
 
     // The device checks in with B: accepted, rebound, one identity_renewed event.
     let device_b = h.device_from(udid, key_b, cert_b, IdentityMode::SignMessages);
-    let reply = device_b.send_report(device_b.report_message("Idle", None, None, Dictionary::new())).await.expect("Idle");
+    let reply =
+        device_b.send_report(device_b.report_message("Idle", None, None, Dictionary::new())).await.expect("Idle");
     assert_eq!(reply.status, 200, "{}", String::from_utf8_lossy(&reply.body));
     assert_eq!(store.enrollment(&id).await.expect("read").expect("e").cert_sha256.as_deref(), Some(fp_b.as_str()));
     let renewed = h.events_of(&format!("apple:{udid}"), "device.identity_renewed").await;
@@ -315,15 +342,24 @@ async fn renewal_req_then_check_in_rebinds_the_enrollment() {
     assert_eq!(renewed[0]["data"]["previous_sha256"], fp_a.as_str());
     assert_eq!(renewed[0]["data"]["sha256"], fp_b.as_str());
     // A is no longer the device's identity.
-    let reply = device_a.send_report(device_a.report_message("Idle", None, None, Dictionary::new())).await.expect("Idle");
+    let reply =
+        device_a.send_report(device_a.report_message("Idle", None, None, Dictionary::new())).await.expect("Idle");
     assert_eq!(reply.status, 400, "{}", String::from_utf8_lossy(&reply.body));
 
     // Renewal signed by a certificate the gateway CA did not issue: badCertId.
     let other_key = devpki::generate_key().expect("key");
     let other_ca = devpki::create_ca(&other_key, "Other CA", unix_now(), 30, &random_serial()).expect("ca");
     let foreign_key = rsa_key(2048);
-    let foreign = devpki::issue_device_certificate(&other_ca, &other_key, &foreign_key, udid, unix_now() - 60, unix_now() + 3600, &random_serial())
-        .expect("cert");
+    let foreign = devpki::issue_device_certificate(
+        &other_ca,
+        &other_key,
+        &foreign_key,
+        udid,
+        unix_now() - 60,
+        unix_now() + 3600,
+        &random_serial(),
+    )
+    .expect("cert");
     let req = PendingRequest::renewal_req(foreign, foreign_key, rsa_key(2048), &subject(udid), &s.ra).expect("req");
     assert_failure(&h, &s, &req, FailInfo::BAD_CERT_ID, "renewal_cert_not_ours").await;
     h.stop().await;

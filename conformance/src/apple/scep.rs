@@ -3,9 +3,7 @@
 //! RenewalReq signed with the current identity; the CertRep is checked and decrypted.
 
 use bytes::Bytes;
-use mdm_certs::scep::{
-    self, CertRep, ClientRequest, ContentCipher, Digest, EnvelopeSecret, MessageType, ScepError,
-};
+use mdm_certs::scep::{self, CertRep, ClientRequest, ContentCipher, Digest, EnvelopeSecret, MessageType, ScepError};
 use mdm_certs::{PKey, Private, X509};
 use openssl::x509::X509Name;
 use sha2::{Digest as _, Sha256};
@@ -172,7 +170,9 @@ impl ScepClient {
                 let rsa = c.public_key().map(|k| k.id() == openssl::pkey::Id::RSA).unwrap_or(false);
                 rsa && c.issued(c) != openssl::x509::X509VerifyResult::OK
             })
-            .or_else(|| certs.iter().find(|c| c.public_key().map(|k| k.id() == openssl::pkey::Id::RSA).unwrap_or(false)))
+            .or_else(|| {
+                certs.iter().find(|c| c.public_key().map(|k| k.id() == openssl::pkey::Id::RSA).unwrap_or(false))
+            })
             .cloned()
             .ok_or(ScepClientError::NoRecipient)
     }

@@ -24,13 +24,13 @@ pub(super) async fn create_challenge(state: &AppState, body: &[u8]) -> Reply {
     } else {
         match serde_json::from_slice(body) {
             Ok(r) => r,
-            Err(e) => return json_error(StatusCode::BAD_REQUEST, "invalid_body", &e.to_string()),
+            Err(e) => return json_error(StatusCode::BAD_REQUEST, "invalid_json", &e.to_string()),
         }
     };
     if let Some(t) = &req.ticket
         && (t.is_empty() || t.len() > MAX_TICKET)
     {
-        return json_error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_ticket", "ticket must be 1 to 256 bytes");
+        return json_error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", "ticket must be 1 to 256 bytes");
     }
     match state.scep.issue_challenge_expiring(req.ticket.as_deref()).await {
         Ok((challenge, expires_at)) => json(
