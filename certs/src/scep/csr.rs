@@ -101,7 +101,7 @@ fn directory_string(v: &Any) -> Option<String> {
         }
         Tag::BmpString => {
             let bytes = v.value();
-            if bytes.len() % 2 != 0 {
+            if !bytes.len().is_multiple_of(2) {
                 return None;
             }
             let units: Vec<u16> = bytes.chunks(2).map(|c| u16::from_be_bytes([c[0], c[1]])).collect();

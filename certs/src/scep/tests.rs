@@ -380,7 +380,7 @@ fn garbage_and_non_scep_cms_have_no_fail_info() {
     let cases: Vec<(Vec<u8>, &str)> = vec![
         (b"definitely not DER".to_vec(), "not_cms"),
         (Vec::new(), "not_cms"),
-        (certs_only(&[pki.ca.clone()]).expect("degenerate"), "signer_count"),
+        (certs_only(std::slice::from_ref(&pki.ca)).expect("degenerate"), "signer_count"),
         (envelope::encrypt(b"x", &pki.ra, ContentCipher::Aes128Cbc, &secret()).expect("env"), "not_signed_data"),
         // A signed message without SCEP attributes (an Mdm-Signature, say).
         (
@@ -516,7 +516,7 @@ fn envelope_refusals() {
     };
     let cases: Vec<(Vec<u8>, &str, FailInfo)> = vec![
         (b"not an envelope".to_vec(), "bad_envelope", FailInfo::BAD_MESSAGE_CHECK),
-        (certs_only(&[pki.ca.clone()]).expect("deg"), "bad_envelope", FailInfo::BAD_MESSAGE_CHECK),
+        (certs_only(std::slice::from_ref(&pki.ca)).expect("deg"), "bad_envelope", FailInfo::BAD_MESSAGE_CHECK),
         (
             envelope::encrypt(&d.csr, &other_ra, ContentCipher::Aes128Cbc, &secret()).expect("env"),
             "not_for_us",
