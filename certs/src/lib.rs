@@ -18,7 +18,8 @@
 //! - It does not decide whom to trust: whether a proxy header may be believed, which CAs are anchors and
 //!   what an enrollment's bound fingerprint is all belong to the caller.
 //! - No revocation (CRL/OCSP) checking: that needs network or state and is the gateway's job.
-//! - No SCEP, no PKCS#12 push certificates, no TLS.
+//! - No PKCS#12 push certificates, no TLS. SCEP messages are built and read ([`scep`]), but which
+//!   challenge is valid and what was issued is the caller's state.
 
 mod anchors;
 mod b64;
@@ -31,6 +32,7 @@ mod signature_parts;
 
 pub mod devpki;
 pub mod header;
+pub mod scep;
 
 pub use openssl::{
     pkey::{PKey, Private},

@@ -175,6 +175,34 @@ fn device_certificate_profile() {
     mdm_certs::verify_device_certificate(&cert, &[], &ca.anchors(), NOW).unwrap();
 }
 
+/// For a certificate request (SCEP): the request's subject as it is, its public key, the device
+/// profile otherwise; an empty subject is refused.
+#[test]
+fn certificate_for_a_request_keeps_subject_and_key() {
+    let ca = Ca::root("Gateway Dev CA");
+    let rsa = devpki::generate_rsa_key(2048).unwrap();
+    let public = openssl::pkey::PKey::public_key_from_der(&rsa.public_key_to_der().unwrap()).unwrap();
+    let mut name = openssl::x509::X509Name::builder().unwrap();
+    name.append_entry_by_nid(Nid::COUNTRYNAME, "US").unwrap();
+    name.append_entry_by_nid(Nid::ORGANIZATIONNAME, "Example").unwrap();
+    name.append_entry_by_nid(Nid::COMMONNAME, "device ünï").unwrap();
+    let name = name.build();
+    let cert =
+        devpki::issue_certificate_for_request(&ca.cert, &ca.key, &name, &public, NOW - 5, NOW + 5, &[7]).unwrap();
+    assert_eq!(cert.subject_name().to_der().unwrap(), name.to_der().unwrap());
+    assert!(cert.public_key().unwrap().public_eq(&rsa));
+    assert_eq!(cert.extended_key_usage(), Some(X509ExtendedKeyUsage::SSL_CLIENT));
+    assert_eq!(cert.key_usage(), Some(X509KeyUsage::DIGITAL_SIGNATURE | X509KeyUsage::KEY_ENCIPHERMENT));
+    assert!(cert.subject_alt_names().is_none());
+    mdm_certs::verify_device_certificate(&cert, &[], &ca.anchors(), NOW).unwrap();
+
+    let empty = openssl::x509::X509Name::builder().unwrap().build();
+    assert!(matches!(
+        devpki::issue_certificate_for_request(&ca.cert, &ca.key, &empty, &public, NOW - 5, NOW + 5, &[7]),
+        Err(DevPkiError::NoNames)
+    ));
+}
+
 #[test]
 fn generated_ec_key_is_p256() {
     let key = devpki::generate_key().unwrap();

@@ -100,6 +100,16 @@ pub struct AppleConfig {
     pub apns_expiration_s: u64,
     /// Pushes after enqueue to the same device within this many milliseconds become one (0: off).
     pub push_coalesce_ms: u64,
+    /// Seconds a one-time SCEP challenge (`POST /v1/scep/challenges`) stays usable.
+    pub scep_challenge_ttl_s: u64,
+    /// Accept the static challenge in `<data_dir>/scep-challenge` (usable any number of times) besides
+    /// one-time challenges.
+    pub scep_static_challenge: bool,
+    /// Validity of certificates issued through SCEP, in days.
+    pub scep_cert_validity_days: u32,
+    /// Accept single-DES encrypted SCEP requests (old clients such as micromdm's scepclient 2.1);
+    /// answered with triple DES. Loads OpenSSL's legacy provider.
+    pub scep_allow_des: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -224,6 +234,10 @@ impl Default for AppleConfig {
             push_timeout_ms: 10_000,
             apns_expiration_s: 86_400,
             push_coalesce_ms: 1000,
+            scep_challenge_ttl_s: 3600,
+            scep_static_challenge: true,
+            scep_cert_validity_days: 365,
+            scep_allow_des: false,
         }
     }
 }
@@ -424,6 +438,12 @@ impl Config {
         }
         if a.push_coalesce_ms > 60_000 {
             return Err(ConfigError::new("apple.push_coalesce_ms", "must be at most 60000"));
+        }
+        if !(60..=30 * 86_400).contains(&a.scep_challenge_ttl_s) {
+            return Err(ConfigError::new("apple.scep_challenge_ttl_s", "must be 60 to 2592000 (30 days)"));
+        }
+        if !(1..=3650).contains(&a.scep_cert_validity_days) {
+            return Err(ConfigError::new("apple.scep_cert_validity_days", "must be 1 to 3650"));
         }
         Ok(())
     }

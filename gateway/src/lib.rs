@@ -13,6 +13,7 @@ pub mod http_util;
 pub mod identity;
 pub mod pki;
 pub mod push;
+pub mod scep;
 pub mod server;
 pub mod shutdown;
 pub mod sinks;
@@ -54,6 +55,8 @@ pub struct AppState {
     pub sinks: Vec<Arc<SinkHealth>>,
     /// APNs client.
     pub pusher: Arc<push::Pusher>,
+    /// SCEP: challenges, issuance and the issued-certificate record.
+    pub scep: Arc<scep::ScepService>,
 }
 
 /// Why the gateway could not start.
@@ -168,6 +171,18 @@ impl Gateway {
             message,
         })?;
 
+        let scep = scep::ScepService::new(
+            &config.apple,
+            data.ca.clone(),
+            data.ca_key.clone(),
+            data.scep_ra.clone(),
+            data.scep_ra_key.clone(),
+            data.scep_challenge.clone(),
+            store.clone(),
+            clock.clone(),
+        )
+        .map_err(|message| config::ConfigError { key: "apple.scep_allow_des".into(), message })?;
+
         let device_listener = TcpListener::bind(config.device.listen)
             .await
             .map_err(|source| StartError::Bind { addr: config.device.listen, source })?;
@@ -213,6 +228,7 @@ impl Gateway {
             draining: AtomicBool::new(false),
             sinks: sink_health,
             pusher: Arc::new(pusher),
+            scep: Arc::new(scep),
         });
 
         let grace = Duration::from_secs(state.config.shutdown.grace_period_s);

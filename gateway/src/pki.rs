@@ -1,5 +1,5 @@
-//! The data directory of the embedded default: development CA, server certificate and the
-//! three secrets, created on first start and reused afterwards.
+//! The data directory of the embedded default: development CA, server certificate, the SCEP RA
+//! certificate and the secrets, created on first start and reused afterwards.
 //!
 //! This is file IO around `mdm_certs::devpki`; the certificate contents are decided there.
 
@@ -39,12 +39,19 @@ pub struct DataDir {
     pub api_key: String,
     pub enroll_secret: String,
     pub pubsub_token: String,
+    /// SCEP registration authority: an RSA certificate from the CA that devices encrypt their
+    /// requests to and that signs the replies (the CA's own key is EC, which SCEP cannot use).
+    pub scep_ra: X509,
+    pub scep_ra_key: PKey<Private>,
+    /// The static SCEP challenge (`scep-challenge`).
+    pub scep_challenge: String,
 }
 
 /// How long generated certificates live. The server certificate is renewed at start when it
 /// has less than [`RENEW_BEFORE_S`] left or the public host changed.
 const CA_DAYS: u32 = 3650;
 const SERVER_DAYS: u32 = 397;
+const SCEP_RA_DAYS: u32 = 730;
 const RENEW_BEFORE_S: i64 = 30 * 86_400;
 
 fn random_serial() -> [u8; 16] {
@@ -161,6 +168,7 @@ pub fn open(root: &Path, public_host: &str, now: i64) -> Result<DataDir, PkiErro
     }
     let server_chain_pem = fs::read(&server_path).map_err(io(&server_path))?;
     let server_key_pem = fs::read(&server_key_path).map_err(io(&server_key_path))?;
+    let (scep_ra, scep_ra_key) = scep_ra(root, &ca, &ca_key, now)?;
 
     Ok(DataDir {
         root: root.to_owned(),
@@ -172,7 +180,44 @@ pub fn open(root: &Path, public_host: &str, now: i64) -> Result<DataDir, PkiErro
         api_key: read_or_create_secret(&root.join("api-key"))?,
         enroll_secret: read_or_create_secret(&root.join("enroll-secret"))?,
         pubsub_token: read_or_create_secret(&root.join("pubsub-token"))?,
+        scep_ra,
+        scep_ra_key,
+        scep_challenge: read_or_create_secret(&root.join("scep-challenge"))?,
     })
+}
+
+/// `scep-ra.pem` / `scep-ra-key.pem`: RSA 2048, keyUsage digitalSignature + keyEncipherment, no
+/// extended key usage, issued by the CA. Reissued (same rule as the server certificate) when it
+/// has less than [`RENEW_BEFORE_S`] left or no longer chains to the CA.
+fn scep_ra(root: &Path, ca: &X509, ca_key: &PKey<Private>, now: i64) -> Result<(X509, PKey<Private>), PkiError> {
+    let cert_path = root.join("scep-ra.pem");
+    let key_path = root.join("scep-ra-key.pem");
+    let existing = (|| {
+        let cert = X509::from_pem(&fs::read(&cert_path).ok()?).ok()?;
+        let key = PKey::private_key_from_pem(&fs::read(&key_path).ok()?).ok()?;
+        let fresh = not_after_unix(&cert).is_some_and(|na| na - now > RENEW_BEFORE_S);
+        let ca_public = ca.public_key().ok()?;
+        let ours = ca.issued(&cert) == openssl::x509::X509VerifyResult::OK
+            && cert.verify(&ca_public).unwrap_or(false)
+            && cert.public_key().ok()?.public_eq(&key);
+        (fresh && ours).then_some((cert, key))
+    })();
+    if let Some(found) = existing {
+        return Ok(found);
+    }
+    let key = devpki::generate_rsa_key(2048).map_err(|e| invalid(&key_path, e))?;
+    let profile = devpki::LeafProfile {
+        common_name: Some("MDM Gateway SCEP RA"),
+        names: &[],
+        usage: devpki::Usage::Unrestricted,
+        not_before: now - devpki::BACKDATE_SECONDS,
+        not_after: now + i64::from(SCEP_RA_DAYS) * 86_400,
+        serial: &random_serial(),
+    };
+    let cert = devpki::issue_leaf_certificate(ca, ca_key, &key, &profile).map_err(|e| invalid(&cert_path, e))?;
+    write_private(&key_path, devpki::key_to_pem(&key).as_bytes())?;
+    fs::write(&cert_path, devpki::to_pem(&cert)).map_err(io(&cert_path))?;
+    Ok((cert, key))
 }
 
 /// A certificate's notAfter as unix seconds.

@@ -13,6 +13,10 @@ pub const DEVICE_REJECTS: &str = "mdm_device_requests_rejected_total";
 pub const DEVICE_REQUESTS: &str = "mdm_device_requests_total";
 /// Device request latency in seconds, by `platform`.
 pub const DEVICE_REQUEST_SECONDS: &str = "mdm_device_request_duration_seconds";
+/// SCEP PKIOperations, by `message_type` (`PKCSReq`, `RenewalReq`, `other`, `unknown` when
+/// unreadable), `result` (`success`, a failInfo name such as `badRequest`, `malformed` for HTTP
+/// 400, `error` for 500) and `reason` (a stable label such as `challenge_used`).
+pub const SCEP_REQUESTS: &str = "mdm_scep_requests_total";
 /// Commands queued, by `platform`.
 pub const COMMANDS_QUEUED: &str = "mdm_commands_queued_total";
 /// Command results, by `platform` and `status`.

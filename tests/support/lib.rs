@@ -155,7 +155,7 @@ impl Harness {
     }
 
     /// Everything stored that a device request could change: enrollments, commands of the
-    /// given devices, and the event log position. Compare before and after a refused request.
+    /// given devices, the event log position, SCEP certificates and challenges. Compare before and after a refused request.
     pub async fn snapshot(&self, command_ids: &[&str]) -> String {
         let store = &self.gateway().state.store;
         let seq = store.last_event_seq().await.expect("seq");
@@ -164,7 +164,9 @@ impl Harness {
         for id in command_ids {
             commands.push(store.command(id).await.expect("command"));
         }
-        format!("{seq}\n{enrollments:?}\n{commands:?}")
+        let scep_certs = store.scep_certificates(10_000).await.expect("scep certificates");
+        let scep_challenges = store.scep_challenges(10_000).await.expect("scep challenges");
+        format!("{seq}\n{enrollments:?}\n{commands:?}\n{scep_certs:?}\n{scep_challenges:?}")
     }
 
     pub async fn stop(mut self) {

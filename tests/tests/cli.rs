@@ -229,7 +229,18 @@ async fn serve_creates_data_dir_answers_health_and_stops_on_sigterm() {
 
     let mut first = start(tmp.path(), &data, "first.log");
     wait_healthy(&mut first).await;
-    for f in ["ca.pem", "server.pem", "server-key.pem", "api-key", "enroll-secret", "pubsub-token", "gateway.db"] {
+    for f in [
+        "ca.pem",
+        "server.pem",
+        "server-key.pem",
+        "api-key",
+        "enroll-secret",
+        "pubsub-token",
+        "scep-ra.pem",
+        "scep-ra-key.pem",
+        "scep-challenge",
+        "gateway.db",
+    ] {
         let p = data.join(f);
         assert!(p.is_file(), "{f} missing from the data directory");
         assert!(std::fs::metadata(&p).expect("meta").len() > 0, "{f} is empty");
@@ -238,6 +249,8 @@ async fn serve_creates_data_dir_answers_health_and_stops_on_sigterm() {
     assert!(String::from_utf8_lossy(&ca).starts_with("-----BEGIN CERTIFICATE-----"));
     let api_key = std::fs::read_to_string(data.join("api-key")).expect("api-key").trim().to_owned();
     assert!(api_key.len() >= 32, "api key too short: {api_key:?}");
+    let scep_ra = std::fs::read(data.join("scep-ra.pem")).expect("scep-ra.pem");
+    let scep_challenge = std::fs::read(data.join("scep-challenge")).expect("scep-challenge");
 
     // The API answers with the generated key, and only with it.
     let client = reqwest::Client::new();
@@ -266,6 +279,8 @@ async fn serve_creates_data_dir_answers_health_and_stops_on_sigterm() {
         api_key,
         "api-key changed on restart"
     );
+    assert_eq!(std::fs::read(data.join("scep-ra.pem")).expect("ra"), scep_ra, "scep-ra.pem changed on restart");
+    assert_eq!(std::fs::read(data.join("scep-challenge")).expect("c"), scep_challenge, "scep-challenge changed");
     let ok = client.get(format!("{}/v1/devices", second.api)).bearer_auth(&api_key).send().await.expect("devices");
     assert_eq!(ok.status().as_u16(), 200);
     let status = terminate(&mut second, Duration::from_secs(10));

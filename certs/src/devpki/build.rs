@@ -6,8 +6,8 @@ use openssl::{
     bn::BigNum,
     hash::MessageDigest,
     nid::Nid,
-    pkey::{PKeyRef, Private},
-    x509::{X509Builder, X509Name, X509Ref},
+    pkey::{HasPublic, PKeyRef, Private},
+    x509::{X509Builder, X509Name, X509NameRef, X509Ref},
 };
 
 use super::DevPkiError;
@@ -17,9 +17,9 @@ const MAX_COMMON_NAME_CHARS: usize = 64;
 
 /// A v3 certificate builder with serial, subject, public key and validity set; issuer, extensions and
 /// signature are up to the caller.
-pub(crate) fn start(
-    subject: &X509Name,
-    key: &PKeyRef<Private>,
+pub(crate) fn start<T: HasPublic>(
+    subject: &X509NameRef,
+    key: &PKeyRef<T>,
     serial: &[u8],
     not_before: i64,
     not_after: i64,

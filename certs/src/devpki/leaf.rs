@@ -2,9 +2,9 @@
 //! make CSRs or handle SCEP; the key is given.
 
 use openssl::{
-    pkey::{Id, PKeyRef, Private},
+    pkey::{HasPublic, Id, PKeyRef, Private, Public},
     x509::{
-        X509, X509Ref,
+        X509, X509NameRef, X509Ref,
         extension::{
             AuthorityKeyIdentifier, BasicConstraints, ExtendedKeyUsage, KeyUsage, SubjectAlternativeName,
             SubjectKeyIdentifier,
@@ -80,6 +80,27 @@ pub fn issue_device_certificate(
     issue_leaf_certificate(ca, ca_key, device_key, &profile)
 }
 
+/// Device identity for a certificate request (SCEP): the request's subject as it is and its
+/// public key; otherwise as [`issue_device_certificate`] (EKU clientAuth, keyUsage
+/// digitalSignature, +keyEncipherment for RSA keys), valid exactly from `not_before` to
+/// `not_after`. The subject must not be empty.
+pub fn issue_certificate_for_request(
+    ca: &X509Ref,
+    ca_key: &PKeyRef<Private>,
+    subject: &X509NameRef,
+    public_key: &PKeyRef<Public>,
+    not_before: i64,
+    not_after: i64,
+    serial: &[u8],
+) -> Result<X509, DevPkiError> {
+    if subject.entries().next().is_none() {
+        return Err(DevPkiError::NoNames);
+    }
+    let profile =
+        LeafProfile { common_name: None, names: &[], usage: Usage::ClientAuth, not_before, not_after, serial };
+    issue_leaf(ca, ca_key, subject, public_key, &profile)
+}
+
 /// Any leaf: basicConstraints CA:false, keyUsage digitalSignature (+keyEncipherment for RSA), the
 /// profile's EKU and SANs, SKI and AKI.
 pub fn issue_leaf_certificate(
@@ -88,12 +109,23 @@ pub fn issue_leaf_certificate(
     key: &PKeyRef<Private>,
     profile: &LeafProfile<'_>,
 ) -> Result<X509, DevPkiError> {
-    build::check_issuer_key(ca, ca_key)?;
     if profile.common_name.is_none() && profile.names.is_empty() {
         return Err(DevPkiError::NoNames);
     }
     let subject = build::name(profile.common_name)?;
-    let mut builder = build::start(&subject, key, profile.serial, profile.not_before, profile.not_after)?;
+    issue_leaf(ca, ca_key, &subject, key, profile)
+}
+
+/// `profile.common_name` is ignored here: the subject is given.
+fn issue_leaf<T: HasPublic>(
+    ca: &X509Ref,
+    ca_key: &PKeyRef<Private>,
+    subject: &X509NameRef,
+    key: &PKeyRef<T>,
+    profile: &LeafProfile<'_>,
+) -> Result<X509, DevPkiError> {
+    build::check_issuer_key(ca, ca_key)?;
+    let mut builder = build::start(subject, key, profile.serial, profile.not_before, profile.not_after)?;
     builder.set_issuer_name(ca.subject_name())?;
     builder.append_extension(BasicConstraints::new().critical().build()?)?;
 
@@ -113,7 +145,7 @@ pub fn issue_leaf_certificate(
     if !profile.names.is_empty() {
         let mut san = SubjectAlternativeName::new();
         // RFC 5280 §4.2.1.6: with an empty subject the SAN extension must be critical.
-        if profile.common_name.is_none() {
+        if subject.entries().next().is_none() {
             san.critical();
         }
         for name in profile.names {

@@ -20,7 +20,10 @@ mod serial;
 pub use ca::{create_ca, create_intermediate_ca};
 pub use error::DevPkiError;
 pub use keys::{generate_key, generate_rsa_key, key_to_pem, parse_private_key_pem};
-pub use leaf::{LeafProfile, issue_device_certificate, issue_leaf_certificate, issue_server_certificate};
+pub use leaf::{
+    LeafProfile, issue_certificate_for_request, issue_device_certificate, issue_leaf_certificate,
+    issue_server_certificate,
+};
 pub use pem::{parse_certificate_pem, to_pem};
 pub use serial::serial_from_random;
 

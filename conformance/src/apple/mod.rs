@@ -5,6 +5,7 @@
 mod device;
 pub mod fleet;
 mod messages;
+pub mod scep;
 
 pub use device::{AppleDevice, DeviceError, IdentityMode, Reply};
 pub use messages::{UserChannel, answer_for};

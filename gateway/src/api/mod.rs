@@ -8,6 +8,7 @@ mod devices;
 mod events;
 mod health;
 mod nanomdm;
+mod scep;
 
 use std::sync::Arc;
 
@@ -92,6 +93,13 @@ async fn route(state: &Arc<AppState>, req: Request<Incoming>) -> (&'static str, 
             },
         ),
         (&Method::GET, ["pushcert"]) => ("nanomdm.pushcert.get", nanomdm::get_pushcert(state, &query).await),
+        (&Method::POST, ["scep", "challenges"]) => (
+            "scep.challenges.create",
+            match body().await {
+                Ok(b) => scep::create_challenge(state, &b).await,
+                Err(r) => r,
+            },
+        ),
         (
             _,
             ["commands"]
@@ -101,7 +109,8 @@ async fn route(state: &Arc<AppState>, req: Request<Incoming>) -> (&'static str, 
             | ["events"]
             | ["enqueue", _]
             | ["push", _]
-            | ["pushcert"],
+            | ["pushcert"]
+            | ["scep", "challenges"],
         ) => (
             "method_not_allowed",
             json_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this endpoint"),

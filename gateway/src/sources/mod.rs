@@ -1,6 +1,7 @@
 //! Device-facing sources, routed by path. Each platform family is a folder.
 
 pub mod apple;
+pub mod scep;
 
 use std::sync::Arc;
 
@@ -27,6 +28,8 @@ pub fn device_handler(state: Arc<AppState>) -> Handler {
                     let endpoint = if path == "/mdm" { apple::Endpoint::Mdm } else { apple::Endpoint::CheckIn };
                     apple::handle(&state, req, &conn, endpoint).await
                 }
+                // SCEP answers wrong methods itself (400, as RFC 8894 clients expect a reason).
+                "/scep" => scep::handle(&state, req, &conn).await,
                 _ => text(StatusCode::NOT_FOUND, "no such endpoint\n"),
             }
         })

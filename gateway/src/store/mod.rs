@@ -212,6 +212,65 @@ pub struct PushCert {
     pub updated_at: i64,
 }
 
+/// A one-time SCEP challenge as created: only its SHA-256 is stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewScepChallenge {
+    /// SHA-256 (hex) of the challenge text.
+    pub challenge_sha256: String,
+    pub ticket: Option<String>,
+    pub created_at: i64,
+    pub expires_at: i64,
+}
+
+/// A stored SCEP challenge with its use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScepChallenge {
+    pub challenge_sha256: String,
+    pub ticket: Option<String>,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub used_at: Option<i64>,
+    pub issued_cert_sha256: Option<String>,
+}
+
+/// A certificate issued through SCEP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScepCertificate {
+    /// SHA-256 (hex) of the certificate's DER: the value enrollments are bound to.
+    pub cert_sha256: String,
+    /// Serial number, hex.
+    pub serial: String,
+    pub subject: String,
+    pub not_before: i64,
+    pub not_after: i64,
+    /// `PKCSReq` or `RenewalReq`.
+    pub message_type: String,
+    pub transaction_id: String,
+    /// The one-time challenge (hash) it was issued with, if any.
+    pub challenge_sha256: Option<String>,
+    pub ticket: Option<String>,
+    /// For a renewal: the fingerprint of the certificate it renews.
+    pub renewal_of: Option<String>,
+    pub issued_at: i64,
+}
+
+/// What became of the challenges handed out for an enrollment ticket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TicketStatus {
+    /// A certificate was issued with one of the ticket's challenges.
+    pub challenge_used: bool,
+    /// That certificate's SHA-256 (the most recent, if several).
+    pub issued_cert_sha256: Option<String>,
+}
+
+/// Outcome of [`Store::record_scep_certificate`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScepRecord {
+    Recorded,
+    /// The challenge to consume is unknown, already used or expired at `now`: nothing stored.
+    ChallengeUnavailable,
+}
+
 /// Durable state behind the gateway. Implementations must pass [`suite`].
 #[async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug + 'static {
@@ -279,4 +338,25 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     async fn save_push_cert(&self, cert: &PushCert) -> Result<()>;
     async fn push_certs(&self) -> Result<Vec<PushCert>>;
+
+    // --- SCEP ---
+    /// Stores a new one-time challenge. A challenge hash that exists already fails.
+    async fn create_scep_challenge(&self, challenge: &NewScepChallenge) -> Result<()>;
+    async fn scep_challenge(&self, challenge_sha256: &str) -> Result<Option<ScepChallenge>>;
+    /// Records an issued certificate and, when `consume` names a challenge, marks that challenge
+    /// used by it, atomically: only if the challenge exists, is unused and `expires_at > now`;
+    /// otherwise nothing is stored and [`ScepRecord::ChallengeUnavailable`] is returned.
+    async fn record_scep_certificate(
+        &self,
+        cert: &ScepCertificate,
+        consume: Option<&str>,
+        now: i64,
+    ) -> Result<ScepRecord>;
+    async fn scep_certificate(&self, cert_sha256: &str) -> Result<Option<ScepCertificate>>;
+    /// `None` when no challenge was ever created for `ticket`.
+    async fn scep_ticket_status(&self, ticket: &str) -> Result<Option<TicketStatus>>;
+    /// Issued certificates, oldest first, at most `limit`.
+    async fn scep_certificates(&self, limit: u32) -> Result<Vec<ScepCertificate>>;
+    /// Challenges, oldest first, at most `limit`.
+    async fn scep_challenges(&self, limit: u32) -> Result<Vec<ScepChallenge>>;
 }

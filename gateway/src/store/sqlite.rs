@@ -32,8 +32,8 @@ use sha2::{Digest, Sha384};
 use tokio::sync::{Notify, oneshot};
 
 use super::{
-    CommandRecord, CommandUpdate, Enrollment, EnrollmentState, LoggedEvent, NewCommand, PushCert, PushInfo,
-    RequestSnapshot, Result, Store, StoreError,
+    CommandRecord, CommandUpdate, Enrollment, EnrollmentState, LoggedEvent, NewCommand, NewScepChallenge, PushCert,
+    PushInfo, RequestSnapshot, Result, ScepCertificate, ScepChallenge, ScepRecord, Store, StoreError, TicketStatus,
 };
 
 /// Migrations, embedded at build time: `(version, description, sql)`, following the
@@ -41,7 +41,10 @@ use super::{
 /// `_sqlx_migrations` table with sqlx's columns and checksum (SHA-384 of the file), so databases
 /// created by the earlier sqlx-based store open unchanged, and the other way round. A test
 /// checks that every file in the directory is listed here.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "init", include_str!("../../migrations/sqlite/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "init", include_str!("../../migrations/sqlite/0001_init.sql")),
+    (2, "scep", include_str!("../../migrations/sqlite/0002_scep.sql")),
+];
 
 /// The bookkeeping table, exactly as sqlx creates it.
 const MIGRATIONS_TABLE_SQL: &str = "CREATE TABLE IF NOT EXISTS _sqlx_migrations (
@@ -146,6 +149,17 @@ const UPDATE_COMMAND_SQL: &str = "UPDATE commands SET status = ?1, result = ?2, 
      sent_count = sent_count + ?5 \
      WHERE device_id = ?6 AND command_id = ?7 AND status IN (?8, ?9, ?10, ?11, ?12, ?13)";
 const FROM_SLOTS: usize = 6;
+
+const SCEP_CHALLENGE_COLUMNS: &str =
+    "SELECT challenge_sha256, ticket, created_at, expires_at, used_at, issued_cert_sha256 FROM scep_challenges ";
+const SCEP_CERTIFICATE_COLUMNS: &str = "SELECT cert_sha256, serial, subject, not_before, not_after, message_type, \
+     transaction_id, challenge_sha256, ticket, renewal_of, issued_at FROM scep_certificates ";
+/// The consumption of a challenge as one compare-and-set statement.
+const CONSUME_SCEP_CHALLENGE_SQL: &str = "UPDATE scep_challenges SET used_at = ?, issued_cert_sha256 = ? \
+     WHERE challenge_sha256 = ? AND used_at IS NULL AND expires_at > ?";
+const INSERT_SCEP_CERTIFICATE_SQL: &str = "INSERT INTO scep_certificates (cert_sha256, serial, subject, not_before, \
+     not_after, message_type, transaction_id, challenge_sha256, ticket, renewal_of, issued_at) \
+     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
 
 /// Work for a connection thread.
 type Job = Box<dyn FnOnce(&mut Connection) + Send>;
@@ -735,6 +749,33 @@ struct EnrollmentRow {
     updated_at: i64,
 }
 
+fn scep_challenge_from_row(row: &Row<'_>) -> Result<ScepChallenge> {
+    Ok(ScepChallenge {
+        challenge_sha256: get(row, 0, "challenge_sha256")?,
+        ticket: get(row, 1, "ticket")?,
+        created_at: get(row, 2, "created_at")?,
+        expires_at: get(row, 3, "expires_at")?,
+        used_at: get(row, 4, "used_at")?,
+        issued_cert_sha256: get(row, 5, "issued_cert_sha256")?,
+    })
+}
+
+fn scep_certificate_from_row(row: &Row<'_>) -> Result<ScepCertificate> {
+    Ok(ScepCertificate {
+        cert_sha256: get(row, 0, "cert_sha256")?,
+        serial: get(row, 1, "serial")?,
+        subject: get(row, 2, "subject")?,
+        not_before: get(row, 3, "not_before")?,
+        not_after: get(row, 4, "not_after")?,
+        message_type: get(row, 5, "message_type")?,
+        transaction_id: get(row, 6, "transaction_id")?,
+        challenge_sha256: get(row, 7, "challenge_sha256")?,
+        ticket: get(row, 8, "ticket")?,
+        renewal_of: get(row, 9, "renewal_of")?,
+        issued_at: get(row, 10, "issued_at")?,
+    })
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     async fn ping(&self) -> Result<()> {
@@ -1096,6 +1137,105 @@ impl Store for SqliteStore {
         })
         .await
     }
+
+    async fn create_scep_challenge(&self, c: &NewScepChallenge) -> Result<()> {
+        let c = c.clone();
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "INSERT INTO scep_challenges (challenge_sha256, ticket, created_at, expires_at) VALUES (?, ?, ?, ?)",
+            )?
+            .execute(params![c.challenge_sha256, c.ticket, c.created_at, c.expires_at])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn scep_challenge(&self, challenge_sha256: &str) -> Result<Option<ScepChallenge>> {
+        let h = challenge_sha256.to_owned();
+        self.read(move |conn| {
+            let sql = format!("{SCEP_CHALLENGE_COLUMNS}WHERE challenge_sha256 = ?");
+            query_opt(conn, &sql, [&h], scep_challenge_from_row)
+        })
+        .await
+    }
+
+    async fn record_scep_certificate(
+        &self,
+        cert: &ScepCertificate,
+        consume: Option<&str>,
+        now: i64,
+    ) -> Result<ScepRecord> {
+        let c = cert.clone();
+        let consume = consume.map(str::to_owned);
+        self.transact(move |tx| {
+            if let Some(h) = &consume {
+                let changed =
+                    tx.prepare_cached(CONSUME_SCEP_CHALLENGE_SQL)?.execute(params![now, c.cert_sha256, h, now])?;
+                if changed == 0 {
+                    return Ok((ScepRecord::ChallengeUnavailable, false));
+                }
+            }
+            tx.prepare_cached(INSERT_SCEP_CERTIFICATE_SQL)?.execute(params![
+                c.cert_sha256,
+                c.serial,
+                c.subject,
+                c.not_before,
+                c.not_after,
+                c.message_type,
+                c.transaction_id,
+                c.challenge_sha256,
+                c.ticket,
+                c.renewal_of,
+                c.issued_at,
+            ])?;
+            Ok((ScepRecord::Recorded, false))
+        })
+        .await
+    }
+
+    async fn scep_certificate(&self, cert_sha256: &str) -> Result<Option<ScepCertificate>> {
+        let h = cert_sha256.to_owned();
+        self.read(move |conn| {
+            let sql = format!("{SCEP_CERTIFICATE_COLUMNS}WHERE cert_sha256 = ?");
+            query_opt(conn, &sql, [&h], scep_certificate_from_row)
+        })
+        .await
+    }
+
+    async fn scep_ticket_status(&self, ticket: &str) -> Result<Option<TicketStatus>> {
+        let ticket = ticket.to_owned();
+        self.read(move |conn| {
+            // The most recently used challenge first; unused ones (used_at NULL) after.
+            let sql = "SELECT used_at, issued_cert_sha256 FROM scep_challenges WHERE ticket = ? \
+                       ORDER BY used_at IS NULL, used_at DESC LIMIT 1";
+            query_opt(conn, sql, [&ticket], |row| {
+                let used_at: Option<i64> = get(row, 0, "used_at")?;
+                Ok(TicketStatus {
+                    challenge_used: used_at.is_some(),
+                    issued_cert_sha256: get(row, 1, "issued_cert_sha256")?,
+                })
+            })
+        })
+        .await
+    }
+
+    async fn scep_certificates(&self, limit: u32) -> Result<Vec<ScepCertificate>> {
+        let limit = self::limit(limit);
+        self.read(move |conn| {
+            let sql = format!("{SCEP_CERTIFICATE_COLUMNS}ORDER BY issued_at, cert_sha256 LIMIT CAST(? AS INTEGER)");
+            query_all(conn, &sql, [limit], scep_certificate_from_row)
+        })
+        .await
+    }
+
+    async fn scep_challenges(&self, limit: u32) -> Result<Vec<ScepChallenge>> {
+        let limit = self::limit(limit);
+        self.read(move |conn| {
+            let sql = format!("{SCEP_CHALLENGE_COLUMNS}ORDER BY created_at, challenge_sha256 LIMIT CAST(? AS INTEGER)");
+            query_all(conn, &sql, [limit], scep_challenge_from_row)
+        })
+        .await
+    }
 }
 
 #[cfg(test)]
@@ -1425,19 +1565,26 @@ mod tests {
         store.close().await;
 
         let conn = Connection::open(&path).expect("open");
-        let rows: i64 = conn.query_row("SELECT COUNT(*) FROM _sqlx_migrations", [], |r| r.get(0)).expect("count");
-        assert_eq!(rows, 1);
-        conn.execute("UPDATE _sqlx_migrations SET checksum = x'00'", []).expect("tamper");
+        // The later migrations were applied on top, recorded the same way.
+        let versions: Vec<i64> = conn
+            .prepare("SELECT version FROM _sqlx_migrations ORDER BY version")
+            .and_then(|mut st| st.query_map([], |r| r.get(0))?.collect())
+            .expect("versions");
+        assert_eq!(versions, MIGRATIONS.iter().map(|m| m.0).collect::<Vec<_>>());
+        conn.execute("UPDATE _sqlx_migrations SET checksum = x'00' WHERE version = 1", []).expect("tamper");
         match SqliteStore::open(&path, 1).await {
             Err(StoreError::Migrate(m)) => assert!(m.contains("0001_init"), "{m}"),
             other => panic!("expected Migrate, got {other:?}"),
         }
-        conn.execute("UPDATE _sqlx_migrations SET checksum = ?", [Sha384::digest(sql.as_bytes()).as_slice()])
-            .expect("fix");
-        conn.execute("INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) VALUES (2, 'future', TRUE, x'00', 1)", []).expect("future");
-        assert!(matches!(SqliteStore::open(&path, 1).await, Err(StoreError::Migrate(m)) if m.contains("migration 2")));
-        conn.execute("DELETE FROM _sqlx_migrations WHERE version = 2", []).expect("undo");
-        conn.execute("UPDATE _sqlx_migrations SET success = FALSE", []).expect("dirty");
+        conn.execute(
+            "UPDATE _sqlx_migrations SET checksum = ? WHERE version = 1",
+            [Sha384::digest(sql.as_bytes()).as_slice()],
+        )
+        .expect("fix");
+        conn.execute("INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) VALUES (99, 'future', TRUE, x'00', 1)", []).expect("future");
+        assert!(matches!(SqliteStore::open(&path, 1).await, Err(StoreError::Migrate(m)) if m.contains("migration 99")));
+        conn.execute("DELETE FROM _sqlx_migrations WHERE version = 99", []).expect("undo");
+        conn.execute("UPDATE _sqlx_migrations SET success = FALSE WHERE version = 1", []).expect("dirty");
         assert!(matches!(SqliteStore::open(&path, 1).await, Err(StoreError::Migrate(m)) if m.contains("dirty")));
     }
 
@@ -1449,9 +1596,11 @@ mod tests {
         store.close().await;
         let conn = Connection::open(dir.path().join("gateway.db")).expect("open");
         let (version, description, success, checksum): (i64, String, bool, Vec<u8>) = conn
-            .query_row("SELECT version, description, success, checksum FROM _sqlx_migrations", [], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-            })
+            .query_row(
+                "SELECT version, description, success, checksum FROM _sqlx_migrations WHERE version = 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
             .expect("row");
         assert_eq!((version, description.as_str(), success), (1, "init", true));
         assert_eq!(checksum, Sha384::digest(MIGRATIONS[0].2.as_bytes()).to_vec());

@@ -13,7 +13,10 @@ use serde_json::json;
 use time::OffsetDateTime;
 use tokio::sync::Notify;
 
-use super::{CommandUpdate, Enrollment, EnrollmentState, NewCommand, PushCert, PushInfo, Store, StoreError};
+use super::{
+    CommandUpdate, Enrollment, EnrollmentState, NewCommand, NewScepChallenge, PushCert, PushInfo, ScepCertificate,
+    ScepChallenge, ScepRecord, Store, StoreError, TicketStatus,
+};
 
 /// A fresh store for one test, with what the tests need besides the trait.
 pub struct Harness {
@@ -51,6 +54,11 @@ macro_rules! store_suite {
             events_are_atomic_with_state,
             sink_cursors,
             push_certs_upsert_by_topic,
+            scep_challenge_round_trip,
+            scep_certificate_consumes_its_challenge_once,
+            scep_unavailable_challenge_stores_nothing,
+            scep_ticket_status,
+            scep_renewal_without_challenge,
         );
 
         #[tokio::test]
@@ -776,6 +784,113 @@ pub async fn push_certs_upsert_by_topic(store: &dyn Store) {
     let mut got = store.push_certs().await.expect("read");
     got.sort_by(|x, y| x.topic.cmp(&y.topic));
     assert_eq!(got, [b, a]);
+}
+
+// ---- SCEP -----------------------------------------------------------------------------------
+
+fn challenge(hash: &str, ticket: Option<&str>, created_at: i64, expires_at: i64) -> NewScepChallenge {
+    NewScepChallenge { challenge_sha256: hash.into(), ticket: ticket.map(str::to_owned), created_at, expires_at }
+}
+
+fn scep_cert(fp: &str, challenge: Option<&str>, ticket: Option<&str>, issued_at: i64) -> ScepCertificate {
+    ScepCertificate {
+        cert_sha256: fp.into(),
+        serial: "0a1b2c".into(),
+        subject: "CN=device ünï,O=Example".into(),
+        not_before: issued_at - 300,
+        not_after: issued_at + 86_400,
+        message_type: "PKCSReq".into(),
+        transaction_id: format!("tx-{fp}"),
+        challenge_sha256: challenge.map(str::to_owned),
+        ticket: ticket.map(str::to_owned),
+        renewal_of: None,
+        issued_at,
+    }
+}
+
+pub async fn scep_challenge_round_trip(store: &dyn Store) {
+    assert_eq!(store.scep_challenge("h1").await.expect("read"), None);
+    store.create_scep_challenge(&challenge("h1", Some("ticket-1"), 10, 3610)).await.expect("create");
+    store.create_scep_challenge(&challenge("h2", None, 11, 3611)).await.expect("create");
+    assert_eq!(
+        store.scep_challenge("h1").await.expect("read"),
+        Some(ScepChallenge {
+            challenge_sha256: "h1".into(),
+            ticket: Some("ticket-1".into()),
+            created_at: 10,
+            expires_at: 3610,
+            used_at: None,
+            issued_cert_sha256: None,
+        })
+    );
+    // The same hash twice is refused and changes nothing.
+    assert!(store.create_scep_challenge(&challenge("h1", None, 99, 99)).await.is_err());
+    assert_eq!(store.scep_challenge("h1").await.expect("read").expect("present").created_at, 10);
+    let all = store.scep_challenges(10).await.expect("list");
+    assert_eq!(all.iter().map(|c| c.challenge_sha256.as_str()).collect::<Vec<_>>(), ["h1", "h2"]);
+    assert_eq!(store.scep_challenges(1).await.expect("list").len(), 1);
+    // SCEP state is not events.
+    assert_eq!(store.last_event_seq().await.expect("seq"), 0);
+}
+
+pub async fn scep_certificate_consumes_its_challenge_once(store: &dyn Store) {
+    store.create_scep_challenge(&challenge("h1", Some("t"), 10, 1000)).await.expect("create");
+    let a = scep_cert("fp-a", Some("h1"), Some("t"), 500);
+    assert_eq!(store.record_scep_certificate(&a, Some("h1"), 500).await.expect("record"), ScepRecord::Recorded);
+    assert_eq!(store.scep_certificate("fp-a").await.expect("read"), Some(a.clone()));
+    let used = store.scep_challenge("h1").await.expect("read").expect("present");
+    assert_eq!((used.used_at, used.issued_cert_sha256.as_deref()), (Some(500), Some("fp-a")));
+    // Second use: refused, and the second certificate is not stored.
+    let b = scep_cert("fp-b", Some("h1"), Some("t"), 501);
+    assert_eq!(
+        store.record_scep_certificate(&b, Some("h1"), 501).await.expect("record"),
+        ScepRecord::ChallengeUnavailable
+    );
+    assert_eq!(store.scep_certificate("fp-b").await.expect("read"), None);
+    assert_eq!(store.scep_challenge("h1").await.expect("read").expect("present"), used);
+    assert_eq!(store.scep_certificates(10).await.expect("list"), [a]);
+}
+
+pub async fn scep_unavailable_challenge_stores_nothing(store: &dyn Store) {
+    store.create_scep_challenge(&challenge("h1", None, 10, 1000)).await.expect("create");
+    let c = scep_cert("fp", Some("h1"), None, 1000);
+    // Expired: `expires_at` is exclusive.
+    assert_eq!(store.record_scep_certificate(&c, Some("h1"), 1000).await.expect("r"), ScepRecord::ChallengeUnavailable);
+    // Unknown.
+    assert_eq!(store.record_scep_certificate(&c, Some("nope"), 10).await.expect("r"), ScepRecord::ChallengeUnavailable);
+    assert!(store.scep_certificates(10).await.expect("list").is_empty());
+    assert_eq!(store.scep_challenge("h1").await.expect("read").expect("present").used_at, None);
+    // A certificate fingerprint is recorded once: a duplicate fails and consumes nothing.
+    store.create_scep_challenge(&challenge("h2", None, 10, 5000)).await.expect("create");
+    store.record_scep_certificate(&scep_cert("dup", None, None, 20), None, 20).await.expect("record");
+    assert!(store.record_scep_certificate(&scep_cert("dup", Some("h2"), None, 21), Some("h2"), 21).await.is_err());
+    assert_eq!(store.scep_challenge("h2").await.expect("read").expect("present").used_at, None);
+}
+
+pub async fn scep_ticket_status(store: &dyn Store) {
+    assert_eq!(store.scep_ticket_status("t").await.expect("read"), None);
+    store.create_scep_challenge(&challenge("h1", Some("t"), 10, 1000)).await.expect("create");
+    store.create_scep_challenge(&challenge("h2", Some("t"), 11, 1000)).await.expect("create");
+    store.create_scep_challenge(&challenge("h3", Some("other"), 12, 1000)).await.expect("create");
+    let unused = TicketStatus { challenge_used: false, issued_cert_sha256: None };
+    assert_eq!(store.scep_ticket_status("t").await.expect("read"), Some(unused.clone()));
+    store.record_scep_certificate(&scep_cert("fp-2", Some("h2"), Some("t"), 20), Some("h2"), 20).await.expect("r");
+    let used = TicketStatus { challenge_used: true, issued_cert_sha256: Some("fp-2".into()) };
+    assert_eq!(store.scep_ticket_status("t").await.expect("read"), Some(used));
+    store.record_scep_certificate(&scep_cert("fp-1", Some("h1"), Some("t"), 30), Some("h1"), 30).await.expect("r");
+    // The most recent use wins.
+    let latest = TicketStatus { challenge_used: true, issued_cert_sha256: Some("fp-1".into()) };
+    assert_eq!(store.scep_ticket_status("t").await.expect("read"), Some(latest));
+    assert_eq!(store.scep_ticket_status("other").await.expect("read"), Some(unused));
+}
+
+pub async fn scep_renewal_without_challenge(store: &dyn Store) {
+    let mut renewed = scep_cert("fp-new", None, None, 40);
+    renewed.message_type = "RenewalReq".into();
+    renewed.renewal_of = Some("fp-old".into());
+    assert_eq!(store.record_scep_certificate(&renewed, None, 40).await.expect("record"), ScepRecord::Recorded);
+    assert_eq!(store.scep_certificate("fp-new").await.expect("read").and_then(|c| c.renewal_of), Some("fp-old".into()));
+    assert_eq!(store.scep_certificate("fp-old").await.expect("read"), None);
 }
 
 /// `notifier` must be signalled after a commit that appended events (and may be after others).

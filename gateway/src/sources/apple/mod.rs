@@ -160,7 +160,9 @@ pub(crate) fn device_ids(ids: &EnrollmentIds) -> Result<(DeviceId, DeviceId), Re
 }
 
 /// The device channel's enrollment, after checking that `identity` is the certificate bound to
-/// it (or, when allowed, a renewal of it, which is rebound here with its own event).
+/// it, or a renewal of it, which is rebound here with its own event: one the gateway issued
+/// through SCEP RenewalReq (always), or, when `apple.allow_cert_renewal` is on, any trusted
+/// certificate with the same subject.
 pub(crate) async fn bound_enrollment(
     state: &AppState,
     identity: &DeviceIdentity,
@@ -186,6 +188,30 @@ pub(crate) async fn check_bound(
         return Err(Reject::bad_request("unenrolled", format!("{channel} checked out; it must authenticate again")));
     }
     if enrollment.cert_sha256.as_deref() == Some(identity.fingerprint.as_str()) {
+        return Ok(enrollment);
+    }
+    // A certificate this gateway issued through a SCEP RenewalReq signed with the bound one is
+    // the same device by construction: rebind whatever `apple.allow_cert_renewal` says (that
+    // flag is about certificates the gateway did not issue), and whatever the new subject is.
+    if let Some(issued) = state.store.scep_certificate(&identity.fingerprint).await?
+        && issued.renewal_of.is_some()
+        && issued.renewal_of == enrollment.cert_sha256
+    {
+        if let Some(other) = state.store.enrollment_by_cert(&identity.fingerprint).await?
+            && other != *channel
+        {
+            return Err(Reject::identity("certificate_bound_elsewhere", format!("certificate is bound to {other}")));
+        }
+        let previous = enrollment.cert_sha256.clone();
+        remember_identity(&mut enrollment, identity);
+        enrollment.updated_at = now;
+        let event = state.events.event(
+            EventType::DEVICE_IDENTITY_RENEWED,
+            channel,
+            None,
+            serde_json::json!({ "previous_sha256": previous, "sha256": identity.fingerprint, "via": "scep_renewal" }),
+        );
+        state.store.save_enrollment(&enrollment, std::slice::from_ref(&event)).await?;
         return Ok(enrollment);
     }
     if !state.config.apple.allow_cert_renewal {
