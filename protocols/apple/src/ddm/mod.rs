@@ -12,7 +12,7 @@ mod endpoint;
 mod replies;
 mod status;
 
-pub use declaration::{Declaration, DeclarationClass, DeclarationError};
+pub use declaration::{Declaration, DeclarationClass, DeclarationError, MAX_IDENTIFIER_BYTES, MAX_SERVER_TOKEN_BYTES};
 pub use endpoint::{Endpoint, EndpointError};
 pub use replies::{ManifestItem, SyncTokens, declaration_items_response, tokens_response};
 pub use status::{StatusReportError, decode_status_report};
