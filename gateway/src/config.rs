@@ -4,6 +4,7 @@
 //! Precedence, lowest first: built-in defaults, the TOML file (`--config`), environment variables
 //! (`MDM_GATEWAY_<SECTION>__<KEY>`, e.g. `MDM_GATEWAY_DEVICE__LISTEN`), command-line flags.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -100,6 +101,35 @@ pub struct AppleConfig {
     pub apns_expiration_s: u64,
     /// Pushes after enqueue to the same device within this many milliseconds become one (0: off).
     pub push_coalesce_ms: u64,
+    /// Token services answering `GetToken` check-ins, by `TokenServiceType`
+    /// (`[apple.tokens."com.apple.maid"]`). Other service types are answered 501.
+    pub tokens: BTreeMap<String, TokenServiceConfig>,
+}
+
+/// Where the token for one `TokenServiceType` comes from: a file, or a backend hook.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenServiceConfig {
+    /// A file whose bytes are the token, read at each request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
+    /// A backend URL the gateway POSTs `{device_id, token_service_type, token_parameters}` to;
+    /// it answers `{"token": "<base64>"}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Time for the hook to answer, in milliseconds.
+    #[serde(default = "TokenServiceConfig::default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// File holding a secret; when set, each hook POST carries `X-Hmac-Signature`, the base64
+    /// HMAC-SHA256 of the body (as the webhook sink does).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hmac_secret_file: Option<PathBuf>,
+}
+
+impl TokenServiceConfig {
+    fn default_timeout_ms() -> u64 {
+        10_000
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -112,6 +142,9 @@ pub struct StoreConfig {
     /// `full` (fsync at every commit; default) or `normal` (may lose the last commits on power
     /// loss, never consistency).
     pub durability: crate::store::Durability,
+    /// File holding the 32-byte key that seals secrets at rest (64 hex digits or base64);
+    /// `<data_dir>/storage-key` (generated) when absent.
+    pub encryption_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -224,13 +257,19 @@ impl Default for AppleConfig {
             push_timeout_ms: 10_000,
             apns_expiration_s: 86_400,
             push_coalesce_ms: 1000,
+            tokens: BTreeMap::new(),
         }
     }
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        StoreConfig { url: None, read_connections: 4, durability: crate::store::Durability::Full }
+        StoreConfig {
+            url: None,
+            read_connections: 4,
+            durability: crate::store::Durability::Full,
+            encryption_key_file: None,
+        }
     }
 }
 
@@ -373,6 +412,12 @@ impl Config {
         if self.store.read_connections == 0 {
             return Err(ConfigError::new("store.read_connections", "must be at least 1"));
         }
+        if let Some(p) = &self.store.encryption_key_file
+            && !p.is_file()
+        {
+            return Err(ConfigError::new("store.encryption_key_file", format!("{} does not exist", p.display())));
+        }
+        self.validate_tokens()?;
         if self.events.max_page == 0 {
             return Err(ConfigError::new("events.max_page", "must be at least 1"));
         }
@@ -385,6 +430,47 @@ impl Config {
                 && !p.is_file()
             {
                 return Err(ConfigError::new("webhook.hmac_secret_file", format!("{} does not exist", p.display())));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_tokens(&self) -> Result<(), ConfigError> {
+        for (service, t) in &self.apple.tokens {
+            let key = |k: &str| format!("apple.tokens.{service}.{k}");
+            if service.is_empty() || service.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(ConfigError::new(&format!("apple.tokens.{service}"), "not a TokenServiceType"));
+            }
+            match (&t.file, &t.url) {
+                (Some(_), Some(_)) | (None, None) => {
+                    return Err(ConfigError::new(
+                        &format!("apple.tokens.{service}"),
+                        "set exactly one of `file` and `url`",
+                    ));
+                }
+                (Some(p), None) => {
+                    if !p.is_file() {
+                        return Err(ConfigError::new(&key("file"), format!("{} does not exist", p.display())));
+                    }
+                    if t.hmac_secret_file.is_some() {
+                        return Err(ConfigError::new(&key("hmac_secret_file"), "only meaningful with `url`"));
+                    }
+                }
+                (None, Some(url)) => {
+                    let u: http::Uri =
+                        url.parse().map_err(|e| ConfigError::new(&key("url"), format!("not a URL: {e}")))?;
+                    if !matches!(u.scheme_str(), Some("http" | "https")) || u.host().is_none() {
+                        return Err(ConfigError::new(&key("url"), "must be an http:// or https:// URL"));
+                    }
+                }
+            }
+            if !(1..=60_000).contains(&t.timeout_ms) {
+                return Err(ConfigError::new(&key("timeout_ms"), "must be 1 to 60000"));
+            }
+            if let Some(p) = &t.hmac_secret_file
+                && !p.is_file()
+            {
+                return Err(ConfigError::new(&key("hmac_secret_file"), format!("{} does not exist", p.display())));
             }
         }
         Ok(())
