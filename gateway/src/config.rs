@@ -524,3 +524,67 @@ impl Config {
         self.store.url.clone().unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("gateway.db").display()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(toml: &str) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let toml = toml.replace("$DIR", dir.path().to_str().expect("utf-8"));
+        std::fs::write(dir.path().join("token"), b"t").expect("write");
+        std::fs::write(dir.path().join("secret"), b"s").expect("write");
+        let path = dir.path().join("gateway.toml");
+        std::fs::write(&path, toml).expect("write");
+        Config::load(Some(&path), &Overrides::default())
+    }
+
+    #[test]
+    fn token_services_from_toml() {
+        let c = load(
+            r#"
+            [apple.tokens."com.apple.maid"]
+            file = "$DIR/token"
+            [apple.tokens."com.apple.watch.pairing"]
+            url = "https://backend.example.com/mdm/token"
+            hmac_secret_file = "$DIR/secret"
+            timeout_ms = 2500
+            "#,
+        )
+        .expect("valid");
+        let maid = &c.apple.tokens["com.apple.maid"];
+        assert!(maid.file.is_some() && maid.url.is_none());
+        assert_eq!(maid.timeout_ms, 10_000);
+        let watch = &c.apple.tokens["com.apple.watch.pairing"];
+        assert_eq!(watch.url.as_deref(), Some("https://backend.example.com/mdm/token"));
+        assert_eq!(watch.timeout_ms, 2500);
+    }
+
+    #[test]
+    fn bad_token_services_name_the_key() {
+        for (toml, key) in [
+            (r#"[apple.tokens."com.apple.maid"]"#, "apple.tokens.com.apple.maid"),
+            (
+                "[apple.tokens.\"com.apple.maid\"]\nfile = \"$DIR/token\"\nurl = \"https://x.example\"",
+                "apple.tokens.com.apple.maid",
+            ),
+            ("[apple.tokens.\"com.apple.maid\"]\nfile = \"$DIR/nope\"", "apple.tokens.com.apple.maid.file"),
+            ("[apple.tokens.\"com.apple.maid\"]\nurl = \"ftp://x.example\"", "apple.tokens.com.apple.maid.url"),
+            (
+                "[apple.tokens.\"com.apple.maid\"]\nurl = \"https://x.example\"\ntimeout_ms = 0",
+                "apple.tokens.com.apple.maid.timeout_ms",
+            ),
+            (
+                "[apple.tokens.\"com.apple.maid\"]\nfile = \"$DIR/token\"\nhmac_secret_file = \"$DIR/secret\"",
+                "apple.tokens.com.apple.maid.hmac_secret_file",
+            ),
+            ("[store]\nencryption_key_file = \"$DIR/nope\"", "store.encryption_key_file"),
+        ] {
+            let e = load(toml).expect_err(toml);
+            assert_eq!(e.key, key, "{toml}: {e}");
+        }
+        // Unknown keys inside a service are refused like everywhere else.
+        let e = load("[apple.tokens.\"com.apple.maid\"]\nfile = \"$DIR/token\"\nfiel = 1").expect_err("unknown key");
+        assert!(e.to_string().contains("fiel"), "{e}");
+    }
+}
