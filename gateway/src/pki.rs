@@ -98,7 +98,9 @@ pub fn parse_storage_key(text: &str) -> Result<[u8; 32], String> {
     use base64::Engine;
     use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
     let t = text.trim();
-    let bytes = if t.len() == 64 && t.bytes().all(|b| b.is_ascii_hexdigit()) {
+    // Text made only of hex digits, in pairs, is read as hex (so a short hex key is reported with
+    // its real length). A 32-byte key in base64 is 43 or 44 characters: never taken for hex.
+    let bytes = if !t.is_empty() && t.len().is_multiple_of(2) && t.bytes().all(|b| b.is_ascii_hexdigit()) {
         hex::decode(t).map_err(|e| e.to_string())?
     } else {
         [STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD]

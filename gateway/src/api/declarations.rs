@@ -21,10 +21,38 @@ use crate::AppState;
 use crate::events::new_id;
 use crate::http_util::{Reply, json, json_error};
 use crate::sources::apple::sync_tokens;
-use crate::store::{CommandRecord, DeclarationsChange, Enrollment, EnrollmentState, NewCommand, StoredDeclaration};
+use crate::store::{
+    CommandRecord, DeclarationsChange, Enrollment, EnrollmentState, NewCommand, StoreError, StoredDeclaration,
+};
 
-fn unprocessable(message: &str) -> Reply {
-    json_error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_declaration", message)
+/// A refusal, small enough to pass around with `?`; turned into the reply at the end.
+#[derive(Debug)]
+enum Refusal {
+    Http(StatusCode, &'static str, String),
+    Store(StoreError),
+}
+
+impl From<StoreError> for Refusal {
+    fn from(e: StoreError) -> Self {
+        Refusal::Store(e)
+    }
+}
+
+impl Refusal {
+    fn reply(self) -> Reply {
+        match self {
+            Refusal::Http(status, code, message) => json_error(status, code, &message),
+            Refusal::Store(e) => store_error(e),
+        }
+    }
+}
+
+fn unprocessable(message: String) -> Refusal {
+    Refusal::Http(StatusCode::UNPROCESSABLE_ENTITY, "invalid_declaration", message)
+}
+
+fn declaration_not_found(device: &DeviceId, identifier: &str) -> Refusal {
+    Refusal::Http(StatusCode::NOT_FOUND, "declaration_not_found", format!("{device} has no declaration {identifier:?}"))
 }
 
 fn nopush(query: &str) -> bool {
@@ -33,26 +61,23 @@ fn nopush(query: &str) -> bool {
         .unwrap_or(false)
 }
 
-fn parse_device(id: &str) -> Result<DeviceId, Reply> {
-    id.parse()
-        .map_err(|e: mdm_core::DeviceIdError| json_error(StatusCode::BAD_REQUEST, "invalid_device_id", &e.to_string()))
+fn parse_device(id: &str) -> Result<DeviceId, Refusal> {
+    id.parse().map_err(|e: mdm_core::DeviceIdError| {
+        Refusal::Http(StatusCode::BAD_REQUEST, "invalid_device_id", e.to_string())
+    })
 }
 
-/// The channel, which must exist; for changes also Apple and not unenrolled.
-async fn channel(state: &AppState, device: &DeviceId, for_change: bool) -> Result<Enrollment, Reply> {
-    let e = match state.store.enrollment(device).await {
-        Ok(Some(e)) => e,
-        Ok(None) => {
-            return Err(json_error(StatusCode::NOT_FOUND, "device_not_found", &format!("no device {device}")));
-        }
-        Err(e) => return Err(store_error(e)),
+/// The channel, which must exist and be Apple; for changes also not unenrolled.
+async fn channel(state: &AppState, device: &DeviceId, for_change: bool) -> Result<Enrollment, Refusal> {
+    let Some(e) = state.store.enrollment(device).await? else {
+        return Err(Refusal::Http(StatusCode::NOT_FOUND, "device_not_found", format!("no device {device}")));
     };
     if device.platform() != Platform::Apple {
         let e = CommandError::UnsupportedOnPlatform { platform: device.platform(), command: "declarations" };
-        return Err(json_error(StatusCode::UNPROCESSABLE_ENTITY, e.code(), &e.to_string()));
+        return Err(Refusal::Http(StatusCode::UNPROCESSABLE_ENTITY, e.code(), e.to_string()));
     }
     if for_change && e.state == EnrollmentState::Unenrolled {
-        return Err(json_error(StatusCode::CONFLICT, "device_unenrolled", &format!("{device} is unenrolled")));
+        return Err(Refusal::Http(StatusCode::CONFLICT, "device_unenrolled", format!("{device} is unenrolled")));
     }
     Ok(e)
 }
@@ -69,46 +94,36 @@ fn describe(d: &StoredDeclaration) -> Value {
 }
 
 pub(super) async fn list(state: &AppState, id: &str) -> Reply {
-    let device = match parse_device(id) {
-        Ok(d) => d,
-        Err(r) => return r,
-    };
-    if let Err(r) = channel(state, &device, false).await {
-        return r;
+    async {
+        let device = parse_device(id)?;
+        channel(state, &device, false).await?;
+        let set = state.store.declaration_set(&device).await?;
+        let tokens = sync_tokens(&set);
+        Ok(json(
+            StatusCode::OK,
+            &json!({
+                "device_id": device,
+                "declarations_token": tokens.declarations_token,
+                "timestamp": tokens.timestamp,
+                "declarations": set.declarations.iter().map(describe).collect::<Vec<_>>(),
+            }),
+        ))
     }
-    let set = match state.store.declaration_set(&device).await {
-        Ok(s) => s,
-        Err(e) => return store_error(e),
-    };
-    let tokens = sync_tokens(&set);
-    json(
-        StatusCode::OK,
-        &json!({
-            "device_id": device,
-            "declarations_token": tokens.declarations_token,
-            "timestamp": tokens.timestamp,
-            "declarations": set.declarations.iter().map(describe).collect::<Vec<_>>(),
-        }),
-    )
+    .await
+    .unwrap_or_else(Refusal::reply)
 }
 
 pub(super) async fn get(state: &AppState, id: &str, identifier: &str) -> Reply {
-    let device = match parse_device(id) {
-        Ok(d) => d,
-        Err(r) => return r,
-    };
-    if let Err(r) = channel(state, &device, false).await {
-        return r;
+    async {
+        let device = parse_device(id)?;
+        channel(state, &device, false).await?;
+        match state.store.declaration(&device, identifier).await? {
+            Some(d) => Ok(json(StatusCode::OK, &describe(&d))),
+            None => Err(declaration_not_found(&device, identifier)),
+        }
     }
-    match state.store.declaration(&device, identifier).await {
-        Ok(Some(d)) => json(StatusCode::OK, &describe(&d)),
-        Ok(None) => not_found(&device, identifier),
-        Err(e) => store_error(e),
-    }
-}
-
-fn not_found(device: &DeviceId, identifier: &str) -> Reply {
-    json_error(StatusCode::NOT_FOUND, "declaration_not_found", &format!("{device} has no declaration {identifier:?}"))
+    .await
+    .unwrap_or_else(Refusal::reply)
 }
 
 /// A `DeclarativeManagement` command without `Data` that the device has not fetched yet.
@@ -126,8 +141,8 @@ async fn sync_command(
     state: &AppState,
     device: &DeviceId,
     now: i64,
-) -> Result<Option<(NewCommand, mdm_core::Event)>, Reply> {
-    let pending = state.store.pending(device, 64).await.map_err(store_error)?;
+) -> Result<Option<(NewCommand, mdm_core::Event)>, Refusal> {
+    let pending = state.store.pending(device, 64).await?;
     if pending.iter().any(is_waiting_sync) {
         return Ok(None);
     }
@@ -154,29 +169,22 @@ async fn sync_command(
 }
 
 pub(super) async fn put(state: &AppState, id: &str, identifier: &str, body: &[u8], query: &str) -> Reply {
-    let device = match parse_device(id) {
-        Ok(d) => d,
-        Err(r) => return r,
-    };
-    let value: Value = match serde_json::from_slice(body) {
-        Ok(v) => v,
-        Err(e) => {
-            return json_error(StatusCode::BAD_REQUEST, "invalid_json", &format!("request body is not JSON: {e}"));
-        }
-    };
-    let declaration = match Declaration::from_json(value) {
-        Ok(d) => d,
-        Err(e) => return unprocessable(&e.to_string()),
-    };
+    put_inner(state, id, identifier, body, query).await.unwrap_or_else(Refusal::reply)
+}
+
+async fn put_inner(state: &AppState, id: &str, identifier: &str, body: &[u8], query: &str) -> Result<Reply, Refusal> {
+    let device = parse_device(id)?;
+    let value: Value = serde_json::from_slice(body).map_err(|e| {
+        Refusal::Http(StatusCode::BAD_REQUEST, "invalid_json", format!("request body is not JSON: {e}"))
+    })?;
+    let declaration = Declaration::from_json(value).map_err(|e| unprocessable(e.to_string()))?;
     if declaration.identifier != identifier {
-        return unprocessable(&format!(
+        return Err(unprocessable(format!(
             "`Identifier` {:?} differs from the identifier in the path {identifier:?}",
             declaration.identifier
-        ));
+        )));
     }
-    if let Err(r) = channel(state, &device, true).await {
-        return r;
-    }
+    channel(state, &device, true).await?;
     let now = state.clock.unix();
     let stored = StoredDeclaration {
         device_id: device.clone(),
@@ -187,34 +195,30 @@ pub(super) async fn put(state: &AppState, id: &str, identifier: &str, body: &[u8
         created_at: now,
         updated_at: now,
     };
-    match state.store.declaration(&device, identifier).await {
-        Ok(Some(old))
-            if old.server_token == stored.server_token
-                && (old.body != stored.body || old.declaration_type != stored.declaration_type) =>
-        {
-            // The device fetches a declaration again only when its ServerToken changes.
-            return json_error(
-                StatusCode::CONFLICT,
-                "server_token_unchanged",
-                "the declaration differs from the stored one but has the same ServerToken; devices would keep the old one",
-            );
-        }
-        Ok(_) => {}
-        Err(e) => return store_error(e),
+    if let Some(old) = state.store.declaration(&device, identifier).await?
+        && old.server_token == stored.server_token
+        && (old.body != stored.body || old.declaration_type != stored.declaration_type)
+    {
+        // The device fetches a declaration again only when its ServerToken changes.
+        return Err(Refusal::Http(
+            StatusCode::CONFLICT,
+            "server_token_unchanged",
+            "the declaration differs from the stored one but has the same ServerToken; devices would keep the old one"
+                .into(),
+        ));
     }
     change(state, &device, now, query, Change::Put(&stored)).await
 }
 
 pub(super) async fn delete(state: &AppState, id: &str, identifier: &str, query: &str) -> Reply {
-    let device = match parse_device(id) {
-        Ok(d) => d,
-        Err(r) => return r,
-    };
-    if let Err(r) = channel(state, &device, true).await {
-        return r;
+    async {
+        let device = parse_device(id)?;
+        channel(state, &device, true).await?;
+        let now = state.clock.unix();
+        change(state, &device, now, query, Change::Delete(identifier)).await
     }
-    let now = state.clock.unix();
-    change(state, &device, now, query, Change::Delete(identifier)).await
+    .await
+    .unwrap_or_else(Refusal::reply)
 }
 
 enum Change<'a> {
@@ -222,12 +226,15 @@ enum Change<'a> {
     Delete(&'a str),
 }
 
-async fn change(state: &AppState, device: &DeviceId, now: i64, query: &str, what: Change<'_>) -> Reply {
+async fn change(
+    state: &AppState,
+    device: &DeviceId,
+    now: i64,
+    query: &str,
+    what: Change<'_>,
+) -> Result<Reply, Refusal> {
     let token = new_id();
-    let sync = match sync_command(state, device, now).await {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
+    let sync = sync_command(state, device, now).await?;
     let (action, identifier, details) = match &what {
         Change::Put(d) => {
             ("put", d.identifier.as_str(), json!({ "type": d.declaration_type, "server_token": d.server_token }))
@@ -246,32 +253,28 @@ async fn change(state: &AppState, device: &DeviceId, now: i64, query: &str, what
     }
     let change = DeclarationsChange { token: &token, now, commands: &commands, events: &events };
     let changed = match &what {
-        Change::Put(d) => state.store.put_declaration(d, change).await,
-        Change::Delete(i) => state.store.delete_declaration(device, i, change).await,
-    };
-    let changed = match changed {
-        Ok(c) => c,
-        Err(e) => return store_error(e),
+        Change::Put(d) => state.store.put_declaration(d, change).await?,
+        Change::Delete(i) => state.store.delete_declaration(device, i, change).await?,
     };
     if !changed {
         if let Change::Delete(i) = what {
-            return not_found(device, i);
+            return Err(declaration_not_found(device, i));
         }
         // The same declaration again: nothing was written, nothing to tell the device.
-        let current = match state.store.declaration_set(device).await {
-            Ok(s) => sync_tokens(&s).declarations_token,
-            Err(e) => return store_error(e),
-        };
-        return json(
+        let current = sync_tokens(&state.store.declaration_set(device).await?).declarations_token;
+        return Ok(json(
             StatusCode::OK,
-            &json!({ "device_id": device, "identifier": identifier, "changed": false, "declarations_token": current, "sync_command_id": null }),
-        );
+            &json!({
+                "device_id": device, "identifier": identifier, "changed": false,
+                "declarations_token": current, "sync_command_id": null,
+            }),
+        ));
     }
     let pushed = !nopush(query);
     if pushed {
         state.pusher.wake(device.clone());
     }
-    json(
+    Ok(json(
         StatusCode::OK,
         &json!({
             "device_id": device,
@@ -281,5 +284,5 @@ async fn change(state: &AppState, device: &DeviceId, now: i64, query: &str, what
             "sync_command_id": sync.map(|(c, _)| c.command_id),
             "push": pushed,
         }),
-    )
+    ))
 }
