@@ -4,6 +4,7 @@
 //! Precedence, lowest first: built-in defaults, the TOML file (`--config`), environment variables
 //! (`MDM_GATEWAY_<SECTION>__<KEY>`, e.g. `MDM_GATEWAY_DEVICE__LISTEN`), command-line flags.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -110,6 +111,35 @@ pub struct AppleConfig {
     /// Accept single-DES encrypted SCEP requests (old clients such as micromdm's scepclient 2.1);
     /// answered with triple DES. Loads OpenSSL's legacy provider.
     pub scep_allow_des: bool,
+    /// Token services answering `GetToken` check-ins, by `TokenServiceType`
+    /// (`[apple.tokens."com.apple.maid"]`). Other service types are answered 501.
+    pub tokens: BTreeMap<String, TokenServiceConfig>,
+}
+
+/// Where the token for one `TokenServiceType` comes from: a file, or a backend hook.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenServiceConfig {
+    /// A file whose bytes are the token, read at each request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
+    /// A backend URL the gateway POSTs `{device_id, token_service_type, token_parameters}` to;
+    /// it answers `{"token": "<base64>"}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Time for the hook to answer, in milliseconds.
+    #[serde(default = "TokenServiceConfig::default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// File holding a secret; when set, each hook POST carries `X-Hmac-Signature`, the base64
+    /// HMAC-SHA256 of the body (as the webhook sink does).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hmac_secret_file: Option<PathBuf>,
+}
+
+impl TokenServiceConfig {
+    fn default_timeout_ms() -> u64 {
+        10_000
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -122,6 +152,9 @@ pub struct StoreConfig {
     /// `full` (fsync at every commit; default) or `normal` (may lose the last commits on power
     /// loss, never consistency).
     pub durability: crate::store::Durability,
+    /// File holding the 32-byte key that seals secrets at rest (64 hex digits or base64);
+    /// `<data_dir>/storage-key` (generated) when absent.
+    pub encryption_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -238,13 +271,19 @@ impl Default for AppleConfig {
             scep_static_challenge: true,
             scep_cert_validity_days: 365,
             scep_allow_des: false,
+            tokens: BTreeMap::new(),
         }
     }
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        StoreConfig { url: None, read_connections: 4, durability: crate::store::Durability::Full }
+        StoreConfig {
+            url: None,
+            read_connections: 4,
+            durability: crate::store::Durability::Full,
+            encryption_key_file: None,
+        }
     }
 }
 
@@ -387,6 +426,12 @@ impl Config {
         if self.store.read_connections == 0 {
             return Err(ConfigError::new("store.read_connections", "must be at least 1"));
         }
+        if let Some(p) = &self.store.encryption_key_file
+            && !p.is_file()
+        {
+            return Err(ConfigError::new("store.encryption_key_file", format!("{} does not exist", p.display())));
+        }
+        self.validate_tokens()?;
         if self.events.max_page == 0 {
             return Err(ConfigError::new("events.max_page", "must be at least 1"));
         }
@@ -399,6 +444,47 @@ impl Config {
                 && !p.is_file()
             {
                 return Err(ConfigError::new("webhook.hmac_secret_file", format!("{} does not exist", p.display())));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_tokens(&self) -> Result<(), ConfigError> {
+        for (service, t) in &self.apple.tokens {
+            let key = |k: &str| format!("apple.tokens.{service}.{k}");
+            if service.is_empty() || service.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(ConfigError::new(&format!("apple.tokens.{service}"), "not a TokenServiceType"));
+            }
+            match (&t.file, &t.url) {
+                (Some(_), Some(_)) | (None, None) => {
+                    return Err(ConfigError::new(
+                        &format!("apple.tokens.{service}"),
+                        "set exactly one of `file` and `url`",
+                    ));
+                }
+                (Some(p), None) => {
+                    if !p.is_file() {
+                        return Err(ConfigError::new(&key("file"), format!("{} does not exist", p.display())));
+                    }
+                    if t.hmac_secret_file.is_some() {
+                        return Err(ConfigError::new(&key("hmac_secret_file"), "only meaningful with `url`"));
+                    }
+                }
+                (None, Some(url)) => {
+                    let u: http::Uri =
+                        url.parse().map_err(|e| ConfigError::new(&key("url"), format!("not a URL: {e}")))?;
+                    if !matches!(u.scheme_str(), Some("http" | "https")) || u.host().is_none() {
+                        return Err(ConfigError::new(&key("url"), "must be an http:// or https:// URL"));
+                    }
+                }
+            }
+            if !(1..=60_000).contains(&t.timeout_ms) {
+                return Err(ConfigError::new(&key("timeout_ms"), "must be 1 to 60000"));
+            }
+            if let Some(p) = &t.hmac_secret_file
+                && !p.is_file()
+            {
+                return Err(ConfigError::new(&key("hmac_secret_file"), format!("{} does not exist", p.display())));
             }
         }
         Ok(())
@@ -456,5 +542,69 @@ impl Config {
 
     pub fn store_url(&self) -> String {
         self.store.url.clone().unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("gateway.db").display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(toml: &str) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let toml = toml.replace("$DIR", dir.path().to_str().expect("utf-8"));
+        std::fs::write(dir.path().join("token"), b"t").expect("write");
+        std::fs::write(dir.path().join("secret"), b"s").expect("write");
+        let path = dir.path().join("gateway.toml");
+        std::fs::write(&path, toml).expect("write");
+        Config::load(Some(&path), &Overrides::default())
+    }
+
+    #[test]
+    fn token_services_from_toml() {
+        let c = load(
+            r#"
+            [apple.tokens."com.apple.maid"]
+            file = "$DIR/token"
+            [apple.tokens."com.apple.watch.pairing"]
+            url = "https://backend.example.com/mdm/token"
+            hmac_secret_file = "$DIR/secret"
+            timeout_ms = 2500
+            "#,
+        )
+        .expect("valid");
+        let maid = &c.apple.tokens["com.apple.maid"];
+        assert!(maid.file.is_some() && maid.url.is_none());
+        assert_eq!(maid.timeout_ms, 10_000);
+        let watch = &c.apple.tokens["com.apple.watch.pairing"];
+        assert_eq!(watch.url.as_deref(), Some("https://backend.example.com/mdm/token"));
+        assert_eq!(watch.timeout_ms, 2500);
+    }
+
+    #[test]
+    fn bad_token_services_name_the_key() {
+        for (toml, key) in [
+            (r#"[apple.tokens."com.apple.maid"]"#, "apple.tokens.com.apple.maid"),
+            (
+                "[apple.tokens.\"com.apple.maid\"]\nfile = \"$DIR/token\"\nurl = \"https://x.example\"",
+                "apple.tokens.com.apple.maid",
+            ),
+            ("[apple.tokens.\"com.apple.maid\"]\nfile = \"$DIR/nope\"", "apple.tokens.com.apple.maid.file"),
+            ("[apple.tokens.\"com.apple.maid\"]\nurl = \"ftp://x.example\"", "apple.tokens.com.apple.maid.url"),
+            (
+                "[apple.tokens.\"com.apple.maid\"]\nurl = \"https://x.example\"\ntimeout_ms = 0",
+                "apple.tokens.com.apple.maid.timeout_ms",
+            ),
+            (
+                "[apple.tokens.\"com.apple.maid\"]\nfile = \"$DIR/token\"\nhmac_secret_file = \"$DIR/secret\"",
+                "apple.tokens.com.apple.maid.hmac_secret_file",
+            ),
+            ("[store]\nencryption_key_file = \"$DIR/nope\"", "store.encryption_key_file"),
+        ] {
+            let e = load(toml).expect_err(toml);
+            assert_eq!(e.key, key, "{toml}: {e}");
+        }
+        // Unknown keys inside a service are refused like everywhere else.
+        let e = load("[apple.tokens.\"com.apple.maid\"]\nfile = \"$DIR/token\"\nfiel = 1").expect_err("unknown key");
+        assert!(e.to_string().contains("fiel"), "{e}");
     }
 }

@@ -14,6 +14,7 @@ pub mod identity;
 pub mod pki;
 pub mod push;
 pub mod scep;
+pub mod sealing;
 pub mod server;
 pub mod shutdown;
 pub mod sinks;
@@ -57,6 +58,10 @@ pub struct AppState {
     pub pusher: Arc<push::Pusher>,
     /// SCEP: challenges, issuance and the issued-certificate record.
     pub scep: Arc<scep::ScepService>,
+    /// Seals secrets before they are stored (bootstrap tokens).
+    pub sealer: sealing::Sealer,
+    /// `GetToken` answers (`apple.tokens`).
+    pub token_services: sources::apple::token_services::TokenServices,
 }
 
 /// Why the gateway could not start.
@@ -84,6 +89,39 @@ impl StartError {
             _ => 1,
         }
     }
+}
+
+/// Seals bootstrap tokens that a version before migration 0003 stored in plaintext, before any
+/// device can ask for one.
+async fn seal_plaintext_bootstrap_tokens(
+    store: &dyn Store,
+    sealer: &sealing::Sealer,
+    now: i64,
+) -> Result<(), StartError> {
+    let mut sealed = 0usize;
+    loop {
+        let batch = store.plaintext_bootstrap_tokens(500).await?;
+        if batch.is_empty() {
+            break;
+        }
+        for (device, plaintext) in batch {
+            let value = if plaintext.is_empty() {
+                None
+            } else {
+                Some(
+                    sealer
+                        .seal(sealing::Purpose::BootstrapToken, &device, &plaintext)
+                        .map_err(|e| StartError::Other(format!("sealing the bootstrap token of {device}: {e}")))?,
+                )
+            };
+            store.set_bootstrap_token(&device, value.as_deref(), now, &[]).await?;
+            sealed += 1;
+        }
+    }
+    if sealed > 0 {
+        tracing::info!(count = sealed, "sealed bootstrap tokens stored in plaintext by an earlier version");
+    }
+    Ok(())
 }
 
 /// A running gateway.
@@ -147,10 +185,19 @@ impl Gateway {
         let tls = tls::device_server_config(&tls_chain, &tls_key)
             .map_err(|e| config::ConfigError { key: "device.tls_cert".into(), message: e.to_string() })?;
 
+        let storage_key = match &config.store.encryption_key_file {
+            Some(p) => pki::read_storage_key(p)
+                .map_err(|e| config::ConfigError { key: "store.encryption_key_file".into(), message: e.to_string() })?,
+            None => data.storage_key,
+        };
+        let sealer = sealing::Sealer::new(storage_key);
+        let token_services = sources::apple::token_services::TokenServices::new(&config.apple.tokens)?;
+
         let sqlite =
             SqliteStore::open_with(&config.store_url(), config.store.read_connections, config.store.durability).await?;
         let notify = sqlite.notifier();
         let store: Arc<dyn Store> = Arc::new(sqlite);
+        seal_plaintext_bootstrap_tokens(store.as_ref(), &sealer, now).await?;
         // Before any port is bound: a bad `apple.apns_ca` is a configuration error (exit 64).
         let apns_ca = match &config.apple.apns_ca {
             Some(p) => Some(std::fs::read(p).map_err(|e| config::ConfigError {
@@ -229,6 +276,8 @@ impl Gateway {
             sinks: sink_health,
             pusher: Arc::new(pusher),
             scep: Arc::new(scep),
+            sealer,
+            token_services,
         });
 
         let grace = Duration::from_secs(state.config.shutdown.grace_period_s);

@@ -1,5 +1,5 @@
 //! The data directory of the embedded default: development CA, server certificate, the SCEP RA
-//! certificate and the secrets, created on first start and reused afterwards.
+//! certificate, the secrets and the storage key, created on first start and reused afterwards.
 //!
 //! This is file IO around `mdm_certs::devpki`; the certificate contents are decided there.
 
@@ -45,6 +45,9 @@ pub struct DataDir {
     pub scep_ra_key: PKey<Private>,
     /// The static SCEP challenge (`scep-challenge`).
     pub scep_challenge: String,
+    /// The key that seals secrets at rest (`storage-key`), unless `store.encryption_key_file`
+    /// names another.
+    pub storage_key: [u8; 32],
 }
 
 /// How long generated certificates live. The server certificate is renewed at start when it
@@ -94,6 +97,43 @@ fn read_or_create_secret(path: &Path) -> Result<String, PkiError> {
         }
         Err(e) => Err(PkiError::Io { path: path.to_owned(), source: e }),
     }
+}
+
+/// Parses a storage key: 32 bytes written as 64 hex digits or as base64 (standard or URL-safe,
+/// padded or not). Surrounding whitespace is ignored.
+pub fn parse_storage_key(text: &str) -> Result<[u8; 32], String> {
+    use base64::Engine;
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+    let t = text.trim();
+    // Text made only of hex digits, in pairs, is read as hex (so a short hex key is reported with
+    // its real length). A 32-byte key in base64 is 43 or 44 characters: never taken for hex.
+    let bytes = if !t.is_empty() && t.len().is_multiple_of(2) && t.bytes().all(|b| b.is_ascii_hexdigit()) {
+        hex::decode(t).map_err(|e| e.to_string())?
+    } else {
+        [STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD]
+            .iter()
+            .find_map(|engine| engine.decode(t).ok())
+            .ok_or("not 64 hex digits and not base64")?
+    };
+    <[u8; 32]>::try_from(bytes.as_slice())
+        .map_err(|_| format!("the key is {} bytes, expected 32 (AES-256)", bytes.len()))
+}
+
+/// Reads a storage key from an operator-provided file.
+pub fn read_storage_key(path: &Path) -> Result<[u8; 32], PkiError> {
+    let text = fs::read_to_string(path).map_err(io(path))?;
+    parse_storage_key(&text).map_err(|m| invalid(path, m))
+}
+
+/// `storage-key`: 32 random bytes as hex, created on first use.
+fn read_or_create_storage_key(path: &Path) -> Result<[u8; 32], PkiError> {
+    if path.exists() {
+        return read_storage_key(path);
+    }
+    let mut key = [0u8; 32];
+    openssl::rand::rand_bytes(&mut key).map_err(|e| invalid(path, e))?;
+    write_private(path, format!("{}\n", hex::encode(key)).as_bytes())?;
+    Ok(key)
 }
 
 /// Reads a secret from an operator-provided file (must exist and be non-empty).
@@ -183,6 +223,7 @@ pub fn open(root: &Path, public_host: &str, now: i64) -> Result<DataDir, PkiErro
         scep_ra,
         scep_ra_key,
         scep_challenge: read_or_create_secret(&root.join("scep-challenge"))?,
+        storage_key: read_or_create_storage_key(&root.join("storage-key"))?,
     })
 }
 
@@ -225,4 +266,40 @@ pub fn not_after_unix(cert: &X509) -> Option<i64> {
     let epoch = openssl::asn1::Asn1Time::from_unix(0).ok()?;
     let diff = epoch.diff(cert.not_after()).ok()?;
     Some(i64::from(diff.days) * 86_400 + i64::from(diff.secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn storage_key_forms() {
+        let key: [u8; 32] = std::array::from_fn(|i| i as u8 * 7);
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(key);
+        let b64url = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key);
+        for text in [hex::encode(key), hex::encode_upper(key), b64.clone(), format!("  {b64url}\n")] {
+            assert_eq!(parse_storage_key(&text), Ok(key), "{text}");
+        }
+        assert!(parse_storage_key(&hex::encode([1u8; 16])).unwrap_err().contains("16 bytes"));
+        assert!(parse_storage_key("not a key!").is_err());
+        assert!(parse_storage_key("").is_err());
+    }
+
+    #[test]
+    fn storage_key_is_created_once_and_private() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let first = open(dir.path(), "localhost", 1_700_000_000).expect("open");
+        let again = open(dir.path(), "localhost", 1_700_000_000).expect("reopen");
+        assert_eq!(first.storage_key, again.storage_key);
+        assert_ne!(first.storage_key, [0u8; 32]);
+        let text = fs::read_to_string(dir.path().join("storage-key")).expect("file");
+        assert_eq!(text.trim(), hex::encode(first.storage_key));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(dir.path().join("storage-key")).expect("meta").permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
 }

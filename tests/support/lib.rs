@@ -129,6 +129,16 @@ impl Harness {
         decode(resp).await
     }
 
+    pub async fn put_json(&self, path: &str, body: &Value) -> (u16, Value) {
+        let resp = self.auth(self.api.put(format!("{}{path}", self.api_url))).json(body).send().await.expect("api put");
+        decode(resp).await
+    }
+
+    pub async fn delete(&self, path: &str) -> (u16, Value) {
+        let resp = self.auth(self.api.delete(format!("{}{path}", self.api_url))).send().await.expect("api delete");
+        decode(resp).await
+    }
+
     pub fn raw_api(&self) -> &reqwest::Client {
         &self.api
     }

@@ -251,13 +251,26 @@ async fn goaway_midway_loses_no_push() {
         s.wait_status(id, "acknowledged").await;
     }
     let stats = s.apns.control().stats();
-    assert!(stats.goaways >= 2, "{stats:?}");
-    assert!(stats.connections >= 3, "the pool reconnected after GOAWAY: {stats:?}");
+    // 30 pushes over at most 2 connections: one of them passed 4 requests and was told to go.
+    assert!(stats.goaways >= 1, "{stats:?}");
     let mut woken: Vec<String> =
         s.apns.control().recent().into_iter().filter(|r| r.status == 200).map(|r| r.path).collect();
     woken.sort();
     woken.dedup();
     assert_eq!(woken.len(), 30, "every device was pushed");
+
+    // Then one push at a time: whether the first wave's streams were all in flight before a
+    // GOAWAY arrived depends on timing, but here every connection is told to go after 4
+    // requests, so 12 sequential pushes need new connections, each opened after a GOAWAY.
+    let before = s.apns.control().stats();
+    for d in &devices[..12] {
+        let id = s.command(d, json!({})).await;
+        s.wait_status(&id, "acknowledged").await;
+    }
+    let after = s.apns.control().stats();
+    assert_eq!(after.accepted - before.accepted, 12, "{after:?}");
+    assert!(after.connections >= before.connections + 2, "the pool reconnected after GOAWAY: {before:?} → {after:?}");
+    assert!(after.goaways > before.goaways, "{after:?}");
     // Whether a stream was caught in flight by a GOAWAY (and retried on a new connection)
     // depends on timing; run alone, this test fails without the retry (checked by setting
     // MAX_ATTEMPTS to 1), but that is not asserted here because it is not deterministic.

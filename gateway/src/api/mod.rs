@@ -4,6 +4,7 @@
 
 mod auth;
 mod commands;
+mod declarations;
 mod devices;
 mod events;
 mod health;
@@ -76,6 +77,20 @@ async fn route(state: &Arc<AppState>, req: Request<Incoming>) -> (&'static str, 
         (&Method::GET, ["commands", id]) => ("commands.get", commands::get(state, id, &query).await),
         (&Method::GET, ["devices"]) => ("devices.list", devices::list(state, &query).await),
         (&Method::GET, ["devices", id]) => ("devices.get", devices::get(state, id).await),
+        (&Method::GET, ["devices", id, "declarations"]) => ("declarations.list", declarations::list(state, id).await),
+        (&Method::GET, ["devices", id, "declarations", identifier]) => {
+            ("declarations.get", declarations::get(state, id, identifier).await)
+        }
+        (&Method::PUT, ["devices", id, "declarations", identifier]) => (
+            "declarations.put",
+            match body().await {
+                Ok(b) => declarations::put(state, id, identifier, &b, &query).await,
+                Err(r) => r,
+            },
+        ),
+        (&Method::DELETE, ["devices", id, "declarations", identifier]) => {
+            ("declarations.delete", declarations::delete(state, id, identifier, &query).await)
+        }
         (&Method::GET, ["events"]) => ("events", events::list(state, &query).await),
         (&Method::PUT, ["enqueue", ids]) => (
             "nanomdm.enqueue",
@@ -106,6 +121,8 @@ async fn route(state: &Arc<AppState>, req: Request<Incoming>) -> (&'static str, 
             | ["commands", _]
             | ["devices"]
             | ["devices", _]
+            | ["devices", _, "declarations"]
+            | ["devices", _, "declarations", _]
             | ["events"]
             | ["enqueue", _]
             | ["push", _]

@@ -15,7 +15,7 @@ fn topic(t: &EventType) -> Option<&'static str> {
         "device.user_authenticate" => "mdm.UserAuthenticate",
         "device.bootstrap_token_set" => "mdm.SetBootstrapToken",
         "device.bootstrap_token_requested" => "mdm.GetBootstrapToken",
-        "device.declarative_management" => "mdm.DeclarativeManagement",
+        "device.declarative_management" | "device.status_report" => "mdm.DeclarativeManagement",
         "device.token_requested" => "mdm.GetToken",
         "command.acknowledged" | "command.error" | "command.not_now" | "device.checked_in" => "mdm.Connect",
         _ => return None,

@@ -93,6 +93,8 @@ pub struct Enrollment {
     pub cert_sha256: Option<String>,
     pub push: Option<PushInfo>,
     pub unlock_token: Option<Vec<u8>>,
+    /// The escrowed bootstrap token, **sealed** by the gateway (`crate::sealing`): the store
+    /// never holds it in plaintext. Changed on its own with [`Store::set_bootstrap_token`].
     pub bootstrap_token: Option<Vec<u8>>,
     pub inventory: Inventory,
     /// Platform facts that are not inventory (enrollment type, user names, topic...).
@@ -271,6 +273,49 @@ pub enum ScepRecord {
     ChallengeUnavailable,
 }
 
+/// One declaration (declarative management) assigned to a channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredDeclaration {
+    pub device_id: DeviceId,
+    pub identifier: String,
+    /// The full `Type`, e.g. `com.apple.configuration.passcode.settings`.
+    pub declaration_type: String,
+    pub server_token: String,
+    /// The declaration JSON, exactly as the device gets it.
+    pub body: String,
+    /// Unix seconds. On replacement, `created_at` keeps the first value.
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// A channel's `DeclarationsToken` and when its declaration set last changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeclarationsToken {
+    pub token: String,
+    /// Unix seconds.
+    pub updated_at: i64,
+}
+
+/// A channel's declarations and token, read together (one snapshot).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeclarationSet {
+    /// `None` when the channel never had a declaration.
+    pub token: Option<DeclarationsToken>,
+    /// By identifier.
+    pub declarations: Vec<StoredDeclaration>,
+}
+
+/// What goes with a change of a channel's declaration set, in the same transaction.
+#[derive(Debug, Clone, Copy)]
+pub struct DeclarationsChange<'a> {
+    /// The channel's new `DeclarationsToken`.
+    pub token: &'a str,
+    pub now: i64,
+    /// Commands to queue (the `DeclarativeManagement` command that makes the device sync).
+    pub commands: &'a [NewCommand],
+    pub events: &'a [Event],
+}
+
 /// Durable state behind the gateway. Implementations must pass [`suite`].
 #[async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug + 'static {
@@ -359,4 +404,36 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn scep_certificates(&self, limit: u32) -> Result<Vec<ScepCertificate>>;
     /// Challenges, oldest first, at most `limit`.
     async fn scep_challenges(&self, limit: u32) -> Result<Vec<ScepChallenge>>;
+    // --- Declarations and tokens ---
+
+    /// The declarations of a channel, by identifier, and its token, from one snapshot.
+    async fn declaration_set(&self, device: &DeviceId) -> Result<DeclarationSet>;
+    async fn declaration(&self, device: &DeviceId, identifier: &str) -> Result<Option<StoredDeclaration>>;
+    /// Inserts or replaces a declaration. When it differs from the stored one (type, server
+    /// token or body), the channel's token becomes `change.token` (at `change.now`), the
+    /// commands are queued and the events appended, atomically; returns `true`. An identical
+    /// declaration writes nothing and returns `false`. Fails as a whole like [`Store::enqueue`].
+    async fn put_declaration(&self, declaration: &StoredDeclaration, change: DeclarationsChange<'_>) -> Result<bool>;
+    /// Deletes a declaration; when it existed, applies `change` as [`Store::put_declaration`]
+    /// does and returns `true`. Otherwise writes nothing and returns `false`.
+    async fn delete_declaration(
+        &self,
+        device: &DeviceId,
+        identifier: &str,
+        change: DeclarationsChange<'_>,
+    ) -> Result<bool>;
+    /// Sets (`Some`) or clears (`None`) an enrollment's sealed bootstrap token, and appends
+    /// `events`, atomically; also drops any plaintext value from before migration 0003. Returns
+    /// `false`, writing nothing, when there is no such enrollment.
+    async fn set_bootstrap_token(
+        &self,
+        device: &DeviceId,
+        sealed: Option<&[u8]>,
+        now: i64,
+        events: &[Event],
+    ) -> Result<bool>;
+    /// Up to `limit` enrollments still holding a bootstrap token stored in plaintext by a version
+    /// before migration 0003, for the gateway to seal with [`Store::set_bootstrap_token`]. A
+    /// store that never had such values returns none.
+    async fn plaintext_bootstrap_tokens(&self, limit: u32) -> Result<Vec<(DeviceId, Vec<u8>)>>;
 }

@@ -32,8 +32,9 @@ use sha2::{Digest, Sha384};
 use tokio::sync::{Notify, oneshot};
 
 use super::{
-    CommandRecord, CommandUpdate, Enrollment, EnrollmentState, LoggedEvent, NewCommand, NewScepChallenge, PushCert,
-    PushInfo, RequestSnapshot, Result, ScepCertificate, ScepChallenge, ScepRecord, Store, StoreError, TicketStatus,
+    CommandRecord, CommandUpdate, DeclarationSet, DeclarationsChange, DeclarationsToken, Enrollment, EnrollmentState,
+    LoggedEvent, NewCommand, NewScepChallenge, PushCert, PushInfo, RequestSnapshot, Result, ScepCertificate,
+    ScepChallenge, ScepRecord, Store, StoreError, StoredDeclaration, TicketStatus,
 };
 
 /// Migrations, embedded at build time: `(version, description, sql)`, following the
@@ -44,6 +45,7 @@ use super::{
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "init", include_str!("../../migrations/sqlite/0001_init.sql")),
     (2, "scep", include_str!("../../migrations/sqlite/0002_scep.sql")),
+    (3, "ddm_tokens", include_str!("../../migrations/sqlite/0003_ddm_tokens.sql")),
 ];
 
 /// The bookkeeping table, exactly as sqlx creates it.
@@ -134,7 +136,7 @@ const SAVE_ENROLLMENT_SQL: &str = "INSERT INTO enrollments (device_id, platform,
      platform = excluded.platform, parent = excluded.parent, state = excluded.state, \
      cert_sha256 = excluded.cert_sha256, push_token = excluded.push_token, \
      push_magic = excluded.push_magic, push_topic = excluded.push_topic, \
-     unlock_token = excluded.unlock_token, bootstrap_token = excluded.bootstrap_token, \
+     unlock_token = excluded.unlock_token, \
      inventory = excluded.inventory, attributes = excluded.attributes, \
      enrolled_at = excluded.enrolled_at, last_seen = excluded.last_seen, \
      checked_in_event_at = excluded.checked_in_event_at, created_at = excluded.created_at, \
@@ -160,6 +162,21 @@ const CONSUME_SCEP_CHALLENGE_SQL: &str = "UPDATE scep_challenges SET used_at = ?
 const INSERT_SCEP_CERTIFICATE_SQL: &str = "INSERT INTO scep_certificates (cert_sha256, serial, subject, not_before, \
      not_after, message_type, transaction_id, challenge_sha256, ticket, renewal_of, issued_at) \
      VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+const DECLARATIONS_SQL: &str = "SELECT device_id, identifier, type, server_token, body, created_at, updated_at \
+     FROM declarations WHERE device_id = ? ORDER BY identifier";
+const DECLARATION_SQL: &str = "SELECT device_id, identifier, type, server_token, body, created_at, updated_at \
+     FROM declarations WHERE device_id = ? AND identifier = ?";
+const DECLARATION_TOKEN_SQL: &str = "SELECT token, updated_at FROM declaration_tokens WHERE device_id = ?";
+const PUT_DECLARATION_SQL: &str = "INSERT INTO declarations \
+     (device_id, identifier, type, server_token, body, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) \
+     ON CONFLICT (device_id, identifier) DO UPDATE SET type = excluded.type, \
+     server_token = excluded.server_token, body = excluded.body, updated_at = excluded.updated_at";
+const SET_DECLARATION_TOKEN_SQL: &str = "INSERT INTO declaration_tokens (device_id, token, updated_at) \
+     VALUES (?, ?, ?) ON CONFLICT (device_id) DO UPDATE SET token = excluded.token, updated_at = excluded.updated_at";
+const SET_BOOTSTRAP_TOKEN_SQL: &str = "UPDATE enrollments \
+     SET bootstrap_token = ?, bootstrap_token_plaintext = NULL, updated_at = ? WHERE device_id = ?";
+const PLAINTEXT_BOOTSTRAP_TOKENS_SQL: &str = "SELECT device_id, bootstrap_token_plaintext FROM enrollments \
+     WHERE bootstrap_token_plaintext IS NOT NULL ORDER BY device_id LIMIT CAST(? AS INTEGER)";
 
 /// Work for a connection thread.
 type Job = Box<dyn FnOnce(&mut Connection) + Send>;
@@ -700,6 +717,35 @@ fn command_from_row(row: &Row<'_>) -> Result<CommandRecord> {
     rest().map_err(ctx)
 }
 
+fn declaration_from_row(row: &Row<'_>) -> Result<StoredDeclaration> {
+    let device_text: String = get(row, 0, "device_id")?;
+    Ok(StoredDeclaration {
+        device_id: parse_device_id(&device_text, "declarations.device_id")?,
+        identifier: get(row, 1, "identifier")?,
+        declaration_type: get(row, 2, "type")?,
+        server_token: get(row, 3, "server_token")?,
+        body: get(row, 4, "body")?,
+        created_at: get(row, 5, "created_at")?,
+        updated_at: get(row, 6, "updated_at")?,
+    })
+}
+
+/// The part of a declaration change common to put and delete, inside `tx`: the new token, the
+/// commands, the events. Returns whether events were appended.
+fn apply_declarations_change(
+    tx: &rusqlite::Transaction<'_>,
+    device: &str,
+    token: &str,
+    now: i64,
+    commands: &[NewCommand],
+    events: &[EventRow],
+) -> Result<bool> {
+    tx.prepare_cached(SET_DECLARATION_TOKEN_SQL)?.execute(params![device, token, now])?;
+    insert_commands(tx, commands)?;
+    insert_events(tx, events)?;
+    Ok(!events.is_empty())
+}
+
 fn push_cert_from_row(row: &Row<'_>) -> Result<PushCert> {
     Ok(PushCert {
         topic: get(row, 0, "topic")?,
@@ -726,6 +772,54 @@ fn enqueue_error(e: rusqlite::Error, command: &NewCommand) -> StoreError {
         }
     }
     StoreError::Sqlite(e)
+}
+
+/// Queues commands inside `tx`. A reused idempotency key or a command id already queued for
+/// the device fails the call; the caller's transaction then rolls back everything.
+fn insert_commands(tx: &rusqlite::Transaction<'_>, commands: &[NewCommand]) -> Result<()> {
+    for c in commands {
+        // Checked explicitly (inside the transaction, so earlier commands of this batch
+        // count) to name the offending key; the unique indexes remain the guarantee. An
+        // early return drops the transaction, which rolls back everything this call wrote.
+        if let Some(key) = &c.idempotency_key {
+            let used = tx
+                .prepare_cached("SELECT 1 FROM commands WHERE idempotency_key = ?")?
+                .query_row([key], |_| Ok(()))
+                .optional()?;
+            if used.is_some() {
+                return Err(StoreError::IdempotencyConflict(key.clone()));
+            }
+        }
+        let exists = tx
+            .prepare_cached("SELECT 1 FROM commands WHERE device_id = ? AND command_id = ?")?
+            .query_row([c.device_id.as_str(), c.command_id.as_str()], |_| Ok(()))
+            .optional()?;
+        if exists.is_some() {
+            return Err(StoreError::DuplicateCommand(c.command_id.clone()));
+        }
+        let seq: i64 = tx
+            .prepare_cached("UPDATE counters SET value = value + 1 WHERE name = 'command_seq' RETURNING value")?
+            .query_row([], |r| r.get(0))
+            .optional()?
+            .ok_or_else(|| StoreError::Corrupt("counter `command_seq` is missing".into()))?;
+        tx.prepare_cached(INSERT_COMMAND_SQL)?
+            .execute(params![
+                c.device_id.as_str(),
+                c.command_id,
+                seq,
+                c.request_type,
+                opt_json(&c.normalised),
+                c.payload,
+                c.priority,
+                CommandStatus::Queued.as_str(),
+                c.expires_at,
+                c.idempotency_key,
+                c.created_at,
+                c.created_at,
+            ])
+            .map_err(|e| enqueue_error(e, c))?;
+    }
+    Ok(())
 }
 
 /// An enrollment's column values, owned, ready for the writer thread.
@@ -917,48 +1011,7 @@ impl Store for SqliteStore {
         let events = event_rows(events)?;
         let commands = commands.to_vec();
         self.transact(move |tx| {
-            for c in &commands {
-                // Checked explicitly (inside the transaction, so earlier commands of this batch
-                // count) to name the offending key; the unique indexes remain the guarantee. An
-                // early return drops the transaction, which rolls back everything this call wrote.
-                if let Some(key) = &c.idempotency_key {
-                    let used = tx
-                        .prepare_cached("SELECT 1 FROM commands WHERE idempotency_key = ?")?
-                        .query_row([key], |_| Ok(()))
-                        .optional()?;
-                    if used.is_some() {
-                        return Err(StoreError::IdempotencyConflict(key.clone()));
-                    }
-                }
-                let exists = tx
-                    .prepare_cached("SELECT 1 FROM commands WHERE device_id = ? AND command_id = ?")?
-                    .query_row([c.device_id.as_str(), c.command_id.as_str()], |_| Ok(()))
-                    .optional()?;
-                if exists.is_some() {
-                    return Err(StoreError::DuplicateCommand(c.command_id.clone()));
-                }
-                let seq: i64 = tx
-                    .prepare_cached("UPDATE counters SET value = value + 1 WHERE name = 'command_seq' RETURNING value")?
-                    .query_row([], |r| r.get(0))
-                    .optional()?
-                    .ok_or_else(|| StoreError::Corrupt("counter `command_seq` is missing".into()))?;
-                tx.prepare_cached(INSERT_COMMAND_SQL)?
-                    .execute(params![
-                        c.device_id.as_str(),
-                        c.command_id,
-                        seq,
-                        c.request_type,
-                        opt_json(&c.normalised),
-                        c.payload,
-                        c.priority,
-                        CommandStatus::Queued.as_str(),
-                        c.expires_at,
-                        c.idempotency_key,
-                        c.created_at,
-                        c.created_at,
-                    ])
-                    .map_err(|e| enqueue_error(e, c))?;
-            }
+            insert_commands(tx, &commands)?;
             insert_events(tx, &events)?;
             Ok(((), !events.is_empty()))
         })
@@ -1236,6 +1289,118 @@ impl Store for SqliteStore {
         })
         .await
     }
+
+    // --- Declarations and tokens ---
+
+    async fn declaration_set(&self, device: &DeviceId) -> Result<DeclarationSet> {
+        let device = device.as_str().to_owned();
+        self.read(move |conn| {
+            // One read transaction: the token and the list come from the same snapshot.
+            let tx = conn.transaction()?;
+            let token = query_opt(&tx, DECLARATION_TOKEN_SQL, [&device], |row| {
+                Ok(DeclarationsToken { token: get(row, 0, "token")?, updated_at: get(row, 1, "updated_at")? })
+            })?;
+            let declarations = query_all(&tx, DECLARATIONS_SQL, [&device], declaration_from_row)?;
+            tx.finish()?;
+            Ok(DeclarationSet { token, declarations })
+        })
+        .await
+    }
+
+    async fn declaration(&self, device: &DeviceId, identifier: &str) -> Result<Option<StoredDeclaration>> {
+        let device = device.as_str().to_owned();
+        let identifier = identifier.to_owned();
+        self.read(move |conn| query_opt(conn, DECLARATION_SQL, [&device, &identifier], declaration_from_row)).await
+    }
+
+    async fn put_declaration(&self, declaration: &StoredDeclaration, change: DeclarationsChange<'_>) -> Result<bool> {
+        let events = event_rows(change.events)?;
+        let commands = change.commands.to_vec();
+        let d = declaration.clone();
+        let token = change.token.to_owned();
+        let now = change.now;
+        self.transact(move |tx| {
+            let device = d.device_id.as_str();
+            let same = query_opt(tx, DECLARATION_SQL, [device, d.identifier.as_str()], declaration_from_row)?
+                .is_some_and(|old| {
+                    old.declaration_type == d.declaration_type
+                        && old.server_token == d.server_token
+                        && old.body == d.body
+                });
+            if same {
+                return Ok((false, false));
+            }
+            tx.prepare_cached(PUT_DECLARATION_SQL)?.execute(params![
+                device,
+                d.identifier,
+                d.declaration_type,
+                d.server_token,
+                d.body,
+                d.created_at,
+                d.updated_at,
+            ])?;
+            let appended = apply_declarations_change(tx, device, &token, now, &commands, &events)?;
+            Ok((true, appended))
+        })
+        .await
+    }
+
+    async fn delete_declaration(
+        &self,
+        device: &DeviceId,
+        identifier: &str,
+        change: DeclarationsChange<'_>,
+    ) -> Result<bool> {
+        let events = event_rows(change.events)?;
+        let commands = change.commands.to_vec();
+        let device = device.as_str().to_owned();
+        let identifier = identifier.to_owned();
+        let token = change.token.to_owned();
+        let now = change.now;
+        self.transact(move |tx| {
+            let deleted = tx
+                .prepare_cached("DELETE FROM declarations WHERE device_id = ? AND identifier = ?")?
+                .execute([&device, &identifier])?;
+            if deleted == 0 {
+                return Ok((false, false));
+            }
+            let appended = apply_declarations_change(tx, &device, &token, now, &commands, &events)?;
+            Ok((true, appended))
+        })
+        .await
+    }
+
+    async fn set_bootstrap_token(
+        &self,
+        device: &DeviceId,
+        sealed: Option<&[u8]>,
+        now: i64,
+        events: &[Event],
+    ) -> Result<bool> {
+        let events = event_rows(events)?;
+        let device = device.as_str().to_owned();
+        let sealed = sealed.map(<[u8]>::to_vec);
+        self.transact(move |tx| {
+            let changed = tx.prepare_cached(SET_BOOTSTRAP_TOKEN_SQL)?.execute(params![sealed, now, device])?;
+            if changed == 0 {
+                return Ok((false, false));
+            }
+            insert_events(tx, &events)?;
+            Ok((true, !events.is_empty()))
+        })
+        .await
+    }
+
+    async fn plaintext_bootstrap_tokens(&self, limit: u32) -> Result<Vec<(DeviceId, Vec<u8>)>> {
+        let limit = self::limit(limit);
+        self.read(move |conn| {
+            query_all(conn, PLAINTEXT_BOOTSTRAP_TOKENS_SQL, [limit], |row| {
+                let id: String = get(row, 0, "device_id")?;
+                Ok((parse_device_id(&id, "enrollments.device_id")?, get(row, 1, "bootstrap_token_plaintext")?))
+            })
+        })
+        .await
+    }
 }
 
 #[cfg(test)]
@@ -1345,6 +1510,15 @@ mod tests {
         assert!(p.iter().any(|d| d.contains("USING INDEX commands_command_id")), "{p:?}");
         let p = plan(&store, DUE_FOR_EXPIRY_SQL, &["1005", "10"]).await;
         assert_searches(&p, "commands", "commands_expiry");
+        let p = plan(&store, DECLARATIONS_SQL, &["apple:dev-3"]).await;
+        assert_searches(&p, "declarations", "sqlite_autoindex_declarations_1");
+        let p = plan(&store, DECLARATION_SQL, &["apple:dev-3", "x"]).await;
+        assert_searches(&p, "declarations", "sqlite_autoindex_declarations_1");
+        let p = plan(&store, DECLARATION_TOKEN_SQL, &["apple:dev-3"]).await;
+        assert_searches(&p, "declaration_tokens", "sqlite_autoindex_declaration_tokens_1");
+        let p = plan(&store, PLAINTEXT_BOOTSTRAP_TOKENS_SQL, &["10"]).await;
+        assert!(p.iter().any(|d| d.contains("enrollments_bootstrap_token_plaintext")), "{p:?}");
+        assert!(!p.iter().any(|d| d.starts_with("SCAN enrollments") && !d.contains("INDEX")), "{p:?}");
     }
 
     /// Statuses that keep a command on its device's queue. The SQL spells them out (the partial
@@ -1586,6 +1760,61 @@ mod tests {
         conn.execute("DELETE FROM _sqlx_migrations WHERE version = 99", []).expect("undo");
         conn.execute("UPDATE _sqlx_migrations SET success = FALSE WHERE version = 1", []).expect("dirty");
         assert!(matches!(SqliteStore::open(&path, 1).await, Err(StoreError::Migrate(m)) if m.contains("dirty")));
+    }
+
+    /// Bootstrap tokens stored in plaintext before 0003 move to their own column, where
+    /// `plaintext_bootstrap_tokens` finds them and `set_bootstrap_token` removes them.
+    #[tokio::test]
+    async fn plaintext_bootstrap_tokens_survive_migration_until_sealed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("gateway.db");
+        let path = path.to_str().expect("utf-8 path").to_owned();
+        let (version, description, sql) = MIGRATIONS[0];
+        {
+            let conn = Connection::open(&path).expect("open");
+            conn.execute_batch(MIGRATIONS_TABLE_SQL).expect("table");
+            conn.execute_batch(sql).expect("schema");
+            conn.execute(
+                "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+                 VALUES (?, ?, TRUE, ?, 1)",
+                params![version, description, Sha384::digest(sql.as_bytes()).as_slice()],
+            )
+            .expect("bookkeeping");
+            for (id, token) in
+                [("apple:OLD-1", Some(&b"plain-1"[..])), ("apple:OLD-2", None), ("apple:OLD-3", Some(b"p3"))]
+            {
+                conn.execute(
+                    "INSERT INTO enrollments (device_id, platform, state, bootstrap_token, inventory, attributes, \
+                     created_at, updated_at) VALUES (?, 'apple', 'enrolled', ?, '{}', '{}', 1, 1)",
+                    params![id, token],
+                )
+                .expect("row");
+            }
+        }
+        let store = SqliteStore::open(&path, 1).await.expect("open");
+        let old1: DeviceId = "apple:OLD-1".parse().expect("id");
+        let e = store.enrollment(&old1).await.expect("read").expect("present");
+        assert_eq!(e.bootstrap_token, None, "a plaintext value is never handed out as a sealed one");
+        let found = store.plaintext_bootstrap_tokens(10).await.expect("read");
+        assert_eq!(found, [(old1.clone(), b"plain-1".to_vec()), ("apple:OLD-3".parse().expect("id"), b"p3".to_vec())]);
+        assert_eq!(store.plaintext_bootstrap_tokens(1).await.expect("read").len(), 1);
+        assert!(store.set_bootstrap_token(&old1, Some(b"sealed"), 2, &[]).await.expect("seal"));
+        assert_eq!(store.plaintext_bootstrap_tokens(10).await.expect("read").len(), 1);
+        assert_eq!(
+            store.enrollment(&old1).await.expect("read").expect("present").bootstrap_token.as_deref(),
+            Some(&b"sealed"[..])
+        );
+        let plain: Option<Vec<u8>> = store
+            .read(|conn| {
+                Ok(conn.query_row(
+                    "SELECT bootstrap_token_plaintext FROM enrollments WHERE device_id = 'apple:OLD-1'",
+                    [],
+                    |r| r.get(0),
+                )?)
+            })
+            .await
+            .expect("read");
+        assert_eq!(plain, None, "the plaintext is gone once sealed");
     }
 
     /// A fresh database records its migration the way sqlx would, so the earlier store (and

@@ -14,8 +14,8 @@ use time::OffsetDateTime;
 use tokio::sync::Notify;
 
 use super::{
-    CommandUpdate, Enrollment, EnrollmentState, NewCommand, NewScepChallenge, PushCert, PushInfo, ScepCertificate,
-    ScepChallenge, ScepRecord, Store, StoreError, TicketStatus,
+    CommandUpdate, DeclarationsChange, DeclarationsToken, Enrollment, EnrollmentState, NewCommand, NewScepChallenge,
+    PushCert, PushInfo, ScepCertificate, ScepChallenge, ScepRecord, Store, StoreError, StoredDeclaration, TicketStatus,
 };
 
 /// A fresh store for one test, with what the tests need besides the trait.
@@ -59,6 +59,10 @@ macro_rules! store_suite {
             scep_unavailable_challenge_stores_nothing,
             scep_ticket_status,
             scep_renewal_without_challenge,
+            declarations_put_replace_delete,
+            declaration_changes_are_atomic,
+            declarations_are_per_channel,
+            bootstrap_token_set_and_clear,
         );
 
         #[tokio::test]
@@ -190,10 +194,15 @@ pub async fn enrollment_round_trip(store: &dyn Store) {
     store.save_enrollment(&full, &[]).await.expect("save");
     assert_eq!(store.enrollment(&full.device_id).await.expect("read").as_ref(), Some(&full));
 
-    // Replacing with every optional field absent clears them all.
+    // Replacing with every optional field absent clears them all, except the bootstrap token,
+    // which only set_bootstrap_token changes (a stale copy saved by another request must not
+    // undo an escrow).
     let mut bare = Enrollment::new(full.device_id.clone(), 5);
     bare.updated_at = 6;
     store.save_enrollment(&bare, &[]).await.expect("replace");
+    let kept = Enrollment { bootstrap_token: full.bootstrap_token.clone(), ..bare.clone() };
+    assert_eq!(store.enrollment(&full.device_id).await.expect("read"), Some(kept));
+    assert!(store.set_bootstrap_token(&full.device_id, None, 6, &[]).await.expect("clear"));
     assert_eq!(store.enrollment(&full.device_id).await.expect("read"), Some(bare.clone()));
 
     // Push info whose parts are all empty is still present.
@@ -926,4 +935,146 @@ pub async fn notifier_fires_after_append(store: &dyn Store, notifier: &Notify) {
         }
         tokio::time::timeout(wait, notified).await.unwrap_or_else(|_| panic!("notified after step {step}"));
     }
+}
+
+// ---- declarations and tokens ----------------------------------------------------------------
+
+pub fn declaration(device: &DeviceId, identifier: &str, server_token: &str, now: i64) -> StoredDeclaration {
+    StoredDeclaration {
+        device_id: device.clone(),
+        identifier: identifier.to_owned(),
+        declaration_type: "com.apple.configuration.passcode.settings".to_owned(),
+        server_token: server_token.to_owned(),
+        body: json!({ "Identifier": identifier, "ServerToken": server_token, "Payload": { "n": now } }).to_string(),
+        created_at: now,
+        updated_at: now,
+    }
+}
+
+fn change<'a>(token: &'a str, now: i64, commands: &'a [NewCommand], events: &'a [Event]) -> DeclarationsChange<'a> {
+    DeclarationsChange { token, now, commands, events }
+}
+
+pub async fn declarations_put_replace_delete(store: &dyn Store) {
+    let d = id("apple:DDM-1");
+    let empty = store.declaration_set(&d).await.expect("read");
+    assert_eq!((empty.token, empty.declarations.len()), (None, 0), "a channel without declarations has no token");
+
+    let b = declaration(&d, "b", "1", 10);
+    let ev = [event("ev-b", &d, EventType::DEVICE_DECLARATIONS_CHANGED, None)];
+    let sync = [new_command(&d, "sync-1", 0)];
+    assert!(store.put_declaration(&b, change("t1", 10, &sync, &ev)).await.expect("put"));
+    let a = declaration(&d, "a", "1", 11);
+    assert!(store.put_declaration(&a, change("t2", 11, &[], &[])).await.expect("put"));
+
+    let set = store.declaration_set(&d).await.expect("read");
+    assert_eq!(set.token, Some(DeclarationsToken { token: "t2".into(), updated_at: 11 }));
+    assert_eq!(set.declarations, [a.clone(), b.clone()], "ordered by identifier");
+    assert_eq!(store.declaration(&d, "b").await.expect("read"), Some(b.clone()));
+    assert_eq!(store.declaration(&d, "zzz").await.expect("read"), None);
+    // The sync command and the event were written with the change.
+    assert_eq!(pending_ids(store, &d).await, ["sync-1"]);
+    assert_eq!(event_ids(store).await, ["ev-b"]);
+
+    // The same declaration again changes nothing: no token, no command, no event.
+    let again = [new_command(&d, "sync-2", 0)];
+    let ev2 = [event("ev-again", &d, EventType::DEVICE_DECLARATIONS_CHANGED, None)];
+    let same = StoredDeclaration { updated_at: 99, ..b.clone() };
+    assert!(!store.put_declaration(&same, change("t3", 99, &again, &ev2)).await.expect("put same"));
+    assert_eq!(store.declaration_set(&d).await.expect("read").token.expect("token").token, "t2");
+    assert_eq!(pending_ids(store, &d).await, ["sync-1"]);
+    assert_eq!(event_ids(store).await, ["ev-b"]);
+
+    // A new revision replaces the row but keeps its creation time.
+    let mut b2 = declaration(&d, "b", "2", 20);
+    b2.declaration_type = "com.apple.configuration.screensharing.connection".into();
+    assert!(store.put_declaration(&b2, change("t4", 20, &[], &[])).await.expect("replace"));
+    let got = store.declaration(&d, "b").await.expect("read").expect("present");
+    assert_eq!(got, StoredDeclaration { created_at: 10, ..b2.clone() });
+
+    // Deleting: the token changes with it; deleting what is not there writes nothing.
+    let ev3 = [event("ev-del", &d, EventType::DEVICE_DECLARATIONS_CHANGED, None)];
+    assert!(store.delete_declaration(&d, "a", change("t5", 30, &[], &ev3)).await.expect("delete"));
+    let ev4 = [event("ev-del-again", &d, EventType::DEVICE_DECLARATIONS_CHANGED, None)];
+    assert!(!store.delete_declaration(&d, "a", change("t6", 31, &[], &ev4)).await.expect("delete again"));
+    let set = store.declaration_set(&d).await.expect("read");
+    assert_eq!(set.token, Some(DeclarationsToken { token: "t5".into(), updated_at: 30 }));
+    assert_eq!(set.declarations.iter().map(|x| x.identifier.as_str()).collect::<Vec<_>>(), ["b"]);
+    assert_eq!(event_ids(store).await, ["ev-b", "ev-del"]);
+
+    // Removing the last declaration leaves an empty set with its own token (not "never had any").
+    assert!(store.delete_declaration(&d, "b", change("t7", 40, &[], &[])).await.expect("delete"));
+    let set = store.declaration_set(&d).await.expect("read");
+    assert_eq!((set.token.map(|t| t.token), set.declarations.len()), (Some("t7".into()), 0));
+}
+
+pub async fn declaration_changes_are_atomic(store: &dyn Store) {
+    let d = id("apple:DDM-ATOMIC");
+    let first = declaration(&d, "x", "1", 1);
+    let ev = [event("ev-1", &d, EventType::DEVICE_DECLARATIONS_CHANGED, None)];
+    assert!(store.put_declaration(&first, change("t1", 1, &[new_command(&d, "c1", 0)], &ev)).await.expect("put"));
+    let before = store.declaration_set(&d).await.expect("read");
+
+    // A reused event id, or a command id already queued, fails the whole change.
+    let dup_event = [event("ev-1", &d, EventType::DEVICE_DECLARATIONS_CHANGED, None)];
+    let second = declaration(&d, "x", "2", 2);
+    assert!(store.put_declaration(&second, change("t2", 2, &[], &dup_event)).await.is_err());
+    let dup_command = [new_command(&d, "c1", 0)];
+    assert!(store.put_declaration(&second, change("t2", 2, &dup_command, &[])).await.is_err());
+    assert!(store.delete_declaration(&d, "x", change("t3", 3, &dup_command, &[])).await.is_err());
+    assert!(store.delete_declaration(&d, "x", change("t3", 3, &[], &dup_event)).await.is_err());
+
+    assert_eq!(store.declaration_set(&d).await.expect("read"), before);
+    assert_eq!(pending_ids(store, &d).await, ["c1"]);
+    assert_eq!(event_ids(store).await, ["ev-1"]);
+}
+
+pub async fn declarations_are_per_channel(store: &dyn Store) {
+    let device = id("apple:DDM-CH");
+    let user = id("apple:DDM-CH:501");
+    assert!(store.put_declaration(&declaration(&device, "x", "1", 1), change("td", 1, &[], &[])).await.expect("put"));
+    assert!(store.put_declaration(&declaration(&user, "x", "9", 2), change("tu", 2, &[], &[])).await.expect("put"));
+    let d = store.declaration_set(&device).await.expect("read");
+    let u = store.declaration_set(&user).await.expect("read");
+    assert_eq!((d.token.expect("token").token, d.declarations[0].server_token.as_str()), ("td".into(), "1"));
+    assert_eq!((u.token.expect("token").token, u.declarations[0].server_token.as_str()), ("tu".into(), "9"));
+    assert!(store.delete_declaration(&user, "x", change("tu2", 3, &[], &[])).await.expect("delete"));
+    assert_eq!(store.declaration_set(&device).await.expect("read").declarations.len(), 1);
+}
+
+pub async fn bootstrap_token_set_and_clear(store: &dyn Store) {
+    let d = id("apple:BOOT-1");
+    let ev = [event("ev-set", &d, EventType::DEVICE_BOOTSTRAP_TOKEN_SET, None)];
+    // No enrollment: nothing written, not even the event.
+    assert!(!store.set_bootstrap_token(&d, Some(b"sealed"), 5, &ev).await.expect("set"));
+    assert_eq!(store.last_event_seq().await.expect("seq"), 0);
+
+    let mut e = Enrollment::new(d.clone(), 1);
+    e.state = EnrollmentState::Enrolled;
+    store.save_enrollment(&e, &[]).await.expect("save");
+    assert!(store.set_bootstrap_token(&d, Some(b"sealed-1"), 5, &ev).await.expect("set"));
+    let got = store.enrollment(&d).await.expect("read").expect("present");
+    assert_eq!((got.bootstrap_token.as_deref(), got.updated_at), (Some(&b"sealed-1"[..]), 5));
+    assert_eq!(event_ids(store).await, ["ev-set"]);
+
+    // Saving a copy read before the escrow does not undo it.
+    store.save_enrollment(&e, &[]).await.expect("stale save");
+    assert_eq!(
+        store.enrollment(&d).await.expect("read").expect("present").bootstrap_token.as_deref(),
+        Some(&b"sealed-1"[..])
+    );
+
+    // Atomic with its events.
+    let dup = [event("ev-set", &d, EventType::DEVICE_BOOTSTRAP_TOKEN_SET, None)];
+    assert!(store.set_bootstrap_token(&d, Some(b"sealed-2"), 6, &dup).await.is_err());
+    assert_eq!(
+        store.enrollment(&d).await.expect("read").expect("present").bootstrap_token.as_deref(),
+        Some(&b"sealed-1"[..])
+    );
+
+    let ev2 = [event("ev-clear", &d, EventType::DEVICE_BOOTSTRAP_TOKEN_SET, None)];
+    assert!(store.set_bootstrap_token(&d, None, 7, &ev2).await.expect("clear"));
+    assert_eq!(store.enrollment(&d).await.expect("read").expect("present").bootstrap_token, None);
+    assert_eq!(event_ids(store).await, ["ev-set", "ev-clear"]);
+    assert!(store.plaintext_bootstrap_tokens(10).await.expect("read").is_empty());
 }

@@ -1,8 +1,9 @@
 //! Apple MDM check-in and command protocol as data.
 //!
 //! In: check-in and command-report bodies (XML or binary plists), normalised commands, a queue
-//! snapshot with `now`. Out: typed messages, event data, inventory, command plists, check-in
-//! replies, the push payload, and which command to send next.
+//! snapshot with `now`, declarations. Out: typed messages, event data, inventory, command
+//! plists, check-in replies (declarative management's JSON included, [`ddm`]), the push
+//! payload, and which command to send next.
 //!
 //! This crate does no IO: no sockets, no files, no clock, no randomness. It does not verify the
 //! device's identity certificate or message signature, store tokens, send pushes, or decide
@@ -10,6 +11,7 @@
 
 mod checkin;
 mod command;
+pub mod ddm;
 mod error;
 mod fields;
 mod ids;
@@ -25,7 +27,8 @@ pub use checkin::{
     TokenUpdate, UserAuthenticate, decode_checkin,
 };
 pub use command::{
-    AppleCommand, DEFAULT_DEVICE_INFORMATION_QUERIES, TranslateContext, parse_command_plist, request_type, translate,
+    AppleCommand, DEFAULT_DEVICE_INFORMATION_QUERIES, TranslateContext, declarative_management_command,
+    parse_command_plist, request_type, translate,
 };
 pub use error::DecodeError;
 pub use ids::{EnrollmentIds, EnrollmentType, SHARED_IPAD_USER_ID};

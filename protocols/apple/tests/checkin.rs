@@ -164,10 +164,15 @@ fn declarative_management() {
     assert!(d.data.is_some());
     assert_eq!(m.event_data()["data"], json!({"StatusItems": {"device": {"model": {"family": "iPhone"}}}}));
 
+    assert_eq!(mdm_apple::ddm::Endpoint::parse(&d.endpoint), Ok(mdm_apple::ddm::Endpoint::Status));
+    let report = mdm_apple::ddm::decode_status_report(d.data.as_deref()).unwrap();
+    assert_eq!(report["StatusItems"]["device"]["model"]["family"], "iPhone");
+
     let m = decode("checkin/declarative_management_tokens.plist");
     let CheckinMessage::DeclarativeManagement(d) = &m else { panic!("{m:?}") };
     assert_eq!(d.endpoint, "tokens");
     assert_eq!(d.data, None);
+    assert_eq!(mdm_apple::ddm::Endpoint::parse(&d.endpoint), Ok(mdm_apple::ddm::Endpoint::Tokens));
 }
 
 #[test]
@@ -181,6 +186,10 @@ fn get_token() {
     let data = m.event_data();
     assert_eq!(data["token_parameters"]["security_token_present"], true);
     assert!(!data.to_string().contains("s3cr3t"));
+    // The token service gets every parameter, the secret included.
+    let params = g.parameters_json();
+    assert_eq!(params["SecurityToken"], "s3cr3t");
+    assert_eq!(params["PhoneUDID"], "00008120-001A2B3C4D5E6F70");
 }
 
 #[test]

@@ -112,3 +112,24 @@ fn push_payload_is_mdm_json() {
     let p: Json = serde_json::from_slice(&push_payload("a\"b")).unwrap();
     assert_eq!(p["mdm"], "a\"b");
 }
+
+#[test]
+fn declarative_management_command_with_and_without_tokens() {
+    use mdm_apple::ddm::SyncTokens;
+    use mdm_apple::declarative_management_command;
+
+    let tokens = SyncTokens { declarations_token: "tok-1".into(), timestamp: "2024-05-01T10:00:00Z".into() };
+    let with = declarative_management_command(UUID, Some(&tokens));
+    assert_eq!(with.request_type, "DeclarativeManagement");
+    let top = parse_plist(&with.plist);
+    let command = top.as_dictionary().unwrap().get("Command").unwrap().as_dictionary().unwrap();
+    let data = command.get("Data").and_then(|v| v.as_data()).expect("Data is plist data");
+    let sync: Json = serde_json::from_slice(data).unwrap();
+    assert_eq!(sync, json!({"SyncTokens": {"DeclarationsToken": "tok-1", "Timestamp": "2024-05-01T10:00:00Z"}}));
+    // What the gateway queues is what a NanoMDM-style parser (the /v1/enqueue path) accepts.
+    assert_eq!(parse_command_plist(&with.plist).unwrap(), with);
+
+    let without = declarative_management_command(UUID, None);
+    let top = parse_plist(&without.plist);
+    assert_eq!(tagged_json(&top), json!({"CommandUUID": UUID, "Command": {"RequestType": "DeclarativeManagement"}}));
+}

@@ -27,6 +27,8 @@ impl EventType {
     pub const DEVICE_USER_AUTHENTICATE: EventType = EventType::named("device.user_authenticate");
     pub const DEVICE_DECLARATIVE_MANAGEMENT: EventType = EventType::named("device.declarative_management");
     pub const DEVICE_TOKEN_REQUESTED: EventType = EventType::named("device.token_requested");
+    /// The backend changed a channel's declarations (declarative management).
+    pub const DEVICE_DECLARATIONS_CHANGED: EventType = EventType::named("device.declarations_changed");
     pub const COMMAND_QUEUED: EventType = EventType::named("command.queued");
     pub const COMMAND_SENT: EventType = EventType::named("command.sent");
     pub const COMMAND_ACKNOWLEDGED: EventType = EventType::named("command.acknowledged");

@@ -2,17 +2,30 @@
 
 use http::StatusCode;
 use mdm_apple::CheckinMessage;
-use mdm_core::{EventType, Inventory};
+use mdm_core::{DeviceId, EventType, Inventory};
 
-use super::{CHECKIN_CONTENT_TYPE, Reject, bound_enrollment, device_ids, enrollment_type, remember_identity};
+use super::{CHECKIN_CONTENT_TYPE, Reject, bound_enrollment, ddm, device_ids, enrollment_type, remember_identity};
 use crate::AppState;
 use crate::http_util::{Reply, empty, text, with_type};
 use crate::identity::DeviceIdentity;
 use crate::push;
+use crate::sealing::Purpose;
 use crate::store::{Enrollment, EnrollmentState, PushInfo};
 
-/// Answers for check-ins this gateway does not serve yet; devices retry these later.
+/// The answer to a `GetToken` for a service type no token service is configured for.
 const NOT_CONFIGURED: StatusCode = StatusCode::NOT_IMPLEMENTED;
+
+/// Bootstrap tokens belong to the device channel (Apple: `userchannel: false`); a user channel
+/// asking is refused rather than answered with the device's token.
+fn device_channel_only(id: &DeviceId, channel: &DeviceId, what: &str) -> Result<(), Reject> {
+    if id == channel {
+        return Ok(());
+    }
+    Err(Reject::bad_request(
+        "device_channel_only",
+        format!("{what} is for the device channel, not the user channel {id}"),
+    ))
+}
 
 pub(super) async fn handle(
     state: &AppState,
@@ -23,7 +36,9 @@ pub(super) async fn handle(
     let msg = mdm_apple::decode_checkin(body).map_err(|e| Reject::bad_request(e.reason(), e.to_string()))?;
     let (id, channel) = device_ids(msg.ids())?;
     let data = event_data(&msg);
-    let raw_event = |t: EventType| state.events.with_raw(t, &id, None, data.clone(), CHECKIN_CONTENT_TYPE, body);
+    let raw_event_with =
+        |t: EventType, data: serde_json::Value| state.events.with_raw(t, &id, None, data, CHECKIN_CONTENT_TYPE, body);
+    let raw_event = |t: EventType| raw_event_with(t, data.clone());
 
     match &msg {
         CheckinMessage::Authenticate(_) => {
@@ -118,30 +133,78 @@ pub(super) async fn handle(
             Ok(("UserAuthenticate", empty(StatusCode::GONE)))
         }
         CheckinMessage::SetBootstrapToken(s) => {
-            let mut enrollment = bound_enrollment(state, identity, &channel, now).await?;
-            enrollment.bootstrap_token = s.bootstrap_token.clone();
-            enrollment.updated_at = now;
-            state.store.save_enrollment(&enrollment, &[raw_event(EventType::DEVICE_BOOTSTRAP_TOKEN_SET)]).await?;
+            device_channel_only(&id, &channel, "SetBootstrapToken")?;
+            bound_enrollment(state, identity, &channel, now).await?;
+            // Absent or empty: forget the stored token (Apple's schema says both mean "remove").
+            let sealed = match s.bootstrap_token.as_deref().filter(|t| !t.is_empty()) {
+                Some(token) => Some(state.sealer.seal(Purpose::BootstrapToken, &id, token).map_err(Reject::internal)?),
+                None => None,
+            };
+            let mut data = data.clone();
+            data["escrowed"] = sealed.is_some().into();
+            // No `raw`: the message carries the token, which must not reach the store readable.
+            let event = state.events.event(EventType::DEVICE_BOOTSTRAP_TOKEN_SET, &id, None, data);
+            if !state.store.set_bootstrap_token(&id, sealed.as_deref(), now, &[event]).await? {
+                return Err(Reject::bad_request("not_enrolled", format!("{id} has no enrollment")));
+            }
             Ok(("SetBootstrapToken", empty(StatusCode::OK)))
         }
         CheckinMessage::GetBootstrapToken(_) => {
+            device_channel_only(&id, &channel, "GetBootstrapToken")?;
             let enrollment = bound_enrollment(state, identity, &channel, now).await?;
-            state.store.append_events(&[raw_event(EventType::DEVICE_BOOTSTRAP_TOKEN_REQUESTED)]).await?;
-            let body = mdm_apple::encode_bootstrap_token_response(enrollment.bootstrap_token.as_deref());
+            // The binding check above makes this the requesting device's own row; the device id
+            // in the associated data makes a value copied from another row fail to open.
+            let token = match &enrollment.bootstrap_token {
+                Some(sealed) => Some(state.sealer.open(Purpose::BootstrapToken, &id, sealed).map_err(|e| Reject {
+                    status: StatusCode::INTERNAL_SERVER_ERROR,
+                    reason: "bootstrap_token_unreadable",
+                    detail: format!("the stored bootstrap token of {id} does not open: {e}"),
+                    identity: false,
+                })?),
+                None => None,
+            };
+            let mut data = data.clone();
+            data["escrowed"] = token.is_some().into();
+            state.store.append_events(&[raw_event_with(EventType::DEVICE_BOOTSTRAP_TOKEN_REQUESTED, data)]).await?;
+            let body = mdm_apple::encode_bootstrap_token_response(token.as_deref());
             Ok(("GetBootstrapToken", with_type(StatusCode::OK, "application/xml", body)))
         }
-        CheckinMessage::DeclarativeManagement(_) => {
+        CheckinMessage::DeclarativeManagement(dm) => {
             bound_enrollment(state, identity, &channel, now).await?;
-            state.store.append_events(&[raw_event(EventType::DEVICE_DECLARATIVE_MANAGEMENT)]).await?;
-            Ok((
-                "DeclarativeManagement",
-                text(NOT_CONFIGURED, "declarative management is not configured on this gateway\n"),
-            ))
+            let reply = ddm::handle(state, &id, dm, data.clone(), raw_event_with).await?;
+            Ok(("DeclarativeManagement", reply))
         }
-        CheckinMessage::GetToken(_) => {
+        CheckinMessage::GetToken(g) => {
             bound_enrollment(state, identity, &channel, now).await?;
-            state.store.append_events(&[raw_event(EventType::DEVICE_TOKEN_REQUESTED)]).await?;
-            Ok(("GetToken", text(NOT_CONFIGURED, "no token services are configured on this gateway\n")))
+            let service = &g.token_service_type;
+            let outcome = state.token_services.token(service, &id, g.parameters_json()).await;
+            let mut data = data.clone();
+            let (reply, result) = match &outcome {
+                Ok(Some(token)) => (
+                    with_type(StatusCode::OK, "application/xml", mdm_apple::encode_get_token_response(token)),
+                    "served",
+                ),
+                Ok(None) => {
+                    tracing::info!(device = %id, token_service_type = %service, "GetToken for a service type that is not configured");
+                    (
+                        text(
+                            NOT_CONFIGURED,
+                            format!("no token service is configured for TokenServiceType {service:?}\n"),
+                        ),
+                        "not_configured",
+                    )
+                }
+                Err(e) => {
+                    tracing::warn!(device = %id, token_service_type = %service, reason = e.reason(), error = %e, "token service failed");
+                    data["reason"] = e.reason().into();
+                    (text(StatusCode::BAD_GATEWAY, format!("{}: the token service failed\n", e.reason())), "failed")
+                }
+            };
+            data["outcome"] = result.into();
+            // No `raw`: TokenParameters may hold a SecurityToken.
+            let event = state.events.event(EventType::DEVICE_TOKEN_REQUESTED, &id, None, data);
+            state.store.append_events(&[event]).await?;
+            Ok(("GetToken", reply))
         }
         CheckinMessage::Unknown { message_type, .. } => Err(Reject::bad_request(
             "unsupported_message_type",

@@ -5,7 +5,11 @@
 //! Identity failures answer 400 (never 401: a device treats 401 as "re-authenticate the user").
 
 mod checkin;
+mod ddm;
 mod report;
+pub mod token_services;
+
+pub use ddm::{NO_DECLARATIONS_TOKEN, sync_tokens};
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -51,6 +55,11 @@ impl Reject {
     /// A valid certificate that is not the one bound to the enrollment (or is bound to another).
     pub(crate) fn identity(reason: &'static str, detail: impl Into<String>) -> Self {
         Reject { status: StatusCode::BAD_REQUEST, reason, detail: detail.into(), identity: true }
+    }
+
+    /// What the device asked for does not exist (a declaration it was not given).
+    pub(crate) fn not_found(reason: &'static str, detail: impl Into<String>) -> Self {
+        Reject { status: StatusCode::NOT_FOUND, reason, detail: detail.into(), identity: false }
     }
 
     pub(crate) fn internal(detail: impl std::fmt::Display) -> Self {

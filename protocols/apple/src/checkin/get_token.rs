@@ -47,6 +47,12 @@ impl GetToken {
         self.param("SecurityToken")
     }
 
+    /// `TokenParameters` as JSON (data values as base64), secrets included: for the service
+    /// that mints the token, never for events. An empty object when absent.
+    pub fn parameters_json(&self) -> Json {
+        Json::Object(self.token_parameters.as_ref().map_or_else(Map::new, |p| dict_to_json(p, &[], DataPolicy::Base64)))
+    }
+
     pub(crate) fn event_fields(&self, m: &mut Map<String, Json>) {
         m.insert("token_service_type".into(), self.token_service_type.clone().into());
         if let Some(p) = &self.token_parameters {

@@ -5,11 +5,13 @@
 //! anything. Command ids are chosen by the caller and become the wire `CommandUUID`, so the
 //! device's report can be matched to the backend's command.
 
+mod declarative_management;
 mod parse;
 mod raw;
 pub mod request_type;
 mod translate;
 
+pub use declarative_management::declarative_management_command;
 pub use parse::parse_command_plist;
 pub use translate::{DEFAULT_DEVICE_INFORMATION_QUERIES, TranslateContext, translate};
 

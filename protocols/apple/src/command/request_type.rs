@@ -6,6 +6,10 @@ pub const DEVICE_LOCK: &str = "DeviceLock";
 pub const RESTART_DEVICE: &str = "RestartDevice";
 pub const ERASE_DEVICE: &str = "EraseDevice";
 pub const CLEAR_PASSCODE: &str = "ClearPasscode";
+/// Built by [`crate::declarative_management_command`], not by `translate`.
+pub const DECLARATIVE_MANAGEMENT: &str = "DeclarativeManagement";
 
-/// Every request type [`crate::translate`] can produce (checked against Apple's schemas in tests).
-pub const EMITTED: [&str; 5] = [DEVICE_INFORMATION, DEVICE_LOCK, RESTART_DEVICE, ERASE_DEVICE, CLEAR_PASSCODE];
+/// Every request type this crate builds, through [`crate::translate`] or
+/// [`crate::declarative_management_command`] (checked against Apple's schemas in tests).
+pub const EMITTED: [&str; 6] =
+    [DEVICE_INFORMATION, DEVICE_LOCK, RESTART_DEVICE, ERASE_DEVICE, CLEAR_PASSCODE, DECLARATIVE_MANAGEMENT];
