@@ -2,7 +2,7 @@
 //!
 //! In: check-in and command-report bodies (XML or binary plists), normalised commands, a queue
 //! snapshot with `now`. Out: typed messages, event data, inventory, command plists, check-in
-//! replies, the push payload, and which command to send next.
+//! replies, the push payload, the enrollment profile, and which command to send next.
 //!
 //! This crate does no IO: no sockets, no files, no clock, no randomness. It does not verify the
 //! device's identity certificate or message signature, store tokens, send pushes, or decide
@@ -15,6 +15,7 @@ mod fields;
 mod ids;
 mod json;
 mod os_name;
+pub mod profile;
 mod push;
 pub mod queue;
 mod reply;
@@ -29,6 +30,7 @@ pub use command::{
 };
 pub use error::DecodeError;
 pub use ids::{EnrollmentIds, EnrollmentType, SHARED_IPAD_USER_ID};
+pub use profile::{EnrollmentProfile, PayloadUuids, ProfileError, ProfileVariant};
 pub use push::push_payload;
 pub use queue::{QueueItem, QueueState, Selection, Trigger, select_next};
 pub use reply::{encode_bootstrap_token_response, encode_digest_challenge, encode_get_token_response};
