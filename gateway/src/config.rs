@@ -100,6 +100,27 @@ pub struct AppleConfig {
     pub apns_expiration_s: u64,
     /// Pushes after enqueue to the same device within this many milliseconds become one (0: off).
     pub push_coalesce_ms: u64,
+    /// The enrollment profile (`GET /mdm/enroll`), tickets and the enrollment page.
+    pub enrollment: EnrollmentConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EnrollmentConfig {
+    /// Push topic written into profiles when several push certificates are uploaded (a `?topic=`
+    /// query still wins). Must be one of the uploaded topics.
+    pub topic: Option<String>,
+    /// `PayloadIdentifier` of the enrollment profile; when absent, derived from the public URL's
+    /// host (`mdm.example.com` → `com.example.mdm.enrollment`). Keep it stable: devices replace an
+    /// installed profile with the same identifier.
+    pub profile_identifier: Option<String>,
+    /// The organisation named in the profile (`PayloadOrganization`) and on the enrollment page.
+    pub organization: String,
+    /// How long an enrollment ticket (`POST /enroll/session`) can be used to download a profile.
+    pub ticket_ttl_s: u64,
+    /// Gateway-wide budget of enrollment requests that store something (`POST /enroll/session`,
+    /// `GET /mdm/enroll`) per minute; a burst of this size is allowed, then requests get 429.
+    pub requests_per_minute: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -224,6 +245,19 @@ impl Default for AppleConfig {
             push_timeout_ms: 10_000,
             apns_expiration_s: 86_400,
             push_coalesce_ms: 1000,
+            enrollment: EnrollmentConfig::default(),
+        }
+    }
+}
+
+impl Default for EnrollmentConfig {
+    fn default() -> Self {
+        EnrollmentConfig {
+            topic: None,
+            profile_identifier: None,
+            organization: "MDM Gateway".into(),
+            ticket_ttl_s: 3600,
+            requests_per_minute: 120,
         }
     }
 }
@@ -365,6 +399,7 @@ impl Config {
             }
         }
         self.validate_push()?;
+        self.validate_enrollment()?;
         if let Some(url) = &self.store.url
             && !url.starts_with("sqlite:")
         {
@@ -426,6 +461,50 @@ impl Config {
             return Err(ConfigError::new("apple.push_coalesce_ms", "must be at most 60000"));
         }
         Ok(())
+    }
+
+    fn validate_enrollment(&self) -> Result<(), ConfigError> {
+        let e = &self.apple.enrollment;
+        let plain = |s: &str| !s.trim().is_empty() && !s.chars().any(char::is_control);
+        if let Some(t) = &e.topic
+            && (!t.starts_with("com.apple.mgmt.") || !plain(t))
+        {
+            return Err(ConfigError::new("apple.enrollment.topic", "must be an MDM push topic (com.apple.mgmt.…)"));
+        }
+        if let Some(id) = &e.profile_identifier
+            && (id.is_empty() || id.chars().any(|c| c.is_whitespace() || c.is_control()))
+        {
+            return Err(ConfigError::new("apple.enrollment.profile_identifier", "must be non-empty without spaces"));
+        }
+        if !plain(&e.organization) || e.organization.chars().count() > 100 {
+            return Err(ConfigError::new(
+                "apple.enrollment.organization",
+                "must be 1 to 100 characters without control characters",
+            ));
+        }
+        if !(60..=7 * 86_400).contains(&e.ticket_ttl_s) {
+            return Err(ConfigError::new("apple.enrollment.ticket_ttl_s", "must be 60 to 604800 (7 days)"));
+        }
+        if e.requests_per_minute == 0 {
+            return Err(ConfigError::new("apple.enrollment.requests_per_minute", "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// The enrollment profile's `PayloadIdentifier`: configured, or the public host's labels
+    /// reversed plus `.enrollment` (`mdm.example.com` → `com.example.mdm.enrollment`; an IP
+    /// address `10.0.0.5` → `ip-10-0-0-5.enrollment`).
+    pub fn profile_identifier(&self) -> String {
+        if let Some(id) = &self.apple.enrollment.profile_identifier {
+            return id.clone();
+        }
+        let host = self.public_host();
+        let base = if host.parse::<std::net::IpAddr>().is_ok() {
+            format!("ip-{}", host.replace(['.', ':'], "-"))
+        } else {
+            host.split('.').rev().collect::<Vec<_>>().join(".")
+        };
+        format!("{base}.enrollment")
     }
 
     /// Host name of the public URL, for the generated server certificate.

@@ -27,8 +27,8 @@ use sha2::{Digest, Sha384};
 use tokio::sync::{Notify, oneshot};
 
 use super::{
-    CommandRecord, CommandUpdate, Enrollment, EnrollmentState, LoggedEvent, NewCommand, PushCert, PushInfo, Result,
-    Store, StoreError,
+    CommandRecord, CommandUpdate, EnrollTicket, Enrollment, EnrollmentState, LoggedEvent, NewCommand, PushCert, PushInfo,
+    Result, Store, StoreError,
 };
 
 /// Migrations, embedded at build time: `(version, description, sql)`, following the
@@ -36,7 +36,10 @@ use super::{
 /// `_sqlx_migrations` table with sqlx's columns and checksum (SHA-384 of the file), so databases
 /// created by the earlier sqlx-based store open unchanged, and the other way round. A test
 /// checks that every file in the directory is listed here.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "init", include_str!("../../migrations/sqlite/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "init", include_str!("../../migrations/sqlite/0001_init.sql")),
+    (4, "enroll_tickets", include_str!("../../migrations/sqlite/0004_enroll_tickets.sql")),
+];
 
 /// The bookkeeping table, exactly as sqlx creates it.
 const MIGRATIONS_TABLE_SQL: &str = "CREATE TABLE IF NOT EXISTS _sqlx_migrations (
@@ -645,6 +648,20 @@ fn push_cert_from_row(row: &Row<'_>) -> Result<PushCert> {
     })
 }
 
+const ENROLL_TICKET_SQL: &str = "SELECT id, created_at, expires_at, profile_downloaded_at, downloads, variant \
+     FROM enroll_tickets WHERE id = ?";
+
+fn enroll_ticket_from_row(row: &Row<'_>) -> Result<EnrollTicket> {
+    Ok(EnrollTicket {
+        id: get(row, 0, "id")?,
+        created_at: get(row, 1, "created_at")?,
+        expires_at: get(row, 2, "expires_at")?,
+        profile_downloaded_at: get(row, 3, "profile_downloaded_at")?,
+        downloads: get(row, 4, "downloads")?,
+        variant: get(row, 5, "variant")?,
+    })
+}
+
 /// Maps a unique violation that slipped past the explicit checks in `enqueue` (which give the
 /// precise key) to the matching error; anything else stays a database error.
 fn enqueue_error(e: rusqlite::Error, command: &NewCommand) -> StoreError {
@@ -1028,6 +1045,39 @@ impl Store for SqliteStore {
         })
         .await
     }
+
+    async fn create_enroll_ticket(&self, ticket: &EnrollTicket, purge_expired_before: i64) -> Result<()> {
+        let t = ticket.clone();
+        self.transact(move |tx| {
+            tx.prepare_cached("DELETE FROM enroll_tickets WHERE expires_at < ?")?.execute([purge_expired_before])?;
+            tx.prepare_cached(
+                "INSERT INTO enroll_tickets (id, created_at, expires_at, profile_downloaded_at, downloads, variant) \
+                 VALUES (?, ?, ?, ?, ?, ?)",
+            )?
+            .execute(params![t.id, t.created_at, t.expires_at, t.profile_downloaded_at, t.downloads, t.variant])?;
+            Ok(((), false))
+        })
+        .await
+    }
+
+    async fn enroll_ticket(&self, id: &str) -> Result<Option<EnrollTicket>> {
+        let id = id.to_owned();
+        self.read(move |conn| query_opt(conn, ENROLL_TICKET_SQL, [&id], enroll_ticket_from_row)).await
+    }
+
+    async fn record_profile_download(&self, id: &str, variant: &str, now: i64) -> Result<bool> {
+        let (id, variant) = (id.to_owned(), variant.to_owned());
+        self.write(move |conn| {
+            let changed = conn
+                .prepare_cached(
+                    "UPDATE enroll_tickets SET profile_downloaded_at = COALESCE(profile_downloaded_at, ?1), \
+                     downloads = downloads + 1, variant = ?2 WHERE id = ?3 AND expires_at > ?1",
+                )?
+                .execute(params![now, variant, id])?;
+            Ok(changed == 1)
+        })
+        .await
+    }
 }
 
 #[cfg(test)]
@@ -1299,8 +1349,9 @@ mod tests {
     }
 
     /// A database migrated by the earlier, sqlx-based store: sqlx's `_sqlx_migrations` table
-    /// (its DDL, its SHA-384 checksum) with 0001 applied. It must open without re-running
-    /// anything, and a changed or unknown migration must stop the store, naming it.
+    /// (its DDL, its SHA-384 checksum) with 0001 applied. It must open without re-running 0001
+    /// (applying only the later ones), and a changed or unknown migration must stop the store,
+    /// naming it.
     #[tokio::test]
     async fn opens_databases_migrated_by_sqlx() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -1326,17 +1377,23 @@ mod tests {
 
         let conn = Connection::open(&path).expect("open");
         let rows: i64 = conn.query_row("SELECT COUNT(*) FROM _sqlx_migrations", [], |r| r.get(0)).expect("count");
-        assert_eq!(rows, 1);
-        conn.execute("UPDATE _sqlx_migrations SET checksum = x'00'", []).expect("tamper");
+        assert_eq!(rows, MIGRATIONS.len() as i64, "0001 once, plus each later migration");
+        conn.execute("UPDATE _sqlx_migrations SET checksum = x'00' WHERE version = ?", [version]).expect("tamper");
         match SqliteStore::open(&path, 1).await {
             Err(StoreError::Migrate(m)) => assert!(m.contains("0001_init"), "{m}"),
             other => panic!("expected Migrate, got {other:?}"),
         }
-        conn.execute("UPDATE _sqlx_migrations SET checksum = ?", [Sha384::digest(sql.as_bytes()).as_slice()])
-            .expect("fix");
-        conn.execute("INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) VALUES (2, 'future', TRUE, x'00', 1)", []).expect("future");
-        assert!(matches!(SqliteStore::open(&path, 1).await, Err(StoreError::Migrate(m)) if m.contains("migration 2")));
-        conn.execute("DELETE FROM _sqlx_migrations WHERE version = 2", []).expect("undo");
+        conn.execute(
+            "UPDATE _sqlx_migrations SET checksum = ? WHERE version = ?",
+            params![Sha384::digest(sql.as_bytes()).as_slice(), version],
+        )
+        .expect("fix");
+        let future = MIGRATIONS.iter().map(|m| m.0).max().expect("migrations") + 1;
+        conn.execute("INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) VALUES (?, 'future', TRUE, x'00', 1)", [future]).expect("future");
+        assert!(
+            matches!(SqliteStore::open(&path, 1).await, Err(StoreError::Migrate(m)) if m.contains(&format!("migration {future}")))
+        );
+        conn.execute("DELETE FROM _sqlx_migrations WHERE version = ?", [future]).expect("undo");
         conn.execute("UPDATE _sqlx_migrations SET success = FALSE", []).expect("dirty");
         assert!(matches!(SqliteStore::open(&path, 1).await, Err(StoreError::Migrate(m)) if m.contains("dirty")));
     }
@@ -1349,7 +1406,7 @@ mod tests {
         store.close().await;
         let conn = Connection::open(dir.path().join("gateway.db")).expect("open");
         let (version, description, success, checksum): (i64, String, bool, Vec<u8>) = conn
-            .query_row("SELECT version, description, success, checksum FROM _sqlx_migrations", [], |r| {
+            .query_row("SELECT version, description, success, checksum FROM _sqlx_migrations ORDER BY version", [], |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
             })
             .expect("row");

@@ -13,7 +13,9 @@ use serde_json::json;
 use time::OffsetDateTime;
 use tokio::sync::Notify;
 
-use super::{CommandUpdate, Enrollment, EnrollmentState, NewCommand, PushCert, PushInfo, Store, StoreError};
+use super::{
+    CommandUpdate, EnrollTicket, Enrollment, EnrollmentState, NewCommand, PushCert, PushInfo, Store, StoreError,
+};
 
 /// A fresh store for one test, with what the tests need besides the trait.
 pub struct Harness {
@@ -50,6 +52,7 @@ macro_rules! store_suite {
             events_are_atomic_with_state,
             sink_cursors,
             push_certs_upsert_by_topic,
+            enroll_tickets_lifecycle,
         );
 
         #[tokio::test]
@@ -737,6 +740,39 @@ pub async fn push_certs_upsert_by_topic(store: &dyn Store) {
     let mut got = store.push_certs().await.expect("read");
     got.sort_by(|x, y| x.topic.cmp(&y.topic));
     assert_eq!(got, [b, a]);
+}
+
+pub async fn enroll_tickets_lifecycle(store: &dyn Store) {
+    let ticket = |id: &str, created_at: i64| EnrollTicket {
+        id: id.to_owned(),
+        created_at,
+        expires_at: created_at + 100,
+        profile_downloaded_at: None,
+        downloads: 0,
+        variant: None,
+    };
+    assert_eq!(store.enroll_ticket("a").await.expect("read"), None);
+    let a = ticket("a", 1000);
+    store.create_enroll_ticket(&a, 0).await.expect("create");
+    assert_eq!(store.enroll_ticket("a").await.expect("read"), Some(a.clone()));
+    assert!(store.create_enroll_ticket(&a, 0).await.is_err(), "an id is created once");
+
+    assert!(!store.record_profile_download("nope", "device", 1010).await.expect("unknown"));
+    assert!(store.record_profile_download("a", "device", 1010).await.expect("first"));
+    assert!(store.record_profile_download("a", "user", 1020).await.expect("second"));
+    let got = store.enroll_ticket("a").await.expect("read").expect("there");
+    assert_eq!(got.profile_downloaded_at, Some(1010), "the first download is kept");
+    assert_eq!(got.downloads, 2);
+    assert_eq!(got.variant.as_deref(), Some("user"), "the last variant");
+    assert!(!store.record_profile_download("a", "device", 1100).await.expect("expired"), "not at expires_at");
+    assert_eq!(store.enroll_ticket("a").await.expect("read"), Some(got.clone()), "an expired ticket is not counted");
+
+    // A new ticket purges those that expired before the given time, and only those.
+    store.create_enroll_ticket(&ticket("b", 1050), 0).await.expect("b");
+    store.create_enroll_ticket(&ticket("c", 2000), 1101).await.expect("c purges a");
+    assert_eq!(store.enroll_ticket("a").await.expect("read"), None);
+    assert!(store.enroll_ticket("b").await.expect("read").is_some(), "b expires at 1150, kept");
+    assert!(store.enroll_ticket("c").await.expect("read").is_some());
 }
 
 /// `notifier` must be signalled after a commit that appended events (and may be after others).
