@@ -13,6 +13,8 @@ pub mod http_util;
 pub mod identity;
 pub mod pki;
 pub mod push;
+pub mod ratelimit;
+pub mod scep;
 pub mod server;
 pub mod shutdown;
 pub mod sinks;
@@ -54,6 +56,10 @@ pub struct AppState {
     pub sinks: Vec<Arc<SinkHealth>>,
     /// APNs client.
     pub pusher: Arc<push::Pusher>,
+    /// SCEP challenges (placeholder until the SCEP branch lands).
+    pub scep: scep::Scep,
+    /// Enrollment profile signer, page and rate limit.
+    pub enrollment: sources::apple::enroll::Enrollment,
 }
 
 /// Why the gateway could not start.
@@ -143,6 +149,9 @@ impl Gateway {
         };
         let tls = tls::device_server_config(&tls_chain, &tls_key)
             .map_err(|e| config::ConfigError { key: "device.tls_cert".into(), message: e.to_string() })?;
+        // The device listener's certificate also signs enrollment profiles (docs/apple.md).
+        let enrollment = sources::apple::enroll::Enrollment::new(&config, &data.ca, &tls_chain, &tls_key)
+            .map_err(|message| config::ConfigError { key: "device.tls_cert".into(), message })?;
 
         let sqlite =
             SqliteStore::open_with(&config.store_url(), config.store.read_connections, config.store.durability).await?;
@@ -213,6 +222,8 @@ impl Gateway {
             draining: AtomicBool::new(false),
             sinks: sink_health,
             pusher: Arc::new(pusher),
+            scep: scep::Scep::new(),
+            enrollment,
         });
 
         let grace = Duration::from_secs(state.config.shutdown.grace_period_s);

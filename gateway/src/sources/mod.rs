@@ -1,4 +1,5 @@
-//! Device-facing sources, routed by path. Each platform family is a folder.
+//! Device-facing sources, routed by path. Each platform family is a folder. Apple: check-ins and
+//! reports (`/mdm`, `/checkin`), enrollment (`/mdm/enroll`, `/enroll`, `/enroll/session…`).
 
 pub mod apple;
 
@@ -27,7 +28,10 @@ pub fn device_handler(state: Arc<AppState>) -> Handler {
                     let endpoint = if path == "/mdm" { apple::Endpoint::Mdm } else { apple::Endpoint::CheckIn };
                     apple::handle(&state, req, &conn, endpoint).await
                 }
-                _ => text(StatusCode::NOT_FOUND, "no such endpoint\n"),
+                _ => match apple::enroll::handle(&state, req).await {
+                    Some(reply) => reply,
+                    None => text(StatusCode::NOT_FOUND, "no such endpoint\n"),
+                },
             }
         })
     })

@@ -27,8 +27,8 @@ use sha2::{Digest, Sha384};
 use tokio::sync::{Notify, oneshot};
 
 use super::{
-    CommandRecord, CommandUpdate, EnrollTicket, Enrollment, EnrollmentState, LoggedEvent, NewCommand, PushCert, PushInfo,
-    Result, Store, StoreError,
+    CommandRecord, CommandUpdate, EnrollTicket, Enrollment, EnrollmentState, LoggedEvent, NewCommand, PushCert,
+    PushInfo, Result, Store, StoreError,
 };
 
 /// Migrations, embedded at build time: `(version, description, sql)`, following the
@@ -1054,7 +1054,14 @@ impl Store for SqliteStore {
                 "INSERT INTO enroll_tickets (id, created_at, expires_at, profile_downloaded_at, downloads, variant) \
                  VALUES (?, ?, ?, ?, ?, ?)",
             )?
-            .execute(params![t.id, t.created_at, t.expires_at, t.profile_downloaded_at, t.downloads, t.variant])?;
+            .execute(params![
+                t.id,
+                t.created_at,
+                t.expires_at,
+                t.profile_downloaded_at,
+                t.downloads,
+                t.variant
+            ])?;
             Ok(((), false))
         })
         .await
@@ -1406,9 +1413,11 @@ mod tests {
         store.close().await;
         let conn = Connection::open(dir.path().join("gateway.db")).expect("open");
         let (version, description, success, checksum): (i64, String, bool, Vec<u8>) = conn
-            .query_row("SELECT version, description, success, checksum FROM _sqlx_migrations ORDER BY version", [], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-            })
+            .query_row(
+                "SELECT version, description, success, checksum FROM _sqlx_migrations ORDER BY version",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
             .expect("row");
         assert_eq!((version, description.as_str(), success), (1, "init", true));
         assert_eq!(checksum, Sha384::digest(MIGRATIONS[0].2.as_bytes()).to_vec());

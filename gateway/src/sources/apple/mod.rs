@@ -5,6 +5,7 @@
 //! Identity failures answer 400 (never 401: a device treats 401 as "re-authenticate the user").
 
 mod checkin;
+pub mod enroll;
 mod report;
 
 use std::sync::Arc;
