@@ -517,3 +517,43 @@ impl Config {
         self.store.url.clone().unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("gateway.db").display()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_public_url(url: &str) -> Config {
+        Config { public_url: url.into(), ..Config::default() }
+    }
+
+    #[test]
+    fn profile_identifier_is_derived_from_the_public_host() {
+        assert_eq!(with_public_url("https://mdm.example.com").profile_identifier(), "com.example.mdm.enrollment");
+        assert_eq!(with_public_url("https://localhost:8443").profile_identifier(), "localhost.enrollment");
+        assert_eq!(with_public_url("https://10.0.0.5:8443/x").profile_identifier(), "ip-10-0-0-5.enrollment");
+        assert_eq!(with_public_url("https://[::1]:8443").profile_identifier(), "ip---1.enrollment");
+        let mut c = with_public_url("https://mdm.example.com");
+        c.apple.enrollment.profile_identifier = Some("org.example.enroll".into());
+        assert_eq!(c.profile_identifier(), "org.example.enroll");
+    }
+
+    #[test]
+    fn enrollment_settings_are_checked() {
+        let refused = |f: &dyn Fn(&mut EnrollmentConfig)| {
+            let mut c = Config::default();
+            f(&mut c.apple.enrollment);
+            c.validate().expect_err("refused").key
+        };
+        assert_eq!(refused(&|e| e.topic = Some("com.example.push".into())), "apple.enrollment.topic");
+        assert_eq!(
+            refused(&|e| e.profile_identifier = Some("has space".into())),
+            "apple.enrollment.profile_identifier"
+        );
+        assert_eq!(refused(&|e| e.organization = " ".into()), "apple.enrollment.organization");
+        assert_eq!(refused(&|e| e.organization = "x".repeat(101)), "apple.enrollment.organization");
+        assert_eq!(refused(&|e| e.ticket_ttl_s = 59), "apple.enrollment.ticket_ttl_s");
+        assert_eq!(refused(&|e| e.ticket_ttl_s = 7 * 86_400 + 1), "apple.enrollment.ticket_ttl_s");
+        assert_eq!(refused(&|e| e.requests_per_minute = 0), "apple.enrollment.requests_per_minute");
+        Config::default().validate().expect("defaults are valid");
+    }
+}
