@@ -21,6 +21,10 @@
       return r.ok ? r.json() : Promise.reject(new Error("HTTP " + r.status));
     }).then(function (s) {
       if (!s) { return; }
+      if (s.expired && s.state === "created") {
+        show("error", "This enrollment session has expired. Reload the page to start again.");
+        return;
+      }
       var text = messages[s.state] || s.state;
       if (s.state === "enrolled") {
         text += s.device_id ? " (" + s.device_id + ")." : ".";
