@@ -4,6 +4,8 @@
 //! What it covers:
 //! - `Mdm-Signature` (Apple): a detached CMS/PKCS#7 SignedData over the exact request body
 //!   ([`verify_mdm_signature`]), and making one for emulated devices ([`sign_detached`]).
+//! - Signing content the gateway hands out, with the content inside the CMS ([`sign_attached`]):
+//!   the enrollment profile.
 //! - Whether a device certificate is acceptable: chains to a [`TrustAnchors`] root, is valid at a given
 //!   time and is fit for TLS client authentication ([`verify_device_certificate`]).
 //! - Certificates forwarded by a TLS-terminating proxy ([`header`]).
@@ -43,6 +45,6 @@ pub use anchors::TrustAnchors;
 pub use chain::verify_device_certificate;
 pub use error::IdentityError;
 pub use fingerprint::fingerprint_sha256;
-pub use sign::{SignError, sign_detached, sign_detached_with_chain};
+pub use sign::{SignError, sign_attached, sign_detached, sign_detached_with_chain};
 pub use signature::{SignedBy, decode_signature_header, verify_mdm_signature};
 pub use signature_parts::SignatureParts;

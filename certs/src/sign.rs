@@ -1,5 +1,6 @@
-//! Making an `Mdm-Signature` value, for emulated devices and tests. Does not pick the key or
-//! certificate; the gateway itself never signs device requests.
+//! Making CMS SignedData: a detached `Mdm-Signature` value, for emulated devices and tests, and an
+//! attached signature around content the gateway hands out (the enrollment profile). Does not pick
+//! the key or certificate.
 
 use openssl::{
     error::ErrorStack,
@@ -49,4 +50,29 @@ pub fn sign_detached_with_chain(
     let flags = Pkcs7Flags::DETACHED | Pkcs7Flags::BINARY | Pkcs7Flags::NOATTR;
     let p7 = Pkcs7::sign(cert, key, &extra, body, flags)?;
     Ok(b64::encode(&p7.to_der()?))
+}
+
+/// DER of a PKCS#7/CMS SignedData that *contains* `content` (attached, not detached), signed with
+/// `key`, carrying `cert` and `chain` (intermediates, optionally the root) so a verifier can build
+/// the path. This is how a signed configuration profile (`.mobileconfig`) is packaged.
+///
+/// `BINARY`: the content is signed byte for byte (a plist must not be canonicalised as MIME text).
+/// `NOATTR`: no signed attributes, so openssl does not stamp a signingTime from the system clock,
+/// which this crate must not read; the signature then covers the content directly (RFC 5652 §5.4),
+/// which CMS verifiers (openssl, NSS-derived ones) accept.
+pub fn sign_attached(
+    cert: &X509Ref,
+    key: &PKeyRef<Private>,
+    chain: &[X509],
+    content: &[u8],
+) -> Result<Vec<u8>, SignError> {
+    if !cert.public_key()?.public_eq(key) {
+        return Err(SignError::KeyMismatch);
+    }
+    let mut extra = Stack::new()?;
+    for c in chain {
+        extra.push(c.clone())?;
+    }
+    let p7 = Pkcs7::sign(cert, key, &extra, content, Pkcs7Flags::BINARY | Pkcs7Flags::NOATTR)?;
+    Ok(p7.to_der()?)
 }

@@ -114,6 +114,39 @@ pub struct AppleConfig {
     /// Token services answering `GetToken` check-ins, by `TokenServiceType`
     /// (`[apple.tokens."com.apple.maid"]`). Other service types are answered 501.
     pub tokens: BTreeMap<String, TokenServiceConfig>,
+    /// The enrollment profile (`GET /mdm/enroll`), tickets and the enrollment page.
+    pub enrollment: EnrollmentConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EnrollmentConfig {
+    /// Push topic written into profiles when several push certificates are uploaded (a `?topic=`
+    /// query still wins). Must be one of the uploaded topics.
+    pub topic: Option<String>,
+    /// `PayloadIdentifier` of the enrollment profile; when absent, derived from the public URL's
+    /// host (`mdm.example.com` → `com.example.mdm.enrollment`). Keep it stable: devices replace an
+    /// installed profile with the same identifier.
+    pub profile_identifier: Option<String>,
+    /// The organisation named in the profile (`PayloadOrganization`) and on the enrollment page.
+    pub organization: String,
+    /// How long an enrollment ticket (`POST /enroll/session`) can be used to download a profile.
+    pub ticket_ttl_s: u64,
+    /// Gateway-wide budget of enrollment requests that store something (`POST /enroll/session`,
+    /// `GET /mdm/enroll`) per minute; a burst of this size is allowed, then requests get 429.
+    pub requests_per_minute: u32,
+}
+
+impl Default for EnrollmentConfig {
+    fn default() -> Self {
+        EnrollmentConfig {
+            topic: None,
+            profile_identifier: None,
+            organization: "MDM Gateway".into(),
+            ticket_ttl_s: 3600,
+            requests_per_minute: 120,
+        }
+    }
 }
 
 /// Where the token for one `TokenServiceType` comes from: a file, or a backend hook.
@@ -272,6 +305,7 @@ impl Default for AppleConfig {
             scep_cert_validity_days: 365,
             scep_allow_des: false,
             tokens: BTreeMap::new(),
+            enrollment: EnrollmentConfig::default(),
         }
     }
 }
@@ -418,6 +452,7 @@ impl Config {
             }
         }
         self.validate_push()?;
+        self.validate_enrollment()?;
         if let Some(url) = &self.store.url
             && !url.starts_with("sqlite:")
         {
@@ -534,6 +569,50 @@ impl Config {
         Ok(())
     }
 
+    fn validate_enrollment(&self) -> Result<(), ConfigError> {
+        let e = &self.apple.enrollment;
+        let plain = |s: &str| !s.trim().is_empty() && !s.chars().any(char::is_control);
+        if let Some(t) = &e.topic
+            && (!t.starts_with("com.apple.mgmt.") || !plain(t))
+        {
+            return Err(ConfigError::new("apple.enrollment.topic", "must be an MDM push topic (com.apple.mgmt.…)"));
+        }
+        if let Some(id) = &e.profile_identifier
+            && (id.is_empty() || id.chars().any(|c| c.is_whitespace() || c.is_control()))
+        {
+            return Err(ConfigError::new("apple.enrollment.profile_identifier", "must be non-empty without spaces"));
+        }
+        if !plain(&e.organization) || e.organization.chars().count() > 100 {
+            return Err(ConfigError::new(
+                "apple.enrollment.organization",
+                "must be 1 to 100 characters without control characters",
+            ));
+        }
+        if !(60..=7 * 86_400).contains(&e.ticket_ttl_s) {
+            return Err(ConfigError::new("apple.enrollment.ticket_ttl_s", "must be 60 to 604800 (7 days)"));
+        }
+        if e.requests_per_minute == 0 {
+            return Err(ConfigError::new("apple.enrollment.requests_per_minute", "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// The enrollment profile's `PayloadIdentifier`: configured, or the public host's labels
+    /// reversed plus `.enrollment` (`mdm.example.com` → `com.example.mdm.enrollment`; an IP
+    /// address `10.0.0.5` → `ip-10-0-0-5.enrollment`).
+    pub fn profile_identifier(&self) -> String {
+        if let Some(id) = &self.apple.enrollment.profile_identifier {
+            return id.clone();
+        }
+        let host = self.public_host();
+        let base = if host.parse::<std::net::IpAddr>().is_ok() {
+            format!("ip-{}", host.replace(['.', ':'], "-"))
+        } else {
+            host.split('.').rev().collect::<Vec<_>>().join(".")
+        };
+        format!("{base}.enrollment")
+    }
+
     /// Host name of the public URL, for the generated server certificate.
     pub fn public_host(&self) -> String {
         let uri: http::Uri = self.public_url.parse().expect("validated");
@@ -606,5 +685,40 @@ mod tests {
         // Unknown keys inside a service are refused like everywhere else.
         let e = load("[apple.tokens.\"com.apple.maid\"]\nfile = \"$DIR/token\"\nfiel = 1").expect_err("unknown key");
         assert!(e.to_string().contains("fiel"), "{e}");
+    }
+
+    fn with_public_url(url: &str) -> Config {
+        Config { public_url: url.into(), ..Config::default() }
+    }
+
+    #[test]
+    fn profile_identifier_is_derived_from_the_public_host() {
+        assert_eq!(with_public_url("https://mdm.example.com").profile_identifier(), "com.example.mdm.enrollment");
+        assert_eq!(with_public_url("https://localhost:8443").profile_identifier(), "localhost.enrollment");
+        assert_eq!(with_public_url("https://10.0.0.5:8443/x").profile_identifier(), "ip-10-0-0-5.enrollment");
+        assert_eq!(with_public_url("https://[::1]:8443").profile_identifier(), "ip---1.enrollment");
+        let mut c = with_public_url("https://mdm.example.com");
+        c.apple.enrollment.profile_identifier = Some("org.example.enroll".into());
+        assert_eq!(c.profile_identifier(), "org.example.enroll");
+    }
+
+    #[test]
+    fn enrollment_settings_are_checked() {
+        let refused = |f: &dyn Fn(&mut EnrollmentConfig)| {
+            let mut c = Config::default();
+            f(&mut c.apple.enrollment);
+            c.validate().expect_err("refused").key
+        };
+        assert_eq!(refused(&|e| e.topic = Some("com.example.push".into())), "apple.enrollment.topic");
+        assert_eq!(
+            refused(&|e| e.profile_identifier = Some("has space".into())),
+            "apple.enrollment.profile_identifier"
+        );
+        assert_eq!(refused(&|e| e.organization = " ".into()), "apple.enrollment.organization");
+        assert_eq!(refused(&|e| e.organization = "x".repeat(101)), "apple.enrollment.organization");
+        assert_eq!(refused(&|e| e.ticket_ttl_s = 59), "apple.enrollment.ticket_ttl_s");
+        assert_eq!(refused(&|e| e.ticket_ttl_s = 7 * 86_400 + 1), "apple.enrollment.ticket_ttl_s");
+        assert_eq!(refused(&|e| e.requests_per_minute = 0), "apple.enrollment.requests_per_minute");
+        Config::default().validate().expect("defaults are valid");
     }
 }

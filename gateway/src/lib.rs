@@ -13,6 +13,7 @@ pub mod http_util;
 pub mod identity;
 pub mod pki;
 pub mod push;
+pub mod ratelimit;
 pub mod scep;
 pub mod sealing;
 pub mod server;
@@ -62,6 +63,8 @@ pub struct AppState {
     pub sealer: sealing::Sealer,
     /// `GetToken` answers (`apple.tokens`).
     pub token_services: sources::apple::token_services::TokenServices,
+    /// Enrollment profile signer, page and rate limit.
+    pub enrollment: sources::apple::enroll::Enrollment,
 }
 
 /// Why the gateway could not start.
@@ -184,6 +187,9 @@ impl Gateway {
         };
         let tls = tls::device_server_config(&tls_chain, &tls_key)
             .map_err(|e| config::ConfigError { key: "device.tls_cert".into(), message: e.to_string() })?;
+        // The device listener's certificate also signs enrollment profiles (docs/apple.md).
+        let enrollment = sources::apple::enroll::Enrollment::new(&config, &data.ca, &tls_chain, &tls_key)
+            .map_err(|message| config::ConfigError { key: "device.tls_cert".into(), message })?;
 
         let storage_key = match &config.store.encryption_key_file {
             Some(p) => pki::read_storage_key(p)
@@ -278,6 +284,7 @@ impl Gateway {
             scep: Arc::new(scep),
             sealer,
             token_services,
+            enrollment,
         });
 
         let grace = Duration::from_secs(state.config.shutdown.grace_period_s);

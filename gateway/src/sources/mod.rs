@@ -1,4 +1,5 @@
-//! Device-facing sources, routed by path. Each platform family is a folder.
+//! Device-facing sources, routed by path. Each platform family is a folder. Apple: check-ins and
+//! reports (`/mdm`, `/checkin`), enrollment (`/mdm/enroll`, `/enroll`, `/enroll/session…`).
 
 pub mod apple;
 pub mod scep;
@@ -30,7 +31,10 @@ pub fn device_handler(state: Arc<AppState>) -> Handler {
                 }
                 // SCEP answers wrong methods itself (400, as RFC 8894 clients expect a reason).
                 "/scep" => scep::handle(&state, req, &conn).await,
-                _ => text(StatusCode::NOT_FOUND, "no such endpoint\n"),
+                _ => match apple::enroll::handle(&state, req).await {
+                    Some(reply) => reply,
+                    None => text(StatusCode::NOT_FOUND, "no such endpoint\n"),
+                },
             }
         })
     })

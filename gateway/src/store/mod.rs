@@ -257,7 +257,7 @@ pub struct ScepCertificate {
 }
 
 /// What became of the challenges handed out for an enrollment ticket.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct TicketStatus {
     /// A certificate was issued with one of the ticket's challenges.
     pub challenge_used: bool,
@@ -314,6 +314,22 @@ pub struct DeclarationsChange<'a> {
     /// Commands to queue (the `DeclarativeManagement` command that makes the device sync).
     pub commands: &'a [NewCommand],
     pub events: &'a [Event],
+}
+
+/// An enrollment ticket (`POST /enroll/session`): lets the enrollment page follow one enrollment
+/// from profile download to enrolled device.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EnrollTicket {
+    /// SHA-256 (hex) of the ticket the client holds; the ticket itself is never stored.
+    pub id: String,
+    pub created_at: i64,
+    /// After this, no profile is handed out for the ticket (its status stays readable until purged).
+    pub expires_at: i64,
+    /// First profile download with this ticket.
+    pub profile_downloaded_at: Option<i64>,
+    pub downloads: i64,
+    /// Variant (`device`, `user`) of the last profile downloaded.
+    pub variant: Option<String>,
 }
 
 /// Durable state behind the gateway. Implementations must pass [`suite`].
@@ -436,4 +452,13 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// before migration 0003, for the gateway to seal with [`Store::set_bootstrap_token`]. A
     /// store that never had such values returns none.
     async fn plaintext_bootstrap_tokens(&self, limit: u32) -> Result<Vec<(DeviceId, Vec<u8>)>>;
+
+    // --- Enrollment tickets ---
+    /// Stores a new ticket and, in the same transaction, deletes tickets whose `expires_at` is
+    /// before `purge_expired_before`.
+    async fn create_enroll_ticket(&self, ticket: &EnrollTicket, purge_expired_before: i64) -> Result<()>;
+    async fn enroll_ticket(&self, id: &str) -> Result<Option<EnrollTicket>>;
+    /// Counts a profile download for the ticket (the first sets `profile_downloaded_at`), only
+    /// while it has not expired (`expires_at > now`). Returns whether it applied.
+    async fn record_profile_download(&self, id: &str, variant: &str, now: i64) -> Result<bool>;
 }

@@ -32,9 +32,9 @@ use sha2::{Digest, Sha384};
 use tokio::sync::{Notify, oneshot};
 
 use super::{
-    CommandRecord, CommandUpdate, DeclarationSet, DeclarationsChange, DeclarationsToken, Enrollment, EnrollmentState,
-    LoggedEvent, NewCommand, NewScepChallenge, PushCert, PushInfo, RequestSnapshot, Result, ScepCertificate,
-    ScepChallenge, ScepRecord, Store, StoreError, StoredDeclaration, TicketStatus,
+    CommandRecord, CommandUpdate, DeclarationSet, DeclarationsChange, DeclarationsToken, EnrollTicket, Enrollment,
+    EnrollmentState, LoggedEvent, NewCommand, NewScepChallenge, PushCert, PushInfo, RequestSnapshot, Result,
+    ScepCertificate, ScepChallenge, ScepRecord, Store, StoreError, StoredDeclaration, TicketStatus,
 };
 
 /// Migrations, embedded at build time: `(version, description, sql)`, following the
@@ -46,6 +46,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "init", include_str!("../../migrations/sqlite/0001_init.sql")),
     (2, "scep", include_str!("../../migrations/sqlite/0002_scep.sql")),
     (3, "ddm_tokens", include_str!("../../migrations/sqlite/0003_ddm_tokens.sql")),
+    (4, "enroll_tickets", include_str!("../../migrations/sqlite/0004_enroll_tickets.sql")),
 ];
 
 /// The bookkeeping table, exactly as sqlx creates it.
@@ -756,6 +757,20 @@ fn push_cert_from_row(row: &Row<'_>) -> Result<PushCert> {
     })
 }
 
+const ENROLL_TICKET_SQL: &str = "SELECT id, created_at, expires_at, profile_downloaded_at, downloads, variant \
+     FROM enroll_tickets WHERE id = ?";
+
+fn enroll_ticket_from_row(row: &Row<'_>) -> Result<EnrollTicket> {
+    Ok(EnrollTicket {
+        id: get(row, 0, "id")?,
+        created_at: get(row, 1, "created_at")?,
+        expires_at: get(row, 2, "expires_at")?,
+        profile_downloaded_at: get(row, 3, "profile_downloaded_at")?,
+        downloads: get(row, 4, "downloads")?,
+        variant: get(row, 5, "variant")?,
+    })
+}
+
 /// Maps a unique violation that slipped past the explicit checks in `enqueue` (which give the
 /// precise key) to the matching error; anything else stays a database error.
 fn enqueue_error(e: rusqlite::Error, command: &NewCommand) -> StoreError {
@@ -1401,6 +1416,48 @@ impl Store for SqliteStore {
         })
         .await
     }
+
+    // --- Enrollment tickets ---
+
+    async fn create_enroll_ticket(&self, ticket: &EnrollTicket, purge_expired_before: i64) -> Result<()> {
+        let t = ticket.clone();
+        self.transact(move |tx| {
+            tx.prepare_cached("DELETE FROM enroll_tickets WHERE expires_at < ?")?.execute([purge_expired_before])?;
+            tx.prepare_cached(
+                "INSERT INTO enroll_tickets (id, created_at, expires_at, profile_downloaded_at, downloads, variant) \
+                 VALUES (?, ?, ?, ?, ?, ?)",
+            )?
+            .execute(params![
+                t.id,
+                t.created_at,
+                t.expires_at,
+                t.profile_downloaded_at,
+                t.downloads,
+                t.variant
+            ])?;
+            Ok(((), false))
+        })
+        .await
+    }
+
+    async fn enroll_ticket(&self, id: &str) -> Result<Option<EnrollTicket>> {
+        let id = id.to_owned();
+        self.read(move |conn| query_opt(conn, ENROLL_TICKET_SQL, [&id], enroll_ticket_from_row)).await
+    }
+
+    async fn record_profile_download(&self, id: &str, variant: &str, now: i64) -> Result<bool> {
+        let (id, variant) = (id.to_owned(), variant.to_owned());
+        self.write(move |conn| {
+            let changed = conn
+                .prepare_cached(
+                    "UPDATE enroll_tickets SET profile_downloaded_at = COALESCE(profile_downloaded_at, ?1), \
+                     downloads = downloads + 1, variant = ?2 WHERE id = ?3 AND expires_at > ?1",
+                )?
+                .execute(params![now, variant, id])?;
+            Ok(changed == 1)
+        })
+        .await
+    }
 }
 
 #[cfg(test)]
@@ -1713,8 +1770,9 @@ mod tests {
     }
 
     /// A database migrated by the earlier, sqlx-based store: sqlx's `_sqlx_migrations` table
-    /// (its DDL, its SHA-384 checksum) with 0001 applied. It must open without re-running
-    /// anything, and a changed or unknown migration must stop the store, naming it.
+    /// (its DDL, its SHA-384 checksum) with 0001 applied. It must open without re-running 0001
+    /// (applying only the later ones), and a changed or unknown migration must stop the store,
+    /// naming it.
     #[tokio::test]
     async fn opens_databases_migrated_by_sqlx() {
         let dir = tempfile::tempdir().expect("tempdir");

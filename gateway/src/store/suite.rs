@@ -14,8 +14,9 @@ use time::OffsetDateTime;
 use tokio::sync::Notify;
 
 use super::{
-    CommandUpdate, DeclarationsChange, DeclarationsToken, Enrollment, EnrollmentState, NewCommand, NewScepChallenge,
-    PushCert, PushInfo, ScepCertificate, ScepChallenge, ScepRecord, Store, StoreError, StoredDeclaration, TicketStatus,
+    CommandUpdate, DeclarationsChange, DeclarationsToken, EnrollTicket, Enrollment, EnrollmentState, NewCommand,
+    NewScepChallenge, PushCert, PushInfo, ScepCertificate, ScepChallenge, ScepRecord, Store, StoreError,
+    StoredDeclaration, TicketStatus,
 };
 
 /// A fresh store for one test, with what the tests need besides the trait.
@@ -63,6 +64,7 @@ macro_rules! store_suite {
             declaration_changes_are_atomic,
             declarations_are_per_channel,
             bootstrap_token_set_and_clear,
+            enroll_tickets_lifecycle,
         );
 
         #[tokio::test]
@@ -900,6 +902,39 @@ pub async fn scep_renewal_without_challenge(store: &dyn Store) {
     assert_eq!(store.record_scep_certificate(&renewed, None, 40).await.expect("record"), ScepRecord::Recorded);
     assert_eq!(store.scep_certificate("fp-new").await.expect("read").and_then(|c| c.renewal_of), Some("fp-old".into()));
     assert_eq!(store.scep_certificate("fp-old").await.expect("read"), None);
+}
+
+pub async fn enroll_tickets_lifecycle(store: &dyn Store) {
+    let ticket = |id: &str, created_at: i64| EnrollTicket {
+        id: id.to_owned(),
+        created_at,
+        expires_at: created_at + 100,
+        profile_downloaded_at: None,
+        downloads: 0,
+        variant: None,
+    };
+    assert_eq!(store.enroll_ticket("a").await.expect("read"), None);
+    let a = ticket("a", 1000);
+    store.create_enroll_ticket(&a, 0).await.expect("create");
+    assert_eq!(store.enroll_ticket("a").await.expect("read"), Some(a.clone()));
+    assert!(store.create_enroll_ticket(&a, 0).await.is_err(), "an id is created once");
+
+    assert!(!store.record_profile_download("nope", "device", 1010).await.expect("unknown"));
+    assert!(store.record_profile_download("a", "device", 1010).await.expect("first"));
+    assert!(store.record_profile_download("a", "user", 1020).await.expect("second"));
+    let got = store.enroll_ticket("a").await.expect("read").expect("there");
+    assert_eq!(got.profile_downloaded_at, Some(1010), "the first download is kept");
+    assert_eq!(got.downloads, 2);
+    assert_eq!(got.variant.as_deref(), Some("user"), "the last variant");
+    assert!(!store.record_profile_download("a", "device", 1100).await.expect("expired"), "not at expires_at");
+    assert_eq!(store.enroll_ticket("a").await.expect("read"), Some(got.clone()), "an expired ticket is not counted");
+
+    // A new ticket purges those that expired before the given time, and only those.
+    store.create_enroll_ticket(&ticket("b", 1050), 0).await.expect("b");
+    store.create_enroll_ticket(&ticket("c", 2000), 1101).await.expect("c purges a");
+    assert_eq!(store.enroll_ticket("a").await.expect("read"), None);
+    assert!(store.enroll_ticket("b").await.expect("read").is_some(), "b expires at 1150, kept");
+    assert!(store.enroll_ticket("c").await.expect("read").is_some());
 }
 
 /// `notifier` must be signalled after a commit that appended events (and may be after others).

@@ -6,6 +6,7 @@
 
 mod checkin;
 mod ddm;
+pub mod enroll;
 mod report;
 pub mod token_services;
 
