@@ -1,0 +1,1 @@
+//! Windows enrollment (MS-MDE2, MS-XCEP, MS-WSTEP).
