@@ -36,6 +36,10 @@ pub enum StoreError {
     Closed,
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// The transaction this operation ran in (with others, committed together) could not begin
+    /// or commit; nothing it wrote is stored.
+    #[error("database error: the transaction could not be committed: {0}")]
+    Commit(String),
     #[error("idempotency key `{0}` is already used")]
     IdempotencyConflict(String),
     #[error("command `{0}` already exists for this device")]

@@ -184,8 +184,60 @@ type Job = Box<dyn FnOnce(&mut Connection) + Send>;
 
 enum Msg {
     Run(Job),
+    /// A write transaction, run with the others queued behind it in one commit.
+    Tx(Box<dyn TxJob>),
     /// Close the connection, then answer.
     Stop(oneshot::Sender<()>),
+}
+
+/// Most transactions committed together.
+const GROUP_COMMIT_MAX: usize = 64;
+
+/// A write transaction waiting for its turn on the writer thread. It runs inside a savepoint of
+/// the group's transaction ([`run_group`]) and keeps its answer until the group has committed.
+trait TxJob: Send {
+    /// Runs the job on `conn` (inside the group's transaction). `Some(appended)` when it
+    /// succeeded, `None` when it failed (its writes are then rolled back to its savepoint).
+    fn run(&mut self, conn: &Connection) -> Option<bool>;
+    /// Answers the caller, once the group's transaction committed (`Ok`) or failed (`Err`).
+    fn finish(self: Box<Self>, committed: std::result::Result<(), String>);
+}
+
+struct PendingTx<T, F> {
+    job: Option<F>,
+    answer: Option<Result<T>>,
+    reply: oneshot::Sender<Result<T>>,
+}
+
+impl<T, F> TxJob for PendingTx<T, F>
+where
+    T: Send + 'static,
+    F: FnOnce(&Connection) -> Result<(T, bool)> + Send + 'static,
+{
+    fn run(&mut self, conn: &Connection) -> Option<bool> {
+        let job = self.job.take()?;
+        match job(conn) {
+            Ok((answer, appended)) => {
+                self.answer = Some(Ok(answer));
+                Some(appended)
+            }
+            Err(e) => {
+                self.answer = Some(Err(e));
+                None
+            }
+        }
+    }
+
+    fn finish(self: Box<Self>, committed: std::result::Result<(), String>) {
+        let answer = match (self.answer, committed) {
+            (Some(Ok(answer)), Ok(())) => Ok(answer),
+            (Some(Ok(_)), Err(e)) => Err(StoreError::Commit(e)),
+            (Some(Err(e)), _) => Err(e),
+            // The job panicked: dropping the reply tells the caller (`Closed`).
+            (None, _) => return,
+        };
+        let _ = self.reply.send(answer);
+    }
 }
 
 /// The writer thread and the read pool behind a store, shared by its clones.
@@ -251,6 +303,7 @@ impl std::fmt::Debug for Msg {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Msg::Run(_) => "Run",
+            Msg::Tx(_) => "Tx",
             Msg::Stop(_) => "Stop",
         })
     }
@@ -382,14 +435,44 @@ fn migrate(conn: &mut Connection) -> Result<()> {
 }
 
 /// Runs jobs on `conn` until told to stop or every sender is gone.
-fn serve(mut conn: Connection, jobs: crossbeam_channel::Receiver<Msg>) {
+///
+/// Write transactions are committed in groups: when one arrives, the transactions already
+/// queued behind it (up to [`GROUP_COMMIT_MAX`]) join it, each in a savepoint of one
+/// transaction, and the group commits once. With `durability = "full"` a commit is an fsync, and
+/// under load the fsyncs, not the statements, were most of the writer's time; a group pays one.
+/// Each caller still gets its answer only after the commit that made its writes durable, a
+/// failing job rolls back to its savepoint without touching the others, and the order of the
+/// jobs is the order they were queued in.
+fn serve(mut conn: Connection, jobs: crossbeam_channel::Receiver<Msg>, notify: Option<Arc<Notify>>) {
     let mut stopped = None;
-    while let Ok(msg) = jobs.recv() {
+    let mut next = None;
+    loop {
+        let msg = match next.take() {
+            Some(msg) => msg,
+            None => match jobs.recv() {
+                Ok(msg) => msg,
+                Err(_) => break,
+            },
+        };
         match msg {
             // A panicking job drops its reply (the caller sees `Closed`) and rolls back its
             // transaction while unwinding; the connection stays in service.
             Msg::Run(job) => {
                 let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&mut conn)));
+            }
+            Msg::Tx(first) => {
+                let mut group = vec![first];
+                while group.len() < GROUP_COMMIT_MAX {
+                    match jobs.try_recv() {
+                        Ok(Msg::Tx(job)) => group.push(job),
+                        Ok(other) => {
+                            next = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                run_group(&conn, group, notify.as_deref());
             }
             Msg::Stop(done) => {
                 stopped = Some(done);
@@ -403,8 +486,58 @@ fn serve(mut conn: Connection, jobs: crossbeam_channel::Receiver<Msg>) {
     }
 }
 
-fn spawn(name: String, conn: Connection, jobs: crossbeam_channel::Receiver<Msg>) -> Result<JoinHandle<()>> {
-    std::thread::Builder::new().name(name).spawn(move || serve(conn, jobs)).map_err(StoreError::Thread)
+/// One transaction for `group`: each job in its own savepoint, then one commit, then the answers.
+fn run_group(conn: &Connection, mut group: Vec<Box<dyn TxJob>>, notify: Option<&Notify>) {
+    // IMMEDIATE: take the write lock at BEGIN, so a competing process makes us wait
+    // (busy_timeout) up front rather than fail a read-to-write upgrade mid-way.
+    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        let e = e.to_string();
+        for job in group {
+            job.finish(Err(e.clone()));
+        }
+        return;
+    }
+    let mut appended = false;
+    for job in &mut group {
+        if let Err(e) = conn.execute_batch("SAVEPOINT job") {
+            tracing::error!(error = %e, "cannot open a savepoint; the job is not run");
+            continue; // its answer stays empty: the caller sees `Closed`
+        }
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job.run(conn)));
+        let kept = match outcome {
+            Ok(Some(job_appended)) => {
+                appended |= job_appended;
+                conn.execute_batch("RELEASE job").is_ok()
+            }
+            Ok(None) | Err(_) => false,
+        };
+        if !kept {
+            // Undo this job only; the savepoint is then released so the next one nests cleanly.
+            let _ = conn.execute_batch("ROLLBACK TO job; RELEASE job");
+        }
+    }
+    let committed = conn.execute_batch("COMMIT").map_err(|e| {
+        let _ = conn.execute_batch("ROLLBACK");
+        e.to_string()
+    });
+    if committed.is_ok()
+        && appended
+        && let Some(notify) = notify
+    {
+        notify.notify_waiters();
+    }
+    for job in group {
+        job.finish(committed.clone());
+    }
+}
+
+fn spawn(
+    name: String,
+    conn: Connection,
+    jobs: crossbeam_channel::Receiver<Msg>,
+    notify: Option<Arc<Notify>>,
+) -> Result<JoinHandle<()>> {
+    std::thread::Builder::new().name(name).spawn(move || serve(conn, jobs, notify)).map_err(StoreError::Thread)
 }
 
 impl SqliteStore {
@@ -440,7 +573,8 @@ impl SqliteStore {
         let (writer, reader_conns) = opened?;
 
         let (writer_tx, writer_rx) = crossbeam_channel::unbounded();
-        let threads = vec![spawn("sqlite-writer".into(), writer, writer_rx)?];
+        let notify = Arc::new(Notify::new());
+        let threads = vec![spawn("sqlite-writer".into(), writer, writer_rx, Some(Arc::clone(&notify)))?];
         let reads = match target {
             Target::Memory => None,
             Target::File(_) => Some(ReadPool {
@@ -451,10 +585,7 @@ impl SqliteStore {
                 closed: std::sync::atomic::AtomicBool::new(false),
             }),
         };
-        Ok(SqliteStore {
-            shared: Arc::new(Shared { writer: writer_tx, reads, threads: Mutex::new(threads) }),
-            notify: Arc::new(Notify::new()),
-        })
+        Ok(SqliteStore { shared: Arc::new(Shared { writer: writer_tx, reads, threads: Mutex::new(threads) }), notify })
     }
 
     /// Notified (`notify_waiters`) after every commit that appended events. Only tasks already
@@ -503,27 +634,18 @@ impl SqliteStore {
         }
     }
 
-    /// A write transaction on the writer thread: `job` runs inside it, the commit follows, and
-    /// waiters are notified when `appended` (the job wrote events).
+    /// A write transaction on the writer thread: `job` runs inside it (in a savepoint of a group
+    /// commit, see [`serve`]), the commit follows, and waiters are notified when `appended` (the
+    /// job wrote events). An error from `job` undoes everything it wrote.
     async fn transact<T, F>(&self, job: F) -> Result<T>
     where
         T: Send + 'static,
-        F: FnOnce(&rusqlite::Transaction<'_>) -> Result<(T, bool)> + Send + 'static,
+        F: FnOnce(&Connection) -> Result<(T, bool)> + Send + 'static,
     {
-        let notify = Arc::clone(&self.notify);
-        self.write(move |conn| {
-            // IMMEDIATE: take the write lock at BEGIN, so a competing process makes us wait
-            // (busy_timeout) up front rather than fail a read-to-write upgrade mid-way.
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            // An error drops `tx`, which rolls back everything the job wrote.
-            let (answer, appended) = job(&tx)?;
-            tx.commit()?;
-            if appended {
-                notify.notify_waiters();
-            }
-            Ok(answer)
-        })
-        .await
+        let (reply, answer) = oneshot::channel();
+        let pending: Box<dyn TxJob> = Box::new(PendingTx { job: Some(job), answer: None, reply });
+        self.shared.writer.send(Msg::Tx(pending)).map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
     }
 }
 
@@ -734,7 +856,7 @@ fn declaration_from_row(row: &Row<'_>) -> Result<StoredDeclaration> {
 /// The part of a declaration change common to put and delete, inside `tx`: the new token, the
 /// commands, the events. Returns whether events were appended.
 fn apply_declarations_change(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &Connection,
     device: &str,
     token: &str,
     now: i64,
@@ -791,7 +913,7 @@ fn enqueue_error(e: rusqlite::Error, command: &NewCommand) -> StoreError {
 
 /// Queues commands inside `tx`. A reused idempotency key or a command id already queued for
 /// the device fails the call; the caller's transaction then rolls back everything.
-fn insert_commands(tx: &rusqlite::Transaction<'_>, commands: &[NewCommand]) -> Result<()> {
+fn insert_commands(tx: &Connection, commands: &[NewCommand]) -> Result<()> {
     for c in commands {
         // Checked explicitly (inside the transaction, so earlier commands of this batch
         // count) to name the offending key; the unique indexes remain the guarantee. An
@@ -1697,6 +1819,63 @@ mod tests {
         assert!(matches!(store.pending(&id, 10).await, Err(StoreError::Corrupt(_))));
         exec(&store, "UPDATE commands SET priority = 'high'").await.expect("corrupt");
         assert!(matches!(store.command("c1").await, Err(StoreError::Corrupt(_))));
+    }
+
+    /// Many writers at once: their transactions are committed in groups, and each one still
+    /// succeeds or fails on its own. A conflicting enqueue in the middle of a group, and a
+    /// panicking job, leave the others' writes (and nothing of their own) stored.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn grouped_transactions_succeed_or_fail_one_by_one() {
+        let (store, _dir) = fresh().await;
+        let device = suite::id("apple:GROUP");
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..200 {
+            let store = store.clone();
+            let device = device.clone();
+            tasks.spawn(async move {
+                let mut c = suite::new_command(&device, &format!("cmd-{i}"), 0);
+                // Every tenth command reuses key "shared": only the first of those can be stored.
+                c.idempotency_key = Some(if i % 10 == 0 { "shared".into() } else { format!("k-{i}") });
+                let ev =
+                    suite::event(&format!("ev-{i}"), &device, mdm_core::EventType::COMMAND_QUEUED, Some(&c.command_id));
+                (i, store.enqueue(&[c], &[ev]).await)
+            });
+        }
+        // A job that panics inside the group: its caller sees `Closed`, the others are unaffected.
+        let panicking = store.transact(|conn| -> Result<((), bool)> {
+            conn.execute("INSERT INTO counters (name, value) VALUES ('panic-marker', 1)", [])?;
+            panic!("job panics after writing");
+        });
+        assert!(matches!(panicking.await, Err(StoreError::Closed)));
+
+        let (mut ok, mut conflicts) = (Vec::new(), 0);
+        while let Some(joined) = tasks.join_next().await {
+            match joined.expect("task") {
+                (i, Ok(())) => ok.push(i),
+                (i, Err(StoreError::IdempotencyConflict(k))) => {
+                    assert_eq!((i % 10, k.as_str()), (0, "shared"));
+                    conflicts += 1;
+                }
+                (i, Err(e)) => panic!("enqueue {i}: {e}"),
+            }
+        }
+        assert_eq!((ok.len(), conflicts), (181, 19));
+        let pending = store.pending(&device, 500).await.expect("pending");
+        assert_eq!(pending.len(), 181, "exactly the successful enqueues are stored");
+        let mut stored: Vec<usize> =
+            pending.iter().map(|c| c.command_id.trim_start_matches("cmd-").parse().expect("n")).collect();
+        stored.sort_unstable();
+        ok.sort_unstable();
+        assert_eq!(stored, ok);
+        // One event per stored command, none for the refused ones or the panicking job.
+        assert_eq!(store.events_after(0, 1000).await.expect("events").len(), 181);
+        let marker: i64 = store
+            .read(|conn| {
+                Ok(conn.query_row("SELECT COUNT(*) FROM counters WHERE name = 'panic-marker'", [], |r| r.get(0))?)
+            })
+            .await
+            .expect("read");
+        assert_eq!(marker, 0, "the panicking job's write was rolled back");
     }
 
     #[tokio::test]
