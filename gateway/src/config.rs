@@ -197,6 +197,11 @@ pub struct EventsConfig {
     pub max_page: u32,
     /// When true, a failing sink does not make `/readyz` answer 503.
     pub readiness_ignores_sinks: bool,
+    /// Events older than this many days are deleted from the log once every configured sink has
+    /// relayed them; 0 keeps them forever.
+    pub retention_days: u32,
+    /// How often the retention sweep runs, in seconds.
+    pub prune_interval_s: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -323,7 +328,7 @@ impl Default for StoreConfig {
 
 impl Default for EventsConfig {
     fn default() -> Self {
-        EventsConfig { max_page: 1000, readiness_ignores_sinks: false }
+        EventsConfig { max_page: 1000, readiness_ignores_sinks: false, retention_days: 30, prune_interval_s: 300 }
     }
 }
 
@@ -467,6 +472,9 @@ impl Config {
             return Err(ConfigError::new("store.encryption_key_file", format!("{} does not exist", p.display())));
         }
         self.validate_tokens()?;
+        if self.events.prune_interval_s == 0 {
+            return Err(ConfigError::new("events.prune_interval_s", "must be at least 1"));
+        }
         if self.events.max_page == 0 {
             return Err(ConfigError::new("events.max_page", "must be at least 1"));
         }

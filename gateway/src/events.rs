@@ -24,9 +24,10 @@ impl EventFactory {
         command_id: Option<&str>,
         data: serde_json::Value,
     ) -> Event {
+        let time = self.clock.now();
         Event {
-            id: new_id(),
-            time: self.clock.now(),
+            id: id_at(time),
+            time,
             event_type,
             platform: device.platform(),
             device_id: device.clone(),
@@ -58,4 +59,13 @@ impl EventFactory {
 /// A new unique id, ordered by creation time.
 pub fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()
+}
+
+/// A new unique UUIDv7 whose time is `time`: an event's id carries the event's own time (the
+/// gateway's clock), so ordering ids is ordering events by age (the retention sweep relies on it).
+pub fn id_at(time: time::OffsetDateTime) -> String {
+    let nanos = time.unix_timestamp_nanos().max(0);
+    let secs = u64::try_from(nanos / 1_000_000_000).unwrap_or(0);
+    let subsec = u32::try_from(nanos % 1_000_000_000).unwrap_or(0);
+    uuid::Uuid::new_v7(uuid::Timestamp::from_unix(uuid::NoContext, secs, subsec)).to_string()
 }

@@ -14,6 +14,7 @@ pub mod identity;
 pub mod pki;
 pub mod push;
 pub mod ratelimit;
+pub mod retention;
 pub mod scep;
 pub mod sealing;
 pub mod server;
@@ -301,6 +302,7 @@ impl Gateway {
         let api_handler = api::handler(state.clone());
         tasks.push(tokio::spawn(server::serve(api_listener, None, api_handler, shutdown_rx.clone(), grace, "api")));
         tasks.push(tokio::spawn(expiry::run(state.clone(), shutdown_rx.clone())));
+        tasks.push(tokio::spawn(retention::run(state.clone(), shutdown_rx.clone())));
         tasks.push(tokio::spawn(
             push::ExpiryWatch::new(state.store.clone(), state.clock.clone()).run(shutdown_rx.clone()),
         ));

@@ -21,6 +21,8 @@ pub const SCEP_REQUESTS: &str = "mdm_scep_requests_total";
 pub const COMMANDS_QUEUED: &str = "mdm_commands_queued_total";
 /// Command results, by `platform` and `status`.
 pub const COMMAND_RESULTS: &str = "mdm_command_results_total";
+/// Events deleted from the log by the retention sweep (`events.retention_days`).
+pub const EVENTS_PRUNED: &str = "mdm_events_pruned_total";
 /// Events delivered to a sink, by `sink`.
 pub const SINK_DELIVERED: &str = "mdm_sink_delivered_total";
 /// Failed delivery attempts to a sink, by `sink`.

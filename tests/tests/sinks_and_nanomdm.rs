@@ -376,3 +376,50 @@ async fn shutdown_flushes_events_to_sinks() {
     let got = receiver.bodies();
     assert_eq!(got.len(), logged.len(), "every event delivered before exit");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_events_are_pruned_only_once_delivered() {
+    // No sink: the log alone decides. Events older than 30 days go; newer ones stay.
+    let h = Harness::start_with(|c| {
+        c.events.retention_days = 30;
+        c.events.prune_interval_s = 1;
+    })
+    .await;
+    h.device("B1B2C3D4-0000-4000-8000-000000000020").enroll().await.expect("enroll");
+    let old = h.events().await;
+    assert!(!old.is_empty());
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert_eq!(h.events().await.len(), old.len(), "recent events are kept");
+    h.clock.advance(31 * 86_400);
+    h.device("B1B2C3D4-0000-4000-8000-000000000021").enroll().await.expect("enroll");
+    let kept = eventually(Duration::from_secs(10), || async {
+        let now = h.events().await;
+        (!now.iter().any(|e| old.iter().any(|o| o["id"] == e["id"]))).then_some(now)
+    })
+    .await
+    .expect("the old events are pruned");
+    assert!(!kept.is_empty(), "the events of the second device (ids made after the cutoff) are kept");
+    assert!(kept.iter().all(|e| e["device_id"] == "apple:B1B2C3D4-0000-4000-8000-000000000021"), "{kept:?}");
+    let metrics = h.raw_api().get(format!("{}/metrics", h.api_url)).send().await.expect("metrics");
+    let metrics = metrics.text().await.expect("text");
+    assert!(metrics.contains("mdm_events_pruned_total"), "{metrics}");
+    h.stop().await;
+
+    // A sink that never takes them: old events are kept however old, so nothing is lost.
+    let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let dead_url = format!("http://{}/hook", dead.local_addr().expect("addr"));
+    drop(dead);
+    let h = Harness::start_with(|c| {
+        c.webhook = Some(webhook(&dead_url, WebhookFormat::Event, None));
+        c.shutdown.grace_period_s = 1;
+        c.events.retention_days = 30;
+        c.events.prune_interval_s = 1;
+    })
+    .await;
+    h.device("B1B2C3D4-0000-4000-8000-000000000022").enroll().await.expect("enroll");
+    let undelivered = h.events().await;
+    h.clock.advance(31 * 86_400);
+    tokio::time::sleep(Duration::from_millis(3_000)).await;
+    assert_eq!(h.events().await, undelivered, "undelivered events are never pruned");
+    h.stop().await;
+}

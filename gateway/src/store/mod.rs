@@ -396,10 +396,14 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn append_events(&self, events: &[Event]) -> Result<()>;
     /// Events after position `after`, oldest first.
     async fn events_after(&self, after: i64, limit: u32) -> Result<Vec<LoggedEvent>>;
-    /// Position of the newest event (0 when empty).
+    /// Position of the newest event ever appended (0 when none was); pruning does not lower it.
     async fn last_event_seq(&self) -> Result<i64>;
     async fn sink_cursor(&self, sink: &str) -> Result<i64>;
     async fn set_sink_cursor(&self, sink: &str, seq: i64) -> Result<()>;
+    /// Deletes up to `limit` of the oldest events whose id sorts before `older_than_id` (event
+    /// ids are UUIDv7, so that is "created before" its time) and whose position is below
+    /// `below_seq` (not yet delivered events are kept). Returns how many were deleted.
+    async fn prune_events(&self, older_than_id: &str, below_seq: i64, limit: u32) -> Result<u64>;
 
     async fn save_push_cert(&self, cert: &PushCert) -> Result<()>;
     async fn push_certs(&self) -> Result<Vec<PushCert>>;

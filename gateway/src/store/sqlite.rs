@@ -1272,7 +1272,10 @@ impl Store for SqliteStore {
 
     async fn last_event_seq(&self) -> Result<i64> {
         self.read(|conn| {
-            Ok(conn.prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM events")?.query_row([], |r| r.get(0))?)
+            // The AUTOINCREMENT high-water mark: pruning the log does not lower it.
+            Ok(conn
+                .prepare_cached("SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0)")?
+                .query_row([], |r| r.get(0))?)
         })
         .await
     }
@@ -1288,6 +1291,22 @@ impl Store for SqliteStore {
             })
             .await?;
         Ok(seq.unwrap_or(0))
+    }
+
+    async fn prune_events(&self, older_than_id: &str, below_seq: i64, limit: u32) -> Result<u64> {
+        let older_than_id = older_than_id.to_owned();
+        let limit = self::limit(limit);
+        self.transact(move |tx| {
+            // Oldest first by position; AUTOINCREMENT keeps pruned positions from being reused.
+            let deleted = tx
+                .prepare_cached(
+                    "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE seq < ? AND id < ? \
+                     ORDER BY seq LIMIT CAST(? AS INTEGER))",
+                )?
+                .execute(params![below_seq, older_than_id, limit])?;
+            Ok((deleted as u64, false))
+        })
+        .await
     }
 
     async fn set_sink_cursor(&self, sink: &str, seq: i64) -> Result<()> {

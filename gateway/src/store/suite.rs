@@ -54,6 +54,7 @@ macro_rules! store_suite {
             events_are_logged_in_order,
             events_are_atomic_with_state,
             sink_cursors,
+            prune_events_by_id_and_position,
             push_certs_upsert_by_topic,
             scep_challenge_round_trip,
             scep_certificate_consumes_its_challenge_once,
@@ -471,6 +472,27 @@ pub async fn request_snapshot_matches_separate_reads(store: &dyn Store) {
     let unknown = id("apple:NOPE");
     let snap = store.request_snapshot(&unknown, &id("apple:NOPE:u"), 10).await.expect("snapshot");
     assert_eq!((snap.channel, snap.user, snap.pending.len()), (None, None, 0));
+}
+
+pub async fn prune_events_by_id_and_position(store: &dyn Store) {
+    let d = id("apple:PRUNE");
+    // Ids sort like the UUIDv7 the gateway makes: older first.
+    let events: Vec<Event> =
+        ["a1", "a2", "a3", "b1", "b2"].iter().map(|i| event(i, &d, EventType::DEVICE_CHECKED_IN, None)).collect();
+    store.append_events(&events).await.expect("append");
+    let seqs: Vec<i64> = store.events_after(0, 10).await.expect("read").iter().map(|e| e.seq).collect();
+    // Older than "b" but only below the third position (undelivered events stay): a1, a2.
+    assert_eq!(store.prune_events("b", seqs[2], 100).await.expect("prune"), 2);
+    let left: Vec<i64> = store.events_after(0, 10).await.expect("read").iter().map(|e| e.seq).collect();
+    assert_eq!(left, seqs[2..]);
+    // The limit bounds one call; positions are never reused.
+    assert_eq!(store.prune_events("z", i64::MAX, 1).await.expect("prune"), 1);
+    assert_eq!(store.prune_events("z", i64::MAX, 100).await.expect("prune"), 2);
+    assert!(store.events_after(0, 10).await.expect("read").is_empty());
+    assert_eq!(store.last_event_seq().await.expect("seq"), seqs[4], "pruning does not lower the position");
+    store.append_events(&[event("c1", &d, EventType::DEVICE_CHECKED_IN, None)]).await.expect("append");
+    let after = store.events_after(0, 10).await.expect("read");
+    assert!(after[0].seq > seqs[4], "a pruned position is not reused");
 }
 
 pub async fn final_statuses_leave_pending(store: &dyn Store) {
