@@ -47,6 +47,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (2, "scep", include_str!("../../migrations/sqlite/0002_scep.sql")),
     (3, "ddm_tokens", include_str!("../../migrations/sqlite/0003_ddm_tokens.sql")),
     (4, "enroll_tickets", include_str!("../../migrations/sqlite/0004_enroll_tickets.sql")),
+    (5, "scep_renewals", include_str!("../../migrations/sqlite/0005_scep_renewals.sql")),
 ];
 
 /// The bookkeeping table, exactly as sqlx creates it.
@@ -1265,6 +1266,17 @@ impl Store for SqliteStore {
         let h = cert_sha256.to_owned();
         self.read(move |conn| {
             let sql = format!("{SCEP_CERTIFICATE_COLUMNS}WHERE cert_sha256 = ?");
+            query_opt(conn, &sql, [&h], scep_certificate_from_row)
+        })
+        .await
+    }
+
+    async fn scep_renewal_of(&self, cert_sha256: &str) -> Result<Option<ScepCertificate>> {
+        let h = cert_sha256.to_owned();
+        self.read(move |conn| {
+            let sql = format!(
+                "{SCEP_CERTIFICATE_COLUMNS}WHERE renewal_of = ? ORDER BY issued_at DESC, cert_sha256 DESC LIMIT 1"
+            );
             query_opt(conn, &sql, [&h], scep_certificate_from_row)
         })
         .await
