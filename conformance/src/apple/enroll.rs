@@ -54,6 +54,11 @@ pub enum EnrollError {
     Key(String),
     #[error("this device did not enroll through a profile: it has no SCEP server to renew with")]
     NotProfileEnrolled,
+    #[error(
+        "the profile is for User Enrollment (EnrollmentMode {0:?}): such devices identify with EnrollmentID, which \
+         this emulator does not send"
+    )]
+    UserEnrollment(String),
     #[error(transparent)]
     Device(#[from] DeviceError),
 }
@@ -299,6 +304,7 @@ impl Enroller {
         key: PKey<Private>,
         cert: X509,
     ) -> Result<AppleDevice, EnrollError> {
+        supported(settings)?;
         let (mode, client) = if settings.mdm.sign_message {
             (IdentityMode::SignMessages, self.client.clone())
         } else {
@@ -320,8 +326,18 @@ impl Enroller {
     /// checked in yet.
     pub async fn identity_device(&self, udid: &str, ticket: Option<&Ticket>) -> Result<AppleDevice, EnrollError> {
         let settings = self.fetch_profile(ticket).await?;
+        // Refuse before SCEP, so an unsupported profile does not use up its challenge.
+        supported(&settings)?;
         let (key, cert) = self.request_identity(&settings).await?;
         self.device(udid, &settings, key, cert)
+    }
+}
+
+/// Profiles this emulator cannot follow faithfully.
+fn supported(settings: &EnrollmentSettings) -> Result<(), EnrollError> {
+    match &settings.mdm.enrollment_mode {
+        Some(mode) => Err(EnrollError::UserEnrollment(mode.clone())),
+        None => Ok(()),
     }
 }
 
@@ -453,5 +469,57 @@ impl AppleDevice {
         self.key = key;
         self.cert = cert;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::apple::profile::MdmPayload;
+
+    fn settings(enrollment_mode: Option<&str>) -> EnrollmentSettings {
+        EnrollmentSettings {
+            identifier: "x.enrollment".into(),
+            uuid: "11111111-1111-4111-8111-111111111111".into(),
+            mdm: MdmPayload {
+                server_url: "https://mdm.example.test/mdm".into(),
+                check_in_url: "https://mdm.example.test/checkin".into(),
+                topic: "com.apple.mgmt.External.x".into(),
+                identity_certificate_uuid: "u".into(),
+                sign_message: true,
+                access_rights: None,
+                server_capabilities: Vec::new(),
+                enrollment_mode: enrollment_mode.map(str::to_owned),
+                assigned_managed_apple_id: enrollment_mode.map(|_| "ana@example.com".to_owned()),
+            },
+            scep: ScepPayload {
+                url: "https://mdm.example.test/scep".into(),
+                name: None,
+                challenge: None,
+                subject: Vec::new(),
+                key_type: "RSA".into(),
+                key_size: 2048,
+                key_usage: 5,
+                ca_fingerprint: None,
+            },
+            roots: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn user_enrollment_profiles_are_refused_before_scep() {
+        assert!(supported(&settings(None)).is_ok());
+        let e = supported(&settings(Some("BYOD"))).expect_err("BYOD");
+        assert!(matches!(e, EnrollError::UserEnrollment(ref m) if m == "BYOD"), "{e}");
+        assert!(e.to_string().contains("EnrollmentID"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn keys_are_made_as_the_profile_asks() {
+        let mut scep = settings(None).scep;
+        let key = new_key(&scep).await.expect("RSA 2048");
+        assert_eq!((key.id(), key.bits()), (openssl::pkey::Id::RSA, 2048));
+        scep.key_type = "ECSECPrimeRandom".into();
+        assert!(matches!(new_key(&scep).await, Err(EnrollError::UnsupportedKeyType(t)) if t == "ECSECPrimeRandom"));
     }
 }
