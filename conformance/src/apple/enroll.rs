@@ -52,6 +52,8 @@ pub enum EnrollError {
     IssuedCertificate(String),
     #[error("key generation: {0}")]
     Key(String),
+    #[error("trusted roots: {0}")]
+    Trust(String),
     #[error("this device did not enroll through a profile: it has no SCEP server to renew with")]
     NotProfileEnrolled,
     #[error(
@@ -149,7 +151,10 @@ impl Enroller {
     /// Like [`Enroller::new`], sending through `client` (shared by many devices; it must trust
     /// the server and present no client certificate).
     pub fn with_client(gateway_url: &str, trust_pem: &[u8], client: reqwest::Client) -> Result<Enroller, EnrollError> {
-        let anchors = X509::stack_from_pem(trust_pem).map_err(|e| EnrollError::Key(format!("trusted roots: {e}")))?;
+        let anchors = X509::stack_from_pem(trust_pem).map_err(|e| EnrollError::Trust(e.to_string()))?;
+        if anchors.is_empty() {
+            return Err(EnrollError::Trust("no certificate in the PEM".into()));
+        }
         Ok(Enroller {
             gateway_url: gateway_url.trim_end_matches('/').to_owned(),
             trust_pem: trust_pem.to_vec(),
