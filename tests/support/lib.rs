@@ -73,6 +73,30 @@ impl Harness {
         }
     }
 
+    /// A gateway whose public URL is its own device listener (`https://localhost:<port>`), so the
+    /// URLs written into its enrollment profiles reach it: for devices that follow the profile.
+    /// The port is picked free beforehand (another process could take it meanwhile; unlikely).
+    pub async fn start_public(adjust: impl FnOnce(&mut Config)) -> Harness {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
+        let h = Harness::start_with(|c| {
+            c.device.listen = format!("127.0.0.1:{port}").parse().expect("addr");
+            c.public_url = format!("https://localhost:{port}");
+            adjust(c);
+        })
+        .await;
+        assert_eq!(h.device_url, format!("https://localhost:{port}"));
+        h
+    }
+
+    /// Uploads a push certificate for `topic`, valid a year, from a throwaway push CA
+    /// (`PUT /v1/pushcert{query}`): enrollment profiles need one.
+    pub async fn upload_push_certificate(&self, topic: &str, query: &str) {
+        let ca = mdm_conformance::apns::PushCa::generate("Test Apple Push CA").expect("push CA");
+        let (cert, key) = ca.issue_push_certificate(topic, unix_now() + 365 * 86_400).expect("push cert");
+        let (code, r) = self.put_bytes(&format!("/v1/pushcert{query}"), format!("{cert}{key}").into_bytes()).await;
+        assert_eq!(code, 200, "{r}");
+    }
+
     pub fn gateway(&self) -> &Gateway {
         self.gateway.as_ref().expect("running")
     }

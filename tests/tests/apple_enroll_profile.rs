@@ -4,8 +4,9 @@
 //! `GET /enroll/session/<ticket>`), the rate limit, and the enrollment page (`GET /enroll`) with
 //! its headers, an HTML validator and a headless Chromium render.
 //!
-//! The SCEP side is a placeholder in this branch: the states after `profile_downloaded` are
-//! unit-tested in the gateway (`sources::apple::enroll::session`).
+//! The states after `profile_downloaded` (SCEP, Authenticate, TokenUpdate, renewal) are driven by
+//! the emulated device in `apple_enroll_e2e.rs`, and unit-tested in the gateway
+//! (`sources::apple::enroll::session`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -166,7 +166,9 @@ async fn fleet_answers_commands_woken_by_real_pushes() {
 }
 
 fn hex_token(fleet: &Fleet, i: usize) -> String {
-    fleet.device(i).push_token.iter().map(|b| format!("{b:02x}")).collect()
+    let device = fleet.device(i).expect("enrolled");
+    assert_eq!(fleet.token_hex(i), hex::encode(&device.push_token));
+    fleet.token_hex(i)
 }
 
 fn run_bench(args: &[&str]) -> Value {

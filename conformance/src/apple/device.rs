@@ -39,8 +39,10 @@ pub struct Reply {
     pub body: Bytes,
 }
 
-/// One emulated device channel (with optional user channels).
-#[derive(Debug)]
+/// One emulated device channel (with optional user channels). Cloning gives a second handle on
+/// the same device (same identity and HTTP client), e.g. to keep the old identity around across a
+/// renewal.
+#[derive(Debug, Clone)]
 pub struct AppleDevice {
     pub udid: String,
     pub serial: String,
@@ -50,8 +52,13 @@ pub struct AppleDevice {
     pub key: PKey<Private>,
     pub cert: X509,
     pub mode: IdentityMode,
-    base_url: String,
-    client: reqwest::Client,
+    /// Where command reports go (the profile's `ServerURL`), e.g. `https://localhost:8443/mdm`.
+    pub server_url: String,
+    /// Where check-in messages go (the profile's `CheckInURL`; `server_url` when it has none).
+    pub check_in_url: String,
+    /// Set when the device enrolled through a profile: what renewing its identity needs.
+    pub(crate) enrolled_with: Option<std::sync::Arc<super::enroll::ProfileContext>>,
+    pub(crate) client: reqwest::Client,
 }
 
 impl AppleDevice {
@@ -92,6 +99,7 @@ impl AppleDevice {
     ) -> Self {
         let serial: String =
             udid.chars().filter(|c| c.is_ascii_alphanumeric()).take(12).collect::<String>().to_uppercase();
+        let base_url = base_url.trim_end_matches('/');
         AppleDevice {
             udid: udid.to_owned(),
             serial,
@@ -101,7 +109,9 @@ impl AppleDevice {
             key,
             cert,
             mode,
-            base_url: base_url.trim_end_matches('/').to_owned(),
+            server_url: format!("{base_url}/mdm"),
+            check_in_url: format!("{base_url}/mdm"),
+            enrolled_with: None,
             client,
         }
     }
@@ -175,8 +185,8 @@ impl AppleDevice {
         Ok(mdm_certs::sign_detached(&self.cert, &self.key, body)?)
     }
 
-    async fn put(&self, path: &str, content_type: &str, body: Vec<u8>) -> Result<Reply, DeviceError> {
-        let mut req = self.client.put(format!("{}{path}", self.base_url)).header("Content-Type", content_type);
+    async fn put(&self, url: &str, content_type: &str, body: Vec<u8>) -> Result<Reply, DeviceError> {
+        let mut req = self.client.put(url).header("Content-Type", content_type);
         if self.mode == IdentityMode::SignMessages {
             req = req.header("Mdm-Signature", self.sign(&body)?);
         }
@@ -185,15 +195,17 @@ impl AppleDevice {
         Ok(Reply { status, body: resp.bytes().await? })
     }
 
+    /// A check-in message, to the check-in URL.
     pub async fn send_checkin(&self, body: Vec<u8>) -> Result<Reply, DeviceError> {
-        self.put("/mdm", CHECKIN_TYPE, body).await
+        self.put(&self.check_in_url, CHECKIN_TYPE, body).await
     }
 
+    /// A command report, to the server URL.
     pub async fn send_report(&self, body: Vec<u8>) -> Result<Reply, DeviceError> {
-        self.put("/mdm", REPORT_TYPE, body).await
+        self.put(&self.server_url, REPORT_TYPE, body).await
     }
 
-    fn expect_ok(reply: Reply) -> Result<Reply, DeviceError> {
+    pub(crate) fn expect_ok(reply: Reply) -> Result<Reply, DeviceError> {
         if reply.status == 200 {
             Ok(reply)
         } else {

@@ -1,13 +1,15 @@
-//! A fleet of emulated Apple devices: N devices, each with its own P-256 key and identity
-//! certificate from a CA the gateway trusts, every message signed (`Mdm-Signature`), all sharing
-//! one HTTP client (connection reuse). They enroll (Authenticate, TokenUpdate, optionally a user
+//! A fleet of emulated Apple devices: N devices, every message signed (`Mdm-Signature`), all
+//! sharing one HTTP client (connection reuse). Each gets its identity either directly (its own
+//! P-256 key and a certificate from a CA the gateway trusts, made before the run: fast, for load)
+//! or the real way ([`FleetEnroll::Profile`]: ticket, signed enrollment profile, SCEP with an RSA
+//! key, during [`Fleet::enroll_all`]). They enroll (Authenticate, TokenUpdate, optionally a user
 //! channel), then run MDM sessions (Idle → command → answer → … until the queue is empty) when
 //! woken by a push ([`Fleet::run_push`]) or on a timer ([`Fleet::run_poll`]), answering by
 //! configured ratios with a seeded RNG, and may check out at the end.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use mdm_certs::{PKey, Private, X509};
@@ -17,7 +19,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::{Semaphore, mpsc};
 
-use super::{AppleDevice, DeviceError, IdentityMode, UserChannel};
+use super::{AppleDevice, DeviceError, EnrollError, Enroller, IdentityMode, UserChannel};
 use crate::apns::delivery::PushDelivery;
 
 /// The push topic every emulated device sends in its TokenUpdate (and `bench::seed` writes):
@@ -99,6 +101,34 @@ pub enum FleetError {
     Setup(String),
     #[error(transparent)]
     Device(#[from] DeviceError),
+    #[error(transparent)]
+    Enroll(#[from] EnrollError),
+}
+
+/// How the fleet's devices get their identities.
+#[derive(Debug, Clone)]
+pub enum FleetEnroll {
+    /// Certificates issued directly from this CA before the run (the gateway's own CA, or one
+    /// given to it with `--device-ca`).
+    Issued(Issuer),
+    /// The real way, each device on its own: `GET /mdm/enroll` (through a ticket from
+    /// `POST /enroll/session` when `ticket`), the signature checked against the fleet's
+    /// `server_ca_pem`, SCEP as the profile says, then Authenticate/TokenUpdate to its URLs.
+    Profile {
+        ticket: bool,
+        /// `?topic=` for the download, when the gateway has several push certificates.
+        topic: Option<String>,
+    },
+}
+
+impl FleetEnroll {
+    /// `direct` or `profile`, as in `mdm-emulate --enroll`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            FleetEnroll::Issued(_) => "direct",
+            FleetEnroll::Profile { .. } => "profile",
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -106,9 +136,10 @@ pub struct FleetConfig {
     pub devices: usize,
     /// Device listener base URL, e.g. `https://localhost:8443`.
     pub gateway_url: String,
-    /// What devices trust for the gateway's server certificate.
+    /// What devices trust for the gateway's server certificate (and, enrolling by profile, for
+    /// the profile's signature).
     pub server_ca_pem: Vec<u8>,
-    pub issuer: Issuer,
+    pub enroll: FleetEnroll,
     /// Requests in flight at most, across the fleet.
     pub concurrency: usize,
     pub ratios: Ratios,
@@ -120,12 +151,17 @@ pub struct FleetConfig {
 }
 
 impl FleetConfig {
+    /// Devices with identities issued directly by `issuer`.
     pub fn new(devices: usize, gateway_url: &str, server_ca_pem: Vec<u8>, issuer: Issuer) -> Self {
+        Self::with_enroll(devices, gateway_url, server_ca_pem, FleetEnroll::Issued(issuer))
+    }
+
+    pub fn with_enroll(devices: usize, gateway_url: &str, server_ca_pem: Vec<u8>, enroll: FleetEnroll) -> Self {
         FleetConfig {
             devices,
             gateway_url: gateway_url.to_owned(),
             server_ca_pem,
-            issuer,
+            enroll,
             concurrency: 64,
             ratios: Ratios::default(),
             seed: 1,
@@ -136,17 +172,21 @@ impl FleetConfig {
 }
 
 struct Member {
-    device: AppleDevice,
+    udid: String,
+    /// Set at build (identities issued directly) or once its profile enrollment got an identity.
+    device: OnceLock<AppleDevice>,
     user: Option<UserChannel>,
     rng: Mutex<StdRng>,
     /// A session is running; a push meanwhile sets `again` instead of starting a second one.
     busy: AtomicBool,
     again: AtomicBool,
+    /// Completed Authenticate and TokenUpdate.
+    enrolled: AtomicBool,
 }
 
 impl std::fmt::Debug for Member {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Member").field("udid", &self.device.udid).finish()
+        f.debug_struct("Member").field("udid", &self.udid).finish()
     }
 }
 
@@ -154,6 +194,10 @@ impl std::fmt::Debug for Member {
 #[derive(Debug, Default)]
 pub struct Counters {
     pub enrolled: AtomicU64,
+    /// Identities issued by the gateway's SCEP server (profile enrollment).
+    pub scep_identities: AtomicU64,
+    /// Tickets whose status said `enrolled` with the device's id after TokenUpdate.
+    pub tickets_enrolled: AtomicU64,
     pub user_channels: AtomicU64,
     pub sessions: AtomicU64,
     pub pushes: AtomicU64,
@@ -224,7 +268,11 @@ impl Latency {
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
     pub devices: usize,
+    /// `direct` or `profile`.
+    pub enroll_mode: &'static str,
     pub enrolled: u64,
+    pub scep_identities: u64,
+    pub tickets_enrolled: u64,
     pub user_channels: u64,
     pub sessions: u64,
     pub pushes: u64,
@@ -236,7 +284,8 @@ pub struct Summary {
     /// Requests that failed (transport error or a non-200 answer).
     pub errors: u64,
     pub first_errors: Vec<String>,
-    /// Authenticate + TokenUpdate per device.
+    /// Authenticate + TokenUpdate per device (enrolling by profile: from the ticket to the
+    /// ticket's `enrolled` state, profile and SCEP included).
     pub enroll_latency: Latency,
     /// Every request of every session (Idle and reports).
     pub checkin_latency: Latency,
@@ -254,6 +303,15 @@ impl Summary {
     pub fn table(&self) -> String {
         let mut rows: Vec<(String, String)> =
             vec![("devices".into(), self.devices.to_string()), ("enrolled".into(), self.enrolled.to_string())];
+        if self.enroll_mode == "profile" {
+            rows.push((
+                "enrollment".into(),
+                format!(
+                    "profile + SCEP: {} identities issued, {} tickets enrolled",
+                    self.scep_identities, self.tickets_enrolled
+                ),
+            ));
+        }
         if self.user_channels > 0 {
             rows.push(("user channels".into(), self.user_channels.to_string()));
         }
@@ -302,6 +360,9 @@ impl Summary {
 #[derive(Debug)]
 pub struct Fleet {
     members: Vec<Arc<Member>>,
+    enroll_mode: &'static str,
+    /// Enrolling by profile: the shared not-yet-enrolled device side, and whether to use tickets.
+    enroller: Option<(Enroller, bool)>,
     by_token: HashMap<String, usize>,
     permits: Arc<Semaphore>,
     counters: Arc<Counters>,
@@ -360,6 +421,13 @@ pub fn fleet_token(udid: &str) -> Vec<u8> {
     Sha256::digest(udid.as_bytes()).to_vec()
 }
 
+/// A device with the fleet's push token and PushMagic for its UDID.
+fn fleet_device(mut device: AppleDevice) -> AppleDevice {
+    device.push_token = fleet_token(&device.udid);
+    device.push_magic = format!("magic-{}", device.udid);
+    device
+}
+
 impl Fleet {
     /// Makes the devices (keys, certificates, one shared client); sends nothing yet.
     pub fn build(config: &FleetConfig) -> Result<Fleet, FleetError> {
@@ -374,36 +442,51 @@ impl Fleet {
             .build()
             .map_err(|e| FleetError::Setup(format!("HTTP client: {e}")))?;
         let udids: Vec<String> = (0..config.devices).map(|i| fleet_udid(&config.udid_prefix, config.seed, i)).collect();
-        let identities = issue_identities(&config.issuer, &udids)?;
+        let (mut identities, enroller) = match &config.enroll {
+            FleetEnroll::Issued(issuer) => (issue_identities(issuer, &udids)?.into_iter().map(Some).collect(), None),
+            FleetEnroll::Profile { ticket, topic } => {
+                let mut enroller = Enroller::with_client(&config.gateway_url, &config.server_ca_pem, client.clone())?;
+                enroller.topic = topic.clone();
+                // Many devices at once meet the gateway's enrollment rate limit: wait as told.
+                enroller.rate_limit_patience = Duration::from_secs(600);
+                (vec![None; udids.len()], Some((enroller, *ticket)))
+            }
+        };
         let mut members = Vec::with_capacity(config.devices);
         let mut by_token = HashMap::with_capacity(config.devices);
-        for (i, (udid, (key, cert))) in udids.iter().zip(identities).enumerate() {
-            let mut device = AppleDevice::with_client(
-                udid,
-                key,
-                cert,
-                IdentityMode::SignMessages,
-                &config.gateway_url,
-                client.clone(),
-            );
-            device.push_token = fleet_token(udid);
-            device.push_magic = format!("magic-{udid}");
-            by_token.insert(hex::encode(&device.push_token), i);
+        for (i, udid) in udids.iter().enumerate() {
+            by_token.insert(hex::encode(fleet_token(udid)), i);
+            let device = OnceLock::new();
+            if let Some((key, cert)) = identities[i].take() {
+                let device_value = AppleDevice::with_client(
+                    udid,
+                    key,
+                    cert,
+                    IdentityMode::SignMessages,
+                    &config.gateway_url,
+                    client.clone(),
+                );
+                let _ = device.set(fleet_device(device_value));
+            }
             let user = config.user_channel.then(|| UserChannel {
                 user_id: format!("{:08X}-0000-4000-8000-{:012X}", config.seed as u32, i),
                 short_name: format!("user{i}"),
                 long_name: format!("Emulated User {i}"),
             });
             members.push(Arc::new(Member {
+                udid: udid.clone(),
                 device,
                 user,
                 rng: Mutex::new(StdRng::seed_from_u64(config.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ i as u64)),
                 busy: AtomicBool::new(false),
                 again: AtomicBool::new(false),
+                enrolled: AtomicBool::new(false),
             }));
         }
         Ok(Fleet {
             members,
+            enroll_mode: config.enroll.name(),
+            enroller,
             by_token,
             permits: Arc::new(Semaphore::new(config.concurrency.max(1))),
             counters: Arc::new(Counters::default()),
@@ -420,13 +503,29 @@ impl Fleet {
         self.members.is_empty()
     }
 
-    pub fn device(&self, index: usize) -> &AppleDevice {
-        &self.members[index].device
+    /// Device `index`, once it has an identity (always, with identities issued directly).
+    pub fn device(&self, index: usize) -> Option<&AppleDevice> {
+        self.members.get(index)?.device.get()
+    }
+
+    /// The UDID of device `index`.
+    pub fn udid(&self, index: usize) -> &str {
+        &self.members[index].udid
+    }
+
+    /// The APNs token device `index` sends in its TokenUpdate (lower-case hex).
+    pub fn token_hex(&self, index: usize) -> String {
+        hex::encode(fleet_token(&self.members[index].udid))
+    }
+
+    /// The index of the first device that completed enrollment, if any.
+    pub fn first_enrolled(&self) -> Option<usize> {
+        self.members.iter().position(|m| m.device.get().is_some() && m.enrolled.load(Ordering::Relaxed))
     }
 
     /// The `apple:<UDID>` ids of every device, in fleet order.
     pub fn device_ids(&self) -> Vec<String> {
-        self.members.iter().map(|m| format!("apple:{}", m.device.udid)).collect()
+        self.members.iter().map(|m| format!("apple:{}", m.udid)).collect()
     }
 
     pub fn counters(&self) -> &Counters {
@@ -458,27 +557,59 @@ impl Fleet {
     async fn enroll(&self, i: usize) {
         let m = &self.members[i];
         let started = Instant::now();
-        match m.device.enroll().await {
+        let result = match (&self.enroller, m.device.get()) {
+            (_, Some(device)) => device.enroll().await.map_err(EnrollError::from),
+            (Some((enroller, ticket)), None) => self.enroll_by_profile(m, enroller, *ticket).await,
+            (None, None) => Err(EnrollError::NotProfileEnrolled),
+        };
+        match result {
             Ok(()) => {
+                m.enrolled.store(true, Ordering::Relaxed);
                 Counters::record(&self.counters.enroll_us, started.elapsed());
                 self.counters.enrolled.fetch_add(1, Ordering::Relaxed);
             }
-            Err(e) => return self.counters.error(format!("{}: enroll: {e}", m.device.udid)),
+            Err(e) => return self.counters.error(format!("{}: enroll: {e}", m.udid)),
         }
+        let Some(device) = m.device.get() else { return };
         if let Some(user) = &m.user {
-            match m.device.send_checkin(m.device.token_update_message(Some(user))).await {
+            match device.send_checkin(device.token_update_message(Some(user))).await {
                 Ok(r) if r.status == 200 => {
                     self.counters.user_channels.fetch_add(1, Ordering::Relaxed);
                 }
-                Ok(r) => self.counters.error(format!("{}: user TokenUpdate answered {}", m.device.udid, r.status)),
-                Err(e) => self.counters.error(format!("{}: user TokenUpdate: {e}", m.device.udid)),
+                Ok(r) => self.counters.error(format!("{}: user TokenUpdate answered {}", m.udid, r.status)),
+                Err(e) => self.counters.error(format!("{}: user TokenUpdate: {e}", m.udid)),
             }
         }
+    }
+
+    /// Ticket (optional), profile, SCEP, Authenticate, TokenUpdate; then the ticket must say
+    /// `enrolled` for this device.
+    async fn enroll_by_profile(&self, m: &Member, enroller: &Enroller, use_ticket: bool) -> Result<(), EnrollError> {
+        let ticket = if use_ticket { Some(enroller.create_ticket().await?) } else { None };
+        let device = fleet_device(enroller.identity_device(&m.udid, ticket.as_ref()).await?);
+        self.counters.scep_identities.fetch_add(1, Ordering::Relaxed);
+        let device = m.device.get_or_init(|| device);
+        device.enroll().await?;
+        if let Some(ticket) = &ticket {
+            let status = enroller.ticket_status(ticket).await?;
+            let expected = format!("apple:{}", m.udid);
+            if status.state != "enrolled" || status.device_id.as_deref() != Some(expected.as_str()) {
+                return Err(EnrollError::BadAnswer {
+                    what: "GET /enroll/session/<ticket>",
+                    detail: format!("after TokenUpdate: {}", status.raw),
+                });
+            }
+            self.counters.tickets_enrolled.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
     }
 
     /// One session of device `index` (bounded by the fleet's concurrency), counted.
     pub async fn session(&self, index: usize) {
         let Some(m) = self.members.get(index) else { return };
+        // A device without an identity (its profile enrollment failed, counted then) has no
+        // server to talk to.
+        let Some(device) = m.device.get() else { return };
         let _permit = self.permits.acquire().await.expect("semaphore open");
         let ratios = self.ratios;
         let choose = |_: &str| {
@@ -486,7 +617,7 @@ impl Fleet {
             ratios.pick(r)
         };
         let counters = &self.counters;
-        let result = m.device.session_timed(choose, |d| Counters::record(&counters.checkin_us, d)).await;
+        let result = device.session_timed(choose, |d| Counters::record(&counters.checkin_us, d)).await;
         self.counters.sessions.fetch_add(1, Ordering::Relaxed);
         match result {
             Ok(handled) => {
@@ -499,7 +630,7 @@ impl Fleet {
                     c.fetch_add(1, Ordering::Relaxed);
                 }
             }
-            Err(e) => self.counters.error(format!("{}: session: {e}", m.device.udid)),
+            Err(e) => self.counters.error(format!("{}: session: {e}", m.udid)),
         }
     }
 
@@ -595,12 +726,13 @@ impl Fleet {
             tasks.spawn(async move {
                 let _permit = fleet.permits.acquire().await.expect("semaphore open");
                 let m = &fleet.members[i];
-                match m.device.send_checkin(m.device.checkout_message()).await {
+                let Some(device) = m.device.get() else { return };
+                match device.send_checkin(device.checkout_message()).await {
                     Ok(r) if r.status == 200 => {
                         fleet.counters.checked_out.fetch_add(1, Ordering::Relaxed);
                     }
-                    Ok(r) => fleet.counters.error(format!("{}: CheckOut answered {}", m.device.udid, r.status)),
-                    Err(e) => fleet.counters.error(format!("{}: CheckOut: {e}", m.device.udid)),
+                    Ok(r) => fleet.counters.error(format!("{}: CheckOut answered {}", m.udid, r.status)),
+                    Err(e) => fleet.counters.error(format!("{}: CheckOut: {e}", m.udid)),
                 }
             });
         }
@@ -613,7 +745,10 @@ impl Fleet {
         let lat = |l: &Mutex<Vec<u32>>| Latency::from_micros(&mut l.lock().unwrap_or_else(|p| p.into_inner()).clone());
         Summary {
             devices: self.members.len(),
+            enroll_mode: self.enroll_mode,
             enrolled: c.enrolled.load(Ordering::Relaxed),
+            scep_identities: c.scep_identities.load(Ordering::Relaxed),
+            tickets_enrolled: c.tickets_enrolled.load(Ordering::Relaxed),
             user_channels: c.user_channels.load(Ordering::Relaxed),
             sessions: c.sessions.load(Ordering::Relaxed),
             pushes: c.pushes.load(Ordering::Relaxed),

@@ -155,7 +155,13 @@ impl ScepClient {
 
     /// The GetCACert certificates (one DER certificate, or a certs-only PKCS#7 for CA + RA).
     pub async fn ca_certs(&self) -> Result<Vec<X509>, ScepClientError> {
-        let r = Self::ok(self.get("GetCACert", &[]).await?)?;
+        self.ca_certs_named(None).await
+    }
+
+    /// GetCACert with `message=<name>` (the CA-IDENT; an Apple SCEP payload's `Name`).
+    pub async fn ca_certs_named(&self, name: Option<&str>) -> Result<Vec<X509>, ScepClientError> {
+        let extra: Vec<(&str, &str)> = name.map(|n| ("message", n)).into_iter().collect();
+        let r = Self::ok(self.get("GetCACert", &extra).await?)?;
         if r.content_type.as_deref() == Some("application/x-x509-ca-cert") {
             return Ok(vec![X509::from_der(&r.body)?]);
         }

@@ -9,6 +9,10 @@
 //! kept in `--apns-dir` (so the gateway's `apple.apns_ca` stays valid across runs; also written
 //! to `--apns-ca-out`), a push certificate for the fleet's topic is uploaded to the gateway
 //! (`PUT /v1/pushcert`), and devices wake on the pushes the gateway sends instead of polling.
+//!
+//! With `--enroll profile` every device enrolls the real way (ticket, signed profile checked
+//! against `<ca-dir>/ca.pem`, SCEP, then the profile's URLs) instead of getting a certificate
+//! issued directly from the CA.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -20,7 +24,9 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use mdm_conformance::apns::{ApnsEmulator, PushCa};
-use mdm_conformance::apple::fleet::{ApiClient, FLEET_TOPIC, Fleet, FleetConfig, Issuer, Ratios, sample_command};
+use mdm_conformance::apple::fleet::{
+    ApiClient, FLEET_TOPIC, Fleet, FleetConfig, FleetEnroll, Issuer, Ratios, sample_command,
+};
 use mdm_conformance::cli::parse_duration;
 
 #[derive(Debug, Parser)]
@@ -36,6 +42,16 @@ enum Cmd {
     Apple(AppleArgs),
 }
 
+/// How the devices get their identities.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum EnrollHow {
+    /// Certificates issued before the run from the CA in --ca-dir (or --issuer-cert): fast, for load.
+    Direct,
+    /// Each device: ticket (POST /enroll/session), signed profile (GET /mdm/enroll) checked against
+    /// <ca-dir>/ca.pem, an RSA key and certificate through SCEP, then the profile's URLs and topic.
+    Profile,
+}
+
 #[derive(Debug, Args)]
 struct AppleArgs {
     /// How many devices.
@@ -45,9 +61,17 @@ struct AppleArgs {
     #[arg(long, default_value = "https://localhost:8443")]
     gateway: String,
     /// The gateway's data directory: `ca.pem` (trusted for the server and used as issuer) and
-    /// `ca-key.pem`.
+    /// `ca-key.pem` (not needed with --enroll profile).
     #[arg(long, default_value = "./mdm-data")]
     ca_dir: PathBuf,
+    /// How devices get their identities: `direct` or `profile` (the real way: enrollment profile
+    /// and SCEP; the gateway needs an uploaded push certificate, and for large fleets a higher
+    /// apple.enrollment.requests_per_minute).
+    #[arg(long, value_enum, default_value_t = EnrollHow::Direct)]
+    enroll: EnrollHow,
+    /// With --enroll profile: download /mdm/enroll without a ticket (no POST /enroll/session).
+    #[arg(long)]
+    no_ticket: bool,
     /// Issue device identities from this CA instead (give it to the gateway with --device-ca).
     #[arg(long, requires = "issuer_key")]
     issuer_cert: Option<PathBuf>,
@@ -229,14 +253,23 @@ async fn run(a: AppleArgs) -> Result<bool, String> {
         apns = Some((emulator, rx, ca_file));
     }
     let server_ca = read(&a.ca_dir.join("ca.pem"))?;
-    let issuer = match (&a.issuer_cert, &a.issuer_key) {
-        (Some(c), Some(k)) => Issuer {
+    if a.no_ticket && a.enroll != EnrollHow::Profile {
+        return Err("--no-ticket goes with --enroll profile".into());
+    }
+    let enroll = match (a.enroll, &a.issuer_cert, &a.issuer_key) {
+        (EnrollHow::Profile, Some(_), _) => return Err("--issuer-cert goes with --enroll direct".into()),
+        (EnrollHow::Profile, ..) => FleetEnroll::Profile {
+            ticket: !a.no_ticket,
+            // With our own APNs emulator, the profile must name the topic we uploaded.
+            topic: a.apns_listen.map(|_| FLEET_TOPIC.to_owned()),
+        },
+        (EnrollHow::Direct, Some(c), Some(k)) => FleetEnroll::Issued(Issuer {
             cert: mdm_certs::X509::from_pem(&read(c)?).map_err(|e| format!("{}: {e}", c.display()))?,
             key: mdm_certs::PKey::private_key_from_pem(&read(k)?).map_err(|e| format!("{}: {e}", k.display()))?,
-        },
-        _ => Issuer::from_data_dir(&a.ca_dir).map_err(|e| e.to_string())?,
+        }),
+        (EnrollHow::Direct, ..) => FleetEnroll::Issued(Issuer::from_data_dir(&a.ca_dir).map_err(|e| e.to_string())?),
     };
-    let mut config = FleetConfig::new(a.devices, &a.gateway, server_ca, issuer);
+    let mut config = FleetConfig::with_enroll(a.devices, &a.gateway, server_ca, enroll);
     config.concurrency = a.concurrency;
     config.ratios = Ratios { ack: a.ack, error: a.error, not_now: a.not_now };
     config.seed = a.seed;
@@ -244,7 +277,13 @@ async fn run(a: AppleArgs) -> Result<bool, String> {
     config.user_channel = a.user_channel;
 
     if !a.quiet {
-        eprintln!("issuing {} device identities (P-256)…", a.devices);
+        match a.enroll {
+            EnrollHow::Direct => eprintln!("issuing {} device identities (P-256)…", a.devices),
+            EnrollHow::Profile => eprintln!(
+                "{} devices enroll through the enrollment profile and SCEP (keys as the profile asks)…",
+                a.devices
+            ),
+        }
     }
     let fleet = Arc::new(Fleet::build(&config).map_err(|e| e.to_string())?);
 
@@ -264,8 +303,8 @@ async fn run(a: AppleArgs) -> Result<bool, String> {
     if let Some((emu, rx, ca_file)) = apns.take() {
         let f = fleet.clone();
         pusher = Some(tokio::spawn(async move { f.run_push(rx, None).await }));
-        if let (Some(api), true) = (&api, fleet.counters().enrolled.load(Ordering::Relaxed) > 0) {
-            probe_push(api, &fleet.device(0).udid, &emu.url(), &ca_file).await?;
+        if let (Some(api), Some(i)) = (&api, fleet.first_enrolled()) {
+            probe_push(api, fleet.udid(i), &emu.url(), &ca_file).await?;
         }
         emulator = Some(emu);
     }

@@ -422,6 +422,8 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         now: i64,
     ) -> Result<ScepRecord>;
     async fn scep_certificate(&self, cert_sha256: &str) -> Result<Option<ScepCertificate>>;
+    /// The newest certificate issued as a renewal (`renewal_of`) of `cert_sha256`, if any.
+    async fn scep_renewal_of(&self, cert_sha256: &str) -> Result<Option<ScepCertificate>>;
     /// `None` when no challenge was ever created for `ticket`.
     async fn scep_ticket_status(&self, ticket: &str) -> Result<Option<TicketStatus>>;
     /// Issued certificates, oldest first, at most `limit`.

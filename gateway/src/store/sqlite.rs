@@ -47,6 +47,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (2, "scep", include_str!("../../migrations/sqlite/0002_scep.sql")),
     (3, "ddm_tokens", include_str!("../../migrations/sqlite/0003_ddm_tokens.sql")),
     (4, "enroll_tickets", include_str!("../../migrations/sqlite/0004_enroll_tickets.sql")),
+    (5, "scep_renewals", include_str!("../../migrations/sqlite/0005_scep_renewals.sql")),
 ];
 
 /// The bookkeeping table, exactly as sqlx creates it.
@@ -157,6 +158,12 @@ const SCEP_CHALLENGE_COLUMNS: &str =
     "SELECT challenge_sha256, ticket, created_at, expires_at, used_at, issued_cert_sha256 FROM scep_challenges ";
 const SCEP_CERTIFICATE_COLUMNS: &str = "SELECT cert_sha256, serial, subject, not_before, not_after, message_type, \
      transaction_id, challenge_sha256, ticket, renewal_of, issued_at FROM scep_certificates ";
+
+/// The newest renewal of a certificate (index `scep_certificates_renewal_of`, migration 0005).
+fn scep_renewal_of_sql() -> String {
+    format!("{SCEP_CERTIFICATE_COLUMNS}WHERE renewal_of = ? ORDER BY issued_at DESC, cert_sha256 DESC LIMIT 1")
+}
+
 /// The consumption of a challenge as one compare-and-set statement.
 const CONSUME_SCEP_CHALLENGE_SQL: &str = "UPDATE scep_challenges SET used_at = ?, issued_cert_sha256 = ? \
      WHERE challenge_sha256 = ? AND used_at IS NULL AND expires_at > ?";
@@ -1411,6 +1418,11 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn scep_renewal_of(&self, cert_sha256: &str) -> Result<Option<ScepCertificate>> {
+        let h = cert_sha256.to_owned();
+        self.read(move |conn| query_opt(conn, &scep_renewal_of_sql(), [&h], scep_certificate_from_row)).await
+    }
+
     async fn scep_ticket_status(&self, ticket: &str) -> Result<Option<TicketStatus>> {
         let ticket = ticket.to_owned();
         self.read(move |conn| {
@@ -1714,6 +1726,8 @@ mod tests {
         assert_searches(&p, "declarations", "sqlite_autoindex_declarations_1");
         let p = plan(&store, DECLARATION_TOKEN_SQL, &["apple:dev-3"]).await;
         assert_searches(&p, "declaration_tokens", "sqlite_autoindex_declaration_tokens_1");
+        let p = plan(&store, &scep_renewal_of_sql(), &["abc"]).await;
+        assert_searches(&p, "scep_certificates", "scep_certificates_renewal_of");
         let p = plan(&store, PLAINTEXT_BOOTSTRAP_TOKENS_SQL, &["10"]).await;
         assert!(p.iter().any(|d| d.contains("enrollments_bootstrap_token_plaintext")), "{p:?}");
         assert!(!p.iter().any(|d| d.starts_with("SCAN enrollments") && !d.contains("INDEX")), "{p:?}");

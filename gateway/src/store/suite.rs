@@ -59,6 +59,7 @@ macro_rules! store_suite {
             scep_challenge_round_trip,
             scep_certificate_consumes_its_challenge_once,
             scep_unavailable_challenge_stores_nothing,
+            scep_renewals_are_found_by_what_they_renew,
             scep_ticket_status,
             scep_renewal_without_challenge,
             declarations_put_replace_delete,
@@ -924,6 +925,26 @@ pub async fn scep_renewal_without_challenge(store: &dyn Store) {
     assert_eq!(store.record_scep_certificate(&renewed, None, 40).await.expect("record"), ScepRecord::Recorded);
     assert_eq!(store.scep_certificate("fp-new").await.expect("read").and_then(|c| c.renewal_of), Some("fp-old".into()));
     assert_eq!(store.scep_certificate("fp-old").await.expect("read"), None);
+}
+
+pub async fn scep_renewals_are_found_by_what_they_renew(store: &dyn Store) {
+    let renewal = |fp: &str, of: &str, at: i64| {
+        let mut c = scep_cert(fp, None, None, at);
+        c.message_type = "RenewalReq".into();
+        c.renewal_of = Some(of.into());
+        c
+    };
+    store.record_scep_certificate(&scep_cert("fp-a", None, None, 10), None, 10).await.expect("record");
+    assert_eq!(store.scep_renewal_of("fp-a").await.expect("read"), None);
+    store.record_scep_certificate(&renewal("fp-b", "fp-a", 20), None, 20).await.expect("record");
+    store.record_scep_certificate(&renewal("fp-c", "fp-b", 30), None, 30).await.expect("record");
+    let of_a = store.scep_renewal_of("fp-a").await.expect("read").expect("renewed");
+    assert_eq!(of_a.cert_sha256, "fp-b");
+    assert_eq!(store.scep_renewal_of("fp-b").await.expect("read").map(|c| c.cert_sha256), Some("fp-c".into()));
+    assert_eq!(store.scep_renewal_of("fp-c").await.expect("read"), None);
+    // Renewed twice from the same certificate: the newest renewal.
+    store.record_scep_certificate(&renewal("fp-b2", "fp-a", 40), None, 40).await.expect("record");
+    assert_eq!(store.scep_renewal_of("fp-a").await.expect("read").map(|c| c.cert_sha256), Some("fp-b2".into()));
 }
 
 pub async fn enroll_tickets_lifecycle(store: &dyn Store) {

@@ -5,6 +5,8 @@
 //! → `certificate_issued` (the SCEP server issued a certificate with the challenge tied to the
 //! ticket) → `enrolled` (that certificate is bound to an enrollment that completed TokenUpdate;
 //! between Authenticate and TokenUpdate the state stays `certificate_issued`, with the device id).
+//! A SCEP renewal continues the enrollment: once the device presents the renewed certificate and
+//! the enrollment is rebound to it, the ticket follows the renewal and keeps naming the device.
 //!
 //! Tickets live in the store (any instance behind a load balancer can answer, a restart loses
 //! nothing); only their SHA-256 is stored, and that hash is also the opaque ticket id handed to the
@@ -21,10 +23,13 @@ use super::{Refusal, take_token};
 use crate::AppState;
 use crate::http_util::{Reply, json};
 use crate::scep::TicketStatus;
-use crate::store::{EnrollTicket, Enrollment, EnrollmentState};
+use crate::store::{EnrollTicket, Enrollment, EnrollmentState, StoreError};
 
 /// Tickets are purged this long after they expire; until then their status can be read.
 const RETENTION_S: i64 = 86_400;
+
+/// SCEP renewals followed at most, looking for the enrollment a ticket's certificate led to.
+const MAX_RENEWALS: usize = 16;
 
 /// How far an enrollment started with a ticket has come.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -37,8 +42,8 @@ pub enum SessionState {
 }
 
 /// The state of a ticket from what the store and the SCEP side know: the ticket, the SCEP status
-/// of its challenges, and the enrollment bound to the certificate SCEP issued (looked up by its
-/// fingerprint). Returns the device id once an enrollment is bound to that certificate.
+/// of its challenges, and the enrollment bound to the certificate SCEP issued or to a renewal of it
+/// (looked up by fingerprint). Returns the device id once an enrollment is bound to that certificate.
 pub fn session_state(
     ticket: &EnrollTicket,
     scep: Option<&TicketStatus>,
@@ -118,12 +123,10 @@ pub(super) async fn status(state: &AppState, ticket: &str) -> Result<Reply, Refu
         Some(_) => state.scep.ticket_status(&id).await.map_err(store_err)?,
         None => None,
     };
-    let mut bound = None;
-    if let Some(fp) = scep.as_ref().and_then(|s| s.issued_cert_sha256.as_deref())
-        && let Some(device) = state.store.enrollment_by_cert(fp).await.map_err(store_err)?
-    {
-        bound = state.store.enrollment(&device).await.map_err(store_err)?;
-    }
+    let bound = match scep.as_ref().and_then(|s| s.issued_cert_sha256.as_deref()) {
+        Some(fp) => bound_enrollment(state, fp).await.map_err(store_err)?,
+        None => None,
+    };
     let (session, device_id) = session_state(&record, scep.as_ref(), bound.as_ref());
     let now = state.clock.unix();
     let body = json!({
@@ -135,6 +138,22 @@ pub(super) async fn status(state: &AppState, ticket: &str) -> Result<Reply, Refu
         "profile_downloaded_at": record.profile_downloaded_at.and_then(rfc3339),
     });
     Ok(no_store(json(StatusCode::OK, &body)))
+}
+
+/// The enrollment bound to `issued`, or else to the newest SCEP renewal of it (and so on): after
+/// a renewal the enrollment is rebound to the new certificate, and the ticket still names it.
+async fn bound_enrollment(state: &AppState, issued: &str) -> Result<Option<Enrollment>, StoreError> {
+    let mut fp = issued.to_owned();
+    for _ in 0..=MAX_RENEWALS {
+        if let Some(device) = state.store.enrollment_by_cert(&fp).await? {
+            return state.store.enrollment(&device).await;
+        }
+        match state.store.scep_renewal_of(&fp).await? {
+            Some(renewal) => fp = renewal.cert_sha256,
+            None => return Ok(None),
+        }
+    }
+    Ok(None)
 }
 
 fn no_store(mut r: Reply) -> Reply {
