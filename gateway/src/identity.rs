@@ -347,7 +347,11 @@ impl IdentityVerifier {
 
     /// The TLS client certificate, else a trusted proxy's certificate header; `None` when there
     /// is neither.
-    fn connection_certificate(&self, headers: &HeaderMap, conn: &ConnInfo) -> Result<Option<Presented>, IdentityFailure> {
+    fn connection_certificate(
+        &self,
+        headers: &HeaderMap,
+        conn: &ConnInfo,
+    ) -> Result<Option<Presented>, IdentityFailure> {
         if let Some(leaf) = conn.client_certs.first() {
             let (cert, digest) =
                 self.decoded.decode(leaf).map_err(|e| IdentityFailure::new("bad_client_certificate", e.to_string()))?;
@@ -364,7 +368,8 @@ impl IdentityVerifier {
                 format!("{} header from {:?}, which is not a trusted proxy", self.header, conn.peer.map(|p| p.ip())),
             ));
         }
-        let value = value.to_str().map_err(|_| IdentityFailure::new("bad_certificate_header", "header is not ASCII"))?;
+        let value =
+            value.to_str().map_err(|_| IdentityFailure::new("bad_certificate_header", "header is not ASCII"))?;
         let cert = if self.rfc9440 {
             mdm_certs::header::parse_client_cert(value)?
         } else {

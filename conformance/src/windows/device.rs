@@ -56,6 +56,8 @@ pub struct SessionReport {
     /// Chunks of large objects sent and received.
     pub chunks_sent: u32,
     pub chunks_received: u32,
+    /// The largest gateway reply, in bytes (never above [`WindowsDevice::max_msg_size`]).
+    pub largest_reply: usize,
 }
 
 /// A gateway reply.
@@ -202,7 +204,10 @@ impl WindowsDevice {
             data: Some("1".into()),
             ..Item::default()
         };
-        SyncMl { hdr: self.header(session_id, 1), body: SyncBody { commands: vec![alert("2", AlertCode::GENERIC, vec![item])], final_: true } }
+        SyncMl {
+            hdr: self.header(session_id, 1),
+            body: SyncBody { commands: vec![alert("2", AlertCode::GENERIC, vec![item])], final_: true },
+        }
     }
 
     /// Tells the gateway the user unenrolled the device; returns the gateway's reply.
@@ -242,7 +247,9 @@ impl WindowsDevice {
         let mut assembly: Option<Assembly> = None;
         for msg_id in 1..=500u32 {
             report.messages += 1;
-            let reply = expect_syncml(self.post(msg.encode()).await?)?;
+            let raw = self.post(msg.encode()).await?;
+            report.largest_reply = report.largest_reply.max(raw.body.len());
+            let reply = expect_syncml(raw)?;
             if let Some(m) = reply.hdr.meta.as_ref().and_then(Meta::max_msg_size) {
                 server_max = m as usize;
             }
@@ -511,7 +518,11 @@ impl WindowsDevice {
                     }
                 }
                 drop(tree);
-                report.handled.push(Handled { cmd: "Delete".into(), uri: i.items.first().and_then(|i| i.target.clone()), code: code.0 });
+                report.handled.push(Handled {
+                    cmd: "Delete".into(),
+                    uri: i.items.first().and_then(|i| i.target.clone()),
+                    code: code.0,
+                });
                 statuses.push(status(ids, reply, c, code));
             }
             Command::Exec(i) => {

@@ -33,8 +33,8 @@ use tokio::sync::{Notify, oneshot};
 
 use super::{
     CommandRecord, CommandUpdate, DeclarationSet, DeclarationsChange, DeclarationsToken, EnrollTicket, Enrollment,
-    EnrollmentState, LoggedEvent, NewCommand, NewScepChallenge, OmaDmSession, PushCert, PushInfo, RequestSnapshot, Result,
-    ScepCertificate, ScepChallenge, ScepRecord, Store, StoreError, StoredDeclaration, TicketStatus,
+    EnrollmentState, LoggedEvent, NewCommand, NewScepChallenge, OmaDmSession, PushCert, PushInfo, RequestSnapshot,
+    Result, ScepCertificate, ScepChallenge, ScepRecord, Store, StoreError, StoredDeclaration, TicketStatus,
 };
 
 /// Migrations, embedded at build time: `(version, description, sql)`, following the

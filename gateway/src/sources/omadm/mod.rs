@@ -104,7 +104,8 @@ pub async fn handle(state: &Arc<AppState>, req: Request<Incoming>, conn: &ConnIn
     let Ok(_permit) = state.omadm.in_flight.clone().try_acquire_owned() else {
         tracing::warn!(platform = "windows", peer = ?conn.peer, "OMA-DM request refused: too many in flight");
         metrics::counter!(telemetry::DEVICE_REJECTS, "platform" => "windows", "reason" => "overloaded").increment(1);
-        let mut r = text(StatusCode::TOO_MANY_REQUESTS, "overloaded: too many OMA-DM requests in flight; retry later\n");
+        let mut r =
+            text(StatusCode::TOO_MANY_REQUESTS, "overloaded: too many OMA-DM requests in flight; retry later\n");
         r.headers_mut().insert(http::header::RETRY_AFTER, HeaderValue::from(state.config.omadm.retry_after_s));
         return r;
     };
@@ -157,7 +158,8 @@ pub async fn handle(state: &Arc<AppState>, req: Request<Incoming>, conn: &ConnIn
         }
         Err(r) => refuse(state, conn, r),
     };
-    metrics::histogram!(telemetry::DEVICE_REQUEST_SECONDS, "platform" => "windows").record(started.elapsed().as_secs_f64());
+    metrics::histogram!(telemetry::DEVICE_REQUEST_SECONDS, "platform" => "windows")
+        .record(started.elapsed().as_secs_f64());
     reply
 }
 
@@ -230,9 +232,8 @@ async fn session(state: &AppState, id: &DeviceId, msg: &SyncMl, body: &[u8], now
         .map(|c| Queued { command_id: &c.command_id, request_type: &c.request_type, payload: &c.payload })
         .collect();
 
-    let step = syncml::handle(prev, msg, &queue, &state.omadm.server, now).map_err(|e| {
-        Reject::new(StatusCode::BAD_REQUEST, e.reason(), e.to_string()).in_syncml(msg, e.status())
-    })?;
+    let step = syncml::handle(prev, msg, &queue, &state.omadm.server, now)
+        .map_err(|e| Reject::new(StatusCode::BAD_REQUEST, e.reason(), e.to_string()).in_syncml(msg, e.status()))?;
     let reply = step.reply.encode();
     let session_events = apply::effects(state, id, msg, body, &pending, &step, now).await?;
 
