@@ -608,3 +608,61 @@ fn captured_package1_through_the_session() {
             .any(|e| matches!(e, syncml::Effect::SessionStarted { login_status: Some(s), .. } if s == "user"))
     );
 }
+
+/// Behind a load balancer that ends TLS: the client certificate comes in `Client-Cert`
+/// (RFC 9440), trusted only from the configured proxy addresses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_certificate_from_a_trusted_proxy_header() {
+    use base64::Engine;
+    let h = Harness::start_with(|c| c.device.trusted_proxies = vec!["127.0.0.1/32".parse().expect("net")]).await;
+    let device = h.windows_device("PROXIED-0001").await;
+    let header = format!(
+        ":{}:",
+        base64::engine::general_purpose::STANDARD.encode(device.identity.cert.to_der().expect("der"))
+    );
+    let proxy = h.device_client(None);
+    let send = |body: Vec<u8>| {
+        proxy
+            .post(h.management_url())
+            .header("Content-Type", SYNCML)
+            .header("Client-Cert", header.clone())
+            .body(body)
+            .send()
+    };
+    let r = send(device.package1("P1").encode()).await.expect("request");
+    assert_eq!(r.status().as_u16(), 200);
+    let reply = syncml::decode(&r.bytes().await.expect("body")).expect("SyncML");
+    assert_eq!(reply.hdr.target, "PROXIED-0001");
+    assert_eq!(h.events_of(&device.gateway_id(), "device.checked_in").await.len(), 1);
+    // The header does not let one device speak for another.
+    let other = h.windows_device("PROXIED-0002").await;
+    let a = refused(&h, 403, "device_mismatch", async {
+        let r = send(other.package1("P2").encode()).await.expect("request");
+        Answer { status: r.status().as_u16(), content_type: String::new(), body: r.text().await.expect("body") }
+    })
+    .await;
+    assert!(a.body.contains("PROXIED-0002"));
+    h.stop().await;
+
+    // From an address that is not a trusted proxy, the header is refused.
+    let h = Harness::start().await;
+    let device = h.windows_device("PROXIED-0003").await;
+    let header = format!(
+        ":{}:",
+        base64::engine::general_purpose::STANDARD.encode(device.identity.cert.to_der().expect("der"))
+    );
+    refused(&h, 403, "untrusted_proxy_header", async {
+        let r = h
+            .device_client(None)
+            .post(h.management_url())
+            .header("Content-Type", SYNCML)
+            .header("Client-Cert", header)
+            .body(device.package1("P3").encode())
+            .send()
+            .await
+            .expect("request");
+        Answer { status: r.status().as_u16(), content_type: String::new(), body: r.text().await.expect("body") }
+    })
+    .await;
+    h.stop().await;
+}
