@@ -779,4 +779,18 @@ mod tests {
         assert_eq!(refused(&|e| e.requests_per_minute = 0), "apple.enrollment.requests_per_minute");
         Config::default().validate().expect("defaults are valid");
     }
+
+    #[test]
+    fn omadm_settings_are_checked() {
+        let refused = |f: &dyn Fn(&mut OmaDmConfig)| {
+            let mut c = Config::default();
+            f(&mut c.omadm);
+            c.validate().expect_err("refused").key
+        };
+        assert_eq!(refused(&|o| o.max_msg_size = 1023), "omadm.max_msg_size");
+        assert_eq!(refused(&|o| o.default_device_max_msg_size = 10), "omadm.default_device_max_msg_size");
+        assert_eq!(refused(&|o| o.max_obj_size = o.max_msg_size - 1), "omadm.max_obj_size");
+        assert_eq!(refused(&|o| o.max_in_flight = 0), "omadm.max_in_flight");
+        assert_eq!(refused(&|o| o.session_ttl_s = 0), "omadm.session_ttl_s");
+    }
 }
