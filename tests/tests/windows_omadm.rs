@@ -616,10 +616,8 @@ async fn client_certificate_from_a_trusted_proxy_header() {
     use base64::Engine;
     let h = Harness::start_with(|c| c.device.trusted_proxies = vec!["127.0.0.1/32".parse().expect("net")]).await;
     let device = h.windows_device("PROXIED-0001").await;
-    let header = format!(
-        ":{}:",
-        base64::engine::general_purpose::STANDARD.encode(device.identity.cert.to_der().expect("der"))
-    );
+    let header =
+        format!(":{}:", base64::engine::general_purpose::STANDARD.encode(device.identity.cert.to_der().expect("der")));
     let proxy = h.device_client(None);
     let send = |body: Vec<u8>| {
         proxy
@@ -647,10 +645,8 @@ async fn client_certificate_from_a_trusted_proxy_header() {
     // From an address that is not a trusted proxy, the header is refused.
     let h = Harness::start().await;
     let device = h.windows_device("PROXIED-0003").await;
-    let header = format!(
-        ":{}:",
-        base64::engine::general_purpose::STANDARD.encode(device.identity.cert.to_der().expect("der"))
-    );
+    let header =
+        format!(":{}:", base64::engine::general_purpose::STANDARD.encode(device.identity.cert.to_der().expect("der")));
     refused(&h, 403, "untrusted_proxy_header", async {
         let r = h
             .device_client(None)
@@ -664,5 +660,27 @@ async fn client_certificate_from_a_trusted_proxy_header() {
         Answer { status: r.status().as_u16(), content_type: String::new(), body: r.text().await.expect("body") }
     })
     .await;
+    h.stop().await;
+}
+
+/// A session idle longer than `omadm.session_ttl_s` cannot be continued; a new one can start,
+/// and the command that was in flight in the old one goes out again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_session_expires() {
+    let h = Harness::start_with(|c| c.omadm.session_ttl_s = 60).await;
+    let device = h.windows_device("TTL-0001").await;
+    let cid = enqueue(&h, &device, json!({"type": "restart"})).await;
+    let client = client_for(&h, &device.identity);
+    let first = String::from_utf8(device.package1("77").encode()).expect("utf-8");
+    let a = post(&client, &h, SYNCML, first.clone().into_bytes()).await;
+    assert_eq!(a.status, 200, "{a:?}");
+    assert_eq!(command(&h, &cid).await["status"], "sent");
+    h.clock.advance(61);
+    let second = first.replacen("<MsgID>1</MsgID>", "<MsgID>2</MsgID>", 1);
+    refused(&h, 400, "session_not_started", post(&client, &h, SYNCML, second.into_bytes())).await;
+    let report = device.session().await.expect("new session");
+    assert_eq!(report.handled.iter().filter(|c| c.cmd == "Exec").count(), 1);
+    let c = command(&h, &cid).await;
+    assert_eq!((c["status"].as_str(), c["sent_count"].as_i64()), (Some("acknowledged"), Some(2)));
     h.stop().await;
 }
