@@ -28,6 +28,8 @@ pub struct Config {
     pub device: DeviceConfig,
     pub api: ApiConfig,
     pub apple: AppleConfig,
+    /// Windows management (OMA-DM SyncML at `/ManagementServer/MDM.svc`).
+    pub omadm: OmaDmConfig,
     pub store: StoreConfig,
     pub events: EventsConfig,
     /// Optional webhook sink.
@@ -177,6 +179,38 @@ impl TokenServiceConfig {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+pub struct OmaDmConfig {
+    /// Largest SyncML message the gateway takes, advertised to devices as `MaxMsgSize`; larger
+    /// results come in chunks (`MoreData`). Bodies are also bounded by `device.max_body_bytes`.
+    pub max_msg_size: usize,
+    /// Largest object assembled from chunks, advertised as `MaxObjSize`.
+    pub max_obj_size: usize,
+    /// `MaxMsgSize` assumed for a device that does not state one: replies never exceed it.
+    pub default_device_max_msg_size: usize,
+    /// OMA-DM requests handled at once by this instance; more are answered 429 with `Retry-After`.
+    pub max_in_flight: usize,
+    /// The `Retry-After` of those 429 answers, in seconds.
+    pub retry_after_s: u64,
+    /// A session whose last message is older than this many seconds cannot be continued; the
+    /// device starts a new one.
+    pub session_ttl_s: u64,
+}
+
+impl Default for OmaDmConfig {
+    fn default() -> Self {
+        OmaDmConfig {
+            max_msg_size: 512 * 1024,
+            max_obj_size: 4 * 1024 * 1024,
+            default_device_max_msg_size: 512 * 1024,
+            max_in_flight: 256,
+            retry_after_s: 30,
+            session_ttl_s: 1800,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
     /// `sqlite://PATH`; `<data_dir>/gateway.db` when absent.
     pub url: Option<String>,
@@ -259,6 +293,7 @@ impl Default for Config {
             device: DeviceConfig::default(),
             api: ApiConfig::default(),
             apple: AppleConfig::default(),
+            omadm: OmaDmConfig::default(),
             store: StoreConfig::default(),
             events: EventsConfig::default(),
             webhook: None,
@@ -458,6 +493,7 @@ impl Config {
         }
         self.validate_push()?;
         self.validate_enrollment()?;
+        self.validate_omadm()?;
         if let Some(url) = &self.store.url
             && !url.starts_with("sqlite:")
         {
@@ -488,6 +524,28 @@ impl Config {
             {
                 return Err(ConfigError::new("webhook.hmac_secret_file", format!("{} does not exist", p.display())));
             }
+        }
+        Ok(())
+    }
+
+    fn validate_omadm(&self) -> Result<(), ConfigError> {
+        let o = &self.omadm;
+        for (key, value) in [
+            ("omadm.max_msg_size", o.max_msg_size),
+            ("omadm.default_device_max_msg_size", o.default_device_max_msg_size),
+        ] {
+            if value < 1024 {
+                return Err(ConfigError::new(key, "must be at least 1024"));
+            }
+        }
+        if o.max_obj_size < o.max_msg_size {
+            return Err(ConfigError::new("omadm.max_obj_size", "must be at least omadm.max_msg_size"));
+        }
+        if o.max_in_flight == 0 {
+            return Err(ConfigError::new("omadm.max_in_flight", "must be at least 1"));
+        }
+        if o.session_ttl_s == 0 {
+            return Err(ConfigError::new("omadm.session_ttl_s", "must be at least 1"));
         }
         Ok(())
     }
@@ -728,5 +786,19 @@ mod tests {
         assert_eq!(refused(&|e| e.ticket_ttl_s = 7 * 86_400 + 1), "apple.enrollment.ticket_ttl_s");
         assert_eq!(refused(&|e| e.requests_per_minute = 0), "apple.enrollment.requests_per_minute");
         Config::default().validate().expect("defaults are valid");
+    }
+
+    #[test]
+    fn omadm_settings_are_checked() {
+        let refused = |f: &dyn Fn(&mut OmaDmConfig)| {
+            let mut c = Config::default();
+            f(&mut c.omadm);
+            c.validate().expect_err("refused").key
+        };
+        assert_eq!(refused(&|o| o.max_msg_size = 1023), "omadm.max_msg_size");
+        assert_eq!(refused(&|o| o.default_device_max_msg_size = 10), "omadm.default_device_max_msg_size");
+        assert_eq!(refused(&|o| o.max_obj_size = o.max_msg_size - 1), "omadm.max_obj_size");
+        assert_eq!(refused(&|o| o.max_in_flight = 0), "omadm.max_in_flight");
+        assert_eq!(refused(&|o| o.session_ttl_s = 0), "omadm.session_ttl_s");
     }
 }

@@ -1,5 +1,6 @@
 //! Who is this device? The certificate behind an Apple request, from (in this order) the
-//! `Mdm-Signature` header, the TLS client certificate, or a trusted load balancer's header.
+//! `Mdm-Signature` header, the TLS client certificate, or a trusted load balancer's header; for
+//! Windows management, the last two only.
 //!
 //! This module only establishes a verified certificate and its fingerprint; whether that
 //! certificate is the one bound to the enrollment is the source's decision.
@@ -204,6 +205,9 @@ fn der_sha256(cert: &X509) -> Result<[u8; 32], IdentityFailure> {
     Ok(Sha256::digest(&der).into())
 }
 
+/// A certificate as presented, with its SHA-256, its chain (and theirs) and where it came from.
+type Presented = (X509, [u8; 32], Vec<X509>, Vec<[u8; 32]>, IdentitySource);
+
 #[derive(Debug)]
 pub struct IdentityVerifier {
     anchors: TrustAnchors,
@@ -311,43 +315,72 @@ impl IdentityVerifier {
         conn: &ConnInfo,
         now: i64,
     ) -> Result<DeviceIdentity, IdentityFailure> {
-        let (cert, cert_sha256, chain, chain_sha256, source) = if let Some(sig) = headers.get(MDM_SIGNATURE) {
+        let presented = if let Some(sig) = headers.get(MDM_SIGNATURE) {
             let sig =
                 sig.to_str().map_err(|_| IdentityFailure::new("bad_signature_header", "Mdm-Signature is not ASCII"))?;
             let s = self.verify_signature(sig, body)?;
             (s.signer.clone(), s.signer_sha256, s.chain.clone(), s.chain_sha256.clone(), IdentitySource::MdmSignature)
-        } else if let Some(leaf) = conn.client_certs.first() {
-            let (cert, digest) =
-                self.decoded.decode(leaf).map_err(|e| IdentityFailure::new("bad_client_certificate", e.to_string()))?;
-            let (chain, chain_sha256) =
-                conn.client_certs[1..].iter().filter_map(|d| self.decoded.decode(d).ok()).unzip();
-            (cert, digest, chain, chain_sha256, IdentitySource::TlsClientCertificate)
-        } else if let Some(value) = headers.get(&self.header) {
-            if !self.trusted_proxy(conn.peer.map(|p| p.ip())) {
-                return Err(IdentityFailure::new(
-                    "untrusted_proxy_header",
-                    format!(
-                        "{} header from {:?}, which is not a trusted proxy",
-                        self.header,
-                        conn.peer.map(|p| p.ip())
-                    ),
-                ));
-            }
-            let value =
-                value.to_str().map_err(|_| IdentityFailure::new("bad_certificate_header", "header is not ASCII"))?;
-            let cert = if self.rfc9440 {
-                mdm_certs::header::parse_client_cert(value)?
-            } else {
-                mdm_certs::header::parse_nginx_escaped_pem(value)?
-            };
-            let digest = der_sha256(&cert)?;
-            (cert, digest, Vec::new(), Vec::new(), IdentitySource::ProxyHeader)
+        } else if let Some(p) = self.connection_certificate(headers, conn)? {
+            p
         } else {
             return Err(IdentityFailure::new(
                 "no_identity",
                 "no Mdm-Signature header, no TLS client certificate and no proxy certificate header",
             ));
         };
+        self.checked(presented, now)
+    }
+
+    /// The identity behind a request that can only prove it with a client certificate (TLS, or
+    /// a trusted proxy's header): Windows management. An `Mdm-Signature` header is ignored.
+    pub fn verify_client_certificate(
+        &self,
+        headers: &HeaderMap,
+        conn: &ConnInfo,
+        now: i64,
+    ) -> Result<DeviceIdentity, IdentityFailure> {
+        let presented = self.connection_certificate(headers, conn)?.ok_or_else(|| {
+            IdentityFailure::new("no_identity", "no TLS client certificate and no proxy certificate header")
+        })?;
+        self.checked(presented, now)
+    }
+
+    /// The TLS client certificate, else a trusted proxy's certificate header; `None` when there
+    /// is neither.
+    fn connection_certificate(
+        &self,
+        headers: &HeaderMap,
+        conn: &ConnInfo,
+    ) -> Result<Option<Presented>, IdentityFailure> {
+        if let Some(leaf) = conn.client_certs.first() {
+            let (cert, digest) =
+                self.decoded.decode(leaf).map_err(|e| IdentityFailure::new("bad_client_certificate", e.to_string()))?;
+            let (chain, chain_sha256) =
+                conn.client_certs[1..].iter().filter_map(|d| self.decoded.decode(d).ok()).unzip();
+            return Ok(Some((cert, digest, chain, chain_sha256, IdentitySource::TlsClientCertificate)));
+        }
+        let Some(value) = headers.get(&self.header) else {
+            return Ok(None);
+        };
+        if !self.trusted_proxy(conn.peer.map(|p| p.ip())) {
+            return Err(IdentityFailure::new(
+                "untrusted_proxy_header",
+                format!("{} header from {:?}, which is not a trusted proxy", self.header, conn.peer.map(|p| p.ip())),
+            ));
+        }
+        let value =
+            value.to_str().map_err(|_| IdentityFailure::new("bad_certificate_header", "header is not ASCII"))?;
+        let cert = if self.rfc9440 {
+            mdm_certs::header::parse_client_cert(value)?
+        } else {
+            mdm_certs::header::parse_nginx_escaped_pem(value)?
+        };
+        let digest = der_sha256(&cert)?;
+        Ok(Some((cert, digest, Vec::new(), Vec::new(), IdentitySource::ProxyHeader)))
+    }
+
+    fn checked(&self, presented: Presented, now: i64) -> Result<DeviceIdentity, IdentityFailure> {
+        let (cert, cert_sha256, chain, chain_sha256, source) = presented;
         self.verify_chain(&cert, &cert_sha256, &chain, &chain_sha256, now)?;
         // The SHA-256 of the DER, as `mdm_certs::fingerprint_sha256` computes it.
         let fingerprint = hex::encode(cert_sha256);

@@ -66,6 +66,8 @@ pub struct AppState {
     pub token_services: sources::apple::token_services::TokenServices,
     /// Enrollment profile signer, page and rate limit.
     pub enrollment: sources::apple::enroll::Enrollment,
+    /// Windows management (OMA-DM): load limit and SyncML settings.
+    pub omadm: sources::omadm::OmaDm,
 }
 
 /// Why the gateway could not start.
@@ -269,7 +271,9 @@ impl Gateway {
             None => None,
         };
 
+        let omadm = sources::omadm::OmaDm::new(&config);
         let state = Arc::new(AppState {
+            omadm,
             events: EventFactory::new(clock.clone()),
             config,
             store,

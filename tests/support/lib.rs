@@ -15,6 +15,7 @@ use serde_json::Value;
 use tempfile::TempDir;
 
 pub mod webhook;
+pub mod windows;
 
 pub fn unix_now() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970").as_secs() as i64
@@ -189,7 +190,7 @@ impl Harness {
     }
 
     /// Everything stored that a device request could change: enrollments, commands of the
-    /// given devices, the event log position, SCEP certificates and challenges. Compare before and after a refused request.
+    /// given devices, the event log position, SCEP certificates and challenges, OMA-DM sessions. Compare before and after a refused request.
     pub async fn snapshot(&self, command_ids: &[&str]) -> String {
         let store = &self.gateway().state.store;
         let seq = store.last_event_seq().await.expect("seq");
@@ -200,7 +201,8 @@ impl Harness {
         }
         let scep_certs = store.scep_certificates(10_000).await.expect("scep certificates");
         let scep_challenges = store.scep_challenges(10_000).await.expect("scep challenges");
-        format!("{seq}\n{enrollments:?}\n{commands:?}\n{scep_certs:?}\n{scep_challenges:?}")
+        let omadm = store.omadm_sessions(10_000).await.expect("omadm sessions");
+        format!("{seq}\n{enrollments:?}\n{commands:?}\n{scep_certs:?}\n{scep_challenges:?}\n{omadm:?}")
     }
 
     pub async fn stop(mut self) {

@@ -119,6 +119,11 @@ pub(super) async fn create(state: &AppState, body: &[u8]) -> Reply {
                 Err(e) => return command_refused(&e),
             }
         }
+        // OMA-DM has no push yet (WNS): the device gets the command at its next scheduled session.
+        Platform::Windows => match mdm_windows::syncml::translate(&command) {
+            Ok(c) => (c.request_type.clone(), c.payload()),
+            Err(e) => return command_refused(&e),
+        },
         other => {
             return command_refused(&CommandError::UnsupportedOnPlatform {
                 platform: other,

@@ -336,6 +336,24 @@ pub struct EnrollTicket {
     pub variant: Option<String>,
 }
 
+/// The stored state of a device's OMA-DM session (see migration 0006).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OmaDmSession {
+    pub device_id: DeviceId,
+    pub session_id: String,
+    /// The client's MsgID handled last.
+    pub client_msg_id: i64,
+    /// Incremented by every save; saves are compare-and-set on it.
+    pub version: i64,
+    /// JSON of `mdm_windows::syncml::Session`.
+    pub state: String,
+    /// SHA-256 (hex) of the last client message handled.
+    pub request_sha256: String,
+    /// The reply sent to it.
+    pub reply: Vec<u8>,
+    pub updated_at: i64,
+}
+
 /// Durable state behind the gateway. Implementations must pass [`suite`].
 #[async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug + 'static {
@@ -471,4 +489,19 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Counts a profile download for the ticket (the first sets `profile_downloaded_at`), only
     /// while it has not expired (`expires_at > now`). Returns whether it applied.
     async fn record_profile_download(&self, id: &str, variant: &str, now: i64) -> Result<bool>;
+
+    // --- OMA-DM ---
+    /// The device's OMA-DM session, if it ever had one.
+    async fn omadm_session(&self, device: &DeviceId) -> Result<Option<OmaDmSession>>;
+    /// Saves a device's session and appends `events`, atomically, only if the stored row's
+    /// `version` is `expected_version` (`None`: only if the device has no row yet). Returns
+    /// whether it applied; when it did not, nothing is written.
+    async fn save_omadm_session(
+        &self,
+        session: &OmaDmSession,
+        expected_version: Option<i64>,
+        events: &[Event],
+    ) -> Result<bool>;
+    /// Sessions by device id, at most `limit` (for operators and tests).
+    async fn omadm_sessions(&self, limit: u32) -> Result<Vec<OmaDmSession>>;
 }

@@ -33,8 +33,8 @@ use tokio::sync::{Notify, oneshot};
 
 use super::{
     CommandRecord, CommandUpdate, DeclarationSet, DeclarationsChange, DeclarationsToken, EnrollTicket, Enrollment,
-    EnrollmentState, LoggedEvent, NewCommand, NewScepChallenge, PushCert, PushInfo, RequestSnapshot, Result,
-    ScepCertificate, ScepChallenge, ScepRecord, Store, StoreError, StoredDeclaration, TicketStatus,
+    EnrollmentState, LoggedEvent, NewCommand, NewScepChallenge, OmaDmSession, PushCert, PushInfo, RequestSnapshot,
+    Result, ScepCertificate, ScepChallenge, ScepRecord, Store, StoreError, StoredDeclaration, TicketStatus,
 };
 
 /// Migrations, embedded at build time: `(version, description, sql)`, following the
@@ -48,6 +48,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (3, "ddm_tokens", include_str!("../../migrations/sqlite/0003_ddm_tokens.sql")),
     (4, "enroll_tickets", include_str!("../../migrations/sqlite/0004_enroll_tickets.sql")),
     (5, "scep_renewals", include_str!("../../migrations/sqlite/0005_scep_renewals.sql")),
+    (6, "omadm", include_str!("../../migrations/sqlite/0006_omadm.sql")),
 ];
 
 /// The bookkeeping table, exactly as sqlx creates it.
@@ -886,6 +887,25 @@ fn push_cert_from_row(row: &Row<'_>) -> Result<PushCert> {
     })
 }
 
+const OMADM_SESSION_SQL: &str = "SELECT device_id, session_id, client_msg_id, version, state, request_sha256, \
+     reply, updated_at FROM omadm_sessions WHERE device_id = ?";
+const OMADM_SESSIONS_SQL: &str = "SELECT device_id, session_id, client_msg_id, version, state, request_sha256, \
+     reply, updated_at FROM omadm_sessions ORDER BY device_id LIMIT ?";
+
+fn omadm_session_from_row(row: &Row<'_>) -> Result<OmaDmSession> {
+    let id: String = get(row, 0, "device_id")?;
+    Ok(OmaDmSession {
+        device_id: parse_device_id(&id, "omadm_sessions.device_id")?,
+        session_id: get(row, 1, "session_id")?,
+        client_msg_id: get(row, 2, "client_msg_id")?,
+        version: get(row, 3, "version")?,
+        state: get(row, 4, "state")?,
+        request_sha256: get(row, 5, "request_sha256")?,
+        reply: get(row, 6, "reply")?,
+        updated_at: get(row, 7, "updated_at")?,
+    })
+}
+
 const ENROLL_TICKET_SQL: &str = "SELECT id, created_at, expires_at, profile_downloaded_at, downloads, variant \
      FROM enroll_tickets WHERE id = ?";
 
@@ -1610,6 +1630,71 @@ impl Store for SqliteStore {
             Ok(changed == 1)
         })
         .await
+    }
+
+    // --- OMA-DM ---
+
+    async fn omadm_session(&self, device: &DeviceId) -> Result<Option<OmaDmSession>> {
+        let device = device.as_str().to_owned();
+        self.read(move |conn| query_opt(conn, OMADM_SESSION_SQL, [&device], omadm_session_from_row)).await
+    }
+
+    async fn save_omadm_session(
+        &self,
+        session: &OmaDmSession,
+        expected_version: Option<i64>,
+        events: &[Event],
+    ) -> Result<bool> {
+        let events = event_rows(events)?;
+        let s = session.clone();
+        self.transact(move |tx| {
+            let device = s.device_id.as_str();
+            let changed = match expected_version {
+                None => tx
+                    .prepare_cached(
+                        "INSERT INTO omadm_sessions (device_id, session_id, client_msg_id, version, state, \
+                         request_sha256, reply, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) \
+                         ON CONFLICT (device_id) DO NOTHING",
+                    )?
+                    .execute(params![
+                        device,
+                        s.session_id,
+                        s.client_msg_id,
+                        s.version,
+                        s.state,
+                        s.request_sha256,
+                        s.reply,
+                        s.updated_at
+                    ])?,
+                Some(v) => tx
+                    .prepare_cached(
+                        "UPDATE omadm_sessions SET session_id = ?, client_msg_id = ?, version = ?, state = ?, \
+                         request_sha256 = ?, reply = ?, updated_at = ? WHERE device_id = ? AND version = ?",
+                    )?
+                    .execute(params![
+                        s.session_id,
+                        s.client_msg_id,
+                        s.version,
+                        s.state,
+                        s.request_sha256,
+                        s.reply,
+                        s.updated_at,
+                        device,
+                        v
+                    ])?,
+            };
+            if changed == 0 {
+                return Ok((false, false));
+            }
+            insert_events(tx, &events)?;
+            Ok((true, !events.is_empty()))
+        })
+        .await
+    }
+
+    async fn omadm_sessions(&self, limit: u32) -> Result<Vec<OmaDmSession>> {
+        let limit = self::limit(limit);
+        self.read(move |conn| query_all(conn, OMADM_SESSIONS_SQL, [limit], omadm_session_from_row)).await
     }
 }
 

@@ -15,7 +15,7 @@ use tokio::sync::Notify;
 
 use super::{
     CommandUpdate, DeclarationsChange, DeclarationsToken, EnrollTicket, Enrollment, EnrollmentState, NewCommand,
-    NewScepChallenge, PushCert, PushInfo, ScepCertificate, ScepChallenge, ScepRecord, Store, StoreError,
+    NewScepChallenge, OmaDmSession, PushCert, PushInfo, ScepCertificate, ScepChallenge, ScepRecord, Store, StoreError,
     StoredDeclaration, TicketStatus,
 };
 
@@ -67,6 +67,7 @@ macro_rules! store_suite {
             declarations_are_per_channel,
             bootstrap_token_set_and_clear,
             enroll_tickets_lifecycle,
+            omadm_session_compare_and_set,
         );
 
         #[tokio::test]
@@ -978,6 +979,36 @@ pub async fn enroll_tickets_lifecycle(store: &dyn Store) {
     assert_eq!(store.enroll_ticket("a").await.expect("read"), None);
     assert!(store.enroll_ticket("b").await.expect("read").is_some(), "b expires at 1150, kept");
     assert!(store.enroll_ticket("c").await.expect("read").is_some());
+}
+
+pub async fn omadm_session_compare_and_set(store: &dyn Store) {
+    let d = id("windows:OMADM-1");
+    let session = |version: i64, msg: i64| OmaDmSession {
+        device_id: d.clone(),
+        session_id: "1A".into(),
+        client_msg_id: msg,
+        version,
+        state: format!("{{\"msg\":{msg}}}"),
+        request_sha256: format!("sha-{msg}"),
+        reply: vec![msg as u8; 3],
+        updated_at: 100 + msg,
+    };
+    assert_eq!(store.omadm_session(&d).await.expect("read"), None);
+    let e1 = event("e-omadm-1", &d, EventType::DEVICE_CHECKED_IN, None);
+    assert!(store.save_omadm_session(&session(1, 1), None, &[e1]).await.expect("insert"));
+    assert_eq!(store.omadm_session(&d).await.expect("read"), Some(session(1, 1)));
+    let seq = store.last_event_seq().await.expect("seq");
+    // A second insert, or an update from a stale version, applies nothing, events included.
+    let e2 = event("e-omadm-2", &d, EventType::DEVICE_CHECKED_IN, None);
+    assert!(!store.save_omadm_session(&session(1, 9), None, std::slice::from_ref(&e2)).await.expect("insert again"));
+    assert!(!store.save_omadm_session(&session(3, 9), Some(2), std::slice::from_ref(&e2)).await.expect("stale"));
+    assert_eq!(store.omadm_session(&d).await.expect("read"), Some(session(1, 1)));
+    assert_eq!(store.last_event_seq().await.expect("seq"), seq);
+    assert!(store.save_omadm_session(&session(2, 2), Some(1), &[e2]).await.expect("update"));
+    assert_eq!(store.omadm_session(&d).await.expect("read"), Some(session(2, 2)));
+    assert_eq!(store.last_event_seq().await.expect("seq"), seq + 1);
+    assert_eq!(store.omadm_sessions(10).await.expect("list"), vec![session(2, 2)]);
+    assert_eq!(store.omadm_session(&id("windows:OTHER")).await.expect("read"), None);
 }
 
 /// `notifier` must be signalled after a commit that appended events (and may be after others).

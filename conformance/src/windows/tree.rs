@@ -1,0 +1,40 @@
+//! The emulated device's management tree: node URI → value.
+
+use std::collections::BTreeMap;
+
+/// The nodes a fresh emulated device has, for device id `device_id`.
+pub fn default_tree(device_id: &str) -> BTreeMap<String, String> {
+    let short: String = device_id.chars().filter(char::is_ascii_alphanumeric).take(8).collect();
+    [
+        ("./DevInfo/DevId", device_id.to_owned()),
+        ("./DevInfo/Man", "Emulated Devices Inc.".into()),
+        ("./DevInfo/Mod", "Emulated PC 1".into()),
+        ("./DevInfo/DmV", "1.3".into()),
+        ("./DevInfo/Lang", "en-US".into()),
+        ("./DevDetail/SwV", "10.0.22631.4460".into()),
+        ("./DevDetail/HwV", "1.0".into()),
+        ("./DevDetail/FwV", "2.1".into()),
+        ("./DevDetail/OEM", "Emulated Devices Inc.".into()),
+        ("./DevDetail/DevTyp", "EmulatedPC1,1".into()),
+        ("./DevDetail/Ext/Microsoft/OSPlatform", "Windows 11 Enterprise".into()),
+        ("./DevDetail/Ext/Microsoft/DeviceName", format!("EMU-{short}")),
+        ("./DevDetail/Ext/Microsoft/SMBIOSSerialNumber", format!("SN{short}")),
+        ("./DevDetail/Ext/Microsoft/TotalStorage", "256000".into()),
+        ("./DevDetail/Ext/WLANMACAddress", "00:15:5D:01:02:03".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
+}
+
+/// Exec nodes the emulator carries out (with and without the `./Device` prefix).
+pub(crate) fn executable(uri: &str) -> bool {
+    let uri = uri.strip_prefix("./Device").map(|r| format!(".{r}")).unwrap_or_else(|| uri.to_owned());
+    matches!(
+        uri.as_str(),
+        "./Vendor/MSFT/RemoteLock/Lock"
+            | "./Vendor/MSFT/Reboot/RebootNow"
+            | "./Vendor/MSFT/RemoteWipe/doWipe"
+            | "./Vendor/MSFT/RemoteWipe/doWipeProtected"
+    )
+}
