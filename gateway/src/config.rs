@@ -8,6 +8,10 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+mod windows;
+
+pub use windows::{FederatedConfig, WindowsAuthPolicy, WindowsConfig, WindowsPollConfig};
+
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use ipnet::IpNet;
@@ -28,6 +32,8 @@ pub struct Config {
     pub device: DeviceConfig,
     pub api: ApiConfig,
     pub apple: AppleConfig,
+    /// Windows enrollment.
+    pub windows: WindowsConfig,
     pub store: StoreConfig,
     pub events: EventsConfig,
     /// Optional webhook sink.
@@ -254,6 +260,7 @@ impl Default for Config {
             device: DeviceConfig::default(),
             api: ApiConfig::default(),
             apple: AppleConfig::default(),
+            windows: WindowsConfig::default(),
             store: StoreConfig::default(),
             events: EventsConfig::default(),
             webhook: None,
@@ -453,6 +460,7 @@ impl Config {
         }
         self.validate_push()?;
         self.validate_enrollment()?;
+        self.windows.validate()?;
         if let Some(url) = &self.store.url
             && !url.starts_with("sqlite:")
         {
