@@ -6,8 +6,11 @@
 //! - [`apns`]: a local APNs emulator (HTTP/2 + TLS, client certificates, failure injection) and
 //!   what it hands to the fleet.
 //! - [`bench`]: the `mdm-bench` load tool.
+//! - [`windows`]: an emulated Windows device's enrollment (discovery, policy, enrollment,
+//!   renewal) and the identity it gets.
 
 pub mod apns;
 pub mod apple;
 pub mod bench;
 pub mod cli;
+pub mod windows;

@@ -165,7 +165,8 @@ impl Harness {
     }
 
     /// Everything stored that a device request could change: enrollments, commands of the
-    /// given devices, the event log position, SCEP certificates and challenges. Compare before and after a refused request.
+    /// given devices, the event log position, SCEP certificates and challenges, Windows
+    /// certificates. Compare before and after a refused request.
     pub async fn snapshot(&self, command_ids: &[&str]) -> String {
         let store = &self.gateway().state.store;
         let seq = store.last_event_seq().await.expect("seq");
@@ -176,7 +177,8 @@ impl Harness {
         }
         let scep_certs = store.scep_certificates(10_000).await.expect("scep certificates");
         let scep_challenges = store.scep_challenges(10_000).await.expect("scep challenges");
-        format!("{seq}\n{enrollments:?}\n{commands:?}\n{scep_certs:?}\n{scep_challenges:?}")
+        let windows_certs = store.windows_certificates(10_000).await.expect("windows certificates");
+        format!("{seq}\n{enrollments:?}\n{commands:?}\n{scep_certs:?}\n{scep_challenges:?}\n{windows_certs:?}")
     }
 
     pub async fn stop(mut self) {
