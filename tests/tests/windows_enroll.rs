@@ -889,3 +889,19 @@ fn dummy_discover() -> DiscoverRequest {
         auth_policies: Vec::new(),
     }
 }
+
+#[tokio::test]
+async fn unusable_federated_keys_stop_the_start() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let keys = dir.path().join("keys.json");
+    std::fs::write(&keys, r#"{"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}"#).expect("write");
+    let mut c = mdm_tests::config_on(dir.path().join("data"));
+    c.windows.auth_policy = WindowsAuthPolicy::Federated;
+    c.windows.federated.authentication_url = Some("https://sts.example.com/enroll".into());
+    c.windows.federated.issuer = Some("https://sts.example.com".into());
+    c.windows.federated.audiences = vec!["urn:mdm-gateway".into()];
+    c.windows.federated.keys = vec![keys];
+    let e = mdm_gateway::Gateway::start(c).await.expect_err("refused");
+    assert_eq!(e.exit_code(), 64);
+    assert!(e.to_string().contains("windows.federated.keys"), "{e}");
+}

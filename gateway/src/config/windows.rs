@@ -250,3 +250,72 @@ impl WindowsConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Config, Overrides};
+    use super::*;
+
+    fn refused(f: impl FnOnce(&mut WindowsConfig)) -> String {
+        let mut c = Config::default();
+        f(&mut c.windows);
+        c.validate().expect_err("refused").key
+    }
+
+    #[test]
+    fn checks_name_the_key() {
+        Config::default().validate().expect("defaults are valid");
+        assert_eq!(refused(|w| w.cert_validity_days = 0), "windows.cert_validity_days");
+        assert_eq!(refused(|w| w.renew_period_days = 365), "windows.renew_period_days");
+        assert_eq!(refused(|w| w.renew_retry_interval_days = 43), "windows.renew_retry_interval_days");
+        assert_eq!(refused(|w| w.provider_id = " ".into()), "windows.provider_id");
+        assert_eq!(refused(|w| w.allowed_domains = vec!["a@b".into()]), "windows.allowed_domains");
+        assert_eq!(refused(|w| w.credential_hook_url = Some("ftp://x".into())), "windows.credential_hook_url");
+        assert_eq!(refused(|w| w.credential_hook_timeout_ms = 0), "windows.credential_hook_timeout_ms");
+        assert_eq!(refused(|w| w.poll.first_interval_min = 0), "windows.poll.first_interval_min");
+        assert_eq!(
+            refused(|w| w.enroll_secret_file = Some("/nonexistent/secret".into())),
+            "windows.enroll_secret_file"
+        );
+        assert_eq!(refused(|w| w.auth_policy = WindowsAuthPolicy::Federated), "windows.federated.authentication_url");
+        let fed = |w: &mut WindowsConfig| {
+            w.auth_policy = WindowsAuthPolicy::Federated;
+            w.federated.authentication_url = Some("https://sts.example.com".into());
+            w.federated.issuer = Some("https://sts.example.com".into());
+            w.federated.audiences = vec!["mdm".into()];
+        };
+        assert_eq!(refused(fed), "windows.federated.keys");
+        assert_eq!(
+            refused(|w| {
+                fed(w);
+                w.federated.authentication_url = Some("http://sts.example.com".into());
+            }),
+            "windows.federated.authentication_url"
+        );
+        // Renewal off: its periods are not checked.
+        let mut c = Config::default();
+        c.windows.renewal = false;
+        c.windows.renew_period_days = 0;
+        c.validate().expect("renewal off");
+    }
+
+    #[test]
+    fn from_toml_and_unknown_keys() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("gateway.toml");
+        std::fs::write(
+            &path,
+            "[windows]\nauth_policy = \"onpremise\"\nmax_devices_per_user = 3\nallowed_domains = [\"corp.example\"]\n[windows.poll]\nfirst_count = 2\n",
+        )
+        .expect("write");
+        let c = Config::load(Some(&path), &Overrides::default()).expect("valid");
+        assert_eq!((c.windows.max_devices_per_user, c.windows.poll.first_count), (3, 2));
+        assert_eq!(c.windows.allowed_domains, ["corp.example"]);
+        std::fs::write(&path, "[windows.poll]\nfirst_cnt = 2\n").expect("write");
+        let e = Config::load(Some(&path), &Overrides::default()).expect_err("unknown key");
+        assert!(e.key.starts_with("windows.poll"), "{e}");
+        std::fs::write(&path, "[windows]\nauth_policy = \"certificate\"\n").expect("write");
+        let e = Config::load(Some(&path), &Overrides::default()).expect_err("unknown policy");
+        assert_eq!(e.key, "windows.auth_policy", "{e}");
+    }
+}
