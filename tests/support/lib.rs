@@ -73,6 +73,31 @@ impl Harness {
         }
     }
 
+    /// Starts a gateway whose `public_url` is the device listener's real address
+    /// (`https://localhost:<port>`), so URLs the gateway hands out (Windows discovery answers,
+    /// provisioning documents, enrollment profiles) lead back to it.
+    pub async fn start_reachable(adjust: impl FnOnce(&mut Config)) -> Harness {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+        Harness::start_with(move |c| {
+            c.device.listen = format!("127.0.0.1:{port}").parse().expect("addr");
+            c.public_url = format!("https://localhost:{port}");
+            adjust(c);
+        })
+        .await
+    }
+
+    /// The OnPremise Windows enrollment secret (`<data_dir>/enroll-secret`).
+    pub fn enroll_secret(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("data/enroll-secret")).expect("enroll-secret").trim().to_owned()
+    }
+
+    /// An emulated Windows device that enrolls with the OnPremise secret as `upn`. Use with
+    /// [`Harness::start_reachable`]: it follows the URLs of the discovery answer.
+    pub fn windows_device(&self, device_id: &str, upn: &str) -> mdm_conformance::windows::WindowsDevice {
+        let config = mdm_conformance::windows::WindowsDeviceConfig::on_premise(device_id, upn, &self.enroll_secret());
+        mdm_conformance::windows::WindowsDevice::new(config, &self.device_url, &self.ca_pem).expect("windows device")
+    }
+
     pub fn gateway(&self) -> &Gateway {
         self.gateway.as_ref().expect("running")
     }

@@ -26,20 +26,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const UPN: &str = "alice@example.com";
 
-/// A gateway whose public URL is the device listener's real address, so the URLs in the
-/// discovery answer and the provisioning document lead back to it.
+/// A gateway whose public URL is its device listener's real address.
 async fn start(adjust: impl FnOnce(&mut Config)) -> Harness {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
-    Harness::start_with(move |c| {
-        c.device.listen = format!("127.0.0.1:{port}").parse().expect("addr");
-        c.public_url = format!("https://localhost:{port}");
-        adjust(c);
-    })
-    .await
+    Harness::start_reachable(adjust).await
 }
 
 fn secret(h: &Harness) -> String {
-    std::fs::read_to_string(h.dir.path().join("data/enroll-secret")).expect("enroll-secret").trim().to_owned()
+    h.enroll_secret()
 }
 
 fn config(h: &Harness, device_id: &str) -> WindowsDeviceConfig {
@@ -51,7 +44,7 @@ fn device_with(h: &Harness, c: WindowsDeviceConfig) -> WindowsDevice {
 }
 
 fn device(h: &Harness, device_id: &str) -> WindowsDevice {
-    device_with(h, config(h, device_id))
+    h.windows_device(device_id, UPN)
 }
 
 fn url(h: &Harness, path: &str) -> String {
