@@ -40,8 +40,10 @@ enum Family {
     Ec,
 }
 
-/// Signature algorithms accepted on a request: OID, name, hash, key family.
-const SIGNATURES: &[(ObjectIdentifier, &str, fn() -> MessageDigest, Family)] = &[
+/// A signature algorithm accepted on a request: OID, name, hash, key family.
+type SignatureAlgorithm = (ObjectIdentifier, &'static str, fn() -> MessageDigest, Family);
+
+const SIGNATURES: &[SignatureAlgorithm] = &[
     (oid("1.2.840.113549.1.1.5"), "sha1WithRSAEncryption", MessageDigest::sha1, Family::Rsa),
     (oid("1.3.14.3.2.29"), "sha1WithRSA (ISO OID)", MessageDigest::sha1, Family::Rsa),
     (oid("1.2.840.113549.1.1.11"), "sha256WithRSAEncryption", MessageDigest::sha256, Family::Rsa),
@@ -305,7 +307,7 @@ fn device_id_text(value: &[u8]) -> String {
     {
         return s.trim_matches(char::from(0)).trim().to_owned();
     }
-    if value.len() % 2 == 0 {
+    if value.len().is_multiple_of(2) {
         let units: Vec<u16> = value.chunks(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
         if let Ok(s) = String::from_utf16(&units)
             && s.chars().all(|c| !c.is_control() || c == '\0')

@@ -83,20 +83,21 @@ impl Endpoint {
     }
 }
 
-/// A refusal with what the fault needs to point back at the request.
+/// A refusal with what the fault needs to point back at the request (boxed: the error path
+/// is the rare one).
 struct Failed {
-    refusal: Refusal,
+    refusal: Box<Refusal>,
     relates_to: Option<String>,
 }
 
 impl From<Refusal> for Failed {
     fn from(refusal: Refusal) -> Self {
-        Failed { refusal, relates_to: None }
+        Failed { refusal: Box::new(refusal), relates_to: None }
     }
 }
 
 fn relating(relates_to: &Option<String>) -> impl Fn(Refusal) -> Failed + '_ {
-    move |refusal| Failed { refusal, relates_to: relates_to.clone() }
+    move |refusal| Failed { refusal: Box::new(refusal), relates_to: relates_to.clone() }
 }
 
 pub async fn handle(state: &Arc<AppState>, req: Request<Incoming>, conn: &ConnInfo, endpoint: Endpoint) -> Reply {
