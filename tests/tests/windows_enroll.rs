@@ -222,7 +222,10 @@ async fn quirky_windows_requests_enroll() {
     c.enrollment_type = "Device".into();
     let id = device_with(&h, c).enroll().await.expect("enrolled");
     assert_eq!(id.store, "System");
-    assert_eq!(id.provisioned.client_cert_search.as_deref(), Some("Subject=CN%3D{5B8C0F4E-PKCS7}&Stores=My%5CSystem"));
+    assert_eq!(
+        id.provisioned.client_cert_search.as_deref(),
+        Some("Subject=CN%3D%7B5B8C0F4E-PKCS7%7D&Stores=My%5CSystem")
+    );
     h.stop().await;
 }
 

@@ -93,6 +93,20 @@ fn issue(
     Ok(Issued { der, record })
 }
 
+/// Percent-encodes all but RFC 3986's unreserved characters (`SSLCLIENTCERTSEARCHCRITERIA` is
+/// URL-encoded).
+fn url_escape(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
 fn random_hex() -> String {
     hex::encode(rand::random::<[u8; 16]>())
 }
@@ -114,7 +128,11 @@ fn provisioning(svc: &WindowsEnrollment, device: &DeviceId, issued: &Issued, sto
             provider_id: c.provider_id.clone(),
             name: c.name.clone(),
             addr: svc.url(MANAGEMENT_PATH),
-            client_cert_search: Some(format!("Subject=CN%3D{}&Stores=My%5C{}", device.native(), store.as_str())),
+            client_cert_search: Some(format!(
+                "Subject=CN%3D{}&Stores=My%5C{}",
+                url_escape(device.native()),
+                store.as_str()
+            )),
             // DM-level credentials Windows expects in the account; the management endpoint
             // authenticates devices by their TLS client certificate, so these are random and kept
             // nowhere.
