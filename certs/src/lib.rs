@@ -11,6 +11,9 @@
 //! - Certificates forwarded by a TLS-terminating proxy ([`header`]).
 //! - The value an enrollment is bound to ([`fingerprint_sha256`]).
 //! - A development CA, server and device certificates ([`devpki`]).
+//! - Windows enrollment requests (PKCS#10 / PKCS#7 as Windows writes them), the device
+//!   certificates issued for them and provisioning-document thumbprints ([`wstep`]).
+//! - Bearer JWTs from an identity provider, verified against configured keys ([`jwt`]).
 //!
 //! What it does not do:
 //! - No IO of any kind: no files, sockets, clock reads or calls to the OS random source of its own.
@@ -34,7 +37,9 @@ mod signature_parts;
 
 pub mod devpki;
 pub mod header;
+pub mod jwt;
 pub mod scep;
+pub mod wstep;
 
 pub use openssl::{
     pkey::{PKey, Private},

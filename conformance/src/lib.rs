@@ -6,7 +6,8 @@
 //! - [`apns`]: a local APNs emulator (HTTP/2 + TLS, client certificates, failure injection) and
 //!   what it hands to the fleet.
 //! - [`bench`]: the `mdm-bench` load tool.
-//! - [`windows`]: emulated Windows devices (OMA-DM management sessions).
+//! - [`windows`]: emulated Windows devices: enrollment (discovery, policy, enrollment, renewal)
+//!   and OMA-DM management sessions.
 
 pub mod apns;
 pub mod apple;

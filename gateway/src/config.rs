@@ -8,6 +8,10 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+mod windows;
+
+pub use windows::{FederatedConfig, WindowsAuthPolicy, WindowsConfig, WindowsPollConfig};
+
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use ipnet::IpNet;
@@ -30,6 +34,8 @@ pub struct Config {
     pub apple: AppleConfig,
     /// Windows management (OMA-DM SyncML at `/ManagementServer/MDM.svc`).
     pub omadm: OmaDmConfig,
+    /// Windows enrollment.
+    pub windows: WindowsConfig,
     pub store: StoreConfig,
     pub events: EventsConfig,
     /// Optional webhook sink.
@@ -294,6 +300,7 @@ impl Default for Config {
             api: ApiConfig::default(),
             apple: AppleConfig::default(),
             omadm: OmaDmConfig::default(),
+            windows: WindowsConfig::default(),
             store: StoreConfig::default(),
             events: EventsConfig::default(),
             webhook: None,
@@ -494,6 +501,7 @@ impl Config {
         self.validate_push()?;
         self.validate_enrollment()?;
         self.validate_omadm()?;
+        self.windows.validate()?;
         if let Some(url) = &self.store.url
             && !url.starts_with("sqlite:")
         {

@@ -68,6 +68,8 @@ pub struct AppState {
     pub enrollment: sources::apple::enroll::Enrollment,
     /// Windows management (OMA-DM): load limit and SyncML settings.
     pub omadm: sources::omadm::OmaDm,
+    /// Windows enrollment (discovery, policy, enrollment services).
+    pub windows_enroll: sources::windows_enroll::WindowsEnrollment,
 }
 
 /// Why the gateway could not start.
@@ -201,6 +203,13 @@ impl Gateway {
         };
         let sealer = sealing::Sealer::new(storage_key);
         let token_services = sources::apple::token_services::TokenServices::new(&config.apple.tokens)?;
+        let windows_enroll = sources::windows_enroll::WindowsEnrollment::new(
+            &config.windows,
+            &config.public_url,
+            data.ca.clone(),
+            data.ca_key.clone(),
+            data.enroll_secret.clone(),
+        )?;
 
         let sqlite =
             SqliteStore::open_with(&config.store_url(), config.store.read_connections, config.store.durability).await?;
@@ -290,6 +299,7 @@ impl Gateway {
             sealer,
             token_services,
             enrollment,
+            windows_enroll,
         });
 
         let grace = Duration::from_secs(state.config.shutdown.grace_period_s);

@@ -98,6 +98,24 @@ impl Harness {
         assert_eq!(code, 200, "{r}");
     }
 
+    /// Like [`Harness::start_public`]: a gateway whose `public_url` is its own device listener, so the
+    /// URLs it hands out (Windows discovery answers, provisioning documents) lead back to it.
+    pub async fn start_reachable(adjust: impl FnOnce(&mut Config)) -> Harness {
+        Harness::start_public(adjust).await
+    }
+
+    /// The OnPremise Windows enrollment secret (`<data_dir>/enroll-secret`).
+    pub fn enroll_secret(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("data/enroll-secret")).expect("enroll-secret").trim().to_owned()
+    }
+
+    /// An emulated Windows device that enrolls with the OnPremise secret as `upn`. Use with
+    /// [`Harness::start_reachable`]: it follows the URLs of the discovery answer.
+    pub fn windows_enroller(&self, device_id: &str, upn: &str) -> mdm_conformance::windows::WindowsEnroller {
+        let config = mdm_conformance::windows::WindowsEnrollerConfig::on_premise(device_id, upn, &self.enroll_secret());
+        mdm_conformance::windows::WindowsEnroller::new(config, &self.device_url, &self.ca_pem).expect("windows device")
+    }
+
     pub fn gateway(&self) -> &Gateway {
         self.gateway.as_ref().expect("running")
     }
@@ -190,7 +208,8 @@ impl Harness {
     }
 
     /// Everything stored that a device request could change: enrollments, commands of the
-    /// given devices, the event log position, SCEP certificates and challenges, OMA-DM sessions. Compare before and after a refused request.
+    /// given devices, the event log position, SCEP certificates and challenges, OMA-DM sessions,
+    /// Windows certificates. Compare before and after a refused request.
     pub async fn snapshot(&self, command_ids: &[&str]) -> String {
         let store = &self.gateway().state.store;
         let seq = store.last_event_seq().await.expect("seq");
@@ -202,7 +221,10 @@ impl Harness {
         let scep_certs = store.scep_certificates(10_000).await.expect("scep certificates");
         let scep_challenges = store.scep_challenges(10_000).await.expect("scep challenges");
         let omadm = store.omadm_sessions(10_000).await.expect("omadm sessions");
-        format!("{seq}\n{enrollments:?}\n{commands:?}\n{scep_certs:?}\n{scep_challenges:?}\n{omadm:?}")
+        let windows_certs = store.windows_certificates(10_000).await.expect("windows certificates");
+        format!(
+            "{seq}\n{enrollments:?}\n{commands:?}\n{scep_certs:?}\n{scep_challenges:?}\n{omadm:?}\n{windows_certs:?}"
+        )
     }
 
     pub async fn stop(mut self) {

@@ -3,7 +3,7 @@
 //! enrollment `windows:<DeviceID>` in state enrolled, bound to that certificate's SHA-256. Only
 //! [`Harness::enroll_windows`] knows this; replace its body with a real enrollment later.
 
-use mdm_conformance::windows::{WindowsDevice, WindowsIdentity};
+use mdm_conformance::windows::{DmIdentity, WindowsDevice};
 use mdm_gateway::store::{Enrollment, EnrollmentState};
 
 use crate::{Harness, unix_now};
@@ -15,14 +15,14 @@ impl Harness {
     }
 
     /// A key and client certificate from the gateway's CA for `device_id`, not enrolled.
-    pub fn windows_identity(&self, device_id: &str) -> WindowsIdentity {
+    pub fn windows_identity(&self, device_id: &str) -> DmIdentity {
         let now = unix_now();
         let (key, cert) = self.issue(device_id, now - 3600, now + 86_400 * 365);
-        WindowsIdentity { device_id: device_id.to_owned(), key, cert }
+        DmIdentity { device_id: device_id.to_owned(), key, cert }
     }
 
     /// Stores the enrollment Windows enrollment would create for `identity`.
-    pub async fn enroll_windows(&self, identity: &WindowsIdentity) {
+    pub async fn enroll_windows(&self, identity: &DmIdentity) {
         let id = mdm_core::DeviceId::new(mdm_core::Platform::Windows, &[&identity.device_id]).expect("device id");
         let now = unix_now();
         let mut e = Enrollment::new(id, now);
@@ -40,7 +40,7 @@ impl Harness {
     }
 
     /// An emulated device presenting `identity` (enrolled or not).
-    pub fn windows_device_from(&self, identity: WindowsIdentity) -> WindowsDevice {
+    pub fn windows_device_from(&self, identity: DmIdentity) -> WindowsDevice {
         WindowsDevice::new(identity, &self.management_url(), &self.ca_pem).expect("windows device")
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mdm_certs::devpki;
-use mdm_conformance::windows::{WindowsDevice, WindowsIdentity};
+use mdm_conformance::windows::{DmIdentity, WindowsDevice};
 use mdm_tests::{Harness, random_serial, unix_now, vectors_dir};
 use mdm_windows::syncml::{self, Command, StatusCode, SyncMl};
 use serde_json::{Value, json};
@@ -53,7 +53,7 @@ async fn refused(h: &Harness, status: u16, reason: &str, send: impl std::future:
     a
 }
 
-fn client_for(h: &Harness, identity: &WindowsIdentity) -> reqwest::Client {
+fn client_for(h: &Harness, identity: &DmIdentity) -> reqwest::Client {
     h.device_client(Some((&identity.key, &identity.cert)))
 }
 
@@ -297,7 +297,7 @@ async fn unenrollment_1226_unenrolls_the_device() {
     h.stop().await;
 }
 
-fn foreign_identity(device_id: &str) -> WindowsIdentity {
+fn foreign_identity(device_id: &str) -> DmIdentity {
     let now = unix_now();
     let ca_key = devpki::generate_key().expect("key");
     let ca = devpki::create_ca(&ca_key, "Some Other CA", now, 30, &random_serial()).expect("ca");
@@ -305,7 +305,7 @@ fn foreign_identity(device_id: &str) -> WindowsIdentity {
     let cert =
         devpki::issue_device_certificate(&ca, &ca_key, &key, device_id, now - 3600, now + 86_400, &random_serial())
             .expect("cert");
-    WindowsIdentity { device_id: device_id.to_owned(), key, cert }
+    DmIdentity { device_id: device_id.to_owned(), key, cert }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -335,7 +335,7 @@ async fn wrong_client_certificates_are_refused() {
     let apple = h.device("APPLE-0001");
     apple.enroll().await.expect("apple enroll");
     let apple_identity =
-        WindowsIdentity { device_id: "APPLE-0001".into(), key: apple.key.clone(), cert: apple.cert.clone() };
+        DmIdentity { device_id: "APPLE-0001".into(), key: apple.key.clone(), cert: apple.cert.clone() };
     refused(&h, 403, "not_a_windows_enrollment", post(&client_for(&h, &apple_identity), &h, SYNCML, body.clone()))
         .await;
     // A and B themselves are fine.
@@ -439,7 +439,7 @@ async fn poll_schedule_runs_sessions() {
 }
 
 /// A raw TLS connection presenting `identity`, HTTP/1.1.
-async fn raw_tls(h: &Harness, identity: &WindowsIdentity) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+async fn raw_tls(h: &Harness, identity: &DmIdentity) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(rustls::pki_types::CertificateDer::from(h.ca.to_der().expect("der"))).expect("root");
     let key =

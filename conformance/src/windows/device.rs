@@ -16,7 +16,7 @@ use super::tree::{default_tree, executable};
 /// What the device proves itself with: the client certificate and key from enrollment, and the
 /// DeviceID it was enrolled as.
 #[derive(Debug, Clone)]
-pub struct WindowsIdentity {
+pub struct DmIdentity {
     pub device_id: String,
     pub key: PKey<Private>,
     pub cert: X509,
@@ -77,7 +77,7 @@ struct Assembly {
 
 #[derive(Debug)]
 pub struct WindowsDevice {
-    pub identity: WindowsIdentity,
+    pub identity: DmIdentity,
     /// `MaxMsgSize` the device states; the gateway's replies must not exceed it.
     pub max_msg_size: usize,
     /// The sign-in state sent in package 1 (`user`, `others`, `none`).
@@ -92,11 +92,7 @@ pub struct WindowsDevice {
 impl WindowsDevice {
     /// A device presenting `identity` as its TLS client certificate to `management_url`
     /// (`https://host:port/ManagementServer/MDM.svc`), trusting `gateway_ca_pem` for the server.
-    pub fn new(
-        identity: WindowsIdentity,
-        management_url: &str,
-        gateway_ca_pem: &[u8],
-    ) -> Result<Self, WindowsDeviceError> {
+    pub fn new(identity: DmIdentity, management_url: &str, gateway_ca_pem: &[u8]) -> Result<Self, WindowsDeviceError> {
         let mut pem = identity.cert.to_pem().map_err(|e| WindowsDeviceError::Identity(e.to_string()))?;
         pem.extend(identity.key.private_key_to_pem_pkcs8().map_err(|e| WindowsDeviceError::Identity(e.to_string()))?);
         let client = reqwest::Client::builder()

@@ -1,10 +1,12 @@
 //! Device-facing sources, routed by path. Each platform family is a folder. Apple: check-ins and
 //! reports (`/mdm`, `/checkin`), enrollment (`/mdm/enroll`, `/enroll`, `/enroll/session…`).
-//! Windows management: OMA-DM SyncML (`/ManagementServer/MDM.svc`, [`omadm`]).
+//! Windows enrollment: `/EnrollmentServer/{Discovery,Policy,Enrollment}.svc`; Windows management: OMA-DM
+//! SyncML (`/ManagementServer/MDM.svc`, [`omadm`]).
 
 pub mod apple;
 pub mod omadm;
 pub mod scep;
+pub mod windows_enroll;
 
 use std::sync::Arc;
 
@@ -21,6 +23,9 @@ pub fn device_handler(state: Arc<AppState>) -> Handler {
         let state = state.clone();
         Box::pin(async move {
             let path = req.uri().path().to_owned();
+            if let Some(endpoint) = windows_enroll::Endpoint::at(&path) {
+                return windows_enroll::handle(&state, req, &conn, endpoint).await;
+            }
             match path.as_str() {
                 "/mdm" | "/checkin" => {
                     if req.method() != Method::PUT {

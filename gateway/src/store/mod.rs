@@ -354,6 +354,38 @@ pub struct OmaDmSession {
     pub updated_at: i64,
 }
 
+/// A device certificate issued by the Windows enrollment service (MS-WSTEP).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WindowsCertificate {
+    /// SHA-256 (hex) of the certificate's DER: the value the enrollment is bound to.
+    pub cert_sha256: String,
+    pub device_id: DeviceId,
+    /// Serial number, hex.
+    pub serial: String,
+    /// SHA-1 of the DER, upper-case hex (the provisioning document's node name).
+    pub thumbprint: String,
+    pub not_before: i64,
+    pub not_after: i64,
+    /// `enroll` or `renew`.
+    pub kind: String,
+    /// The user (UPN, lower case) it was issued to; renewals keep the enrolling user.
+    pub upn: Option<String>,
+    /// `OnPremise` or `Federated`.
+    pub auth_policy: String,
+    /// For a renewal: the fingerprint of the certificate it replaces.
+    pub renewal_of: Option<String>,
+    pub issued_at: i64,
+}
+
+/// Outcome of [`Store::record_windows_enrollment`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowsRecord {
+    Recorded,
+    /// A renewal whose enrollment is no longer bound to the certificate being renewed (renewed
+    /// meanwhile, re-enrolled or unenrolled): nothing stored.
+    BindingChanged,
+}
+
 /// Durable state behind the gateway. Implementations must pass [`suite`].
 #[async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug + 'static {
@@ -504,4 +536,22 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     ) -> Result<bool>;
     /// Sessions by device id, at most `limit` (for operators and tests).
     async fn omadm_sessions(&self, limit: u32) -> Result<Vec<OmaDmSession>>;
+
+    // --- Windows enrollment ---
+    /// Records `cert` and saves `enrollment` (which binds it) with `events`, atomically. With
+    /// `expect_bound` (a renewal), only while the stored enrollment is bound to that certificate
+    /// and not unenrolled; otherwise nothing is written and [`WindowsRecord::BindingChanged`] is
+    /// returned. A certificate fingerprint recorded twice fails the whole call.
+    async fn record_windows_enrollment(
+        &self,
+        cert: &WindowsCertificate,
+        enrollment: &Enrollment,
+        expect_bound: Option<&str>,
+        events: &[Event],
+    ) -> Result<WindowsRecord>;
+    async fn windows_certificate(&self, cert_sha256: &str) -> Result<Option<WindowsCertificate>>;
+    /// Issued certificates, oldest first, at most `limit`.
+    async fn windows_certificates(&self, limit: u32) -> Result<Vec<WindowsCertificate>>;
+    /// The Windows devices, not unenrolled, whose bound certificate was issued to `upn`, by id.
+    async fn windows_devices_of_user(&self, upn: &str) -> Result<Vec<DeviceId>>;
 }

@@ -35,6 +35,7 @@ use super::{
     CommandRecord, CommandUpdate, DeclarationSet, DeclarationsChange, DeclarationsToken, EnrollTicket, Enrollment,
     EnrollmentState, LoggedEvent, NewCommand, NewScepChallenge, OmaDmSession, PushCert, PushInfo, RequestSnapshot,
     Result, ScepCertificate, ScepChallenge, ScepRecord, Store, StoreError, StoredDeclaration, TicketStatus,
+    WindowsCertificate, WindowsRecord,
 };
 
 /// Migrations, embedded at build time: `(version, description, sql)`, following the
@@ -49,6 +50,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (4, "enroll_tickets", include_str!("../../migrations/sqlite/0004_enroll_tickets.sql")),
     (5, "scep_renewals", include_str!("../../migrations/sqlite/0005_scep_renewals.sql")),
     (6, "omadm", include_str!("../../migrations/sqlite/0006_omadm.sql")),
+    (7, "windows_enroll", include_str!("../../migrations/sqlite/0007_windows_enroll.sql")),
 ];
 
 /// The bookkeeping table, exactly as sqlx creates it.
@@ -154,6 +156,12 @@ const UPDATE_COMMAND_SQL: &str = "UPDATE commands SET status = ?1, result = ?2, 
      sent_count = sent_count + ?5 \
      WHERE device_id = ?6 AND command_id = ?7 AND status IN (?8, ?9, ?10, ?11, ?12, ?13)";
 const FROM_SLOTS: usize = 6;
+
+const WINDOWS_CERTIFICATE_COLUMNS: &str = "SELECT cert_sha256, device_id, serial, thumbprint, not_before, not_after, \
+     kind, upn, auth_policy, renewal_of, issued_at FROM windows_certificates ";
+const INSERT_WINDOWS_CERTIFICATE_SQL: &str = "INSERT INTO windows_certificates (cert_sha256, device_id, serial, \
+     thumbprint, not_before, not_after, kind, upn, auth_policy, renewal_of, issued_at) \
+     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
 
 const SCEP_CHALLENGE_COLUMNS: &str =
     "SELECT challenge_sha256, ticket, created_at, expires_at, used_at, issued_cert_sha256 FROM scep_challenges ";
@@ -1007,6 +1015,75 @@ struct EnrollmentRow {
     updated_at: i64,
 }
 
+fn enrollment_row(e: &Enrollment) -> Result<EnrollmentRow> {
+    let inventory = serde_json::to_string(&e.inventory)
+        .map_err(|err| StoreError::Corrupt(format!("inventory cannot be serialised: {err}")))?;
+    let attributes = serde_json::Value::Object(e.attributes.clone()).to_string();
+    let (push_token, push_magic, push_topic) = match &e.push {
+        Some(p) => (Some(p.token.clone()), Some(p.magic.clone()), Some(p.topic.clone())),
+        None => (None, None, None),
+    };
+    Ok(EnrollmentRow {
+        device_id: e.device_id.as_str().to_owned(),
+        platform: e.platform().as_str(),
+        parent: e.parent.as_ref().map(|p| p.as_str().to_owned()),
+        state: e.state.as_str(),
+        cert_sha256: e.cert_sha256.clone(),
+        push_token,
+        push_magic,
+        push_topic,
+        unlock_token: e.unlock_token.clone(),
+        bootstrap_token: e.bootstrap_token.clone(),
+        inventory,
+        attributes,
+        enrolled_at: e.enrolled_at,
+        last_seen: e.last_seen,
+        checked_in_event_at: e.checked_in_event_at,
+        created_at: e.created_at,
+        updated_at: e.updated_at,
+    })
+}
+
+/// Inserts or replaces an enrollment (inside the caller's transaction).
+fn write_enrollment(conn: &Connection, r: &EnrollmentRow) -> Result<()> {
+    conn.prepare_cached(SAVE_ENROLLMENT_SQL)?.execute(params![
+        r.device_id,
+        r.platform,
+        r.parent,
+        r.state,
+        r.cert_sha256,
+        r.push_token,
+        r.push_magic,
+        r.push_topic,
+        r.unlock_token,
+        r.bootstrap_token,
+        r.inventory,
+        r.attributes,
+        r.enrolled_at,
+        r.last_seen,
+        r.checked_in_event_at,
+        r.created_at,
+        r.updated_at,
+    ])?;
+    Ok(())
+}
+
+fn windows_certificate_from_row(row: &Row<'_>) -> Result<WindowsCertificate> {
+    Ok(WindowsCertificate {
+        cert_sha256: get(row, 0, "cert_sha256")?,
+        device_id: parse_device_id(&get::<String>(row, 1, "device_id")?, "windows_certificates.device_id")?,
+        serial: get(row, 2, "serial")?,
+        thumbprint: get(row, 3, "thumbprint")?,
+        not_before: get(row, 4, "not_before")?,
+        not_after: get(row, 5, "not_after")?,
+        kind: get(row, 6, "kind")?,
+        upn: get(row, 7, "upn")?,
+        auth_policy: get(row, 8, "auth_policy")?,
+        renewal_of: get(row, 9, "renewal_of")?,
+        issued_at: get(row, 10, "issued_at")?,
+    })
+}
+
 fn scep_challenge_from_row(row: &Row<'_>) -> Result<ScepChallenge> {
     Ok(ScepChallenge {
         challenge_sha256: get(row, 0, "challenge_sha256")?,
@@ -1060,53 +1137,10 @@ impl Store for SqliteStore {
     }
 
     async fn save_enrollment(&self, e: &Enrollment, events: &[Event]) -> Result<()> {
-        let inventory = serde_json::to_string(&e.inventory)
-            .map_err(|err| StoreError::Corrupt(format!("inventory cannot be serialised: {err}")))?;
-        let attributes = serde_json::Value::Object(e.attributes.clone()).to_string();
+        let r = enrollment_row(e)?;
         let events = event_rows(events)?;
-        let (push_token, push_magic, push_topic) = match &e.push {
-            Some(p) => (Some(p.token.clone()), Some(p.magic.clone()), Some(p.topic.clone())),
-            None => (None, None, None),
-        };
-        let r = EnrollmentRow {
-            device_id: e.device_id.as_str().to_owned(),
-            platform: e.platform().as_str(),
-            parent: e.parent.as_ref().map(|p| p.as_str().to_owned()),
-            state: e.state.as_str(),
-            cert_sha256: e.cert_sha256.clone(),
-            push_token,
-            push_magic,
-            push_topic,
-            unlock_token: e.unlock_token.clone(),
-            bootstrap_token: e.bootstrap_token.clone(),
-            inventory,
-            attributes,
-            enrolled_at: e.enrolled_at,
-            last_seen: e.last_seen,
-            checked_in_event_at: e.checked_in_event_at,
-            created_at: e.created_at,
-            updated_at: e.updated_at,
-        };
         self.transact(move |tx| {
-            tx.prepare_cached(SAVE_ENROLLMENT_SQL)?.execute(params![
-                r.device_id,
-                r.platform,
-                r.parent,
-                r.state,
-                r.cert_sha256,
-                r.push_token,
-                r.push_magic,
-                r.push_topic,
-                r.unlock_token,
-                r.bootstrap_token,
-                r.inventory,
-                r.attributes,
-                r.enrolled_at,
-                r.last_seen,
-                r.checked_in_event_at,
-                r.created_at,
-                r.updated_at,
-            ])?;
+            write_enrollment(tx, &r)?;
             insert_events(tx, &events)?;
             Ok(((), !events.is_empty()))
         })
@@ -1695,6 +1729,81 @@ impl Store for SqliteStore {
     async fn omadm_sessions(&self, limit: u32) -> Result<Vec<OmaDmSession>> {
         let limit = self::limit(limit);
         self.read(move |conn| query_all(conn, OMADM_SESSIONS_SQL, [limit], omadm_session_from_row)).await
+    }
+
+    // --- Windows enrollment ---
+
+    async fn record_windows_enrollment(
+        &self,
+        cert: &WindowsCertificate,
+        enrollment: &Enrollment,
+        expect_bound: Option<&str>,
+        events: &[Event],
+    ) -> Result<WindowsRecord> {
+        let c = cert.clone();
+        let r = enrollment_row(enrollment)?;
+        let events = event_rows(events)?;
+        let expect = expect_bound.map(str::to_owned);
+        self.transact(move |tx| {
+            if let Some(expected) = &expect {
+                let current: Option<(Option<String>, String)> = tx
+                    .prepare_cached("SELECT cert_sha256, state FROM enrollments WHERE device_id = ?")?
+                    .query_row([&r.device_id], |row| Ok((row.get(0)?, row.get(1)?)))
+                    .optional()?;
+                match current {
+                    Some((Some(bound), state)) if bound == *expected && state != "unenrolled" => {}
+                    _ => return Ok((WindowsRecord::BindingChanged, false)),
+                }
+            }
+            tx.prepare_cached(INSERT_WINDOWS_CERTIFICATE_SQL)?.execute(params![
+                c.cert_sha256,
+                c.device_id.as_str(),
+                c.serial,
+                c.thumbprint,
+                c.not_before,
+                c.not_after,
+                c.kind,
+                c.upn,
+                c.auth_policy,
+                c.renewal_of,
+                c.issued_at,
+            ])?;
+            write_enrollment(tx, &r)?;
+            insert_events(tx, &events)?;
+            Ok((WindowsRecord::Recorded, !events.is_empty()))
+        })
+        .await
+    }
+
+    async fn windows_certificate(&self, cert_sha256: &str) -> Result<Option<WindowsCertificate>> {
+        let h = cert_sha256.to_owned();
+        self.read(move |conn| {
+            let sql = format!("{WINDOWS_CERTIFICATE_COLUMNS}WHERE cert_sha256 = ?");
+            query_opt(conn, &sql, [&h], windows_certificate_from_row)
+        })
+        .await
+    }
+
+    async fn windows_certificates(&self, limit: u32) -> Result<Vec<WindowsCertificate>> {
+        let limit = self::limit(limit);
+        self.read(move |conn| {
+            let sql = format!("{WINDOWS_CERTIFICATE_COLUMNS}ORDER BY issued_at, cert_sha256 LIMIT CAST(? AS INTEGER)");
+            query_all(conn, &sql, [limit], windows_certificate_from_row)
+        })
+        .await
+    }
+
+    async fn windows_devices_of_user(&self, upn: &str) -> Result<Vec<DeviceId>> {
+        let upn = upn.to_owned();
+        self.read(move |conn| {
+            let sql = "SELECT e.device_id FROM windows_certificates c \
+                       JOIN enrollments e ON e.cert_sha256 = c.cert_sha256 AND e.device_id = c.device_id \
+                       WHERE c.upn = ? AND e.state <> 'unenrolled' ORDER BY e.device_id";
+            query_all(conn, sql, [&upn], |row| {
+                parse_device_id(&get::<String>(row, 0, "device_id")?, "enrollments.device_id")
+            })
+        })
+        .await
     }
 }
 

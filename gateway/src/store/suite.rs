@@ -16,7 +16,7 @@ use tokio::sync::Notify;
 use super::{
     CommandUpdate, DeclarationsChange, DeclarationsToken, EnrollTicket, Enrollment, EnrollmentState, NewCommand,
     NewScepChallenge, OmaDmSession, PushCert, PushInfo, ScepCertificate, ScepChallenge, ScepRecord, Store, StoreError,
-    StoredDeclaration, TicketStatus,
+    StoredDeclaration, TicketStatus, WindowsCertificate, WindowsRecord,
 };
 
 /// A fresh store for one test, with what the tests need besides the trait.
@@ -68,6 +68,10 @@ macro_rules! store_suite {
             bootstrap_token_set_and_clear,
             enroll_tickets_lifecycle,
             omadm_session_compare_and_set,
+            windows_enrollment_binds_its_certificate,
+            windows_renewal_is_compare_and_set,
+            windows_record_is_atomic,
+            windows_devices_of_user,
         );
 
         #[tokio::test]
@@ -1186,4 +1190,138 @@ pub async fn bootstrap_token_set_and_clear(store: &dyn Store) {
     assert_eq!(store.enrollment(&d).await.expect("read").expect("present").bootstrap_token, None);
     assert_eq!(event_ids(store).await, ["ev-set", "ev-clear"]);
     assert!(store.plaintext_bootstrap_tokens(10).await.expect("read").is_empty());
+}
+
+// --- Windows enrollment ---
+
+fn windows_cert(
+    fp: &str,
+    device: &DeviceId,
+    upn: Option<&str>,
+    renewal_of: Option<&str>,
+    issued_at: i64,
+) -> WindowsCertificate {
+    WindowsCertificate {
+        cert_sha256: fp.to_owned(),
+        device_id: device.clone(),
+        serial: format!("{issued_at:x}"),
+        thumbprint: fp.to_ascii_uppercase(),
+        not_before: issued_at - 300,
+        not_after: issued_at + 86_400,
+        kind: if renewal_of.is_some() { "renew" } else { "enroll" }.to_owned(),
+        upn: upn.map(str::to_owned),
+        auth_policy: "OnPremise".to_owned(),
+        renewal_of: renewal_of.map(str::to_owned),
+        issued_at,
+    }
+}
+
+fn windows_enrollment(device: &DeviceId, fp: &str, now: i64) -> Enrollment {
+    let mut e = Enrollment::new(device.clone(), now);
+    e.state = EnrollmentState::Enrolled;
+    e.cert_sha256 = Some(fp.to_owned());
+    e.enrolled_at = Some(now);
+    e.attributes.insert("upn".into(), json!("u@example.com"));
+    e
+}
+
+pub async fn windows_enrollment_binds_its_certificate(store: &dyn Store) {
+    let d = id("windows:0A1B2C3D");
+    let cert = windows_cert("fp-1", &d, Some("u@example.com"), None, 10);
+    let ev = [event("ev-enrolled", &d, EventType::DEVICE_ENROLLED, None)];
+    let r = store.record_windows_enrollment(&cert, &windows_enrollment(&d, "fp-1", 10), None, &ev).await;
+    assert_eq!(r.expect("record"), WindowsRecord::Recorded);
+    assert_eq!(store.windows_certificate("fp-1").await.expect("read"), Some(cert.clone()));
+    assert_eq!(store.windows_certificates(10).await.expect("list"), [cert]);
+    let e = store.enrollment(&d).await.expect("read").expect("present");
+    assert_eq!(
+        (e.state, e.cert_sha256.as_deref(), e.platform()),
+        (EnrollmentState::Enrolled, Some("fp-1"), Platform::Windows)
+    );
+    assert_eq!(store.enrollment_by_cert("fp-1").await.expect("by cert"), Some(d.clone()));
+    assert_eq!(event_ids(store).await, ["ev-enrolled"]);
+
+    // Enrolling again (a reset device) rebinds without a precondition.
+    let again = windows_cert("fp-2", &d, Some("u@example.com"), None, 20);
+    let r = store.record_windows_enrollment(&again, &windows_enrollment(&d, "fp-2", 20), None, &[]).await;
+    assert_eq!(r.expect("record"), WindowsRecord::Recorded);
+    assert_eq!(store.enrollment_by_cert("fp-1").await.expect("by cert"), None);
+    assert_eq!(store.windows_certificates(10).await.expect("list").len(), 2);
+}
+
+pub async fn windows_renewal_is_compare_and_set(store: &dyn Store) {
+    let d = id("windows:RENEW-1");
+    let first = windows_cert("fp-a", &d, Some("u@example.com"), None, 10);
+    store.record_windows_enrollment(&first, &windows_enrollment(&d, "fp-a", 10), None, &[]).await.expect("enroll");
+
+    let renewed = windows_cert("fp-b", &d, Some("u@example.com"), Some("fp-a"), 20);
+    let ev = [event("ev-renewed", &d, EventType::DEVICE_IDENTITY_RENEWED, None)];
+    let r = store.record_windows_enrollment(&renewed, &windows_enrollment(&d, "fp-b", 20), Some("fp-a"), &ev).await;
+    assert_eq!(r.expect("renew"), WindowsRecord::Recorded);
+    assert_eq!(store.enrollment(&d).await.expect("read").expect("present").cert_sha256.as_deref(), Some("fp-b"));
+
+    // A second renewal of the same (now replaced) certificate writes nothing.
+    let stale = windows_cert("fp-c", &d, Some("u@example.com"), Some("fp-a"), 30);
+    let ev2 = [event("ev-stale", &d, EventType::DEVICE_IDENTITY_RENEWED, None)];
+    let r = store.record_windows_enrollment(&stale, &windows_enrollment(&d, "fp-c", 30), Some("fp-a"), &ev2).await;
+    assert_eq!(r.expect("stale"), WindowsRecord::BindingChanged);
+    assert_eq!(store.windows_certificate("fp-c").await.expect("read"), None);
+    assert_eq!(store.enrollment(&d).await.expect("read").expect("present").cert_sha256.as_deref(), Some("fp-b"));
+    assert_eq!(event_ids(store).await, ["ev-renewed"]);
+
+    // Unenrolled: no renewal either; unknown device: none.
+    store.set_state_with_children(&d, EnrollmentState::Unenrolled, 40, &[]).await.expect("unenroll");
+    let r = store.record_windows_enrollment(&stale, &windows_enrollment(&d, "fp-c", 40), Some("fp-b"), &[]).await;
+    assert_eq!(r.expect("unenrolled"), WindowsRecord::BindingChanged);
+    let other = id("windows:NEVER");
+    let r = store
+        .record_windows_enrollment(
+            &windows_cert("fp-d", &other, None, Some("x"), 50),
+            &windows_enrollment(&other, "fp-d", 50),
+            Some("x"),
+            &[],
+        )
+        .await;
+    assert_eq!(r.expect("unknown"), WindowsRecord::BindingChanged);
+    assert_eq!(store.enrollment(&other).await.expect("read"), None);
+}
+
+pub async fn windows_record_is_atomic(store: &dyn Store) {
+    let d = id("windows:ATOMIC");
+    let cert = windows_cert("fp-x", &d, None, None, 10);
+    store.record_windows_enrollment(&cert, &windows_enrollment(&d, "fp-x", 10), None, &[]).await.expect("first");
+    let before = store.enrollment(&d).await.expect("read");
+    // The same certificate twice: the whole call fails, the enrollment and log are untouched.
+    let ev = [event("ev-dup", &d, EventType::DEVICE_ENROLLED, None)];
+    let mut changed = windows_enrollment(&d, "fp-x", 99);
+    changed.attributes.insert("upn".into(), json!("other@example.com"));
+    assert!(store.record_windows_enrollment(&cert, &changed, None, &ev).await.is_err());
+    assert_eq!(store.enrollment(&d).await.expect("read"), before);
+    assert_eq!(store.last_event_seq().await.expect("seq"), 0);
+    // A duplicate event id also fails the whole call, certificate included.
+    store.append_events(&[event("ev-taken", &d, EventType::DEVICE_ENROLLED, None)]).await.expect("append");
+    let fresh = windows_cert("fp-y", &d, None, None, 20);
+    let dup = [event("ev-taken", &d, EventType::DEVICE_ENROLLED, None)];
+    assert!(store.record_windows_enrollment(&fresh, &windows_enrollment(&d, "fp-y", 20), None, &dup).await.is_err());
+    assert_eq!(store.windows_certificate("fp-y").await.expect("read"), None);
+    assert_eq!(store.enrollment(&d).await.expect("read"), before);
+}
+
+pub async fn windows_devices_of_user(store: &dyn Store) {
+    let (a1, a2, b1) = (id("windows:A1"), id("windows:A2"), id("windows:B1"));
+    for (d, fp, upn) in [(&a1, "f1", "a@x"), (&a2, "f2", "a@x"), (&b1, "f3", "b@x")] {
+        let c = windows_cert(fp, d, Some(upn), None, 10);
+        store.record_windows_enrollment(&c, &windows_enrollment(d, fp, 10), None, &[]).await.expect("enroll");
+    }
+    assert_eq!(store.windows_devices_of_user("a@x").await.expect("a"), [a1.clone(), a2.clone()]);
+    assert_eq!(store.windows_devices_of_user("b@x").await.expect("b"), std::slice::from_ref(&b1));
+    assert!(store.windows_devices_of_user("c@x").await.expect("c").is_empty());
+    // Unenrolled devices do not count.
+    store.set_state_with_children(&a2, EnrollmentState::Unenrolled, 20, &[]).await.expect("unenroll");
+    assert_eq!(store.windows_devices_of_user("a@x").await.expect("a"), std::slice::from_ref(&a1));
+    // A device re-enrolled by another user counts for that user only.
+    let c = windows_cert("f4", &a1, Some("b@x"), None, 30);
+    store.record_windows_enrollment(&c, &windows_enrollment(&a1, "f4", 30), None, &[]).await.expect("re-enroll");
+    assert!(store.windows_devices_of_user("a@x").await.expect("a").is_empty());
+    assert_eq!(store.windows_devices_of_user("b@x").await.expect("b"), [a1, b1]);
 }
