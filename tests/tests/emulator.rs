@@ -1,8 +1,8 @@
 //! The device fleet emulator and the load tool themselves, in short runs: a fleet enrolls,
 //! answers commands by ratio (woken by a session sweep, by hand-made push deliveries, and by the
 //! gateway's real pushes through the APNs emulator), checks out; and `mdm-bench idle`,
-//! `mdm-bench roundtrip` (with and without `--push`) and `mdm-bench push` run for a second or two
-//! against the debug binaries.
+//! `mdm-bench roundtrip` (with and without `--push`), `mdm-bench push` and `mdm-bench windows`
+//! run for a second or two against the debug binaries.
 
 use std::process::Command;
 use std::sync::Arc;
@@ -279,6 +279,51 @@ fn mdm_bench_push_short_run() {
     assert!(r["gateway_cpu_seconds"].as_f64().unwrap_or(0.0) > 0.0, "{r}");
     assert!(r["gateway_cpu_us_per_push"].as_f64().unwrap_or(0.0) > 0.0, "{r}");
     assert!(r["apns_connections"].as_u64().unwrap_or(0) >= 1, "{r}");
+}
+
+#[test]
+fn mdm_bench_windows_short_run() {
+    let r = run_bench(&[
+        "windows",
+        "--enroll-requests",
+        "40",
+        "--connections",
+        "4",
+        "--devices",
+        "400",
+        "--concurrency",
+        "4",
+        "--command",
+        "device-info",
+        "--duration",
+        "1s",
+        "--warmup",
+        "300ms",
+    ]);
+    assert_eq!(r["scenario"], "windows", "{r}");
+    // Enrollment: certificates signed for real, one per 200 answer, and the ceiling beside it.
+    let e = &r["enroll"];
+    let g = &e["gateway"];
+    assert!(g["requests"].as_u64().unwrap_or(0) > 0, "{r}");
+    assert_eq!((g["non_200"].as_u64(), g["errors"].as_u64()), (Some(0), Some(0)), "{r}");
+    assert_eq!(e["certificates_stored"], g["ok_total"], "{r}");
+    assert_eq!(e["windows_enrollments_stored"], 40, "every distinct request enrolled its device: {r}");
+    assert!(g["server_cpu_us_per_request"].as_f64().unwrap_or(0.0) > 0.0, "{r}");
+    assert!(e["ceiling"]["requests"].as_u64().unwrap_or(0) > 0, "{r}");
+    let ratio = e["ratio_to_ceiling"].as_f64().expect("ratio");
+    assert!(ratio > 0.0 && ratio.is_finite(), "{r}");
+    // Sessions: each completed session acknowledged its command in the store.
+    let s = &r["sessions"];
+    let g = &s["gateway"];
+    assert!(g["sessions"].as_u64().unwrap_or(0) > 0, "{r}");
+    assert_eq!(g["failed"], 0, "{r}");
+    assert_eq!(s["commands_acknowledged"], g["sessions_total"], "{r}");
+    assert_eq!(s["command"], "device_info");
+    assert!(g["latency"]["p99_ms"].as_f64() >= g["latency"]["p50_ms"].as_f64(), "{r}");
+    assert!(g["server_peak_rss_kib"].as_u64().unwrap_or(0) > 1000, "{r}");
+    assert!(s["ceiling"]["sessions"].as_u64().unwrap_or(0) > 0, "{r}");
+    assert!(s["ratio_to_ceiling"].as_f64().unwrap_or(0.0) > 0.0, "{r}");
+    assert_eq!(s["messages"].as_array().map(Vec::len), Some(3));
 }
 
 /// `mdm-emulate apple --apns-listen`: the CLI's push mode against an in-process gateway

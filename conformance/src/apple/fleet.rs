@@ -803,6 +803,23 @@ impl ApiClient {
         body["command_id"].as_str().map(str::to_owned).ok_or_else(|| format!("no command_id in {body}"))
     }
 
+    /// `GET /v1/commands/<id>`: the command's record.
+    pub async fn command(&self, command_id: &str) -> Result<serde_json::Value, String> {
+        let resp = self
+            .client
+            .get(format!("{}/v1/commands/{command_id}", self.base))
+            .bearer_auth(&self.key)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = resp.status().as_u16();
+        let body: serde_json::Value = resp.json().await.map_err(|e| e.to_string())?;
+        if status != 200 {
+            return Err(format!("GET /v1/commands/{command_id} answered {status}: {body}"));
+        }
+        Ok(body)
+    }
+
     /// `GET /v1/events?after=&limit=&wait=`: (events, next cursor).
     pub async fn events(
         &self,

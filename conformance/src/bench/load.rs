@@ -1,4 +1,5 @@
-//! The Idle check-in load: `C` connections, HTTP/1.1 keep-alive over TLS (ALPN `http/1.1`), each
+//! The Idle check-in load (and any other one-request-at-a-time load, e.g. Windows enrollment
+//! requests): `C` connections, HTTP/1.1 keep-alive over TLS (ALPN `http/1.1`), each
 //! sending one request at a time (closed loop). Bodies and their `Mdm-Signature` values are
 //! made once per device before the run (signing is the device's cost, not the server's) and
 //! reused; connection `k` cycles through devices `k, k + C, k + 2C, …`. Devices identified by
@@ -46,6 +47,8 @@ pub struct LoadSpec {
     /// Stop after this many measured requests (or at `duration`, whichever comes first).
     pub max_requests: Option<u64>,
     pub requests: Arc<Vec<Prepared>>,
+    /// `PUT` for Apple check-ins, `POST` for SOAP.
+    pub method: http::Method,
     pub path: String,
     pub content_type: HeaderValue,
 }
@@ -54,6 +57,9 @@ pub struct LoadSpec {
 #[derive(Debug, Clone, Serialize)]
 pub struct LoadResult {
     pub requests: u64,
+    /// 200 answers over the whole run, warm-up included (to check against what the server
+    /// stored).
+    pub ok_total: u64,
     /// Non-200 answers.
     pub non_200: u64,
     /// Transport failures (connect, TLS, HTTP).
@@ -76,6 +82,7 @@ pub struct LoadResult {
 struct TaskOut {
     latencies: Vec<u32>,
     requests: u64,
+    ok_total: u64,
     non_200: u64,
     errors: u64,
     first_error: Option<String>,
@@ -129,7 +136,9 @@ async fn worker(spec: Arc<LoadSpec>, k: usize, measure_from: Instant, end: Insta
         if spec.tls.len() == 1 {
             next = (next + spec.connections) % n;
         }
-        let mut req = http::Request::put(spec.path.as_str())
+        let mut req = http::Request::builder()
+            .method(spec.method.clone())
+            .uri(spec.path.as_str())
             .header(http::header::HOST, host.clone())
             .header(http::header::CONTENT_TYPE, spec.content_type.clone());
         if let Some(sig) = &p.signature {
@@ -148,6 +157,9 @@ async fn worker(spec: Arc<LoadSpec>, k: usize, measure_from: Instant, end: Insta
         let done = Instant::now();
         match result {
             Ok(status) => {
+                if status == 200 {
+                    out.ok_total += 1;
+                }
                 if measured && done <= end {
                     out.requests += 1;
                     out.latencies.push(u32::try_from((done - started).as_micros()).unwrap_or(u32::MAX));
@@ -202,6 +214,7 @@ pub async fn run(spec: LoadSpec, server_pid: Option<u32>) -> LoadResult {
     };
     LoadResult {
         requests,
+        ok_total: outs.iter().map(|o| o.ok_total).sum(),
         non_200: outs.iter().map(|o| o.non_200).sum(),
         errors: outs.iter().map(|o| o.errors).sum(),
         first_error: outs.iter().find_map(|o| o.first_error.clone()),

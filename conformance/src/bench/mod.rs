@@ -9,6 +9,8 @@
 //! - [`roundtrip`]: `POST /v1/commands` → device session → event on `/v1/events`.
 //! - [`push`]: an in-process APNs emulator for the gateway child, and `GET /v1/push` batches
 //!   through the gateway's APNs pool.
+//! - [`windows`]: Windows enrollment requests (MS-WSTEP) and three-message OMA-DM sessions over
+//!   mutual TLS.
 
 pub mod ceiling;
 pub mod child;
@@ -17,6 +19,7 @@ pub mod proc;
 pub mod push;
 pub mod roundtrip;
 pub mod seed;
+pub mod windows;
 
 use std::sync::Arc;
 

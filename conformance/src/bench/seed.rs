@@ -1,7 +1,8 @@
 //! Enrolled devices written straight into a (stopped) gateway's SQLite file, in one transaction
 //! with prepared multi-row inserts: the rows a real Authenticate + TokenUpdate leaves behind,
 //! without a million round trips. Devices that will send requests get the fingerprint of their
-//! real certificate; the others get a random one.
+//! real certificate; the others get a random one. [`seed_windows`] does the same for Windows
+//! enrollments (what MS-WSTEP enrollment leaves).
 
 use std::path::Path;
 use std::time::Instant;
@@ -131,4 +132,67 @@ fn seed_blocking(db: &Path, total: u64, active: &[ActiveDevice], now: i64, seed:
     conn.close().map_err(|(_, e)| e.to_string())?;
     let db_bytes = std::fs::metadata(db).map(|m| m.len()).unwrap_or(0);
     Ok(SeedStats { rows: written, seconds: started.elapsed().as_secs_f64(), db_bytes })
+}
+
+/// A Windows device written by [`seed_windows`]: its DeviceID, the SHA-256 of its client
+/// certificate, and its user.
+#[derive(Debug, Clone)]
+pub struct WindowsSeed {
+    pub device_id: String,
+    pub cert_sha256: String,
+    pub upn: String,
+}
+
+/// Inserts the enrollments a Windows enrollment leaves (`windows:<DeviceID>`, `enrolled`,
+/// bound to the certificate's SHA-256, the user and the enrollment's attributes), in one
+/// transaction, into the (stopped) gateway's SQLite database at `db`.
+pub async fn seed_windows(db: &Path, devices: &[WindowsSeed], now: i64) -> Result<SeedStats, String> {
+    let db = db.to_path_buf();
+    let devices = devices.to_vec();
+    tokio::task::spawn_blocking(move || seed_windows_blocking(&db, &devices, now))
+        .await
+        .map_err(|e| format!("seeding thread: {e}"))?
+}
+
+fn seed_windows_blocking(db: &Path, devices: &[WindowsSeed], now: i64) -> Result<SeedStats, String> {
+    let started = Instant::now();
+    let mut conn = Connection::open(db).map_err(|e| format!("open {}: {e}", db.display()))?;
+    conn.pragma_update(None, "synchronous", "OFF").map_err(|e| e.to_string())?;
+    let tx = conn.transaction().map_err(|e| e.to_string())?;
+    {
+        let mut st = tx
+            .prepare(&format!(
+                "INSERT INTO enrollments ({COLUMNS}) VALUES \
+                 (?, 'windows', NULL, 'enrolled', ?, NULL, NULL, NULL, NULL, NULL, ?, ?, ?, ?, NULL, ?, ?)"
+            ))
+            .map_err(|e| e.to_string())?;
+        for (i, d) in devices.iter().enumerate() {
+            let inventory = serde_json::json!({
+                "os_name": "Windows", "os_version": "10.0.26200.6584", "device_name": format!("BENCH-{i:06}"),
+                "wifi_mac": "00-15-5D-01-02-03",
+            })
+            .to_string();
+            let attributes = serde_json::json!({
+                "upn": d.upn, "auth_policy": "OnPremise", "enrollment_type": "Full", "cert_store": "User",
+                "device_type": "CIMClient_Windows", "os_edition": "72",
+            })
+            .to_string();
+            st.execute(rusqlite::params![
+                format!("windows:{}", d.device_id),
+                d.cert_sha256,
+                inventory,
+                attributes,
+                now - 86_400,
+                now - 3_600,
+                now - 86_400,
+                now - 3_600,
+            ])
+            .map_err(|e| format!("insert: {e}"))?;
+        }
+    }
+    tx.commit().map_err(|e| e.to_string())?;
+    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())).map_err(|e| e.to_string())?;
+    conn.close().map_err(|(_, e)| e.to_string())?;
+    let db_bytes = std::fs::metadata(db).map(|m| m.len()).unwrap_or(0);
+    Ok(SeedStats { rows: devices.len() as u64, seconds: started.elapsed().as_secs_f64(), db_bytes })
 }

@@ -7,6 +7,7 @@
 //! target/release/mdm-bench roundtrip --rate 500,2000,5000 --duration 10s
 //! target/release/mdm-bench roundtrip --push --rate 200 --duration 10s
 //! target/release/mdm-bench push --devices 10000 --batch 100 --concurrency 8 --duration 10s
+//! target/release/mdm-bench windows --duration 10s
 //! ```
 
 use std::net::SocketAddr;
@@ -24,7 +25,8 @@ use mdm_conformance::bench::child::{self, ChildServer, GatewayChild};
 use mdm_conformance::bench::load::{self, LoadResult, LoadSpec, Prepared};
 use mdm_conformance::bench::push::{self as push_bench, EmulatedApns, PushResult, PushSpec};
 use mdm_conformance::bench::roundtrip::{self, RoundtripResult, RoundtripSpec, Waker};
-use mdm_conformance::bench::seed::{self, ActiveDevice, SeedStats};
+use mdm_conformance::bench::seed::{self, ActiveDevice, SeedStats, WindowsSeed};
+use mdm_conformance::bench::windows::{self as win_bench, SessionCommand, SessionResult, SessionSpec};
 use mdm_conformance::bench::{ceiling, client_config, client_config_with};
 use mdm_conformance::cli::parse_duration;
 use serde::Serialize;
@@ -44,6 +46,9 @@ enum Cmd {
     Roundtrip(RoundtripArgs),
     /// GET /v1/push/<ids> in batches through the gateway's APNs pool to an in-process APNs emulator.
     Push(PushArgs),
+    /// Windows: MS-WSTEP enrollments/s (certificate signing) and three-message OMA-DM sessions/s
+    /// over mutual TLS, each against the bare hyper + rustls ceiling.
+    Windows(WindowsArgs),
     /// Write enrolled devices into a stopped gateway's data directory.
     Seed(SeedArgs),
     /// (internal) The ceiling server, run as a child process.
@@ -170,6 +175,56 @@ struct PushArgs {
     /// Stop after this many requests (or at --duration).
     #[arg(long)]
     max_batches: Option<u64>,
+}
+
+/// The parts of `mdm-bench windows`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "snake_case")]
+enum WindowsScenario {
+    /// MS-WSTEP RequestSecurityToken (Issue) with pre-made CSRs: enrollments/s.
+    Enroll,
+    /// Three-message OMA-DM sessions over mutual TLS, one per pre-enrolled device: sessions/s.
+    Sessions,
+}
+
+#[derive(Debug, Args)]
+struct WindowsArgs {
+    #[command(flatten)]
+    common: Common,
+    /// What to measure (comma-separated).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "enroll,sessions")]
+    scenario: Vec<WindowsScenario>,
+    /// Measured time of each run.
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    duration: Duration,
+    /// Unmeasured load before each run.
+    #[arg(long, value_parser = parse_duration, default_value = "2s")]
+    warmup: Duration,
+    /// Skip the ceiling server runs.
+    #[arg(long)]
+    no_ceiling: bool,
+    /// Enrollment: concurrent TLS connections (HTTP/1.1 keep-alive, one request in flight each).
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    /// Enrollment: distinct requests made before the run (a device, UPN and CSR each), sent in
+    /// turn; when they run out, devices enroll again (a re-enrollment: a new certificate too).
+    #[arg(long, default_value_t = 5000)]
+    enroll_requests: usize,
+    /// Sessions: enrolled devices (written into the store before the gateway starts), one command
+    /// queued for each, one session each; the run ends early when they are used up.
+    #[arg(long, default_value_t = 20_000)]
+    devices: usize,
+    /// Sessions in flight, each on its own TLS connection with its device's certificate.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Sessions: the command each session delivers: `lock` (one Exec) or `device-info` (15 Gets
+    /// and their Results).
+    #[arg(long, value_enum, default_value_t = SessionCommand::Lock)]
+    command: SessionCommand,
+    /// Sessions: the devices' TLS client keys: `p256` or `rsa2048` (what Windows' TPM keys are;
+    /// the client's RSA signature per handshake costs the load generator ~1 ms of CPU).
+    #[arg(long, value_enum, default_value_t = DeviceKey::P256)]
+    device_key: DeviceKey,
 }
 
 #[derive(Debug, Args)]
@@ -335,19 +390,7 @@ fn active_devices(
 const RSA_KEYS: usize = 16;
 
 fn issue_rsa_identities(issuer: &Issuer, udids: &[String]) -> Result<Vec<fleet::Identity>, String> {
-    let keys: Vec<openssl::pkey::PKey<openssl::pkey::Private>> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..RSA_KEYS.min(udids.len()).max(1))
-            .map(|_| {
-                s.spawn(|| {
-                    openssl::rsa::Rsa::generate(2048).and_then(openssl::pkey::PKey::from_rsa).map_err(|e| e.to_string())
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| Err("key thread panicked".into())))
-            .collect::<Result<_, _>>()
-    })?;
+    let keys = rsa_keys(RSA_KEYS.min(udids.len()).max(1))?;
     let now = unix_now();
     udids
         .iter()
@@ -358,6 +401,23 @@ fn issue_rsa_identities(issuer: &Issuer, udids: &[String]) -> Result<Vec<fleet::
             Ok((key, cert))
         })
         .collect()
+}
+
+/// `n` RSA 2048 keys, made on all cores.
+fn rsa_keys(n: usize) -> Result<Vec<openssl::pkey::PKey<openssl::pkey::Private>>, String> {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..n)
+            .map(|_| {
+                s.spawn(|| {
+                    openssl::rsa::Rsa::generate(2048).and_then(openssl::pkey::PKey::from_rsa).map_err(|e| e.to_string())
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err("key thread panicked".into())))
+            .collect::<Result<_, _>>()
+    })
 }
 
 /// `k` signatures of each device's Idle body, laid out as `k` rounds over the devices (entry
@@ -417,6 +477,7 @@ fn spec(addr: SocketAddr, ca_pem: &[u8], a: &IdleArgs, devices: &Devices) -> Res
         duration: a.duration,
         max_requests: a.requests,
         requests: devices.requests.clone(),
+        method: http::Method::PUT,
         path: "/mdm".into(),
         content_type: HeaderValue::from_static("application/x-apple-aspen-mdm"),
     })
@@ -902,6 +963,365 @@ async fn push(a: PushArgs) -> Result<bool, String> {
     Ok(r.succeeded > 0 && r.failed == 0 && r.apns_accepted == r.succeeded)
 }
 
+#[derive(Debug, Serialize)]
+struct WindowsReport {
+    scenario: &'static str,
+    machine: Machine,
+    warmup_s: f64,
+    duration_s: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    enroll: Option<WindowsEnrollReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sessions: Option<WindowsSessionsReport>,
+}
+
+#[derive(Debug, Serialize)]
+struct WindowsEnrollReport {
+    what: &'static str,
+    connections: usize,
+    distinct_requests: usize,
+    /// Keys behind the CSRs (RSA 2048; each request has its own CSR).
+    csr_keys: usize,
+    ceiling: Option<LoadResult>,
+    gateway: LoadResult,
+    /// Gateway enrollments/s divided by the ceiling's requests/s.
+    ratio_to_ceiling: Option<f64>,
+    /// Rows in `windows_certificates` after the run: one per 200 answer, warm-up included.
+    certificates_stored: u64,
+    windows_enrollments_stored: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct WindowsSessionsReport {
+    what: &'static str,
+    messages: [&'static str; 3],
+    devices: usize,
+    concurrency: usize,
+    command: SessionCommand,
+    device_key: DeviceKey,
+    /// Queueing one command per device through POST /v1/commands before the run.
+    queue_seconds: f64,
+    ceiling: Option<SessionResult>,
+    gateway: SessionResult,
+    /// Gateway sessions/s divided by the ceiling's.
+    ratio_to_ceiling: Option<f64>,
+    /// Commands `acknowledged` in the store after the run: one per completed session.
+    commands_acknowledged: u64,
+}
+
+fn enroll_row(name: &str, r: &LoadResult, ratio: Option<f64>) -> String {
+    format!(
+        "{name:<9} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>8} {:>7} {:>8.2} {:>9.1} {:>9} {:>7}",
+        r.requests_per_second,
+        r.latency.p50_ms,
+        r.latency.p99_ms,
+        r.latency.max_ms,
+        r.requests,
+        r.non_200 + r.errors,
+        r.server_cpu_seconds.unwrap_or(0.0),
+        r.server_cpu_us_per_request.unwrap_or(0.0),
+        mib(r.server_peak_rss_kib),
+        ratio.map(|x| format!("{:.0}%", x * 100.0)).unwrap_or_else(|| "-".into()),
+    )
+}
+
+fn session_row(name: &str, r: &SessionResult, ratio: Option<f64>) -> String {
+    format!(
+        "{name:<9} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>8} {:>7} {:>8.2} {:>9.1} {:>9} {:>7}",
+        r.sessions_per_second,
+        r.latency.p50_ms,
+        r.latency.p99_ms,
+        r.latency.max_ms,
+        r.sessions,
+        r.failed,
+        r.server_cpu_seconds.unwrap_or(0.0),
+        r.server_cpu_us_per_session.unwrap_or(0.0),
+        mib(r.server_peak_rss_kib),
+        ratio.map(|x| format!("{:.0}%", x * 100.0)).unwrap_or_else(|| "-".into()),
+    )
+}
+
+fn table_header(unit: &str) -> String {
+    format!(
+        "{:<9} {:>10} {:>8} {:>8} {:>8} {:>8} {:>7} {:>8} {:>9} {:>9} {:>7}",
+        "server", unit, "p50 ms", "p99 ms", "max ms", "done", "failed", "CPU s", "CPU µs/op", "peak MiB", "ratio"
+    )
+}
+
+async fn windows(a: WindowsArgs) -> Result<bool, String> {
+    let w = work(&a.common)?;
+    let mut report = WindowsReport {
+        scenario: "windows",
+        machine: machine(),
+        warmup_s: a.warmup.as_secs_f64(),
+        duration_s: a.duration.as_secs_f64(),
+        enroll: None,
+        sessions: None,
+    };
+    let mut ok = true;
+    if a.scenario.contains(&WindowsScenario::Enroll) {
+        let (r, good) = windows_enroll(&w, &a).await?;
+        ok &= good;
+        report.enroll = Some(r);
+    }
+    if a.scenario.contains(&WindowsScenario::Sessions) {
+        let (r, good) = windows_sessions(&w, &a).await?;
+        ok &= good;
+        report.sessions = Some(r);
+    }
+    println!();
+    println!(
+        "mdm-bench windows: {:.0} s measured after {:.0} s warm-up; HTTP/1.1 over TLS 1.3 (rustls, ring)",
+        a.duration.as_secs_f64(),
+        a.warmup.as_secs_f64()
+    );
+    if let Some(e) = &report.enroll {
+        println!();
+        println!("enrollment: {} ({} connections, {} distinct requests)", e.what, e.connections, e.distinct_requests);
+        println!("{}", table_header("enroll/s"));
+        if let Some(c) = &e.ceiling {
+            println!("{}", enroll_row("ceiling", c, None));
+        }
+        println!("{}", enroll_row("gateway", &e.gateway, e.ratio_to_ceiling));
+        println!(
+            "stored: {} certificates, {} Windows enrollments ({} answered 200 including warm-up)",
+            e.certificates_stored, e.windows_enrollments_stored, e.gateway.ok_total
+        );
+    }
+    if let Some(s) = &report.sessions {
+        println!();
+        println!(
+            "sessions: {} ({} in flight, {:?} command, {:?} device keys)",
+            s.what, s.concurrency, s.command, s.device_key
+        );
+        for (i, m) in s.messages.iter().enumerate() {
+            println!("  {}. {m}", i + 1);
+        }
+        println!("{}", table_header("session/s"));
+        if let Some(c) = &s.ceiling {
+            println!("{}", session_row("ceiling", c, None));
+        }
+        println!("{}", session_row("gateway", &s.gateway, s.ratio_to_ceiling));
+        if s.ceiling.as_ref().is_some_and(|c| c.exhausted) {
+            println!("the ceiling used up the {} devices before the end of its run: raise --devices", s.devices);
+        }
+        println!(
+            "stored: {} commands acknowledged ({} sessions completed including warm-up); {} of {} devices used{}",
+            s.commands_acknowledged,
+            s.gateway.sessions_total,
+            s.gateway.devices_used,
+            s.devices,
+            if s.gateway.exhausted { " — devices ran out before the end: raise --devices" } else { "" }
+        );
+    }
+    write_json(&a.common, &report)?;
+    Ok(ok)
+}
+
+async fn windows_enroll(w: &Work, a: &WindowsArgs) -> Result<(WindowsEnrollReport, bool), String> {
+    let data_dir = w.dir.join("gw-windows-enroll");
+    eprintln!("[enroll] initialising {}", data_dir.display());
+    init_data_dir(w, &a.common, &data_dir).await?;
+    let ca_pem = std::fs::read(data_dir.join("ca.pem")).map_err(|e| format!("ca.pem: {e}"))?;
+    let secret = std::fs::read_to_string(data_dir.join("enroll-secret")).map_err(|e| format!("enroll-secret: {e}"))?;
+    let n = a.enroll_requests.max(1);
+    let keys = rsa_keys(RSA_KEYS.min(n))?;
+    let started = std::time::Instant::now();
+    // The URL in the requests (wsa:To) is the gateway's usual public URL; the port is the child's.
+    let requests = win_bench::enrollment_requests(n, "https://localhost", &ca_pem, secret.trim(), &keys)?;
+    eprintln!("[enroll] {n} RequestSecurityToken requests made in {:.1} s", started.elapsed().as_secs_f64());
+    let requests = Arc::new(requests);
+    let spec = |addr: SocketAddr| -> Result<LoadSpec, String> {
+        Ok(LoadSpec {
+            addr,
+            server_name: "localhost".into(),
+            tls: vec![client_config(&ca_pem, &[b"http/1.1"])?],
+            connections: a.connections,
+            warmup: a.warmup,
+            duration: a.duration,
+            max_requests: None,
+            requests: requests.clone(),
+            method: http::Method::POST,
+            path: win_bench::ENROLLMENT_PATH.into(),
+            content_type: HeaderValue::from_static(win_bench::SOAP_CONTENT_TYPE),
+        })
+    };
+    let mut ceiling = None;
+    if !a.no_ceiling {
+        eprintln!("[enroll] ceiling server, {} connections, {:?}", a.connections, a.duration);
+        let (mut server, addr) = start_ceiling(w, &data_dir).await?;
+        let r = load::run(spec(addr)?, Some(server.pid)).await;
+        server.stop(Duration::from_secs(5)).ok();
+        eprintln!("[enroll] ceiling {:.0} requests/s", r.requests_per_second);
+        ceiling = Some(r);
+    }
+    eprintln!("[enroll] gateway, {} connections, {:?}", a.connections, a.duration);
+    let mut g = GatewayChild::start(&w.gateway_bin, &data_dir, a.common.gateway_config.as_deref()).await?;
+    let r = load::run(spec(g.device_addr)?, Some(g.server.pid)).await;
+    g.stop()?;
+    eprintln!("[enroll] gateway {:.0} enrollments/s", r.requests_per_second);
+    let db = data_dir.join("gateway.db");
+    let certificates_stored = win_bench::count(&db, "SELECT COUNT(*) FROM windows_certificates")?;
+    let windows_enrollments_stored =
+        win_bench::count(&db, "SELECT COUNT(*) FROM enrollments WHERE platform = 'windows'")?;
+    let mut ok = r.requests > 0 && r.non_200 == 0 && r.errors == 0 && certificates_stored == r.ok_total;
+    if !ok {
+        let log = std::fs::read_to_string(&g.server.log).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(5).collect();
+        eprintln!(
+            "[enroll] problems: {:?}; {certificates_stored} certificates stored for {} answers; gateway log tail: {tail:?}",
+            r.first_error, r.ok_total
+        );
+        ok = false;
+    }
+    let ratio_to_ceiling =
+        ceiling.as_ref().map(|c: &LoadResult| r.requests_per_second / c.requests_per_second.max(1e-9));
+    Ok((
+        WindowsEnrollReport {
+            what: "MS-WSTEP RequestSecurityToken (Issue): UsernameToken (UPN + enrollment secret), RSA 2048 PKCS#10, Windows' context items; answered with the provisioning document",
+            connections: a.connections,
+            distinct_requests: n,
+            csr_keys: keys.len(),
+            ceiling,
+            gateway: r,
+            ratio_to_ceiling,
+            certificates_stored,
+            windows_enrollments_stored,
+        },
+        ok,
+    ))
+}
+
+async fn windows_sessions(w: &Work, a: &WindowsArgs) -> Result<(WindowsSessionsReport, bool), String> {
+    let data_dir = w.dir.join("gw-windows-sessions");
+    eprintln!("[sessions] initialising {}", data_dir.display());
+    init_data_dir(w, &a.common, &data_dir).await?;
+    let ca_pem = std::fs::read(data_dir.join("ca.pem")).map_err(|e| format!("ca.pem: {e}"))?;
+    let n = a.devices.max(1);
+    let started = std::time::Instant::now();
+    let issuer = Issuer::from_data_dir(&data_dir).map_err(|e| e.to_string())?;
+    let ids: Vec<String> = (0..n).map(win_bench::session_device_id).collect();
+    let identities = match a.device_key {
+        DeviceKey::P256 => fleet::issue_identities(&issuer, &ids).map_err(|e| e.to_string())?,
+        DeviceKey::Rsa2048 => issue_rsa_identities(&issuer, &ids)?,
+    };
+    let mut seeds = Vec::with_capacity(n);
+    let mut tls = Vec::with_capacity(n);
+    for (i, (id, (key, cert))) in ids.iter().zip(&identities).enumerate() {
+        seeds.push(WindowsSeed {
+            device_id: id.clone(),
+            cert_sha256: mdm_certs::fingerprint_sha256(cert),
+            upn: win_bench::bench_upn(i),
+        });
+        let chain = vec![rustls::pki_types::CertificateDer::from(cert.to_der().map_err(|e| e.to_string())?)];
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(rustls::pki_types::PrivatePkcs8KeyDer::from(
+            key.private_key_to_pkcs8().map_err(|e| e.to_string())?,
+        ));
+        tls.push(client_config_with(&ca_pem, &[b"http/1.1"], Some((chain, key)))?);
+    }
+    drop(identities);
+    let s = seed::seed_windows(&data_dir.join("gateway.db"), &seeds, unix_now()).await?;
+    eprintln!(
+        "[sessions] {n} device certificates ({:?}) issued and enrollments seeded in {:.1} s",
+        a.device_key,
+        started.elapsed().as_secs_f64()
+    );
+    drop(s);
+    let devices_for = |url: &str| -> Result<Arc<Vec<win_bench::SessionDevice>>, String> {
+        ids.iter()
+            .zip(&tls)
+            .map(|(id, t)| win_bench::session_device(id, url, t.clone(), a.command))
+            .collect::<Result<Vec<_>, _>>()
+            .map(Arc::new)
+    };
+    let spec = |addr: SocketAddr, devices, expect| SessionSpec {
+        addr,
+        server_name: "localhost".into(),
+        concurrency: a.concurrency,
+        warmup: a.warmup,
+        duration: a.duration,
+        devices,
+        expect_commands: expect,
+    };
+    let mut ceiling = None;
+    if !a.no_ceiling {
+        eprintln!("[sessions] ceiling server, {} sessions in flight, {:?}", a.concurrency, a.duration);
+        let (mut server, addr) = start_ceiling(w, &data_dir).await?;
+        let url = format!("https://localhost:{}{}", addr.port(), win_bench::MANAGEMENT_PATH);
+        let r = win_bench::run_sessions(spec(addr, devices_for(&url)?, None), Some(server.pid)).await;
+        server.stop(Duration::from_secs(5)).ok();
+        eprintln!("[sessions] ceiling {:.0} sessions/s", r.sessions_per_second);
+        ceiling = Some(r);
+    }
+
+    let mut g = GatewayChild::start(&w.gateway_bin, &data_dir, a.common.gateway_config.as_deref()).await?;
+    let api = ApiClient::new(&g.api_url(), &g.api_key()?);
+    let started = std::time::Instant::now();
+    let sem = Arc::new(tokio::sync::Semaphore::new(64));
+    let mut tasks = tokio::task::JoinSet::new();
+    for id in &ids {
+        let (api, sem, id) = (api.clone(), sem.clone(), format!("windows:{id}"));
+        let permit = sem.acquire_owned().await.map_err(|e| e.to_string())?;
+        let command = a.command.normalised();
+        tasks.spawn(async move {
+            let _p = permit;
+            api.enqueue(&id, command).await
+        });
+        while let Some(r) = tasks.try_join_next() {
+            r.map_err(|e| e.to_string())??;
+        }
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.map_err(|e| e.to_string())??;
+    }
+    let queue_seconds = started.elapsed().as_secs_f64();
+    eprintln!("[sessions] {n} commands queued through POST /v1/commands in {queue_seconds:.1} s");
+
+    eprintln!("[sessions] gateway, {} sessions in flight, {:?}", a.concurrency, a.duration);
+    let url = format!("{}{}", g.device_url(), win_bench::MANAGEMENT_PATH);
+    let expect = Some(a.command.syncml_commands());
+    let r = win_bench::run_sessions(spec(g.device_addr, devices_for(&url)?, expect), Some(g.server.pid)).await;
+    g.stop()?;
+    eprintln!("[sessions] gateway {:.0} sessions/s", r.sessions_per_second);
+    let commands_acknowledged =
+        win_bench::count(&data_dir.join("gateway.db"), "SELECT COUNT(*) FROM commands WHERE status = 'acknowledged'")?;
+    let mut ok = r.sessions > 0 && r.failed == 0 && commands_acknowledged == r.sessions_total;
+    if !ok {
+        let log = std::fs::read_to_string(&g.server.log).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(5).collect();
+        eprintln!(
+            "[sessions] problems: {:?}; {commands_acknowledged} commands acknowledged for {} sessions; gateway log tail: {tail:?}",
+            r.first_error, r.sessions_total
+        );
+        ok = false;
+    }
+    if r.exhausted {
+        eprintln!("[sessions] the {n} devices ran out before the end of the run: raise --devices");
+    }
+    let ratio_to_ceiling =
+        ceiling.as_ref().map(|c: &SessionResult| r.sessions_per_second / c.sessions_per_second.max(1e-9));
+    Ok((
+        WindowsSessionsReport {
+            what: "one OMA-DM session per pre-enrolled device, on a new TLS connection with its client certificate (full handshake), two HTTP/1.1 requests",
+            messages: [
+                "device → gateway (MsgID 1): Alert 1201, Alert 1224 (sign-in state), Replace of 5 ./DevInfo nodes",
+                "gateway → device: Statuses for those and the command queued for the device",
+                "device → gateway (MsgID 2): Status for the SyncHdr and the command (and Results of Gets); answered with the closing Statuses",
+            ],
+            devices: n,
+            concurrency: a.concurrency,
+            command: a.command,
+            device_key: a.device_key,
+            queue_seconds,
+            ceiling,
+            gateway: r,
+            ratio_to_ceiling,
+            commands_acknowledged,
+        },
+        ok,
+    ))
+}
+
 async fn seed_cmd(a: SeedArgs) -> Result<bool, String> {
     let s = seed::seed(&a.data_dir.join("gateway.db"), a.devices, &[], unix_now(), a.seed).await?;
     println!(
@@ -945,6 +1365,7 @@ fn main() -> ExitCode {
             Cmd::Idle(a) => idle(a).await,
             Cmd::Roundtrip(a) => roundtrip(a).await,
             Cmd::Push(a) => push(a).await,
+            Cmd::Windows(a) => windows(a).await,
             Cmd::Seed(a) => seed_cmd(a).await,
             Cmd::CeilingServer(a) => ceiling_server(a).await,
         }

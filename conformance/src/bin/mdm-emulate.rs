@@ -13,6 +13,16 @@
 //! With `--enroll profile` every device enrolls the real way (ticket, signed profile checked
 //! against `<ca-dir>/ca.pem`, SCEP, then the profile's URLs) instead of getting a certificate
 //! issued directly from the CA.
+//!
+//! `mdm-emulate windows`: emulated Windows devices, each enrolling the real way (MS-MDE2
+//! discovery, MS-XCEP policy, MS-WSTEP with its own RSA key and CSR, OnPremise secret, a UPN per
+//! device), then OMA-DM sessions over mutual TLS on a poll schedule, answering what the gateway
+//! queued, and unenrolling (Alert 1226) at the end:
+//!
+//! ```sh
+//! mdm-emulate windows --devices 50 --gateway https://localhost:8443 --ca-dir ./mdm-data \
+//!     --api http://127.0.0.1:8080 --commands 2 --poll 5s --duration 30s
+//! ```
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -28,6 +38,7 @@ use mdm_conformance::apple::fleet::{
     ApiClient, FLEET_TOPIC, Fleet, FleetConfig, FleetEnroll, Issuer, Ratios, sample_command,
 };
 use mdm_conformance::cli::parse_duration;
+use mdm_conformance::windows::fleet::{self as wfleet, WindowsFleet, WindowsFleetConfig};
 
 #[derive(Debug, Parser)]
 #[command(name = "mdm-emulate", version, about = "Emulated device fleets for an MDM gateway")]
@@ -40,6 +51,9 @@ struct Cli {
 enum Cmd {
     /// Apple devices: enroll, answer commands, optionally check out.
     Apple(AppleArgs),
+    /// Windows devices: enroll (discovery, policy, WSTEP), OMA-DM sessions on a poll schedule,
+    /// answer commands, unenroll.
+    Windows(WindowsArgs),
 }
 
 /// How the devices get their identities.
@@ -136,6 +150,65 @@ struct AppleArgs {
     /// Upload the push certificate with `?add=1` (the gateway already has another topic).
     #[arg(long, requires = "apns_listen")]
     apns_add_topic: bool,
+    /// Write the summary as JSON to this file (`-` for stdout).
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Debug, Args)]
+struct WindowsArgs {
+    /// How many devices.
+    #[arg(long, default_value_t = 10)]
+    devices: usize,
+    /// Where discovery goes (stands in for https://EnterpriseEnrollment.<domain>); policy,
+    /// enrollment and management follow the URLs the gateway answers with (its public URL).
+    #[arg(long, default_value = "https://localhost:8443")]
+    gateway: String,
+    /// The gateway's data directory: `ca.pem` (trusted for the server), and by default
+    /// `enroll-secret` and `api-key`.
+    #[arg(long, default_value = "./mdm-data")]
+    ca_dir: PathBuf,
+    /// The OnPremise enrollment secret (the password sent with every UPN).
+    #[arg(long, conflicts_with = "enroll_secret_file")]
+    enroll_secret: Option<String>,
+    /// File with the enrollment secret; default `<ca-dir>/enroll-secret`.
+    #[arg(long)]
+    enroll_secret_file: Option<PathBuf>,
+    /// UPN of each device; `{n}` is replaced by the device's zero-padded index (without `{n}`,
+    /// every device enrolls as the same user).
+    #[arg(long, default_value = "emu{n}@example.com")]
+    upn: String,
+    /// DeviceIDs are `<prefix>-<seed>-<index>` (letters, digits, `-`, `_`, `.`).
+    #[arg(long, default_value = "WINEMU")]
+    prefix: String,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// The backend API, for queueing commands (`--commands`) and reading their outcome.
+    #[arg(long)]
+    api: Option<String>,
+    /// File with the API key; default `<ca-dir>/api-key`.
+    #[arg(long)]
+    api_key_file: Option<PathBuf>,
+    /// Commands to queue per device after enrollment (device_info and lock alternately); needs
+    /// --api. They are delivered at the devices' next polls.
+    #[arg(long, default_value_t = 0)]
+    commands: usize,
+    /// Requests in flight at most.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Each device opens a session this often (the DMClient poll), besides its first session
+    /// right after enrollment.
+    #[arg(long, value_parser = parse_duration, default_value = "30s")]
+    poll: Duration,
+    /// How long to keep polling.
+    #[arg(long, value_parser = parse_duration, default_value = "60s")]
+    duration: Duration,
+    /// Leave the devices enrolled at the end (no Alert 1226).
+    #[arg(long)]
+    no_unenroll: bool,
     /// Write the summary as JSON to this file (`-` for stdout).
     #[arg(long)]
     json: Option<PathBuf>,
@@ -438,6 +511,184 @@ async fn run(a: AppleArgs) -> Result<bool, String> {
     Ok(summary.errors == 0 && summary.enrolled == a.devices as u64 && all_answered)
 }
 
+/// Final statuses of queued commands, as the gateway has them.
+#[derive(Debug, Default, serde::Serialize)]
+struct CommandOutcomes {
+    queued: u64,
+    acknowledged: u64,
+    error: u64,
+    /// Still `queued` or `sent` (or `not_now`) at the end.
+    pending: u64,
+    /// Could not be read back.
+    unknown: u64,
+}
+
+async fn run_windows(a: WindowsArgs) -> Result<bool, String> {
+    let read = |p: &Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+    let server_ca = read(&a.ca_dir.join("ca.pem"))?;
+    let secret = match (&a.enroll_secret, &a.enroll_secret_file) {
+        (Some(s), _) => s.clone(),
+        (None, file) => {
+            let file = file.clone().unwrap_or_else(|| a.ca_dir.join("enroll-secret"));
+            String::from_utf8_lossy(&read(&file)?).trim().to_owned()
+        }
+    };
+    if secret.is_empty() {
+        return Err("the enrollment secret is empty".into());
+    }
+    let api = match &a.api {
+        Some(url) => {
+            let file = a.api_key_file.clone().unwrap_or_else(|| a.ca_dir.join("api-key"));
+            let key = String::from_utf8_lossy(&read(&file)?).trim().to_owned();
+            Some(ApiClient::new(url, &key))
+        }
+        None if a.commands > 0 => return Err("--commands needs --api".into()),
+        None => None,
+    };
+    if a.poll.is_zero() {
+        return Err("--poll must be more than 0".into());
+    }
+    let mut config = WindowsFleetConfig::new(a.devices, &a.gateway, server_ca, &secret);
+    config.upn_template = a.upn.clone();
+    config.device_prefix = a.prefix.clone();
+    config.seed = a.seed;
+    config.concurrency = a.concurrency;
+    let fleet = Arc::new(WindowsFleet::new(config));
+
+    if !a.quiet {
+        eprintln!(
+            "{} Windows devices enroll (discovery, policy, WSTEP with an RSA 2048 key each) at {}…",
+            a.devices, a.gateway
+        );
+    }
+    let bar = progress(a.quiet, a.devices as u64, "enrolling");
+    let f = fleet.clone();
+    let ticker = follow(&bar, move || {
+        f.counters().enrolled.load(Ordering::Relaxed) + f.counters().errors.load(Ordering::Relaxed)
+    });
+    fleet.enroll_all().await;
+    ticker.abort();
+    bar.set_position(fleet.counters().enrolled.load(Ordering::Relaxed));
+    bar.finish();
+
+    let mut command_ids = Vec::new();
+    if let (Some(api), true) = (&api, a.commands > 0) {
+        let ids = fleet.device_ids();
+        let bar = progress(a.quiet, (ids.len() * a.commands) as u64, "queueing");
+        let sem = Arc::new(tokio::sync::Semaphore::new(a.concurrency.max(1)));
+        let mut tasks = tokio::task::JoinSet::new();
+        for n in 0..a.commands {
+            for id in &ids {
+                let (api, id, sem, bar) = (api.clone(), id.clone(), sem.clone(), bar.clone());
+                let permit = sem.acquire_owned().await.expect("open");
+                tasks.spawn(async move {
+                    let _p = permit;
+                    let r = api.enqueue(&id, wfleet::sample_command(n)).await;
+                    bar.inc(1);
+                    r
+                });
+            }
+        }
+        while let Some(r) = tasks.join_next().await {
+            match r {
+                Ok(Ok(id)) => command_ids.push(id),
+                Ok(Err(e)) => eprintln!("queue: {e}"),
+                Err(e) => eprintln!("queue task: {e}"),
+            }
+        }
+        bar.finish();
+    }
+
+    // Polling: a bar over the duration, with the sessions so far.
+    let secs = a.duration.as_secs().max(1);
+    let bar = if a.quiet {
+        ProgressBar::hidden()
+    } else {
+        let bar = ProgressBar::new(secs);
+        bar.set_style(
+            ProgressStyle::with_template("{msg:>12} [{bar:40}] {pos}/{len} s").expect("template").progress_chars("=> "),
+        );
+        bar
+    };
+    let started = tokio::time::Instant::now();
+    let ticker = {
+        let (bar, f) = (bar.clone(), fleet.clone());
+        tokio::spawn(async move {
+            loop {
+                bar.set_position(started.elapsed().as_secs().min(secs));
+                let c = f.counters();
+                bar.set_message(format!(
+                    "polling: {} sessions, {} answered",
+                    c.sessions.load(Ordering::Relaxed),
+                    c.answered()
+                ));
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    };
+    fleet.run_poll(a.poll, started + a.duration).await;
+    ticker.abort();
+    bar.set_position(secs);
+    bar.finish();
+
+    if !a.no_unenroll {
+        let bar = progress(a.quiet, fleet.device_ids().len() as u64, "unenrolling");
+        let f = fleet.clone();
+        let ticker = follow(&bar, move || f.counters().unenrolled.load(Ordering::Relaxed));
+        fleet.unenroll_all().await;
+        ticker.abort();
+        bar.set_position(fleet.counters().unenrolled.load(Ordering::Relaxed));
+        bar.finish();
+    }
+
+    let mut outcomes = CommandOutcomes { queued: command_ids.len() as u64, ..CommandOutcomes::default() };
+    if let Some(api) = &api {
+        for id in &command_ids {
+            match api.command(id).await {
+                Ok(c) => match c["status"].as_str() {
+                    Some("acknowledged") => outcomes.acknowledged += 1,
+                    Some("error") => outcomes.error += 1,
+                    _ => outcomes.pending += 1,
+                },
+                Err(e) => {
+                    outcomes.unknown += 1;
+                    eprintln!("{e}");
+                }
+            }
+        }
+    }
+
+    let summary = fleet.summary();
+    println!("mdm-emulate windows: summary");
+    print!("{}", summary.table());
+    if outcomes.queued > 0 {
+        println!(
+            "  commands queued      {} (gateway: {} acknowledged, {} error, {} pending)",
+            outcomes.queued, outcomes.acknowledged, outcomes.error, outcomes.pending
+        );
+    }
+    if let Some(path) = &a.json {
+        let mut value = serde_json::to_value(&summary).map_err(|e| e.to_string())?;
+        value["commands"] = serde_json::to_value(&outcomes).map_err(|e| e.to_string())?;
+        let text = serde_json::to_string_pretty(&value).map_err(|e| e.to_string())?;
+        if path.as_os_str() == "-" {
+            println!("{text}");
+        } else {
+            std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+    }
+    let enrolled = summary.enrolled == a.devices as u64;
+    let unenrolled = a.no_unenroll || summary.unenrolled == summary.enrolled;
+    let answered = outcomes.pending == 0 && outcomes.unknown == 0;
+    if !answered {
+        eprintln!(
+            "mdm-emulate: {} of {} commands still pending after {:?} (--duration; polls every {:?})",
+            outcomes.pending, outcomes.queued, a.duration, a.poll
+        );
+    }
+    Ok(summary.errors == 0 && enrolled && unenrolled && answered)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -450,6 +701,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Cmd::Apple(a) => run(a).await,
+            Cmd::Windows(a) => run_windows(a).await,
         }
     });
     match result {

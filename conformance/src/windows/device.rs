@@ -148,16 +148,7 @@ impl WindowsDevice {
     }
 
     fn header(&self, session_id: &str, msg_id: u32) -> SyncHdr {
-        SyncHdr {
-            ver_dtd: "1.2".into(),
-            ver_proto: "DM/1.2".into(),
-            session_id: session_id.to_owned(),
-            msg_id,
-            target: self.management_url.clone(),
-            source: self.identity.device_id.clone(),
-            no_resp: false,
-            meta: Some(Meta::default().with("MaxMsgSize", self.max_msg_size.to_string())),
-        }
+        client_header(&self.identity.device_id, &self.management_url, self.max_msg_size, session_id, msg_id)
     }
 
     fn next_session_id(&self) -> String {
@@ -167,30 +158,7 @@ impl WindowsDevice {
     /// Package 1 of a client-initiated session: Alert 1201, the sign-in state, DevInfo.
     pub fn package1(&self, session_id: &str) -> SyncMl {
         let tree = self.tree.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let devinfo: Vec<Item> = ["DevId", "Man", "Mod", "DmV", "Lang"]
-            .iter()
-            .filter_map(|n| {
-                let uri = format!("./DevInfo/{n}");
-                let value = tree.get(&uri)?.clone();
-                Some(Item { source: Some(uri), data: Some(value), ..Item::default() })
-            })
-            .collect();
-        let login = Item {
-            meta: Some(Meta::default().with("Type", syncml::session::LOGIN_STATUS_TYPE).with("Format", "chr")),
-            data: Some(self.login_status.clone()),
-            ..Item::default()
-        };
-        SyncMl {
-            hdr: self.header(session_id, 1),
-            body: SyncBody {
-                commands: vec![
-                    alert("2", AlertCode::CLIENT_INITIATED_MGMT, vec![]),
-                    alert("3", AlertCode::CLIENT_EVENT, vec![login]),
-                    Command::Replace(ItemCommand { cmd_id: "4".into(), items: devinfo, ..ItemCommand::default() }),
-                ],
-                final_: true,
-            },
-        }
+        package1(self.header(session_id, 1), &tree, &self.login_status)
     }
 
     /// The unenrollment package: Alert 1226 of type `com.microsoft:mdm.unenrollment.userrequest`.
@@ -536,6 +504,56 @@ impl WindowsDevice {
             Command::Status(_) | Command::Results(_) => {}
             Command::Unknown(_) => statuses.push(status(ids, reply, c, StatusCode::BAD_REQUEST)),
         }
+    }
+}
+
+/// The SyncHdr of a device message: from `device_id` to `management_url`, stating
+/// `max_msg_size`.
+pub fn client_header(
+    device_id: &str,
+    management_url: &str,
+    max_msg_size: usize,
+    session_id: &str,
+    msg_id: u32,
+) -> SyncHdr {
+    SyncHdr {
+        ver_dtd: "1.2".into(),
+        ver_proto: "DM/1.2".into(),
+        session_id: session_id.to_owned(),
+        msg_id,
+        target: management_url.to_owned(),
+        source: device_id.to_owned(),
+        no_resp: false,
+        meta: Some(Meta::default().with("MaxMsgSize", max_msg_size.to_string())),
+    }
+}
+
+/// Package 1 of a client-initiated session under `hdr`: Alert 1201, Alert 1224 with the sign-in
+/// state `login_status`, and a Replace of `./DevInfo/{DevId,Man,Mod,DmV,Lang}` from `tree`.
+pub fn package1(hdr: SyncHdr, tree: &BTreeMap<String, String>, login_status: &str) -> SyncMl {
+    let devinfo: Vec<Item> = ["DevId", "Man", "Mod", "DmV", "Lang"]
+        .iter()
+        .filter_map(|n| {
+            let uri = format!("./DevInfo/{n}");
+            let value = tree.get(&uri)?.clone();
+            Some(Item { source: Some(uri), data: Some(value), ..Item::default() })
+        })
+        .collect();
+    let login = Item {
+        meta: Some(Meta::default().with("Type", syncml::session::LOGIN_STATUS_TYPE).with("Format", "chr")),
+        data: Some(login_status.to_owned()),
+        ..Item::default()
+    };
+    SyncMl {
+        hdr,
+        body: SyncBody {
+            commands: vec![
+                alert("2", AlertCode::CLIENT_INITIATED_MGMT, vec![]),
+                alert("3", AlertCode::CLIENT_EVENT, vec![login]),
+                Command::Replace(ItemCommand { cmd_id: "4".into(), items: devinfo, ..ItemCommand::default() }),
+            ],
+            final_: true,
+        },
     }
 }
 

@@ -243,8 +243,15 @@ impl WindowsEnroller {
         min_bits: u32,
     ) -> Result<(PKey<Private>, Vec<u8>, CsrFormat), WindowsEnrollError> {
         let key = devpki::generate_rsa_key(min_bits.max(2048)).map_err(crypto)?;
+        let (csr, format) = self.certificate_request_for(&key)?;
+        Ok((key, csr, format))
+    }
+
+    /// The certificate request for an existing `key`, as [`CsrStyle`] says (a TPM's key made
+    /// beforehand; load tools make their keys before the run).
+    pub fn certificate_request_for(&self, key: &PKey<Private>) -> Result<(Vec<u8>, CsrFormat), WindowsEnrollError> {
         let (csr, format) = match self.config.csr_style {
-            CsrStyle::Openssl => (openssl_csr(&key, &self.config.email)?, CsrFormat::Pkcs10),
+            CsrStyle::Openssl => (openssl_csr(key, &self.config.email)?, CsrFormat::Pkcs10),
             CsrStyle::WindowsQuirks => {
                 let cn = format!("{}!\0\0", self.config.email);
                 let opts = CsrOptions {
@@ -252,10 +259,10 @@ impl WindowsEnroller {
                     signature: CsrSignature::Sha1IsoOid,
                     device_id_extension: Some(&self.config.device_id),
                 };
-                (wstep::build_windows_csr(&key, &opts).map_err(crypto)?, CsrFormat::Pkcs10)
+                (wstep::build_windows_csr(key, &opts).map_err(crypto)?, CsrFormat::Pkcs10)
             }
             CsrStyle::Pkcs7Wrapped => {
-                let csr = openssl_csr(&key, &self.config.email)?;
+                let csr = openssl_csr(key, &self.config.email)?;
                 let serial = devpki::serial_from_random(rand::random());
                 let now = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
@@ -266,13 +273,12 @@ impl WindowsEnroller {
                     Ok(n.build())
                 });
                 let name = name.map_err(crypto)?;
-                let self_signed =
-                    mdm_certs::scep::self_signed_certificate(&key, &name, now - 3600, now + 3600, &serial)
-                        .map_err(crypto)?;
-                (wstep::wrap_pkcs7(&csr, &self_signed, &key).map_err(crypto)?, CsrFormat::Pkcs7)
+                let self_signed = mdm_certs::scep::self_signed_certificate(key, &name, now - 3600, now + 3600, &serial)
+                    .map_err(crypto)?;
+                (wstep::wrap_pkcs7(&csr, &self_signed, key).map_err(crypto)?, CsrFormat::Pkcs7)
             }
         };
-        Ok((key, csr, format))
+        Ok((csr, format))
     }
 
     fn read<T>(reply: &HttpReply, decoded: Result<T, ReplyError>) -> Result<T, WindowsEnrollError> {
@@ -323,8 +329,34 @@ impl WindowsEnroller {
     /// The whole enrollment: discovery (`GET`, then `Discover`), `GetPolicies`,
     /// `RequestSecurityToken` with a new key, and the provisioning document read back.
     pub async fn enroll(&self) -> Result<WindowsIdentity, WindowsEnrollError> {
+        self.enroll_inner(None).await
+    }
+
+    /// Like [`WindowsEnroller::enroll`], certifying `key` (made beforehand, e.g. off the async
+    /// runtime: an RSA key takes a while) instead of a fresh one. An RSA key shorter than the
+    /// policy's minimum is refused before anything is sent for it.
+    pub async fn enroll_with_key(&self, key: PKey<Private>) -> Result<WindowsIdentity, WindowsEnrollError> {
+        self.enroll_inner(Some(key)).await
+    }
+
+    async fn enroll_inner(&self, key: Option<PKey<Private>>) -> Result<WindowsIdentity, WindowsEnrollError> {
         let policy = self.discover_and_get_policy().await?;
-        let (key, csr, format) = self.certificate_request(policy.policy.minimal_key_length)?;
+        let (key, csr, format) = match key {
+            None => self.certificate_request(policy.policy.minimal_key_length)?,
+            Some(key) => {
+                if let Ok(rsa) = key.rsa()
+                    && rsa.size() * 8 < policy.policy.minimal_key_length
+                {
+                    return Err(crypto(format!(
+                        "the policy asks for at least {} bits, the key has {}",
+                        policy.policy.minimal_key_length,
+                        rsa.size() * 8
+                    )));
+                }
+                let (csr, format) = self.certificate_request_for(&key)?;
+                (key, csr, format)
+            }
+        };
         let enrollment_url = policy.discovery.enrollment_service_url.clone();
         let (url, body) = policy.enroll_request(&message_id(), &self.credential(), csr, format, self.context());
         let reply = self.post(&url, body).await?;

@@ -11,13 +11,16 @@
 //!   unenrollment with Alert 1226), answering from a small management tree (DevInfo, DevDetail,
 //!   RemoteLock, Reboot, RemoteWipe). It runs on a [`DmIdentity`], which an enrolled
 //!   [`WindowsIdentity`] converts into.
+//! - [`fleet`]: many devices at once (`mdm-emulate windows`): real enrollment each, sessions on a
+//!   poll schedule, unenrollment.
 
 mod device;
 mod enroll;
+pub mod fleet;
 mod identity;
 mod tree;
 
-pub use device::{DmIdentity, Handled, SessionReport, WindowsDevice, WindowsDeviceError};
+pub use device::{DmIdentity, Handled, SessionReport, WindowsDevice, WindowsDeviceError, client_header, package1};
 pub use enroll::{CsrStyle, EnrollCredential, HttpReply, WindowsEnrollError, WindowsEnroller, WindowsEnrollerConfig};
 pub use identity::WindowsIdentity;
 pub use tree::default_tree;
