@@ -168,6 +168,15 @@ pub struct SessionDevice {
     pub canned_third: Bytes,
 }
 
+/// A device's TLS client configuration without session resumption: a Windows device polling
+/// minutes or hours apart does a full handshake, and a ceiling run that takes the devices in turn
+/// again must not resume where the gateway run cannot.
+pub fn without_resumption(config: &rustls::ClientConfig) -> Arc<rustls::ClientConfig> {
+    let mut c = config.clone();
+    c.resumption = rustls::client::Resumption::disabled();
+    Arc::new(c)
+}
+
 /// The messages of device `device_id` for sessions to `management_url`, delivering `command`.
 pub fn session_device(
     device_id: &str,
@@ -312,8 +321,10 @@ pub struct SessionSpec {
     pub concurrency: usize,
     pub warmup: Duration,
     pub duration: Duration,
-    /// Each device runs one session; the run ends early when they are used up.
+    /// Against the gateway each device runs one session, and the run ends early when they are
+    /// used up; the ceiling keeps no state, so it takes them in turn again (`reuse_devices`).
     pub devices: Arc<Vec<SessionDevice>>,
+    pub reuse_devices: bool,
     /// Against the gateway: decode and check every reply, build message 3 from reply 2, and
     /// expect this many commands in it. `None` (the ceiling): send the canned message 3.
     pub expect_commands: Option<usize>,
@@ -330,7 +341,7 @@ pub struct SessionResult {
     /// needs), warm-up included.
     pub failed: u64,
     pub first_error: Option<String>,
-    /// Devices used (each at most once).
+    /// Devices used (against the gateway each at most once).
     pub devices_used: u64,
     /// The devices ran out before the end of the window (give more with --devices).
     pub exhausted: bool,
@@ -434,7 +445,10 @@ async fn worker(spec: Arc<SessionSpec>, next: Arc<AtomicUsize>, measure_from: In
     let mut out = Out { latencies: Vec::with_capacity(4096), ..Out::default() };
     let host = HeaderValue::from_str(&format!("{}:{}", spec.server_name, spec.addr.port())).expect("ASCII host");
     while Instant::now() < end {
-        let i = next.fetch_add(1, Ordering::Relaxed);
+        let mut i = next.fetch_add(1, Ordering::Relaxed);
+        if spec.reuse_devices && !spec.devices.is_empty() {
+            i %= spec.devices.len();
+        }
         let Some(d) = spec.devices.get(i) else {
             out.exhausted = true;
             break;

@@ -211,8 +211,9 @@ struct WindowsArgs {
     #[arg(long, default_value_t = 5000)]
     enroll_requests: usize,
     /// Sessions: enrolled devices (written into the store before the gateway starts), one command
-    /// queued for each, one session each; the run ends early when they are used up.
-    #[arg(long, default_value_t = 20_000)]
+    /// queued for each, one session each; the gateway run ends early when they are used up
+    /// (the ceiling takes them in turn again). Needs (warm-up + duration) × sessions/s.
+    #[arg(long, default_value_t = 30_000)]
     devices: usize,
     /// Sessions in flight, each on its own TLS connection with its device's certificate.
     #[arg(long, default_value_t = 64)]
@@ -1102,9 +1103,6 @@ async fn windows(a: WindowsArgs) -> Result<bool, String> {
             println!("{}", session_row("ceiling", c, None));
         }
         println!("{}", session_row("gateway", &s.gateway, s.ratio_to_ceiling));
-        if s.ceiling.as_ref().is_some_and(|c| c.exhausted) {
-            println!("the ceiling used up the {} devices before the end of its run: raise --devices", s.devices);
-        }
         println!(
             "stored: {} commands acknowledged ({} sessions completed including warm-up); {} of {} devices used{}",
             s.commands_acknowledged,
@@ -1217,16 +1215,16 @@ async fn windows_sessions(w: &Work, a: &WindowsArgs) -> Result<(WindowsSessionsR
         let key = rustls::pki_types::PrivateKeyDer::Pkcs8(rustls::pki_types::PrivatePkcs8KeyDer::from(
             key.private_key_to_pkcs8().map_err(|e| e.to_string())?,
         ));
-        tls.push(client_config_with(&ca_pem, &[b"http/1.1"], Some((chain, key)))?);
+        let config = client_config_with(&ca_pem, &[b"http/1.1"], Some((chain, key)))?;
+        tls.push(win_bench::without_resumption(&config));
     }
     drop(identities);
-    let s = seed::seed_windows(&data_dir.join("gateway.db"), &seeds, unix_now()).await?;
+    seed::seed_windows(&data_dir.join("gateway.db"), &seeds, unix_now()).await?;
     eprintln!(
         "[sessions] {n} device certificates ({:?}) issued and enrollments seeded in {:.1} s",
         a.device_key,
         started.elapsed().as_secs_f64()
     );
-    drop(s);
     let devices_for = |url: &str| -> Result<Arc<Vec<win_bench::SessionDevice>>, String> {
         ids.iter()
             .zip(&tls)
@@ -1234,13 +1232,14 @@ async fn windows_sessions(w: &Work, a: &WindowsArgs) -> Result<(WindowsSessionsR
             .collect::<Result<Vec<_>, _>>()
             .map(Arc::new)
     };
-    let spec = |addr: SocketAddr, devices, expect| SessionSpec {
+    let spec = |addr: SocketAddr, devices, expect: Option<usize>| SessionSpec {
         addr,
         server_name: "localhost".into(),
         concurrency: a.concurrency,
         warmup: a.warmup,
         duration: a.duration,
         devices,
+        reuse_devices: expect.is_none(),
         expect_commands: expect,
     };
     let mut ceiling = None;
