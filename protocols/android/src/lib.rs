@@ -1,0 +1,26 @@
+//! Android Management API (AMAPI) as data, no IO.
+//!
+//! Google delivers AMAPI notifications through Cloud Pub/Sub push: an HTTPS POST whose JSON body
+//! wraps a base64 message. This crate turns such a body into typed data and then into the
+//! gateway's vocabulary:
+//!
+//! - [`pubsub`]: the push envelope ([`PushMessage::decode`]): message id, publish time,
+//!   attributes, the decoded `data` bytes.
+//! - [`amapi`]: the AMAPI resources a notification carries ([`Device`], [`Operation`], …), only the
+//!   fields the gateway needs; unknown fields are ignored.
+//! - [`notification`]: [`Notification::decode`] by `attributes.notificationType`.
+//! - [`normalise`]: [`Notification::emissions`]: which events (and inventory) the gateway emits.
+//!
+//! Nothing here reads the clock, a socket or a file; the caller passes everything in.
+
+pub mod amapi;
+mod error;
+pub mod normalise;
+pub mod notification;
+pub mod pubsub;
+
+pub use amapi::{Device, Operation};
+pub use error::DecodeError;
+pub use normalise::{Emission, device_id_from_name};
+pub use notification::{Notification, NotificationType};
+pub use pubsub::PushMessage;

@@ -1,0 +1,351 @@
+//! What the gateway emits for a notification, as data: event type, device id, command id, the
+//! event `data` and, for status reports, the normalised [`Inventory`].
+//!
+//! | notification | emits |
+//! |---|---|
+//! | `ENROLLMENT` | `device.enrolled` |
+//! | `STATUS_REPORT` | `device.status_report`, then `device.inventory` when the report carries any |
+//! | `ENROLLMENT` / `STATUS_REPORT` with `state: DELETED` | `device.unenrolled` only |
+//! | `COMMAND`, `done: true` | `command.acknowledged` (no `error`) or `command.error` |
+//! | `COMMAND`, `done: false`; `USAGE_LOGS`; `ENTERPRISE_UPGRADE`; `test`; unknown types | nothing |
+//!
+//! Device ids follow CONTRACT §4: `android:<enterprise id>:<device id>`, both taken from the
+//! resource name `enterprises/{e}/devices/{d}`. The command id is the operation name's last segment.
+
+use mdm_core::{DeviceId, EventType, Inventory, Platform};
+use serde_json::{Map, Value as Json, json};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::amapi::{Device, Operation};
+use crate::{DecodeError, Notification};
+
+/// One event the gateway should emit. The gateway adds the event id and time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Emission {
+    pub event_type: EventType,
+    pub device_id: DeviceId,
+    pub command_id: Option<String>,
+    pub data: Json,
+    /// For `device.inventory`: the inventory to merge into the stored one ([`Inventory::merge`]).
+    pub inventory: Option<Inventory>,
+}
+
+/// `android:<enterprise>:<device>` from `enterprises/{e}/devices/{d}` (anything after `{d}`, such
+/// as `/operations/{o}`, is ignored).
+pub fn device_id_from_name(name: &str) -> Result<DeviceId, DecodeError> {
+    let bad = || DecodeError::BadResourceName(name.to_owned());
+    let mut parts = name.split('/');
+    match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some("enterprises"), Some(e), Some("devices"), Some(d)) if !e.is_empty() && !d.is_empty() => {
+            Ok(DeviceId::new(Platform::Android, &[e, d])?)
+        }
+        _ => Err(bad()),
+    }
+}
+
+impl Notification {
+    /// The events this notification becomes, in emission order. Empty for notifications the
+    /// gateway does not turn into events (see the module table).
+    pub fn emissions(&self) -> Result<Vec<Emission>, DecodeError> {
+        match self {
+            Notification::Enrollment(d) => device_emissions(d, EventType::DEVICE_ENROLLED),
+            Notification::StatusReport(d) => device_emissions(d, EventType::DEVICE_STATUS_REPORT),
+            Notification::Command(op) => command_emissions(op),
+            Notification::UsageLogs(_)
+            | Notification::EnterpriseUpgrade(_)
+            | Notification::Test
+            | Notification::Other { .. } => Ok(Vec::new()),
+        }
+    }
+}
+
+fn device_emissions(d: &Device, primary: EventType) -> Result<Vec<Emission>, DecodeError> {
+    let name = d.name.as_deref().ok_or_else(|| DecodeError::BadResourceName(String::new()))?;
+    let device_id = device_id_from_name(name)?;
+    let event = |event_type: EventType, data: Json, inventory: Option<Inventory>| Emission {
+        event_type,
+        device_id: device_id.clone(),
+        command_id: None,
+        data,
+        inventory,
+    };
+    if d.is_deleted() {
+        return Ok(vec![event(EventType::DEVICE_UNENROLLED, device_event_data(d), None)]);
+    }
+    let mut out = vec![event(primary.clone(), device_event_data(d), None)];
+    if primary == EventType::DEVICE_STATUS_REPORT {
+        let inv = device_inventory(d);
+        if !inv.is_empty() {
+            let data = serde_json::to_value(&inv).unwrap_or(Json::Null);
+            out.push(event(EventType::DEVICE_INVENTORY, data, Some(inv)));
+        }
+    }
+    Ok(out)
+}
+
+/// Normalised inventory from a `Device`'s hardware, software and network info.
+pub fn device_inventory(d: &Device) -> Inventory {
+    let hw = d.hardware_info.clone().unwrap_or_default();
+    let sw = d.software_info.clone().unwrap_or_default();
+    let net = d.network_info.clone().unwrap_or_default();
+    Inventory {
+        serial_number: hw.serial_number,
+        model: hw.model,
+        os_name: sw.android_version.is_some().then(|| "Android".to_owned()),
+        os_version: sw.android_version,
+        build_version: sw.android_build_number,
+        imei: net.imei,
+        meid: net.meid,
+        wifi_mac: net.wifi_mac_address,
+        ..Inventory::default()
+    }
+}
+
+/// The event `data` for device events: the AMAPI fields the backend acts on, snake_case.
+pub fn device_event_data(d: &Device) -> Json {
+    let mut m = Map::new();
+    let mut put = |k: &str, v: Option<Json>| {
+        if let Some(v) = v {
+            m.insert(k.to_owned(), v);
+        }
+    };
+    let s = |v: &Option<String>| v.clone().map(Json::from);
+    put("name", s(&d.name));
+    put("management_mode", s(&d.management_mode));
+    put("state", s(&d.state));
+    put("applied_state", s(&d.applied_state));
+    put("policy_compliant", d.policy_compliant.map(Json::from));
+    put("policy_name", s(&d.policy_name));
+    put("applied_policy_name", s(&d.applied_policy_name));
+    put("applied_policy_version", d.applied_policy_version.map(Json::from));
+    put("enrollment_time", d.enrollment_time.and_then(rfc3339));
+    put("last_status_report_time", d.last_status_report_time.and_then(rfc3339));
+    put("ownership", s(&d.ownership));
+    put("enrollment_token_name", s(&d.enrollment_token_name));
+    put("user_name", s(&d.user_name));
+    if let Some(hw) = &d.hardware_info {
+        put("brand", s(&hw.brand));
+        put("manufacturer", s(&hw.manufacturer));
+        put("hardware", s(&hw.hardware));
+    }
+    if let Some(sw) = &d.software_info {
+        put("security_patch_level", s(&sw.security_patch_level));
+    }
+    put("device_posture", d.security_posture.as_ref().and_then(|p| s(&p.device_posture)));
+    if !d.non_compliance_details.is_empty() {
+        let list = d
+            .non_compliance_details
+            .iter()
+            .map(|n| {
+                let mut o = Map::new();
+                for (k, v) in [
+                    ("setting_name", &n.setting_name),
+                    ("reason", &n.non_compliance_reason),
+                    ("specific_reason", &n.specific_non_compliance_reason),
+                    ("package_name", &n.package_name),
+                    ("field_path", &n.field_path),
+                    ("installation_failure_reason", &n.installation_failure_reason),
+                ] {
+                    if let Some(v) = v {
+                        o.insert(k.to_owned(), v.clone().into());
+                    }
+                }
+                if let Some(v) = &n.current_value {
+                    o.insert("current_value".to_owned(), v.clone());
+                }
+                Json::Object(o)
+            })
+            .collect();
+        put("non_compliance", Some(Json::Array(list)));
+    }
+    Json::Object(m)
+}
+
+fn command_emissions(op: &Operation) -> Result<Vec<Emission>, DecodeError> {
+    if !op.done {
+        return Ok(Vec::new());
+    }
+    let name = op.name.as_deref().ok_or_else(|| DecodeError::BadResourceName(String::new()))?;
+    let device_id = device_id_from_name(name)?;
+    let command_id = match name.split('/').collect::<Vec<_>>()[..] {
+        [_, _, _, _, "operations", id] if !id.is_empty() => id.to_owned(),
+        _ => return Err(DecodeError::BadResourceName(name.to_owned())),
+    };
+    let mut m = Map::new();
+    m.insert("operation".into(), name.into());
+    if let Some(meta) = &op.metadata {
+        if let Some(t) = &meta.command_type {
+            m.insert("command_type".into(), t.clone().into());
+        }
+        if let Some(t) = meta.create_time.and_then(rfc3339) {
+            m.insert("create_time".into(), t);
+        }
+        if let Some(c) = &meta.error_code {
+            m.insert("error_code".into(), c.clone().into());
+        }
+    }
+    let event_type = match &op.error {
+        None => {
+            m.insert("status".into(), "Acknowledged".into());
+            EventType::COMMAND_ACKNOWLEDGED
+        }
+        Some(e) => {
+            m.insert("status".into(), "Error".into());
+            m.insert("error".into(), json!({ "code": e.code, "message": e.message }));
+            EventType::COMMAND_ERROR
+        }
+    };
+    if let Some(r) = &op.response {
+        m.insert("response".into(), r.clone());
+    }
+    Ok(vec![Emission { event_type, device_id, command_id: Some(command_id), data: Json::Object(m), inventory: None }])
+}
+
+fn rfc3339(t: OffsetDateTime) -> Option<Json> {
+    t.format(&Rfc3339).ok().map(Json::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::PushMessage;
+    use base64::Engine as _;
+
+    fn notification(t: &str, data: Json) -> Notification {
+        let body = json!({"message": {
+            "messageId": "1", "publishTime": "2025-08-11T13:00:03Z",
+            "attributes": {"notificationType": t},
+            "data": base64::engine::general_purpose::STANDARD.encode(data.to_string()),
+        }});
+        Notification::decode(&PushMessage::decode(body.to_string().as_bytes()).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn device_ids_follow_the_contract() {
+        assert_eq!(device_id_from_name("enterprises/E1/devices/D1").unwrap().as_str(), "android:E1:D1");
+        assert_eq!(device_id_from_name("enterprises/E1/devices/D1/operations/9").unwrap().as_str(), "android:E1:D1");
+        for bad in ["", "enterprises/E1", "enterprises//devices/D1", "enterprises/E1/policies/P", "devices/D1"] {
+            assert_eq!(device_id_from_name(bad).unwrap_err().reason(), "bad_resource_name", "{bad}");
+        }
+        assert_eq!(device_id_from_name("enterprises/E 1/devices/D1").unwrap_err().reason(), "bad_device_id");
+    }
+
+    #[test]
+    fn enrollment_emits_enrolled() {
+        let n = notification(
+            "ENROLLMENT",
+            json!({"name": "enterprises/E1/devices/D1", "state": "ACTIVE",
+            "appliedPolicyVersion": "4", "hardwareInfo": {"serialNumber": "S1"}}),
+        );
+        let out = n.emissions().unwrap();
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].event_type, EventType::DEVICE_ENROLLED);
+        assert_eq!(out[0].device_id.as_str(), "android:E1:D1");
+        assert_eq!(out[0].data["applied_policy_version"], 4);
+        assert_eq!(out[0].inventory, None);
+    }
+
+    #[test]
+    fn status_report_emits_report_and_inventory() {
+        let n = notification(
+            "STATUS_REPORT",
+            json!({"name": "enterprises/E1/devices/D1", "state": "ACTIVE",
+            "lastStatusReportTime": "2025-08-11T12:17:30.534Z",
+            "hardwareInfo": {"serialNumber": "S1", "model": "Pixel 8", "brand": "google"},
+            "softwareInfo": {"androidVersion": "15", "androidBuildNumber": "AP3A", "securityPatchLevel": "2025-07-01"},
+            "networkInfo": {"imei": "35", "meid": "A1", "wifiMacAddress": "aa:bb"},
+            "securityPosture": {"devicePosture": "AT_RISK"},
+            "nonComplianceDetails": [{"settingName": "cameraAccess", "nonComplianceReason": "MANAGEMENT_MODE"}]}),
+        );
+        let out = n.emissions().unwrap();
+        let types: Vec<_> = out.iter().map(|e| e.event_type.as_str()).collect();
+        assert_eq!(types, ["device.status_report", "device.inventory"]);
+        let d = &out[0].data;
+        assert_eq!(d["last_status_report_time"], "2025-08-11T12:17:30.534Z");
+        assert_eq!(d["device_posture"], "AT_RISK");
+        assert_eq!(d["security_patch_level"], "2025-07-01");
+        assert_eq!(d["non_compliance"][0]["setting_name"], "cameraAccess");
+        let inv = out[1].inventory.clone().unwrap();
+        assert_eq!(inv.serial_number.as_deref(), Some("S1"));
+        assert_eq!(inv.model.as_deref(), Some("Pixel 8"));
+        assert_eq!(inv.os_name.as_deref(), Some("Android"));
+        assert_eq!(inv.os_version.as_deref(), Some("15"));
+        assert_eq!(inv.build_version.as_deref(), Some("AP3A"));
+        assert_eq!((inv.imei.as_deref(), inv.meid.as_deref()), (Some("35"), Some("A1")));
+        assert_eq!(inv.wifi_mac.as_deref(), Some("aa:bb"));
+        assert_eq!(out[1].data["serial_number"], "S1");
+    }
+
+    #[test]
+    fn status_report_without_inventory_emits_only_the_report() {
+        let n = notification("STATUS_REPORT", json!({"name": "enterprises/E1/devices/D1"}));
+        let out = n.emissions().unwrap();
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].event_type, EventType::DEVICE_STATUS_REPORT);
+    }
+
+    #[test]
+    fn deleted_device_emits_unenrolled() {
+        for t in ["STATUS_REPORT", "ENROLLMENT"] {
+            let n = notification(
+                t,
+                json!({"name": "enterprises/E1/devices/D1", "state": "DELETED",
+                "hardwareInfo": {"serialNumber": "S1"}}),
+            );
+            let out = n.emissions().unwrap();
+            assert_eq!(out.len(), 1, "{t}");
+            assert_eq!(out[0].event_type, EventType::DEVICE_UNENROLLED);
+            assert_eq!(out[0].data["state"], "DELETED");
+        }
+    }
+
+    #[test]
+    fn device_without_name_is_rejected() {
+        let n = notification("ENROLLMENT", json!({"state": "ACTIVE"}));
+        assert_eq!(n.emissions().unwrap_err().reason(), "bad_resource_name");
+    }
+
+    #[test]
+    fn commands_emit_acknowledged_or_error() {
+        let ok = notification(
+            "COMMAND",
+            json!({"name": "enterprises/E1/devices/D1/operations/77", "done": true,
+            "metadata": {"type": "LOCK", "createTime": "2025-08-11T13:00:00Z"}}),
+        );
+        let out = ok.emissions().unwrap();
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].event_type, EventType::COMMAND_ACKNOWLEDGED);
+        assert_eq!(out[0].command_id.as_deref(), Some("77"));
+        assert_eq!(out[0].device_id.as_str(), "android:E1:D1");
+        assert_eq!(out[0].data["command_type"], "LOCK");
+        assert_eq!(out[0].data["create_time"], "2025-08-11T13:00:00Z");
+
+        let err = notification(
+            "COMMAND",
+            json!({"name": "enterprises/E1/devices/D1/operations/78", "done": true,
+            "metadata": {"type": "REBOOT", "errorCode": "API_LEVEL"}, "error": {"code": 9, "message": "no"}}),
+        );
+        let out = err.emissions().unwrap();
+        assert_eq!(out[0].event_type, EventType::COMMAND_ERROR);
+        assert_eq!(out[0].command_id.as_deref(), Some("78"));
+        assert_eq!(out[0].data["error"], json!({"code": 9, "message": "no"}));
+        assert_eq!(out[0].data["error_code"], "API_LEVEL");
+
+        let pending = notification("COMMAND", json!({"name": "enterprises/E1/devices/D1/operations/79"}));
+        assert!(pending.emissions().unwrap().is_empty());
+
+        let bad = notification("COMMAND", json!({"name": "enterprises/E1/devices/D1", "done": true}));
+        assert_eq!(bad.emissions().unwrap_err().reason(), "bad_resource_name");
+    }
+
+    #[test]
+    fn other_notifications_emit_nothing() {
+        assert!(
+            notification("USAGE_LOGS", json!({"device": "enterprises/E1/devices/D1"})).emissions().unwrap().is_empty()
+        );
+        assert!(notification("ENTERPRISE_UPGRADE", json!({})).emissions().unwrap().is_empty());
+        assert!(notification("NEW_KIND", json!({})).emissions().unwrap().is_empty());
+        assert!(Notification::Test.emissions().unwrap().is_empty());
+    }
+}
