@@ -2175,6 +2175,22 @@ mod tests {
         assert!(matches!(parse_target("sqlite://"), Err(StoreError::Url(_))));
     }
 
+    /// A database at migration 0001 only, with sqlx's bookkeeping as sqlx writes it (success as
+    /// TRUE, execution_time in nanoseconds): what the earlier, sqlx-based store left behind.
+    fn database_at_0001(path: &str) -> Connection {
+        let (version, description, sql) = MIGRATIONS[0];
+        let conn = Connection::open(path).expect("open");
+        conn.execute_batch(MIGRATIONS_TABLE_SQL).expect("table");
+        conn.execute_batch(sql).expect("schema");
+        conn.execute(
+            "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+             VALUES (?, ?, TRUE, ?, 1234)",
+            params![version, description, Sha384::digest(sql.as_bytes()).as_slice()],
+        )
+        .expect("bookkeeping");
+        conn
+    }
+
     /// A database migrated by the earlier, sqlx-based store: sqlx's `_sqlx_migrations` table
     /// (its DDL, its SHA-384 checksum) with 0001 applied. It must open without re-running 0001
     /// (applying only the later ones), and a changed or unknown migration must stop the store,
@@ -2184,18 +2200,9 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("gateway.db");
         let path = path.to_str().expect("utf-8 path").to_owned();
-        let (version, description, sql) = MIGRATIONS[0];
+        let sql = MIGRATIONS[0].2;
         {
-            let conn = Connection::open(&path).expect("open");
-            conn.execute_batch(MIGRATIONS_TABLE_SQL).expect("table");
-            conn.execute_batch(sql).expect("schema");
-            // As sqlx writes it: success as TRUE, execution_time in nanoseconds.
-            conn.execute(
-                "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
-                 VALUES (?, ?, TRUE, ?, 1234)",
-                params![version, description, Sha384::digest(sql.as_bytes()).as_slice()],
-            )
-            .expect("bookkeeping");
+            let conn = database_at_0001(&path);
             conn.execute("INSERT INTO sink_cursors (sink, seq) VALUES ('old', 7)", []).expect("row");
         }
         let store = SqliteStore::open(&format!("sqlite://{path}"), 1).await.expect("open sqlx database");
@@ -2233,17 +2240,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("gateway.db");
         let path = path.to_str().expect("utf-8 path").to_owned();
-        let (version, description, sql) = MIGRATIONS[0];
         {
-            let conn = Connection::open(&path).expect("open");
-            conn.execute_batch(MIGRATIONS_TABLE_SQL).expect("table");
-            conn.execute_batch(sql).expect("schema");
-            conn.execute(
-                "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
-                 VALUES (?, ?, TRUE, ?, 1)",
-                params![version, description, Sha384::digest(sql.as_bytes()).as_slice()],
-            )
-            .expect("bookkeeping");
+            let conn = database_at_0001(&path);
             for (id, token) in
                 [("apple:OLD-1", Some(&b"plain-1"[..])), ("apple:OLD-2", None), ("apple:OLD-3", Some(b"p3"))]
             {
