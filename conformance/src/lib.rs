@@ -13,4 +13,5 @@ pub mod apns;
 pub mod apple;
 pub mod bench;
 pub mod cli;
+pub mod stats;
 pub mod windows;

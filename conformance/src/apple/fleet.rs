@@ -21,6 +21,7 @@ use tokio::sync::{Semaphore, mpsc};
 
 use super::{AppleDevice, DeviceError, EnrollError, Enroller, IdentityMode, UserChannel};
 use crate::apns::delivery::PushDelivery;
+use crate::stats::{Errors, Samples};
 
 /// The push topic every emulated device sends in its TokenUpdate (and `bench::seed` writes):
 /// the UID of the push certificate the gateway needs to push the fleet.
@@ -206,25 +207,15 @@ pub struct Counters {
     pub errored: AtomicU64,
     pub not_now: AtomicU64,
     pub checked_out: AtomicU64,
-    pub errors: AtomicU64,
-    enroll_us: Mutex<Vec<u32>>,
-    checkin_us: Mutex<Vec<u32>>,
-    push_to_session_us: Mutex<Vec<u32>>,
-    first_errors: Mutex<Vec<String>>,
+    pub errors: Errors,
+    enroll_us: Samples,
+    checkin_us: Samples,
+    push_to_session_us: Samples,
 }
 
 impl Counters {
     fn error(&self, e: impl std::fmt::Display) {
-        self.errors.fetch_add(1, Ordering::Relaxed);
-        let mut first = self.first_errors.lock().unwrap_or_else(|p| p.into_inner());
-        if first.len() < 5 {
-            first.push(e.to_string());
-        }
-    }
-
-    fn record(list: &Mutex<Vec<u32>>, d: Duration) {
-        let us = u32::try_from(d.as_micros()).unwrap_or(u32::MAX);
-        list.lock().unwrap_or_else(|p| p.into_inner()).push(us);
+        self.errors.note(e);
     }
 
     /// Commands answered so far, all statuses.
@@ -565,7 +556,7 @@ impl Fleet {
         match result {
             Ok(()) => {
                 m.enrolled.store(true, Ordering::Relaxed);
-                Counters::record(&self.counters.enroll_us, started.elapsed());
+                self.counters.enroll_us.record(started.elapsed());
                 self.counters.enrolled.fetch_add(1, Ordering::Relaxed);
             }
             Err(e) => return self.counters.error(format!("{}: enroll: {e}", m.udid)),
@@ -617,7 +608,7 @@ impl Fleet {
             ratios.pick(r)
         };
         let counters = &self.counters;
-        let result = device.session_timed(choose, |d| Counters::record(&counters.checkin_us, d)).await;
+        let result = device.session_timed(choose, |d| counters.checkin_us.record(d)).await;
         self.counters.sessions.fetch_add(1, Ordering::Relaxed);
         match result {
             Ok(handled) => {
@@ -677,7 +668,7 @@ impl Fleet {
                 self.counters.unknown_pushes.fetch_add(1, Ordering::Relaxed);
                 continue;
             };
-            Counters::record(&self.counters.push_to_session_us, d.accepted_at.elapsed());
+            self.counters.push_to_session_us.record(d.accepted_at.elapsed());
             let fleet = self.clone();
             tasks.spawn(async move { fleet.wake(i).await });
             while tasks.try_join_next().is_some() {}
@@ -742,7 +733,6 @@ impl Fleet {
     /// The counters so far, with latency percentiles; wall time since [`Fleet::build`].
     pub fn summary(&self) -> Summary {
         let c = &self.counters;
-        let lat = |l: &Mutex<Vec<u32>>| Latency::from_micros(&mut l.lock().unwrap_or_else(|p| p.into_inner()).clone());
         Summary {
             devices: self.members.len(),
             enroll_mode: self.enroll_mode,
@@ -757,11 +747,11 @@ impl Fleet {
             errored: c.errored.load(Ordering::Relaxed),
             not_now: c.not_now.load(Ordering::Relaxed),
             checked_out: c.checked_out.load(Ordering::Relaxed),
-            errors: c.errors.load(Ordering::Relaxed),
-            first_errors: c.first_errors.lock().unwrap_or_else(|p| p.into_inner()).clone(),
-            enroll_latency: lat(&c.enroll_us),
-            checkin_latency: lat(&c.checkin_us),
-            push_to_session_latency: lat(&c.push_to_session_us),
+            errors: c.errors.count(),
+            first_errors: c.errors.first(),
+            enroll_latency: c.enroll_us.latency(),
+            checkin_latency: c.checkin_us.latency(),
+            push_to_session_latency: c.push_to_session_us.latency(),
             wall_seconds: self.started.elapsed().as_secs_f64(),
         }
     }

@@ -362,9 +362,7 @@ async fn run(a: AppleArgs) -> Result<bool, String> {
 
     let bar = progress(a.quiet, a.devices as u64, "enrolling");
     let f = fleet.clone();
-    let ticker = follow(&bar, move || {
-        f.counters().enrolled.load(Ordering::Relaxed) + f.counters().errors.load(Ordering::Relaxed)
-    });
+    let ticker = follow(&bar, move || f.counters().enrolled.load(Ordering::Relaxed) + f.counters().errors.count());
     fleet.enroll_all().await;
     ticker.abort();
     bar.set_position(fleet.counters().enrolled.load(Ordering::Relaxed));
@@ -563,9 +561,7 @@ async fn run_windows(a: WindowsArgs) -> Result<bool, String> {
     }
     let bar = progress(a.quiet, a.devices as u64, "enrolling");
     let f = fleet.clone();
-    let ticker = follow(&bar, move || {
-        f.counters().enrolled.load(Ordering::Relaxed) + f.counters().errors.load(Ordering::Relaxed)
-    });
+    let ticker = follow(&bar, move || f.counters().enrolled.load(Ordering::Relaxed) + f.counters().errors.count());
     fleet.enroll_all().await;
     ticker.abort();
     bar.set_position(fleet.counters().enrolled.load(Ordering::Relaxed));

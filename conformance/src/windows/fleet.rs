@@ -8,13 +8,14 @@
 //! index). Failures are counted, not fatal: the summary says what went wrong.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 
 use super::{DmIdentity, WindowsDevice, WindowsEnroller, WindowsEnrollerConfig, WindowsIdentity};
 use crate::apple::fleet::Latency;
+use crate::stats::{Errors, Samples};
 
 /// What the fleet is and where it goes.
 #[derive(Debug, Clone)]
@@ -95,25 +96,15 @@ pub struct Counters {
     /// Server commands answered with a failure status (404, 405, 507, …).
     pub syncml_failed: AtomicU64,
     pub unenrolled: AtomicU64,
-    pub errors: AtomicU64,
-    enroll_us: Mutex<Vec<u32>>,
-    session_us: Mutex<Vec<u32>>,
-    unenroll_us: Mutex<Vec<u32>>,
-    first_errors: Mutex<Vec<String>>,
+    pub errors: Errors,
+    enroll_us: Samples,
+    session_us: Samples,
+    unenroll_us: Samples,
 }
 
 impl Counters {
     fn error(&self, e: impl std::fmt::Display) {
-        self.errors.fetch_add(1, Ordering::Relaxed);
-        let mut first = self.first_errors.lock().unwrap_or_else(|p| p.into_inner());
-        if first.len() < 5 {
-            first.push(e.to_string());
-        }
-    }
-
-    fn record(list: &Mutex<Vec<u32>>, d: Duration) {
-        let us = u32::try_from(d.as_micros()).unwrap_or(u32::MAX);
-        list.lock().unwrap_or_else(|p| p.into_inner()).push(us);
+        self.errors.note(e);
     }
 
     /// Server commands answered so far, any status.
@@ -304,7 +295,7 @@ impl WindowsFleet {
                 return false;
             }
         };
-        Counters::record(&self.counters.enroll_us, started.elapsed());
+        self.counters.enroll_us.record(started.elapsed());
         let device = match WindowsDevice::new(DmIdentity::from(&identity), &identity.management_url, &c.server_ca_pem) {
             Ok(d) => d,
             Err(e) => {
@@ -330,7 +321,7 @@ impl WindowsFleet {
             let started = Instant::now();
             let r = device.session().await;
             if r.is_ok() {
-                Counters::record(&self.counters.session_us, started.elapsed());
+                self.counters.session_us.record(started.elapsed());
             }
             r
         };
@@ -394,7 +385,7 @@ impl WindowsFleet {
                         });
                         match refused {
                             None => {
-                                Counters::record(&fleet.counters.unenroll_us, started.elapsed());
+                                fleet.counters.unenroll_us.record(started.elapsed());
                                 fleet.counters.unenrolled.fetch_add(1, Ordering::Relaxed);
                             }
                             Some(s) => fleet.counters.error(format!("{}: unenroll answered {s}", m.device_id)),
@@ -410,7 +401,6 @@ impl WindowsFleet {
     /// The counters so far, with latency percentiles; wall time since [`WindowsFleet::new`].
     pub fn summary(&self) -> Summary {
         let c = &self.counters;
-        let lat = |l: &Mutex<Vec<u32>>| Latency::from_micros(&mut l.lock().unwrap_or_else(|p| p.into_inner()).clone());
         Summary {
             devices: self.members.len(),
             enrolled: c.enrolled.load(Ordering::Relaxed),
@@ -419,11 +409,11 @@ impl WindowsFleet {
             syncml_commands_ok: c.syncml_ok.load(Ordering::Relaxed),
             syncml_commands_failed: c.syncml_failed.load(Ordering::Relaxed),
             unenrolled: c.unenrolled.load(Ordering::Relaxed),
-            errors: c.errors.load(Ordering::Relaxed),
-            first_errors: c.first_errors.lock().unwrap_or_else(|p| p.into_inner()).clone(),
-            enroll_latency: lat(&c.enroll_us),
-            session_latency: lat(&c.session_us),
-            unenroll_latency: lat(&c.unenroll_us),
+            errors: c.errors.count(),
+            first_errors: c.errors.first(),
+            enroll_latency: c.enroll_us.latency(),
+            session_latency: c.session_us.latency(),
+            unenroll_latency: c.unenroll_us.latency(),
             wall_seconds: self.started.elapsed().as_secs_f64(),
         }
     }
