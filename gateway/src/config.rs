@@ -8,8 +8,10 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+mod android;
 mod windows;
 
+pub use android::{AndroidConfig, PubSubAuth, PubSubOidcConfig};
 pub use windows::{FederatedConfig, WindowsAuthPolicy, WindowsConfig, WindowsPollConfig};
 
 use figment::Figment;
@@ -36,6 +38,8 @@ pub struct Config {
     pub omadm: OmaDmConfig,
     /// Windows enrollment.
     pub windows: WindowsConfig,
+    /// Android (AMAPI): Pub/Sub push intake and the AMAPI client.
+    pub android: AndroidConfig,
     pub store: StoreConfig,
     pub events: EventsConfig,
     /// Optional webhook sink.
@@ -301,6 +305,7 @@ impl Default for Config {
             apple: AppleConfig::default(),
             omadm: OmaDmConfig::default(),
             windows: WindowsConfig::default(),
+            android: AndroidConfig::default(),
             store: StoreConfig::default(),
             events: EventsConfig::default(),
             webhook: None,
@@ -502,6 +507,7 @@ impl Config {
         self.validate_enrollment()?;
         self.validate_omadm()?;
         self.windows.validate()?;
+        self.android.validate()?;
         if let Some(url) = &self.store.url
             && !url.starts_with("sqlite:")
         {
