@@ -51,7 +51,7 @@ pub fn status_report(i: usize, ms: i64) -> serde_json::Value {
         "managementMode": "DEVICE_OWNER",
         "state": "ACTIVE",
         "appliedState": "ACTIVE",
-        "policyCompliant": i % 5 != 0,
+        "policyCompliant": !i.is_multiple_of(5),
         "enrollmentTime": "2026-01-05T12:09:50.719Z",
         "lastStatusReportTime": when,
         "lastPolicySyncTime": when,
@@ -78,7 +78,7 @@ pub fn status_report(i: usize, ms: i64) -> serde_json::Value {
         "memoryInfo": { "totalRam": "8589934592", "totalInternalStorage": "128000000000" },
         "networkInfo": { "imei": format!("35{i:013}"), "wifiMacAddress": "02:00:00:00:00:00" },
         "securityPosture": { "devicePosture": "SECURE" },
-        "nonComplianceDetails": if i % 5 == 0 {
+        "nonComplianceDetails": if i.is_multiple_of(5) {
             json!([{ "settingName": "passwordPolicies", "nonComplianceReason": "USER_ACTION" }])
         } else {
             json!([])
