@@ -87,3 +87,64 @@ async fn apple_settings_apps_and_app_config_with_placeholders() {
     assert_eq!(status["status"], "acknowledged", "{status}");
     assert_eq!(status["command"]["config"]["device"], "{{DeviceId}}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn windows_settings_and_app_installs_reach_the_device() {
+    use mdm_windows::syncml::settings as nodes;
+    let h = Harness::start().await;
+    let device = h.windows_device("VOCAB-0001").await;
+    let id = device.gateway_id();
+    let hash = "0f".repeat(32);
+    let mut ids = Vec::new();
+    for command in [
+        json!({ "type": "set_settings", "settings": { "password_min_length": 8, "camera_disabled": true,
+                "storage_encryption_required": true, "screen_lock_timeout_s": 300 } }),
+        json!({ "type": "install_app", "app": "store:9WZDNCRFJ3PZ/Microsoft.CompanyPortal_8wekyb3d8bbwe" }),
+        json!({ "type": "install_app",
+                "app": format!("msi:{{23170F69-40C1-2702-1900-000001000000}}@https://apps.example.com/7z.msi#sha256={hash}") }),
+    ] {
+        let (code, body) = h.post("/v1/commands", &json!({ "device_id": id, "command": command })).await;
+        assert_eq!(code, 202, "{command}: {body}");
+        ids.push(body["command_id"].as_str().expect("id").to_owned());
+    }
+    for (command, code) in [
+        (json!({ "type": "app_config", "app": "x", "config": {} }), "unsupported_on_platform"),
+        (json!({ "type": "install_app", "app": "com.example.app" }), "invalid_command"),
+    ] {
+        let (status, body) = h.post("/v1/commands", &json!({ "device_id": id, "command": command })).await;
+        assert_eq!(status, 422, "{command}: {body}");
+        assert_eq!(body["error"]["code"], code, "{command}: {body}");
+        assert!(
+            body["error"]["message"].as_str().unwrap_or_default().contains(if code == "unsupported_on_platform" {
+                "windows"
+            } else {
+                "app"
+            }),
+            "{body}"
+        );
+    }
+
+    device.session().await.expect("session");
+    for (uri, value) in [
+        (nodes::DEVICE_PASSWORD_ENABLED, "0"),
+        (nodes::MIN_DEVICE_PASSWORD_LENGTH, "8"),
+        (nodes::MAX_INACTIVITY_TIME_DEVICE_LOCK, "5"),
+        (nodes::ALLOW_CAMERA, "0"),
+        (nodes::REQUIRE_DEVICE_ENCRYPTION, "1"),
+    ] {
+        assert_eq!(device.node(uri).as_deref(), Some(value), "{uri}");
+    }
+    let executed = device.executed();
+    assert_eq!(
+        executed,
+        [
+            "./Device/Vendor/MSFT/EnterpriseModernAppManagement/AppInstallation/Microsoft.CompanyPortal_8wekyb3d8bbwe/StoreInstall",
+            "./Device/Vendor/MSFT/EnterpriseDesktopAppManagement/MSI/{23170F69-40C1-2702-1900-000001000000}/DownloadInstall",
+        ]
+    );
+    for cid in &ids {
+        let (_, c) = h.get(&format!("/v1/commands/{cid}")).await;
+        assert_eq!(c["status"], "acknowledged", "{c}");
+    }
+    h.stop().await;
+}
