@@ -440,6 +440,55 @@ pub struct AndroidOperation {
     pub created_at: i64,
 }
 
+/// What a corporate identifier is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IdentifierKind {
+    Imei,
+    Serial,
+}
+
+impl IdentifierKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IdentifierKind::Imei => "imei",
+            IdentifierKind::Serial => "serial",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "imei" => Some(IdentifierKind::Imei),
+            "serial" => Some(IdentifierKind::Serial),
+            _ => None,
+        }
+    }
+
+    /// The stored form: serial numbers trimmed and upper case, IMEIs/MEIDs without spaces or
+    /// dashes, upper case. `None` when nothing is left.
+    pub fn normalise(self, raw: &str) -> Option<String> {
+        let s: String = match self {
+            IdentifierKind::Serial => raw.trim().to_ascii_uppercase(),
+            IdentifierKind::Imei => {
+                raw.chars().filter(|c| !c.is_whitespace() && *c != '-').collect::<String>().to_ascii_uppercase()
+            }
+        };
+        (!s.is_empty()).then_some(s)
+    }
+}
+
+/// One imported corporate identifier and what became of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CorporateIdentifier {
+    pub kind: IdentifierKind,
+    pub identifier: String,
+    pub details: String,
+    pub created_at: i64,
+    /// The device that enrolled with this identifier (the newest one).
+    pub enrolled_device: Option<DeviceId>,
+    pub enrolled_at: Option<i64>,
+}
+
 /// Durable state behind the gateway. Implementations must pass [`suite`].
 #[async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug + 'static {
@@ -630,4 +679,33 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Operations created at or before `created_before` whose command is still `sent` (no
     /// COMMAND notification came), oldest first: candidates for `operations.get`.
     async fn unresolved_android_operations(&self, created_before: i64, limit: u32) -> Result<Vec<AndroidOperation>>;
+    // --- Enrollment gate ---
+    /// Device channels (not user channels) not unenrolled whose inventory names `user` as
+    /// `enrolled_user` (case-insensitive), leaving out `excluding` (the device enrolling again).
+    async fn count_user_devices(&self, user: &str, excluding: Option<&DeviceId>) -> Result<u64>;
+    /// Replaces the list of `kind` with `rows` (normalised identifier, details); identifiers kept
+    /// keep their enrollment state. Returns how many are listed.
+    async fn replace_corporate_identifiers(
+        &self,
+        kind: IdentifierKind,
+        rows: &[(String, String)],
+        now: i64,
+    ) -> Result<u64>;
+    async fn corporate_identifier(&self, kind: IdentifierKind, identifier: &str)
+    -> Result<Option<CorporateIdentifier>>;
+    /// In identifier order, after `after`.
+    async fn corporate_identifiers(
+        &self,
+        kind: IdentifierKind,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<CorporateIdentifier>>;
+    /// Records that `device` enrolled with a listed identifier; false when it is not listed.
+    async fn mark_corporate_identifier_enrolled(
+        &self,
+        kind: IdentifierKind,
+        identifier: &str,
+        device: &DeviceId,
+        now: i64,
+    ) -> Result<bool>;
 }

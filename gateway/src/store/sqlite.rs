@@ -32,10 +32,11 @@ use sha2::{Digest, Sha384};
 use tokio::sync::{Notify, oneshot};
 
 use super::{
-    AndroidOperation, CommandRecord, CommandUpdate, DeadLetter, DeclarationSet, DeclarationsChange, DeclarationsToken,
-    EnrollTicket, Enrollment, EnrollmentState, LoggedEvent, NewCommand, NewScepChallenge, OmaDmSession, PubSubDelivery,
-    PubSubOutcome, PushCert, PushInfo, RequestSnapshot, Result, ScepCertificate, ScepChallenge, ScepRecord, Store,
-    StoreError, StoredDeclaration, TicketStatus, WindowsCertificate, WindowsRecord,
+    AndroidOperation, CommandRecord, CommandUpdate, CorporateIdentifier, DeadLetter, DeclarationSet,
+    DeclarationsChange, DeclarationsToken, EnrollTicket, Enrollment, EnrollmentState, IdentifierKind, LoggedEvent,
+    NewCommand, NewScepChallenge, OmaDmSession, PubSubDelivery, PubSubOutcome, PushCert, PushInfo, RequestSnapshot,
+    Result, ScepCertificate, ScepChallenge, ScepRecord, Store, StoreError, StoredDeclaration, TicketStatus,
+    WindowsCertificate, WindowsRecord,
 };
 
 /// Migrations, embedded at build time: `(version, description, sql)`, following the
@@ -52,6 +53,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (6, "omadm", include_str!("../../migrations/sqlite/0006_omadm.sql")),
     (7, "windows_enroll", include_str!("../../migrations/sqlite/0007_windows_enroll.sql")),
     (8, "android", include_str!("../../migrations/sqlite/0008_android.sql")),
+    (10, "enrollment_gate", include_str!("../../migrations/sqlite/0010_enrollment_gate.sql")),
 ];
 
 /// The bookkeeping table, exactly as sqlx creates it.
@@ -1193,6 +1195,23 @@ fn dead_letter_from_row(row: &Row<'_>) -> Result<DeadLetter> {
     })
 }
 
+fn corporate_identifier_from_row(row: &Row<'_>) -> Result<CorporateIdentifier> {
+    let kind: String = get(row, 0, "kind")?;
+    let enrolled: Option<String> = get(row, 4, "enrolled_device")?;
+    Ok(CorporateIdentifier {
+        kind: IdentifierKind::parse(&kind)
+            .ok_or_else(|| StoreError::Corrupt(format!("corporate_identifiers.kind {kind:?}")))?,
+        identifier: get(row, 1, "identifier")?,
+        details: get(row, 2, "details")?,
+        created_at: get(row, 3, "created_at")?,
+        enrolled_device: enrolled.map(|d| parse_device_id(&d, "corporate_identifiers.enrolled_device")).transpose()?,
+        enrolled_at: get(row, 5, "enrolled_at")?,
+    })
+}
+
+const CORPORATE_IDENTIFIER_COLUMNS: &str =
+    "SELECT kind, identifier, details, created_at, enrolled_device, enrolled_at FROM corporate_identifiers";
+
 #[async_trait]
 impl Store for SqliteStore {
     async fn ping(&self) -> Result<()> {
@@ -2013,6 +2032,107 @@ impl Store for SqliteStore {
                 params![created_before, limit],
                 android_operation_from_row,
             )
+        })
+        .await
+    }
+
+    async fn count_user_devices(&self, user: &str, excluding: Option<&DeviceId>) -> Result<u64> {
+        let user = user.to_lowercase();
+        let excluding = excluding.map(|d| d.as_str().to_owned()).unwrap_or_default();
+        self.read(move |conn| {
+            let n: i64 = conn
+                .prepare_cached(
+                    "SELECT COUNT(*) FROM enrollments \
+                     WHERE lower(json_extract(inventory, '$.enrolled_user')) = ? AND parent IS NULL \
+                     AND state <> 'unenrolled' AND device_id <> ?",
+                )?
+                .query_row(params![user, excluding], |r| r.get(0))?;
+            Ok(n.max(0) as u64)
+        })
+        .await
+    }
+
+    async fn replace_corporate_identifiers(
+        &self,
+        kind: IdentifierKind,
+        rows: &[(String, String)],
+        now: i64,
+    ) -> Result<u64> {
+        let rows = rows.to_vec();
+        let kind = kind.as_str();
+        self.transact(move |tx| {
+            tx.execute("CREATE TEMP TABLE IF NOT EXISTS import_ids (identifier TEXT PRIMARY KEY, details TEXT)", [])?;
+            tx.execute("DELETE FROM temp.import_ids", [])?;
+            {
+                let mut ins =
+                    tx.prepare_cached("INSERT OR IGNORE INTO temp.import_ids (identifier, details) VALUES (?, ?)")?;
+                for (id, details) in &rows {
+                    ins.execute(params![id, details])?;
+                }
+            }
+            tx.execute(
+                "DELETE FROM corporate_identifiers WHERE kind = ? \
+                 AND identifier NOT IN (SELECT identifier FROM temp.import_ids)",
+                [kind],
+            )?;
+            tx.execute(
+                "INSERT INTO corporate_identifiers (kind, identifier, details, created_at) \
+                 SELECT ?1, identifier, details, ?2 FROM temp.import_ids WHERE true \
+                 ON CONFLICT (kind, identifier) DO UPDATE SET details = excluded.details",
+                params![kind, now],
+            )?;
+            tx.execute("DELETE FROM temp.import_ids", [])?;
+            let n: i64 =
+                tx.query_row("SELECT COUNT(*) FROM corporate_identifiers WHERE kind = ?", [kind], |r| r.get(0))?;
+            Ok((n.max(0) as u64, false))
+        })
+        .await
+    }
+
+    async fn corporate_identifier(
+        &self,
+        kind: IdentifierKind,
+        identifier: &str,
+    ) -> Result<Option<CorporateIdentifier>> {
+        let identifier = identifier.to_owned();
+        let sql = format!("{CORPORATE_IDENTIFIER_COLUMNS} WHERE kind = ? AND identifier = ?");
+        self.read(move |conn| query_opt(conn, &sql, params![kind.as_str(), identifier], corporate_identifier_from_row))
+            .await
+    }
+
+    async fn corporate_identifiers(
+        &self,
+        kind: IdentifierKind,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<CorporateIdentifier>> {
+        let after = after.unwrap_or_default().to_owned();
+        let limit = self::limit(limit);
+        let sql = format!(
+            "{CORPORATE_IDENTIFIER_COLUMNS} WHERE kind = ? AND identifier > ? ORDER BY identifier LIMIT CAST(? AS INTEGER)"
+        );
+        self.read(move |conn| {
+            query_all(conn, &sql, params![kind.as_str(), after, limit], corporate_identifier_from_row)
+        })
+        .await
+    }
+
+    async fn mark_corporate_identifier_enrolled(
+        &self,
+        kind: IdentifierKind,
+        identifier: &str,
+        device: &DeviceId,
+        now: i64,
+    ) -> Result<bool> {
+        let identifier = identifier.to_owned();
+        let device = device.as_str().to_owned();
+        self.transact(move |tx| {
+            let n = tx
+                .prepare_cached(
+                    "UPDATE corporate_identifiers SET enrolled_device = ?, enrolled_at = ? WHERE kind = ? AND identifier = ?",
+                )?
+                .execute(params![device, now, kind.as_str(), identifier])?;
+            Ok((n == 1, false))
         })
         .await
     }

@@ -15,9 +15,9 @@ use tokio::sync::Notify;
 
 use super::{
     AndroidOperation, CommandUpdate, DeadLetter, DeclarationsChange, DeclarationsToken, EnrollTicket, Enrollment,
-    EnrollmentState, NewCommand, NewScepChallenge, OmaDmSession, PubSubDelivery, PubSubOutcome, PushCert, PushInfo,
-    ScepCertificate, ScepChallenge, ScepRecord, Store, StoreError, StoredDeclaration, TicketStatus, WindowsCertificate,
-    WindowsRecord,
+    EnrollmentState, IdentifierKind, NewCommand, NewScepChallenge, OmaDmSession, PubSubDelivery, PubSubOutcome,
+    PushCert, PushInfo, ScepCertificate, ScepChallenge, ScepRecord, Store, StoreError, StoredDeclaration, TicketStatus,
+    WindowsCertificate, WindowsRecord,
 };
 
 /// A fresh store for one test, with what the tests need besides the trait.
@@ -78,6 +78,8 @@ macro_rules! store_suite {
             pubsub_dead_letters,
             pubsub_message_ids_are_pruned,
             android_operations,
+            users_devices_are_counted_across_platforms,
+            corporate_identifiers_replace_and_enroll,
         );
 
         #[tokio::test]
@@ -1520,4 +1522,72 @@ pub async fn android_operations(store: &dyn Store) {
     assert!(store.record_android_operation(&again, None, &ev).await.is_err());
     assert_eq!(store.android_operation(&op1.operation).await.expect("read"), Some(op1));
     assert_eq!(event_ids(store).await, ["ev-sent"]);
+}
+
+// ---- Enrollment gate ------------------------------------------------------------------------
+
+pub async fn users_devices_are_counted_across_platforms(store: &dyn Store) {
+    let mut n = 0;
+    for (device, user, state) in [
+        ("apple:U1", "Ann@Example.com", EnrollmentState::Enrolled),
+        ("windows:U2", "ann@example.com", EnrollmentState::Enrolled),
+        ("android:LC1:U3", "ANN@EXAMPLE.COM", EnrollmentState::Authenticated),
+        ("windows:U4", "ann@example.com", EnrollmentState::Unenrolled),
+        ("windows:U5", "bob@example.com", EnrollmentState::Enrolled),
+    ] {
+        let mut e = Enrollment::new(id(device), 1);
+        e.state = state;
+        e.inventory.enrolled_user = Some(user.into());
+        store.save_enrollment(&e, &[]).await.expect("save");
+        n += 1;
+    }
+    // A user channel of ann's Mac does not count as another device.
+    let mut child = Enrollment::new(id("apple:U1:501"), 1);
+    child.parent = Some(id("apple:U1"));
+    child.state = EnrollmentState::Enrolled;
+    child.inventory.enrolled_user = Some("ann@example.com".into());
+    store.save_enrollment(&child, &[]).await.expect("save");
+    assert_eq!(n, 5);
+    assert_eq!(store.count_user_devices("ann@example.com", None).await.expect("count"), 3);
+    assert_eq!(store.count_user_devices("ANN@example.com", Some(&id("windows:U2"))).await.expect("count"), 2);
+    assert_eq!(store.count_user_devices("bob@example.com", None).await.expect("count"), 1);
+    assert_eq!(store.count_user_devices("nobody@example.com", None).await.expect("count"), 0);
+}
+
+pub async fn corporate_identifiers_replace_and_enroll(store: &dyn Store) {
+    let rows = |v: &[(&str, &str)]| v.iter().map(|(a, b)| ((*a).to_owned(), (*b).to_owned())).collect::<Vec<_>>();
+    let n = store
+        .replace_corporate_identifiers(IdentifierKind::Serial, &rows(&[("C02B", "Ann's Mac"), ("C02A", "spare")]), 10)
+        .await
+        .expect("import");
+    assert_eq!(n, 2);
+    store
+        .replace_corporate_identifiers(IdentifierKind::Imei, &rows(&[("356938035643809", "phone")]), 10)
+        .await
+        .expect("import");
+    let d = id("apple:U1");
+    assert!(store.mark_corporate_identifier_enrolled(IdentifierKind::Serial, "C02B", &d, 20).await.expect("mark"));
+    assert!(!store.mark_corporate_identifier_enrolled(IdentifierKind::Serial, "NOPE", &d, 20).await.expect("mark"));
+    let b = store.corporate_identifier(IdentifierKind::Serial, "C02B").await.expect("read").expect("listed");
+    assert_eq!((b.enrolled_device, b.enrolled_at, b.details.as_str()), (Some(d.clone()), Some(20), "Ann's Mac"));
+    assert_eq!(store.corporate_identifier(IdentifierKind::Imei, "C02B").await.expect("read"), None, "kinds are apart");
+
+    // A new list: kept identifiers keep their state (and take the new details), dropped ones go.
+    let n = store
+        .replace_corporate_identifiers(IdentifierKind::Serial, &rows(&[("C02B", "Ann's MacBook"), ("C02C", "")]), 30)
+        .await
+        .expect("import");
+    assert_eq!(n, 2);
+    let listed = store.corporate_identifiers(IdentifierKind::Serial, None, 10).await.expect("list");
+    let ids: Vec<&str> = listed.iter().map(|c| c.identifier.as_str()).collect();
+    assert_eq!(ids, ["C02B", "C02C"]);
+    assert_eq!(
+        (listed[0].enrolled_device.as_ref(), listed[0].details.as_str(), listed[0].created_at),
+        (Some(&d), "Ann's MacBook", 10)
+    );
+    assert_eq!((listed[1].enrolled_device.as_ref(), listed[1].created_at), (None, 30));
+    let page = store.corporate_identifiers(IdentifierKind::Serial, Some("C02B"), 10).await.expect("list");
+    assert_eq!(page.len(), 1);
+    assert_eq!(store.corporate_identifiers(IdentifierKind::Imei, None, 10).await.expect("list").len(), 1);
+    assert_eq!(store.replace_corporate_identifiers(IdentifierKind::Serial, &[], 40).await.expect("clear"), 0);
 }
