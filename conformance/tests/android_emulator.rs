@@ -43,7 +43,8 @@ impl Client {
 
     async fn login(&mut self, emu: &AmapiEmulator) {
         let key = emu.service_account_key();
-        let (status, body) = self.grant(&key.token_uri, &key.assertion(ANDROID_MANAGEMENT_SCOPE, now(), 3600).unwrap()).await;
+        let (status, body) =
+            self.grant(&key.token_uri, &key.assertion(ANDROID_MANAGEMENT_SCOPE, now(), 3600).unwrap()).await;
         assert_eq!(status, 200, "{body}");
         self.token = Some(body["access_token"].as_str().unwrap().to_owned());
     }
@@ -71,7 +72,13 @@ async fn emulator() -> (AmapiEmulator, Client) {
 
 /// Signup through the API: signup URL, the admin's redirect, enterprises.create.
 async fn signup(emu: &AmapiEmulator, c: &Client, topic: Option<&str>) -> String {
-    let (s, url) = c.call("POST", "/v1/signupUrls?projectId=emulated-project&callbackUrl=https%3A%2F%2Fgw.example%2Fcb%3Fx%3D1", None).await;
+    let (s, url) = c
+        .call(
+            "POST",
+            "/v1/signupUrls?projectId=emulated-project&callbackUrl=https%3A%2F%2Fgw.example%2Fcb%3Fx%3D1",
+            None,
+        )
+        .await;
     assert_eq!(s, 200, "{url}");
     assert!(url["name"].as_str().unwrap().starts_with("signupUrls/C"));
     assert!(url["url"].as_str().unwrap().starts_with("https://"));
@@ -82,7 +89,10 @@ async fn signup(emu: &AmapiEmulator, c: &Client, topic: Option<&str>) -> String 
     if let Some(t) = topic {
         body["pubsubTopic"] = json!(t);
     }
-    let path = format!("/v1/enterprises?projectId=emulated-project&signupUrlName={}&enterpriseToken={token}", url["name"].as_str().unwrap());
+    let path = format!(
+        "/v1/enterprises?projectId=emulated-project&signupUrlName={}&enterpriseToken={token}",
+        url["name"].as_str().unwrap()
+    );
     let (s, e) = c.call("POST", &path, Some(body.clone())).await;
     assert_eq!(s, 200, "{e}");
     let name = e["name"].as_str().unwrap().to_owned();
@@ -110,17 +120,24 @@ async fn token_grants_are_checked_like_google() {
     forged.client_email = key.client_email.clone();
     forged.private_key_id = key.private_key_id.clone();
     let (s, body) = c.grant(&key.token_uri, &forged.assertion(ANDROID_MANAGEMENT_SCOPE, now(), 3600).unwrap()).await;
-    assert_eq!((s, body["error"].as_str(), body["error_description"].as_str()), (400, Some("invalid_grant"), Some("Invalid JWT Signature.")));
+    assert_eq!(
+        (s, body["error"].as_str(), body["error_description"].as_str()),
+        (400, Some("invalid_grant"), Some("Invalid JWT Signature."))
+    );
 
     let expired = key.assertion(ANDROID_MANAGEMENT_SCOPE, now() - 7200, 3600).unwrap();
     let (s, body) = c.grant(&key.token_uri, &expired).await;
     assert_eq!((s, body["error"].as_str()), (400, Some("invalid_grant")), "{body}");
 
-    let wrong_aud = key.with_token_uri("https://oauth2.googleapis.com/token").assertion(ANDROID_MANAGEMENT_SCOPE, now(), 60).unwrap();
+    let wrong_aud = key
+        .with_token_uri("https://oauth2.googleapis.com/token")
+        .assertion(ANDROID_MANAGEMENT_SCOPE, now(), 60)
+        .unwrap();
     let (s, body) = c.grant(&key.token_uri, &wrong_aud).await;
     assert_eq!((s, body["error_description"].as_str()), (400, Some("Invalid JWT: Failed audience check.")));
 
-    let (s, body) = c.grant(&key.token_uri, &key.assertion("https://www.googleapis.com/auth/pubsub", now(), 60).unwrap()).await;
+    let (s, body) =
+        c.grant(&key.token_uri, &key.assertion("https://www.googleapis.com/auth/pubsub", now(), 60).unwrap()).await;
     assert_eq!((s, body["error"].as_str()), (400, Some("invalid_scope")));
 
     assert_eq!(emu.grants(), 1, "only the good assertion got a token");
@@ -164,10 +181,17 @@ async fn rest_surface_tokens_policies_devices_paging_delete() {
 
     // Policies: versions count up, masks merge, history kept.
     let policy = format!("{e}/policies/default");
-    let (s, p) = c.call("PATCH", &format!("/v1/{policy}"), Some(json!({"cameraDisabled": true, "screenCaptureDisabled": true}))).await;
+    let (s, p) = c
+        .call("PATCH", &format!("/v1/{policy}"), Some(json!({"cameraDisabled": true, "screenCaptureDisabled": true})))
+        .await;
     assert_eq!((s, p["version"].as_str()), (200, Some("1")), "{p}");
-    let (_, p) = c.call("PATCH", &format!("/v1/{policy}?updateMask=cameraDisabled"), Some(json!({"cameraDisabled": false}))).await;
-    assert_eq!((p["version"].as_str(), &p["cameraDisabled"], &p["screenCaptureDisabled"]), (Some("2"), &json!(false), &json!(true)));
+    let (_, p) = c
+        .call("PATCH", &format!("/v1/{policy}?updateMask=cameraDisabled"), Some(json!({"cameraDisabled": false})))
+        .await;
+    assert_eq!(
+        (p["version"].as_str(), &p["cameraDisabled"], &p["screenCaptureDisabled"]),
+        (Some("2"), &json!(false), &json!(true))
+    );
     assert_eq!(emu.policy_patches(), 2);
     assert_eq!(emu.policy_history(&policy).len(), 2);
     let (s, _) = c.call("PATCH", "/v1/enterprises/LCnope/policies/x", Some(json!({}))).await;
@@ -194,7 +218,8 @@ async fn rest_surface_tokens_policies_devices_paging_delete() {
         .call("POST", &format!("/v1/{e}/enrollmentTokens"), Some(json!({"allowPersonalUsage": "PERSONAL_USAGE_ALLOWED", "oneTimeOnly": true, "user": {"accountIdentifier": "alice"}})))
         .await;
     assert_eq!(s, 200);
-    let (s, bad) = c.call("POST", &format!("/v1/{e}/enrollmentTokens"), Some(json!({"allowPersonalUsage": "SOMETIMES"}))).await;
+    let (s, bad) =
+        c.call("POST", &format!("/v1/{e}/enrollmentTokens"), Some(json!({"allowPersonalUsage": "SOMETIMES"}))).await;
     assert_eq!((s, bad["error"]["status"].as_str()), (400, Some("INVALID_ARGUMENT")));
 
     // Devices enroll; the BYOD token is one-time.
@@ -206,7 +231,10 @@ async fn rest_surface_tokens_policies_devices_paging_delete() {
     assert!(emu.enroll_device(byod["value"].as_str().unwrap(), &DeviceSpec::numbered(98)).is_err());
     let (s, d) = c.call("GET", &format!("/v1/{personal}"), None).await;
     assert_eq!(s, 200);
-    assert_eq!((d["managementMode"].as_str(), d["ownership"].as_str()), (Some("PROFILE_OWNER"), Some("PERSONALLY_OWNED")));
+    assert_eq!(
+        (d["managementMode"].as_str(), d["ownership"].as_str()),
+        (Some("PROFILE_OWNER"), Some("PERSONALLY_OWNED"))
+    );
     assert!(d["userName"].as_str().unwrap().starts_with(&format!("{e}/users/")));
     let (_, d) = c.call("GET", &format!("/v1/{}", names[0]), None).await;
     assert_eq!(d["managementMode"], "DEVICE_OWNER");
@@ -239,7 +267,9 @@ async fn rest_surface_tokens_policies_devices_paging_delete() {
     // Delete: gone from get and list; a bad flag is refused; unknown devices 404.
     let (s, _) = c.call("DELETE", &format!("/v1/{}?wipeDataFlags=WIPE_EVERYTHING", names[0]), None).await;
     assert_eq!(s, 400);
-    let (s, body) = c.call("DELETE", &format!("/v1/{}?wipeDataFlags=WIPE_EXTERNAL_STORAGE&wipeReasonMessage=lost", names[0]), None).await;
+    let (s, body) = c
+        .call("DELETE", &format!("/v1/{}?wipeDataFlags=WIPE_EXTERNAL_STORAGE&wipeReasonMessage=lost", names[0]), None)
+        .await;
     assert_eq!((s, body), (200, json!({})));
     let (s, body) = c.call("GET", &format!("/v1/{}", names[0]), None).await;
     assert_eq!((s, body["error"]["status"].as_str()), (404, Some("NOT_FOUND")));
@@ -268,7 +298,11 @@ async fn injected_faults_answer_in_googles_shape_then_clear() {
         emu.inject(FaultRule::new(&d, fault.clone()).method("GET").times(2));
         for _ in 0..2 {
             let (s, body) = c.call("GET", &get, None).await;
-            assert_eq!((s, body["error"]["status"].as_str(), body["error"]["code"].as_u64()), (code, Some(status), Some(code as u64)), "{fault:?}");
+            assert_eq!(
+                (s, body["error"]["status"].as_str(), body["error"]["code"].as_u64()),
+                (code, Some(status), Some(code as u64)),
+                "{fault:?}"
+            );
             if fault == Fault::InternalNotFound {
                 assert_eq!(body["error"]["message"], "Requested entity was not found.");
             }
@@ -288,7 +322,13 @@ async fn injected_faults_answer_in_googles_shape_then_clear() {
     assert_eq!(s, 503);
     // A delay longer than the client's timeout is a timeout.
     emu.inject(FaultRule::new(&d, Fault::Delay(Duration::from_millis(1500))));
-    let r = c.http.get(format!("{}{get}", c.base)).bearer_auth(c.token.as_deref().unwrap()).timeout(Duration::from_millis(300)).send().await;
+    let r = c
+        .http
+        .get(format!("{}{get}", c.base))
+        .bearer_auth(c.token.as_deref().unwrap())
+        .timeout(Duration::from_millis(300))
+        .send()
+        .await;
     assert!(r.unwrap_err().is_timeout());
     let faulted = emu.requests().iter().filter(|r| r.faulted).count();
     assert_eq!(faulted, 12);
@@ -302,14 +342,26 @@ async fn commands_become_operations_and_command_notifications() {
     emu.set_publisher(Some(Publisher::Direct(direct)));
     emu.set_command_settings(CommandSettings {
         delay: Duration::from_millis(100),
-        failures: vec![CommandFailure::of_type("REBOOT", "MANAGEMENT_MODE", "Command not supported for this management mode.")],
+        failures: vec![CommandFailure::of_type(
+            "REBOOT",
+            "MANAGEMENT_MODE",
+            "Command not supported for this management mode.",
+        )],
         ..CommandSettings::default()
     });
-    let e = emu.create_enterprise(Some("projects/emulated-project/topics/amapi"), &["ENROLLMENT", "COMMAND", "STATUS_REPORT"]).unwrap();
+    let e = emu
+        .create_enterprise(Some("projects/emulated-project/topics/amapi"), &["ENROLLMENT", "COMMAND", "STATUS_REPORT"])
+        .unwrap();
     let t = emu.create_enrollment_token(&e, &json!({})).unwrap();
     let d = emu.enroll_device(t["value"].as_str().unwrap(), &DeviceSpec::numbered(7)).unwrap();
 
-    let (s, op) = c.call("POST", &format!("/v1/{d}:issueCommand"), Some(json!({"type": "RESET_PASSWORD", "newPassword": "2468", "resetPasswordFlags": ["LOCK_NOW"]}))).await;
+    let (s, op) = c
+        .call(
+            "POST",
+            &format!("/v1/{d}:issueCommand"),
+            Some(json!({"type": "RESET_PASSWORD", "newPassword": "2468", "resetPasswordFlags": ["LOCK_NOW"]})),
+        )
+        .await;
     assert_eq!(s, 200, "{op}");
     let name = op["name"].as_str().unwrap().to_owned();
     assert!(name.starts_with(&format!("{d}/operations/")));
@@ -318,7 +370,12 @@ async fn commands_become_operations_and_command_notifications() {
     let (_, reboot) = c.call("POST", &format!("/v1/{d}:issueCommand"), Some(json!({"type": "REBOOT"}))).await;
     let (s, bad) = c.call("POST", &format!("/v1/{d}:issueCommand"), Some(json!({"type": "EXPLODE"}))).await;
     assert_eq!((s, bad["error"]["status"].as_str()), (400, Some("INVALID_ARGUMENT")));
-    assert_eq!(c.call("POST", &format!("/v1/{e}/devices/ffffffffffffffff:issueCommand"), Some(json!({"type": "LOCK"}))).await.0, 404);
+    assert_eq!(
+        c.call("POST", &format!("/v1/{e}/devices/ffffffffffffffff:issueCommand"), Some(json!({"type": "LOCK"})))
+            .await
+            .0,
+        404
+    );
 
     // test + ENROLLMENT + 2 COMMAND
     let got = sink.wait_for(4, Duration::from_secs(10)).await;
@@ -389,7 +446,11 @@ async fn notifications_go_through_the_real_pubsub_emulator_over_https() {
     let topic = "projects/emulated-project/topics/amapi";
     let sub = "projects/emulated-project/subscriptions/gateway-push";
     pubsub.client().create_topic(topic).await.unwrap();
-    pubsub.client().create_push_subscription(sub, topic, &sink.url("/android/pubsub?token=s3cret"), None).await.unwrap();
+    pubsub
+        .client()
+        .create_push_subscription(sub, topic, &sink.url("/android/pubsub?token=s3cret"), None)
+        .await
+        .unwrap();
 
     let (emu, c) = emulator().await;
     emu.set_publisher(Some(Publisher::PubSub(pubsub.client().clone())));
@@ -421,5 +482,53 @@ async fn notifications_go_through_the_real_pubsub_emulator_over_https() {
     let published = emu.published();
     let ids: Vec<&str> = published.iter().filter_map(|p| p.result.as_deref().ok()).collect();
     assert!(ids.contains(&command.message_id().unwrap()));
+    sink.stop().await;
+}
+
+/// `mdm-emulate android` enrolls its devices and pushes their notifications, then exits after
+/// `--duration` with a summary.
+#[tokio::test]
+async fn mdm_emulate_android_pushes_enrollments() {
+    let sink = PushSink::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("push-ca.pem");
+    std::fs::write(&ca, sink.ca_pem()).unwrap();
+    let key = dir.path().join("key.json");
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_mdm-emulate"));
+    cmd.args([
+        "android",
+        "--listen",
+        "127.0.0.1:0",
+        "--devices",
+        "3",
+        "--duration",
+        "1500ms",
+        "--status-interval",
+        "1s",
+    ])
+    .args(["--quiet", "--json", "-", "--push-endpoint", &sink.url("/android/pubsub?token=t")])
+    .arg("--push-ca")
+    .arg(&ca)
+    .arg("--key-out")
+    .arg(&key)
+    .arg("--ca-out")
+    .arg(dir.path().join("ca.pem"))
+    .env_remove("PUBSUB_EMULATOR_HOST");
+    // On a blocking thread: this test's runtime keeps serving the push endpoint meanwhile.
+    let out = tokio::task::spawn_blocking(move || cmd.output()).await.unwrap().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("mdm-emulate android: summary"), "{stdout}");
+    let summary: Value = serde_json::from_str(&stdout[stdout.find("{\n").unwrap()..]).unwrap();
+    assert_eq!(summary["enrolled"], 3);
+    assert_eq!(summary["by_type"]["ENROLLMENT"], 3);
+    assert_eq!(summary["notifications_failed"], 0);
+    let got = sink.received();
+    let enrolled = got.iter().filter(|p| p.attribute("notificationType") == Some("ENROLLMENT")).count();
+    let reports = got.iter().filter(|p| p.attribute("notificationType") == Some("STATUS_REPORT")).count();
+    assert_eq!(enrolled, 3);
+    assert_eq!(reports as u64, summary["by_type"]["STATUS_REPORT"].as_u64().unwrap_or(0));
+    let k = ServiceAccountKey::from_json(&std::fs::read_to_string(&key).unwrap()).unwrap();
+    assert!(k.token_uri.ends_with("/token"));
     sink.stop().await;
 }

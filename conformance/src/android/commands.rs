@@ -73,7 +73,8 @@ impl CommandFailure {
     }
 
     fn applies(&self, command_type: &str, device: &str) -> bool {
-        self.command_type.as_deref().is_none_or(|t| t == command_type) && self.device.as_deref().is_none_or(|d| d == device)
+        self.command_type.as_deref().is_none_or(|t| t == command_type)
+            && self.device.as_deref().is_none_or(|d| d == device)
     }
 }
 
@@ -99,18 +100,24 @@ pub(super) fn command_metadata(body: &Value, create_time: &str, user_name: Optio
         }
     };
     if let Some(flags) = obj.get("resetPasswordFlags") {
-        let ok = flags.as_array().is_some_and(|a| a.iter().all(|f| f.as_str().is_some_and(|f| RESET_PASSWORD_FLAGS.contains(&f))));
+        let ok = flags
+            .as_array()
+            .is_some_and(|a| a.iter().all(|f| f.as_str().is_some_and(|f| RESET_PASSWORD_FLAGS.contains(&f))));
         if !ok {
             return Err(ApiError::invalid(format!("Invalid value at 'command.reset_password_flags', {flags}")));
         }
     }
     if ty != "RESET_PASSWORD" && (obj.contains_key("newPassword") || obj.contains_key("resetPasswordFlags")) {
-        return Err(ApiError::invalid("newPassword and resetPasswordFlags are only allowed for RESET_PASSWORD commands."));
+        return Err(ApiError::invalid(
+            "newPassword and resetPasswordFlags are only allowed for RESET_PASSWORD commands.",
+        ));
     }
     if let Some(d) = obj.get("duration")
         && d.as_str().and_then(super::util::parse_duration_millis).is_none()
     {
-        return Err(ApiError::invalid(format!("Invalid value at 'command.duration' (type.googleapis.com/google.protobuf.Duration), {d}")));
+        return Err(ApiError::invalid(format!(
+            "Invalid value at 'command.duration' (type.googleapis.com/google.protobuf.Duration), {d}"
+        )));
     }
     let mut meta = Map::new();
     meta.insert("@type".into(), Value::String("type.googleapis.com/google.android.devicemanagement.v1.Command".into()));
@@ -145,7 +152,10 @@ mod tests {
         assert_eq!(command_metadata(&json!({}), "t", None).unwrap_err().code, 400);
         assert_eq!(command_metadata(&json!({"type": "SELF_DESTRUCT"}), "t", None).unwrap_err().code, 400);
         assert_eq!(command_metadata(&json!({"type": "LOCK", "newPassword": "x"}), "t", None).unwrap_err().code, 400);
-        let f = CommandSettings { failures: vec![CommandFailure::of_type("REBOOT", "UNSUPPORTED", "no")], ..Default::default() };
+        let f = CommandSettings {
+            failures: vec![CommandFailure::of_type("REBOOT", "UNSUPPORTED", "no")],
+            ..Default::default()
+        };
         assert!(f.failure_for("REBOOT", "d").is_some());
         assert!(f.failure_for("LOCK", "d").is_none());
     }

@@ -44,7 +44,14 @@ fn luhn_digit(digits: &str) -> u32 {
         .rev()
         .filter_map(|c| c.to_digit(10))
         .enumerate()
-        .map(|(i, d)| if i % 2 == 0 { let x = d * 2; if x > 9 { x - 9 } else { x } } else { d })
+        .map(|(i, d)| {
+            if i % 2 == 0 {
+                let x = d * 2;
+                if x > 9 { x - 9 } else { x }
+            } else {
+                d
+            }
+        })
         .sum();
     (10 - sum % 10) % 10
 }
@@ -65,7 +72,8 @@ pub(super) struct FromToken<'a> {
 pub(super) fn new_device(spec: &DeviceSpec, token: &FromToken<'_>, policy_version: &str, now_ms: i64) -> Value {
     let id = spec.id.clone().unwrap_or_else(|| random_string(16, HEX));
     let personal = token.allow_personal_usage == "PERSONAL_USAGE_ALLOWED";
-    let mode = spec.management_mode.clone().unwrap_or_else(|| if personal { "PROFILE_OWNER" } else { "DEVICE_OWNER" }.into());
+    let mode =
+        spec.management_mode.clone().unwrap_or_else(|| if personal { "PROFILE_OWNER" } else { "DEVICE_OWNER" }.into());
     let ownership = if mode == "PROFILE_OWNER" { "PERSONALLY_OWNED" } else { "COMPANY_OWNED" };
     let serial = spec.serial_number.clone().unwrap_or_else(|| random_string(11, b"0123456789ABCDEFGHJKLMNPQRSTUVWXYZ"));
     let now = rfc3339_millis(now_ms);
@@ -148,7 +156,14 @@ mod tests {
             .rev()
             .filter_map(|c| c.to_digit(10))
             .enumerate()
-            .map(|(i, d)| if i % 2 == 1 { let x = d * 2; if x > 9 { x - 9 } else { x } } else { d })
+            .map(|(i, d)| {
+                if i % 2 == 1 {
+                    let x = d * 2;
+                    if x > 9 { x - 9 } else { x }
+                } else {
+                    d
+                }
+            })
             .sum();
         assert_eq!(sum % 10, 0, "{imei}");
     }

@@ -144,11 +144,8 @@ impl ServiceAccountKey {
 
 /// A compact JWS signed RS256 (RSASSA-PKCS1-v1_5 with SHA-256) with `key`.
 pub(super) fn sign_rs256(key: &PKey<Private>, header: &Value, claims: &Value) -> Result<String, AndroidEmuError> {
-    let input = format!(
-        "{}.{}",
-        URL_SAFE_NO_PAD.encode(header.to_string()),
-        URL_SAFE_NO_PAD.encode(claims.to_string())
-    );
+    let input =
+        format!("{}.{}", URL_SAFE_NO_PAD.encode(header.to_string()), URL_SAFE_NO_PAD.encode(claims.to_string()));
     let mut signer = Signer::new(MessageDigest::sha256(), key)?;
     signer.update(input.as_bytes())?;
     let sig = signer.sign_to_vec()?;

@@ -44,7 +44,7 @@ pub use device::DeviceSpec;
 pub use faults::{Fault, FaultRule, RecordedRequest};
 pub use key::{ANDROID_MANAGEMENT_SCOPE, JWT_BEARER_GRANT, ServiceAccountKey};
 pub use pubsub::{
-    DEFAULT_PUBSUB_EMULATOR, DirectPublisher, PubSubClient, PubSubEmulator, PushMessage, Publisher, push_envelope,
+    DEFAULT_PUBSUB_EMULATOR, DirectPublisher, PubSubClient, PubSubEmulator, Publisher, PushMessage, push_envelope,
 };
 pub use push_sink::{PushSink, ReceivedPush};
 pub use server::{AmapiEmulator, EmulatorConfig, Published};

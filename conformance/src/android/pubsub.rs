@@ -185,7 +185,9 @@ impl PubSubEmulator {
             }
             if let Ok(Some(status)) = child.try_wait() {
                 let text = std::fs::read_to_string(&log).unwrap_or_default();
-                return Err(AndroidEmuError::PubSub(format!("the emulator exited ({status}) before answering:\n{text}")));
+                return Err(AndroidEmuError::PubSub(format!(
+                    "the emulator exited ({status}) before answering:\n{text}"
+                )));
             }
             if started.elapsed() > START_TIMEOUT {
                 let _ = child.kill();
@@ -194,7 +196,13 @@ impl PubSubEmulator {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        Ok(PubSubEmulator { client, child: Some(child), started_in: started.elapsed(), log: Some(log), _dir: Some(dir) })
+        Ok(PubSubEmulator {
+            client,
+            child: Some(child),
+            started_in: started.elapsed(),
+            log: Some(log),
+            _dir: Some(dir),
+        })
     }
 
     /// The emulator named by `PUBSUB_EMULATOR_HOST`, if set and answering. Its push client
@@ -423,7 +431,11 @@ impl Publisher {
         match self {
             Publisher::PubSub(c) => c.publish(topic, data, attributes).await,
             Publisher::Direct(d) => {
-                let msg = PushMessage { data: data.map(<[u8]>::to_vec), attributes: attributes.to_vec(), ..Default::default() };
+                let msg = PushMessage {
+                    data: data.map(<[u8]>::to_vec),
+                    attributes: attributes.to_vec(),
+                    ..Default::default()
+                };
                 let (status, text, id) = d.push(&msg).await?;
                 if (200..300).contains(&status) {
                     Ok(id)

@@ -16,6 +16,7 @@ use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
+use super::AndroidEmuError;
 use super::commands::CommandSettings;
 use super::device::DeviceSpec;
 use super::errors::ApiError;
@@ -27,7 +28,6 @@ use super::state::{Effect, State};
 use super::tls::{FullRequest, ServerIdentity, json_response, serve};
 use super::token::{GrantCheck, check_grant};
 use super::util::{B64URL, now_millis, random_string};
-use super::AndroidEmuError;
 
 /// How to start an [`AmapiEmulator`].
 #[derive(Debug, Clone)]
@@ -143,7 +143,12 @@ impl AmapiEmulator {
                 async move { handle(inner, req).await }
             }
         };
-        tasks.push(tokio::spawn(serve(listener, Some(TlsAcceptor::from(identity.tls)), handler.clone(), stop_rx.clone())));
+        tasks.push(tokio::spawn(serve(
+            listener,
+            Some(TlsAcceptor::from(identity.tls)),
+            handler.clone(),
+            stop_rx.clone(),
+        )));
         if let Some(l) = plain {
             tasks.push(tokio::spawn(serve(l, None, handler, stop_rx)));
         }
@@ -265,7 +270,11 @@ impl AmapiEmulator {
 
     /// An enterprise made without the signup flow (for tools and tests that start from a
     /// configured enterprise): its name.
-    pub fn create_enterprise(&self, pubsub_topic: Option<&str>, notification_types: &[&str]) -> Result<String, AndroidEmuError> {
+    pub fn create_enterprise(
+        &self,
+        pubsub_topic: Option<&str>,
+        notification_types: &[&str],
+    ) -> Result<String, AndroidEmuError> {
         let mut body = serde_json::Map::new();
         if let Some(t) = pubsub_topic {
             body.insert("pubsubTopic".into(), Value::String(t.into()));
@@ -285,7 +294,9 @@ impl AmapiEmulator {
 
     /// An enrollment token made without the API (same checks as `enrollmentTokens.create`).
     pub fn create_enrollment_token(&self, enterprise: &str, body: &Value) -> Result<Value, AndroidEmuError> {
-        self.state().create_enrollment_token(enterprise, body, now_millis()).map_err(|e| AndroidEmuError::Enroll(e.message))
+        self.state()
+            .create_enrollment_token(enterprise, body, now_millis())
+            .map_err(|e| AndroidEmuError::Enroll(e.message))
     }
 
     /// The enrollment token with this `value`.
@@ -297,7 +308,8 @@ impl AmapiEmulator {
     /// ENROLLMENT notification follows.
     pub fn enroll_device(&self, token_value: &str, spec: &DeviceSpec) -> Result<String, AndroidEmuError> {
         let mut effects = Vec::new();
-        let name = self.state().enroll(token_value, spec, now_millis(), &mut effects).map_err(AndroidEmuError::Enroll)?;
+        let name =
+            self.state().enroll(token_value, spec, now_millis(), &mut effects).map_err(AndroidEmuError::Enroll)?;
         self.apply(effects);
         Ok(name)
     }
@@ -373,7 +385,12 @@ impl AmapiEmulator {
 
     /// Publishes any notification for `enterprise` (USAGE_LOGS, ENTERPRISE_UPGRADE, odd
     /// payloads), to its topic, whatever types it enabled.
-    pub fn publish_raw(&self, enterprise: &str, notification_type: &str, data: Option<Value>) -> Result<(), AndroidEmuError> {
+    pub fn publish_raw(
+        &self,
+        enterprise: &str,
+        notification_type: &str,
+        data: Option<Value>,
+    ) -> Result<(), AndroidEmuError> {
         let topic = self
             .enterprise(enterprise)
             .and_then(|e| e["pubsubTopic"].as_str().map(str::to_owned))
@@ -520,7 +537,14 @@ async fn handle(inner: Arc<Inner>, req: FullRequest) -> Response<Full<Bytes>> {
     resp
 }
 
-fn answer(inner: &Arc<Inner>, method: &str, path: &str, query: &str, body: &[u8], headers: &http::HeaderMap) -> (u16, Value) {
+fn answer(
+    inner: &Arc<Inner>,
+    method: &str,
+    path: &str,
+    query: &str,
+    body: &[u8],
+    headers: &http::HeaderMap,
+) -> (u16, Value) {
     let now = now_millis();
     if path == "/token" {
         if method != "POST" {

@@ -107,7 +107,8 @@ impl State {
     fn notify(&self, enterprise: &str, notification_type: &str, data: Value, effects: &mut Vec<Effect>) {
         let Some(e) = self.enterprises.get(enterprise) else { return };
         let Some(topic) = e["pubsubTopic"].as_str() else { return };
-        let enabled = e["enabledNotificationTypes"].as_array().is_some_and(|a| a.iter().any(|t| t == notification_type));
+        let enabled =
+            e["enabledNotificationTypes"].as_array().is_some_and(|a| a.iter().any(|t| t == notification_type));
         if enabled {
             effects.push(Effect::Notify {
                 topic: topic.to_owned(),
@@ -122,13 +123,20 @@ impl State {
     }
 
     // signupUrls.create
-    pub(super) fn create_signup_url(&mut self, project: Option<&str>, callback: Option<&str>) -> Result<Value, ApiError> {
+    pub(super) fn create_signup_url(
+        &mut self,
+        project: Option<&str>,
+        callback: Option<&str>,
+    ) -> Result<Value, ApiError> {
         self.check_project(project)?;
         let Some(callback) = callback.filter(|c| c.starts_with("https://") || c.starts_with("http://")) else {
             return Err(ApiError::invalid("callbackUrl must be a valid URL."));
         };
         let name = format!("signupUrls/C{}", random_string(16, HEX));
-        let url = format!("https://enterprise.google.com/signup/android/email?origin=android&thirdPartyToken={}", random_string(40, B64URL));
+        let url = format!(
+            "https://enterprise.google.com/signup/android/email?origin=android&thirdPartyToken={}",
+            random_string(40, B64URL)
+        );
         self.signups.insert(name.clone(), Signup { callback_url: callback.to_owned(), enterprise_token: None });
         Ok(json!({"name": name, "url": url}))
     }
@@ -168,11 +176,19 @@ impl State {
     }
 
     /// Checks and stores an enterprise body, naming it; publishes the test message.
-    pub(super) fn insert_enterprise(&mut self, mut body: Map<String, Value>, effects: &mut Vec<Effect>) -> Result<Value, ApiError> {
+    pub(super) fn insert_enterprise(
+        &mut self,
+        mut body: Map<String, Value>,
+        effects: &mut Vec<Effect>,
+    ) -> Result<Value, ApiError> {
         if let Some(types) = body.get("enabledNotificationTypes") {
-            let ok = types.as_array().is_some_and(|a| a.iter().all(|t| t.as_str().is_some_and(|t| NOTIFICATION_TYPES.contains(&t))));
+            let ok = types
+                .as_array()
+                .is_some_and(|a| a.iter().all(|t| t.as_str().is_some_and(|t| NOTIFICATION_TYPES.contains(&t))));
             if !ok {
-                return Err(ApiError::invalid(format!("Invalid value at 'enterprise.enabled_notification_types', {types}")));
+                return Err(ApiError::invalid(format!(
+                    "Invalid value at 'enterprise.enabled_notification_types', {types}"
+                )));
             }
         }
         if let Some(topic) = body.get("pubsubTopic") {
@@ -181,7 +197,9 @@ impl State {
                 p.len() == 4 && p[0] == "projects" && p[2] == "topics" && !p[1].is_empty() && !p[3].is_empty()
             });
             if !ok {
-                return Err(ApiError::invalid(format!("pubsubTopic must be of the form projects/{{project}}/topics/{{topic}}: {topic}")));
+                return Err(ApiError::invalid(format!(
+                    "pubsubTopic must be of the form projects/{{project}}/topics/{{topic}}: {topic}"
+                )));
             }
         }
         let name = format!("enterprises/LC{}", random_string(8, ALNUM).to_ascii_lowercase());
@@ -196,7 +214,12 @@ impl State {
     }
 
     // enterprises.enrollmentTokens.create
-    pub(super) fn create_enrollment_token(&mut self, enterprise: &str, body: &Value, now_ms: i64) -> Result<Value, ApiError> {
+    pub(super) fn create_enrollment_token(
+        &mut self,
+        enterprise: &str,
+        body: &Value,
+        now_ms: i64,
+    ) -> Result<Value, ApiError> {
         self.enterprise_exists(enterprise)?;
         let mut t = obj(body)?.clone();
         let duration_ms = match t.get("duration") {
@@ -214,7 +237,10 @@ impl State {
         if let Some(p) = t.get("policyName") {
             let ok = p.as_str().is_some_and(|p| {
                 let short = !p.contains('/');
-                let full = p.strip_prefix(enterprise).and_then(|r| r.strip_prefix("/policies/")).is_some_and(|id| !id.is_empty() && !id.contains('/'));
+                let full = p
+                    .strip_prefix(enterprise)
+                    .and_then(|r| r.strip_prefix("/policies/"))
+                    .is_some_and(|id| !id.is_empty() && !id.contains('/'));
                 (short && !p.is_empty()) || full
             });
             if !ok {
@@ -242,7 +268,12 @@ impl State {
     }
 
     // enterprises.policies.patch
-    pub(super) fn patch_policy(&mut self, name: &str, update_mask: Option<&str>, body: &Value) -> Result<Value, ApiError> {
+    pub(super) fn patch_policy(
+        &mut self,
+        name: &str,
+        update_mask: Option<&str>,
+        body: &Value,
+    ) -> Result<Value, ApiError> {
         let enterprise = name.split("/policies/").next().unwrap_or_default();
         self.enterprise_exists(enterprise)?;
         let body = obj(body)?;
@@ -341,7 +372,9 @@ impl State {
         self.live_device(name)?;
         let flags: Vec<&str> = query.all("wipeDataFlags");
         if let Some(bad) = flags.iter().find(|f| !WIPE_FLAGS.contains(f)) {
-            return Err(ApiError::invalid(format!("Invalid value at 'wipe_data_flags' (type.googleapis.com/google.android.devicemanagement.v1.WipeDataFlag), \"{bad}\"")));
+            return Err(ApiError::invalid(format!(
+                "Invalid value at 'wipe_data_flags' (type.googleapis.com/google.android.devicemanagement.v1.WipeDataFlag), \"{bad}\""
+            )));
         }
         if let Some(m) = query.get("wipeReasonMessage")
             && m.chars().count() > 200
@@ -421,7 +454,8 @@ impl State {
         let t = token.json.clone();
         let token_name = t["name"].as_str().unwrap_or_default();
         let enterprise = token_name.split("/enrollmentTokens/").next().unwrap_or_default().to_owned();
-        let policy_name = t["policyName"].as_str().map(str::to_owned).unwrap_or_else(|| format!("{enterprise}/policies/default"));
+        let policy_name =
+            t["policyName"].as_str().map(str::to_owned).unwrap_or_else(|| format!("{enterprise}/policies/default"));
         let version = self.policies.get(&policy_name).and_then(|p| p["version"].as_str()).unwrap_or("0").to_owned();
         let from = FromToken {
             enterprise: &enterprise,
@@ -454,7 +488,11 @@ impl State {
             if d["state"] == "DELETED" {
                 return Err(format!("device {device} is deleted"));
             }
-            d["policyName"].as_str().and_then(|p| self.policies.get(p)).and_then(|p| p["version"].as_str()).map(str::to_owned)
+            d["policyName"]
+                .as_str()
+                .and_then(|p| self.policies.get(p))
+                .and_then(|p| p["version"].as_str())
+                .map(str::to_owned)
         };
         let d = self.devices.get_mut(device).ok_or_else(|| format!("no device {device}"))?;
         let now = Value::String(rfc3339_millis(now_ms));
@@ -542,7 +580,13 @@ mod tests {
         let name = format!("{e}/policies/p1");
         let p = s.patch_policy(&name, None, &json!({"cameraDisabled": true, "screenCaptureDisabled": true})).unwrap();
         assert_eq!(p["version"], "1");
-        let p = s.patch_policy(&name, Some("camera_disabled"), &json!({"cameraDisabled": false, "screenCaptureDisabled": false})).unwrap();
+        let p = s
+            .patch_policy(
+                &name,
+                Some("camera_disabled"),
+                &json!({"cameraDisabled": false, "screenCaptureDisabled": false}),
+            )
+            .unwrap();
         assert_eq!(p["version"], "2");
         assert_eq!(p["cameraDisabled"], false);
         assert_eq!(p["screenCaptureDisabled"], true, "not in the mask: kept");

@@ -47,7 +47,8 @@ impl ServerIdentity {
         openssl::rand::rand_bytes(&mut serial)?;
         let cert = devpki::issue_server_certificate(&ca, &ca_key, &key, &names, now_secs(), 365, &serial)?;
         let chain = vec![CertificateDer::from(cert.to_der()?), CertificateDer::from(ca.to_der()?)];
-        let key = PrivateKeyDer::try_from(key.private_key_to_pkcs8()?).map_err(|e| AndroidEmuError::Tls(e.to_string()))?;
+        let key =
+            PrivateKeyDer::try_from(key.private_key_to_pkcs8()?).map_err(|e| AndroidEmuError::Tls(e.to_string()))?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut config = ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()?
@@ -62,8 +63,12 @@ impl ServerIdentity {
 pub(super) type FullRequest = Request<Bytes>;
 
 /// Serves HTTP/1.1 on `listener` (TLS when `tls` is set) until `stop` turns true.
-pub(super) async fn serve<H, F>(listener: TcpListener, tls: Option<TlsAcceptor>, handler: H, mut stop: watch::Receiver<bool>)
-where
+pub(super) async fn serve<H, F>(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    handler: H,
+    mut stop: watch::Receiver<bool>,
+) where
     H: Fn(FullRequest) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
 {

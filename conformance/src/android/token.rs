@@ -78,7 +78,9 @@ pub(super) fn check_grant(form: &[u8], check: &GrantCheck<'_>) -> Result<(), Oau
     if !scopes.split(' ').any(|s| s == ANDROID_MANAGEMENT_SCOPE) {
         return Err(refuse(
             "invalid_scope",
-            &format!("The scope {scopes:?} does not include {ANDROID_MANAGEMENT_SCOPE} (the emulator only serves AMAPI)."),
+            &format!(
+                "The scope {scopes:?} does not include {ANDROID_MANAGEMENT_SCOPE} (the emulator only serves AMAPI)."
+            ),
         ));
     }
     Ok(())
