@@ -532,3 +532,25 @@ async fn mdm_emulate_android_pushes_enrollments() {
     assert!(k.token_uri.ends_with("/token"));
     sink.stop().await;
 }
+
+/// Without the trust store, the Pub/Sub emulator's Java push client refuses the endpoint's
+/// self-signed CA: the reason `start_trusting` exists.
+#[tokio::test]
+async fn pubsub_emulator_without_the_trust_store_cannot_push_over_https() {
+    let sink = PushSink::start().await.unwrap();
+    let pubsub = PubSubEmulator::start(0)
+        .await
+        .unwrap_or_else(|e| panic!("this test needs Google's Pub/Sub emulator and Java 17 (CI installs them): {e}"));
+    let topic = "projects/emulated-project/topics/untrusted";
+    pubsub.client().create_topic(topic).await.unwrap();
+    let sub = "projects/emulated-project/subscriptions/untrusted-push";
+    pubsub.client().create_push_subscription(sub, topic, &sink.url("/push"), None).await.unwrap();
+    pubsub.client().publish(topic, Some(b"{}"), &[("notificationType".into(), "test".into())]).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !pubsub.log().contains("PKIX path building failed") {
+        assert!(std::time::Instant::now() < deadline, "no PKIX failure logged:\n{}", pubsub.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(sink.received().is_empty());
+    sink.stop().await;
+}

@@ -140,6 +140,29 @@ impl ServiceAccountKey {
             "exp": iat + lifetime,
         }))
     }
+
+    /// A token shaped like the OIDC ID token Pub/Sub attaches to pushes with
+    /// `pushConfig.oidcToken` (`iss` `https://accounts.google.com`, `aud`, `email` of this
+    /// account, `email_verified`, `sub`/`azp` its client id), signed with this key. Google signs
+    /// real ones with its own keys; a gateway under test is configured with
+    /// [`Self::public_key_pem`] instead. Change claims with [`Self::sign_jwt`] for forgeries.
+    pub fn oidc_token(&self, audience: &str, iat: i64, lifetime: i64) -> Result<String, AndroidEmuError> {
+        self.sign_jwt(&self.oidc_claims(audience, iat, lifetime))
+    }
+
+    /// The claims of [`Self::oidc_token`].
+    pub fn oidc_claims(&self, audience: &str, iat: i64, lifetime: i64) -> Value {
+        json!({
+            "iss": "https://accounts.google.com",
+            "aud": audience,
+            "azp": self.client_id,
+            "sub": self.client_id,
+            "email": self.client_email,
+            "email_verified": true,
+            "iat": iat,
+            "exp": iat + lifetime,
+        })
+    }
 }
 
 /// A compact JWS signed RS256 (RSASSA-PKCS1-v1_5 with SHA-256) with `key`.
@@ -210,5 +233,9 @@ mod tests {
         let other = ServiceAccountKey::generate("emu-project", "x").unwrap();
         assert_eq!(verify_rs256(&jwt, &other.public_key().unwrap()), Err(JwtError::Signature));
         assert_eq!(verify_rs256("a.b", &other.public_key().unwrap()), Err(JwtError::Malformed));
+        let oidc = key.oidc_token("https://gw/android/pubsub", 1000, 3600).unwrap();
+        let (_, claims) = verify_rs256(&oidc, &key.public_key().unwrap()).unwrap();
+        assert_eq!(claims["email"], key.client_email.as_str());
+        assert_eq!(claims["iss"], "https://accounts.google.com");
     }
 }
