@@ -472,10 +472,15 @@ impl State {
         {
             return Err(format!("device {name} is already enrolled"));
         }
-        if let Some(old) = self.devices.get(&name) {
-            // Re-enrolled after a wipe: Google keeps the device name history.
-            device["previousDeviceNames"] = json!([old["name"]]);
+        if self.devices.contains_key(&name) {
+            // The same phone enrolling again after a wipe gets a new device name; Google lists
+            // the old ones in previousDeviceNames.
+            let again = DeviceSpec { id: None, ..spec.clone() };
+            let mut fresh = new_device(&again, &from, &version, now_ms);
+            fresh["previousDeviceNames"] = json!([name]);
+            device = fresh;
         }
+        let name = device["name"].as_str().unwrap_or_default().to_owned();
         self.devices.insert(name.clone(), device.clone());
         self.notify(&enterprise, "ENROLLMENT", device, effects);
         Ok(name)
@@ -617,5 +622,20 @@ mod tests {
         seen.dedup();
         assert_eq!(seen.len(), 25);
         assert_eq!(s.list_devices(&e, &Query::parse("pageToken=zzz").unwrap()).unwrap_err().code, 400);
+    }
+
+    #[test]
+    fn a_wiped_device_enrolls_again_under_a_new_name() {
+        let (mut s, e) = state_with_enterprise();
+        let t = s.create_enrollment_token(&e, &json!({}), 0).unwrap();
+        let value = t["value"].as_str().unwrap();
+        let mut fx = Vec::new();
+        let first = s.enroll(value, &DeviceSpec::numbered(5), 1, &mut fx).unwrap();
+        assert!(s.enroll(value, &DeviceSpec::numbered(5), 1, &mut fx).is_err(), "still enrolled");
+        s.delete_device(&first, &Query::default(), 2, &mut fx).unwrap();
+        let second = s.enroll(value, &DeviceSpec::numbered(5), 3, &mut fx).unwrap();
+        assert_ne!(first, second);
+        assert_eq!(s.devices[&second]["previousDeviceNames"], json!([first]));
+        assert_eq!(s.devices[&first]["state"], "DELETED");
     }
 }
