@@ -9,9 +9,11 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 mod android;
+mod enrollment_gate;
 mod windows;
 
 pub use android::{AndroidConfig, PubSubAuth, PubSubOidcConfig};
+pub use enrollment_gate::{DEM_DEVICE_LIMIT, EnrollmentGateConfig, MAX_DEVICE_LIMIT_PER_USER, PlatformRules};
 pub use windows::{FederatedConfig, WindowsAuthPolicy, WindowsConfig, WindowsPollConfig};
 
 use figment::Figment;
@@ -40,6 +42,8 @@ pub struct Config {
     pub windows: WindowsConfig,
     /// Android (AMAPI): Pub/Sub push intake and the AMAPI client.
     pub android: AndroidConfig,
+    /// The enrollment gate: rules every platform's enrollment passes.
+    pub enrollment: EnrollmentGateConfig,
     pub store: StoreConfig,
     pub events: EventsConfig,
     /// Optional webhook sink.
@@ -306,6 +310,7 @@ impl Default for Config {
             omadm: OmaDmConfig::default(),
             windows: WindowsConfig::default(),
             android: AndroidConfig::default(),
+            enrollment: EnrollmentGateConfig::default(),
             store: StoreConfig::default(),
             events: EventsConfig::default(),
             webhook: None,
@@ -508,6 +513,7 @@ impl Config {
         self.validate_omadm()?;
         self.windows.validate()?;
         self.android.validate()?;
+        self.enrollment.validate()?;
         if let Some(url) = &self.store.url
             && !url.starts_with("sqlite:")
         {

@@ -7,6 +7,7 @@
 pub mod api;
 pub mod clock;
 pub mod config;
+pub mod enrollment_gate;
 pub mod events;
 pub mod expiry;
 pub mod http_util;
@@ -70,6 +71,8 @@ pub struct AppState {
     pub omadm: sources::omadm::OmaDm,
     /// Windows enrollment (discovery, policy, enrollment services).
     pub windows_enroll: sources::windows_enroll::WindowsEnrollment,
+    /// The enrollment gate (`[enrollment]`), shared by every platform's enrollment.
+    pub gate: enrollment_gate::Gate,
 }
 
 /// Why the gateway could not start.
@@ -211,6 +214,9 @@ impl Gateway {
             data.enroll_secret.clone(),
         )?;
 
+        let gate = enrollment_gate::Gate::new(&config.enrollment)
+            .map_err(|message| config::ConfigError { key: "enrollment.hook_url".into(), message })?;
+
         let sqlite =
             SqliteStore::open_with(&config.store_url(), config.store.read_connections, config.store.durability).await?;
         let notify = sqlite.notifier();
@@ -300,6 +306,7 @@ impl Gateway {
             token_services,
             enrollment,
             windows_enroll,
+            gate,
         });
 
         let grace = Duration::from_secs(state.config.shutdown.grace_period_s);

@@ -44,6 +44,10 @@ pub const PUSH_RETRIES: &str = "mdm_push_retries_total";
 pub const PUSHES_COALESCED: &str = "mdm_pushes_coalesced_total";
 /// Open HTTP/2 connections to APNs, by `topic`.
 pub const APNS_CONNECTIONS: &str = "mdm_apns_connections";
+/// Enrollments refused by the enrollment gate, by `platform` and `reason`.
+pub const ENROLLMENTS_DENIED: &str = "mdm_enrollments_denied_total";
+/// Enrollment hook calls that gave no decision (timeout, error, bad answer).
+pub const ENROLLMENT_HOOK_FAILURES: &str = "mdm_enrollment_hook_failures_total";
 
 pub fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_env("MDM_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
