@@ -70,6 +70,8 @@ pub struct AppState {
     pub omadm: sources::omadm::OmaDm,
     /// Windows enrollment (discovery, policy, enrollment services).
     pub windows_enroll: sources::windows_enroll::WindowsEnrollment,
+    /// Android Pub/Sub push intake: authentication and per-device ordering.
+    pub android_pubsub: sources::android::PubSubIntake,
 }
 
 /// Why the gateway could not start.
@@ -211,6 +213,8 @@ impl Gateway {
             data.enroll_secret.clone(),
         )?;
 
+        let android_pubsub = sources::android::PubSubIntake::new(&config.android, &data.pubsub_token)?;
+
         let sqlite =
             SqliteStore::open_with(&config.store_url(), config.store.read_connections, config.store.durability).await?;
         let notify = sqlite.notifier();
@@ -300,6 +304,7 @@ impl Gateway {
             token_services,
             enrollment,
             windows_enroll,
+            android_pubsub,
         });
 
         let grace = Duration::from_secs(state.config.shutdown.grace_period_s);

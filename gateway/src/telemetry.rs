@@ -45,6 +45,14 @@ pub const PUSHES_COALESCED: &str = "mdm_pushes_coalesced_total";
 /// Open HTTP/2 connections to APNs, by `topic`.
 pub const APNS_CONNECTIONS: &str = "mdm_apns_connections";
 
+/// Android Pub/Sub pushes handled (answered 2xx), by `type` (AMAPI notification type, `other`,
+/// `unknown` when unreadable) and `outcome` (`applied`, `duplicate`, `stale`, `dead_letter`).
+pub const ANDROID_PUBSUB_MESSAGES: &str = "mdm_android_pubsub_messages_total";
+/// Android Pub/Sub messages that can never be applied, by `reason` (`mdm_android::DecodeError::reason`).
+pub const ANDROID_PUBSUB_DEAD_LETTERS: &str = "mdm_android_pubsub_dead_letters_total";
+/// Handled Pub/Sub message ids forgotten by the retention sweep (`android.dedupe_days`).
+pub const ANDROID_PUBSUB_PRUNED: &str = "mdm_android_pubsub_ids_pruned_total";
+
 pub fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_env("MDM_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
