@@ -288,8 +288,15 @@ async fn concurrent_pushes_for_one_device_all_apply() {
     let mut tasks = Vec::new();
     for i in 1..=20 {
         let mut dev = device_json("LCcon", "d1", "ACTIVE", i);
-        // Each report adds its own fact; none may be lost by an interleaved read-merge-write.
-        dev["hardwareInfo"] = json!({ "model": format!("model-{i}") });
+        // Odd reports carry only an IMEI, even ones only a serial number: the stored inventory
+        // must hold the newest of each, which an interleaved read-merge-write would lose.
+        if i % 2 == 1 {
+            dev["hardwareInfo"] = json!({});
+            dev["networkInfo"] = json!({ "imei": format!("imei-{i}") });
+        } else {
+            dev["hardwareInfo"] = json!({ "serialNumber": format!("sn-{i}") });
+            dev["networkInfo"] = json!({});
+        }
         let body = push_body(&format!("c-{i}"), &format!("2026-04-01T00:00:{i:02}Z"), "STATUS_REPORT", Some(&dev));
         tasks.push(h.post_pubsub(body, &token));
     }
@@ -297,18 +304,24 @@ async fn concurrent_pushes_for_one_device_all_apply() {
         assert_eq!(r.status, 204, "{}", r.body);
     }
     let e = enrollment(&h, id).await;
-    let applied = h.pubsub_messages().iter().filter(|(_, o)| o == "applied").count();
-    let reports = h.events_of(id, "device.status_report").await.len();
-    assert_eq!(applied, reports + 1, "every applied report has its event (and the enrollment)");
-    // The stored state is that of the newest applied report.
-    let newest =
-        h.events_of(id, "device.status_report").await.last().expect("a report")["data"]["applied_policy_version"]
-            .clone();
-    assert_eq!(e.attributes["applied_policy_version"], newest);
+    let applied: Vec<i64> = h
+        .pubsub_messages()
+        .iter()
+        .filter(|(m, o)| o == "applied" && m != "c-0")
+        .map(|(m, _)| m[2..].parse().expect("n"))
+        .collect();
+    let reports = h.events_of(id, "device.status_report").await;
+    assert_eq!(applied.len(), reports.len(), "every applied report has its event");
+    let newest = applied.iter().max().expect("the newest report always applies");
+    assert_eq!(*newest, 20);
+    assert_eq!(e.attributes["applied_policy_version"], 20);
+    let last_odd = applied.iter().filter(|i| *i % 2 == 1).max();
+    let last_even = applied.iter().filter(|i| *i % 2 == 0).max();
+    assert_eq!(e.inventory.imei, Some(last_odd.map_or("358240051111110".to_owned(), |i| format!("imei-{i}"))));
+    assert_eq!(e.inventory.serial_number, Some(last_even.map_or("SN-d1".to_owned(), |i| format!("sn-{i}"))));
     h.stop().await;
 }
 
-/// Drives all futures at once (concurrent requests on one task), results in order.
 async fn futures_join<F: std::future::Future>(fs: Vec<F>) -> Vec<F::Output> {
     let mut pending: Vec<_> = fs.into_iter().map(|f| Some(Box::pin(f))).collect();
     let mut results: Vec<Option<F::Output>> = (0..pending.len()).map(|_| None).collect();
