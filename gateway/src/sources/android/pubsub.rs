@@ -334,7 +334,6 @@ async fn command(
         // without a command id; `data.operation` names it.
         tracing::info!(operation = name, message_id = %msg.message_id, "COMMAND notification for an operation no command is bound to");
         let ev = event(state, msg, Emission { command_id: None, ..em }, None);
-        let ev = Event { command_id: None, ..ev };
         return apply(state, msg, None, None, &[], &[ev], now).await;
     };
     let _guard = locks.lock(&binding.device_id).await;
