@@ -317,6 +317,23 @@ mod tests {
     }
 
     #[test]
+    fn unusable_key_files_are_configuration_errors() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let garbage = dir.path().join("certs.json");
+        std::fs::write(&garbage, "{\"keys\": []}").expect("write");
+        let mut config = AndroidConfig { pubsub_auth: PubSubAuth::Oidc, ..AndroidConfig::default() };
+        config.oidc.keys = vec![garbage];
+        let e = PushAuth::new(&config, "t").unwrap_err();
+        assert_eq!(e.key, "android.oidc.keys[0]");
+        let missing = dir.path().join("previous");
+        let config = AndroidConfig { pubsub_previous_token_file: Some(missing), ..AndroidConfig::default() };
+        assert_eq!(PushAuth::new(&config, "t").unwrap_err().key, "android.pubsub_previous_token_file");
+        // Token mode reads no key file.
+        let a = PushAuth::new(&AndroidConfig::default(), "t").expect("token only");
+        assert!(a.oidc.is_none());
+    }
+
+    #[test]
     fn token_and_oidc_needs_both() {
         let key = rsa();
         let a = auth(PubSubAuth::TokenAndOidc, &key);
