@@ -73,6 +73,8 @@ pub struct AppState {
     pub windows_enroll: sources::windows_enroll::WindowsEnrollment,
     /// The enrollment gate (`[enrollment]`), shared by every platform's enrollment.
     pub gate: enrollment_gate::Gate,
+    /// Android Pub/Sub push intake: authentication and per-device ordering.
+    pub android_pubsub: sources::android::PubSubIntake,
 }
 
 /// Why the gateway could not start.
@@ -216,6 +218,7 @@ impl Gateway {
 
         let gate = enrollment_gate::Gate::new(&config.enrollment)
             .map_err(|message| config::ConfigError { key: "enrollment.hook_url".into(), message })?;
+        let android_pubsub = sources::android::PubSubIntake::new(&config.android, &data.pubsub_token)?;
 
         let sqlite =
             SqliteStore::open_with(&config.store_url(), config.store.read_connections, config.store.durability).await?;
@@ -307,6 +310,7 @@ impl Gateway {
             enrollment,
             windows_enroll,
             gate,
+            android_pubsub,
         });
 
         let grace = Duration::from_secs(state.config.shutdown.grace_period_s);

@@ -49,6 +49,14 @@ pub const ENROLLMENTS_DENIED: &str = "mdm_enrollments_denied_total";
 /// Enrollment hook calls that gave no decision (timeout, error, bad answer).
 pub const ENROLLMENT_HOOK_FAILURES: &str = "mdm_enrollment_hook_failures_total";
 
+/// Android Pub/Sub pushes handled (answered 2xx), by `type` (AMAPI notification type, `other`,
+/// `unknown` when unreadable) and `outcome` (`applied`, `duplicate`, `stale`, `dead_letter`).
+pub const ANDROID_PUBSUB_MESSAGES: &str = "mdm_android_pubsub_messages_total";
+/// Android Pub/Sub messages that can never be applied, by `reason` (`mdm_android::DecodeError::reason`).
+pub const ANDROID_PUBSUB_DEAD_LETTERS: &str = "mdm_android_pubsub_dead_letters_total";
+/// Handled Pub/Sub message ids forgotten by the retention sweep (`android.dedupe_days`).
+pub const ANDROID_PUBSUB_PRUNED: &str = "mdm_android_pubsub_ids_pruned_total";
+
 pub fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_env("MDM_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);

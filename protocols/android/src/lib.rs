@@ -21,6 +21,6 @@ pub mod pubsub;
 
 pub use amapi::{Device, Operation};
 pub use error::DecodeError;
-pub use normalise::{Emission, device_id_from_name};
+pub use normalise::{Emission, device_id_from_name, enterprise_id_from_name};
 pub use notification::{Notification, NotificationType};
 pub use pubsub::PushMessage;
