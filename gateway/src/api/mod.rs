@@ -6,6 +6,7 @@ mod auth;
 mod commands;
 mod declarations;
 mod devices;
+pub mod enrollment;
 mod events;
 mod health;
 mod nanomdm;
@@ -60,6 +61,12 @@ async fn route(state: &Arc<AppState>, req: Request<Incoming>) -> (&'static str, 
     }
     let (parts, body) = req.into_parts();
     let limit = state.config.api.max_body_bytes;
+    // Corporate identifier files may be larger than other API bodies (5 MB).
+    let limit = if segs[1..] == ["enrollment", "corporate-identifiers"] {
+        limit.max(enrollment::MAX_CSV_BYTES + 1)
+    } else {
+        limit
+    };
     let body = || async move {
         read_body(&parts.headers, body, limit).await.map_err(|e| match e {
             BodyError::TooLarge { .. } => json_error(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", &e.to_string()),
@@ -108,6 +115,16 @@ async fn route(state: &Arc<AppState>, req: Request<Incoming>) -> (&'static str, 
             },
         ),
         (&Method::GET, ["pushcert"]) => ("nanomdm.pushcert.get", nanomdm::get_pushcert(state, &query).await),
+        (&Method::PUT, ["enrollment", "corporate-identifiers"]) => (
+            "enrollment.corporate_identifiers.put",
+            match body().await {
+                Ok(b) => enrollment::put_corporate_identifiers(state, &query, &b).await,
+                Err(r) => r,
+            },
+        ),
+        (&Method::GET, ["enrollment", "corporate-identifiers"]) => {
+            ("enrollment.corporate_identifiers.get", enrollment::get_corporate_identifiers(state, &query).await)
+        }
         (&Method::POST, ["scep", "challenges"]) => (
             "scep.challenges.create",
             match body().await {
@@ -127,7 +144,8 @@ async fn route(state: &Arc<AppState>, req: Request<Incoming>) -> (&'static str, 
             | ["enqueue", _]
             | ["push", _]
             | ["pushcert"]
-            | ["scep", "challenges"],
+            | ["scep", "challenges"]
+            | ["enrollment", "corporate-identifiers"],
         ) => (
             "method_not_allowed",
             json_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this endpoint"),
