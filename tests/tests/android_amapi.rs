@@ -517,3 +517,43 @@ async fn without_a_key_android_calls_are_refused() {
     assert!(h.events().await.iter().all(|e| e["type"] != EventType::COMMAND_QUEUED.as_str()));
     h.stop().await;
 }
+
+#[tokio::test]
+async fn reconcile_applies_failed_operations_and_leaves_pending_ones() {
+    use mdm_conformance::android::{CommandFailure, CommandSettings};
+    let a = emulator().await;
+    let ent = enterprise(&a);
+    a.emu.set_command_settings(CommandSettings {
+        failures: vec![CommandFailure::of_type("REBOOT", "API_LEVEL", "Reboot needs API level 24.")],
+        ..CommandSettings::default()
+    });
+    let h = Harness::start_with(|c| configure(c, &a, Some(&ent))).await;
+    let (dev, name) = device(&h, &a, &ent, 1).await;
+
+    // The operation ends in an error and no notification comes: reconcile finds it.
+    let id = command(&h, &dev, json!({"type": "restart"})).await;
+    until_status(&h, &id, "sent").await;
+    let failed = until_status(&h, &id, "error").await;
+    assert_eq!(failed["error"]["message"], "Reboot needs API level 24.", "{failed}");
+    let ev = h.events_of(&dev, "command.error").await;
+    let ev = ev.iter().find(|e| e["command_id"] == id).expect("command.error");
+    assert_eq!(ev["data"]["error_code"], "API_LEVEL");
+    assert_eq!(ev["data"]["reconciled"], true);
+
+    // A device that never runs the command: the command stays sent, asked about with backoff.
+    a.emu.set_command_settings(CommandSettings { never_finish: true, ..CommandSettings::default() });
+    let id = command(&h, &dev, json!({"type": "lock"})).await;
+    until_status(&h, &id, "sent").await;
+    tokio::time::sleep(Duration::from_millis(3_500)).await;
+    let (_, r) = h.get(&format!("/v1/commands/{id}")).await;
+    assert_eq!(r["status"], "sent");
+    let ops = h.gateway().state.store.unresolved_android_operations(i64::MAX, 10).await.expect("ops");
+    let op = ops.iter().find(|o| o.command_id == id).expect("bound operation");
+    assert!(op.operation.starts_with(&format!("{name}/operations/")));
+    let asked = a.emu.requests_matching("GET", &op.operation).len();
+    // reconcile_after_s = 1: asked after 1 s, then 1 s later, then 2 s later (backoff), so
+    // at most 3 times in 3.5 s although the loop runs every 0.5 s.
+    assert!((1..=3).contains(&asked), "{asked}");
+    assert_eq!(event_types(&h, &id).await, ["command.queued", "command.sent"]);
+    h.stop().await;
+}
