@@ -300,6 +300,11 @@ async fn permanent_errors_become_command_errors() {
     let (_, status) = h.get("/v1/android/status").await;
     assert_eq!(status["failing_enterprises"][&ent]["message"], "The caller does not have permission", "{status}");
     assert!(status["failing_enterprises"].get(&other).is_none());
+    // Shown in /readyz too, without making the gateway unready.
+    let r = h.raw_api().get(format!("{}/readyz", h.api_url)).send().await.expect("readyz");
+    assert_eq!(r.status().as_u16(), 200);
+    let ready: Value = r.json().await.expect("json");
+    assert!(ready["android"]["failing_enterprises"].get(&ent).is_some(), "{ready}");
     let id2 = command(&h, &dev2, json!({"type": "restart"})).await;
     until_status(&h, &id2, "sent").await;
     // A later success clears the mark.
