@@ -8,17 +8,15 @@ use serde::Deserialize;
 
 use super::store_error;
 use crate::AppState;
-use crate::android::{Android, AndroidError};
+use crate::android::AndroidError;
 use crate::http_util::{Reply, json, json_error};
 
-fn client(state: &AppState) -> Result<&Android, Reply> {
-    state.android.as_deref().ok_or_else(|| {
-        json_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "android_not_configured",
-            "the AMAPI client is off: set android.service_account_key",
-        )
-    })
+fn not_configured() -> Reply {
+    json_error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "android_not_configured",
+        "the AMAPI client is off: set android.service_account_key",
+    )
 }
 
 fn failure(e: AndroidError) -> Reply {
@@ -31,11 +29,13 @@ fn failure(e: AndroidError) -> Reply {
     }
 }
 
-fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Reply> {
-    let v: serde_json::Value = serde_json::from_slice(if body.is_empty() { b"{}" } else { body })
-        .map_err(|e| json_error(StatusCode::BAD_REQUEST, "invalid_json", &format!("request body is not JSON: {e}")))?;
+/// The request body as `T` (an empty body is `{}`), or the error reply.
+fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Box<Reply>> {
+    let v: serde_json::Value = serde_json::from_slice(if body.is_empty() { b"{}" } else { body }).map_err(|e| {
+        Box::new(json_error(StatusCode::BAD_REQUEST, "invalid_json", &format!("request body is not JSON: {e}")))
+    })?;
     serde_json::from_value(v)
-        .map_err(|e| json_error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", &e.to_string()))
+        .map_err(|e| Box::new(json_error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", &e.to_string())))
 }
 
 pub(super) async fn status(state: &AppState) -> Reply {
@@ -53,13 +53,10 @@ struct SignupRequest {
 }
 
 pub(super) async fn create_signup_url(state: &AppState, body: &[u8]) -> Reply {
-    let a = match client(state) {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
+    let Some(a) = state.android.as_deref() else { return not_configured() };
     let req: SignupRequest = match parse(body) {
         Ok(r) => r,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     match a.create_signup_url(req.callback_url.as_deref()).await {
         Ok(v) => json(StatusCode::CREATED, &v),
@@ -76,10 +73,7 @@ struct CallbackQuery {
 }
 
 pub(super) async fn signup_callback(state: &AppState, query: &str) -> Reply {
-    let a = match client(state) {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
+    let Some(a) = state.android.as_deref() else { return not_configured() };
     let q: CallbackQuery = match serde_urlencoded::from_str(query) {
         Ok(q) => q,
         Err(e) => return json_error(StatusCode::BAD_REQUEST, "invalid_query", &e.to_string()),
@@ -107,13 +101,10 @@ struct TokenRequest {
 }
 
 pub(super) async fn create_enrollment_token(state: &AppState, body: &[u8]) -> Reply {
-    let a = match client(state) {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
+    let Some(a) = state.android.as_deref() else { return not_configured() };
     let req: TokenRequest = match parse(body) {
         Ok(r) => r,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     if req.duration_s == Some(0) {
         return json_error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", "duration_s must be at least 1");
@@ -135,10 +126,7 @@ struct PolicyQuery {
 }
 
 pub(super) async fn put_policy(state: &AppState, id: &str, body: &[u8], query: &str) -> Reply {
-    let a = match client(state) {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
+    let Some(a) = state.android.as_deref() else { return not_configured() };
     let q: PolicyQuery = match serde_urlencoded::from_str(query) {
         Ok(q) => q,
         Err(e) => return json_error(StatusCode::BAD_REQUEST, "invalid_query", &e.to_string()),
@@ -174,10 +162,7 @@ struct ListQuery {
 }
 
 pub(super) async fn list_devices(state: &AppState, query: &str) -> Reply {
-    let a = match client(state) {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
+    let Some(a) = state.android.as_deref() else { return not_configured() };
     let q: ListQuery = match serde_urlencoded::from_str(query) {
         Ok(q) => q,
         Err(e) => return json_error(StatusCode::BAD_REQUEST, "invalid_query", &e.to_string()),
@@ -189,10 +174,7 @@ pub(super) async fn list_devices(state: &AppState, query: &str) -> Reply {
 }
 
 pub(super) async fn get_device(state: &AppState, id: &str) -> Reply {
-    let a = match client(state) {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
+    let Some(a) = state.android.as_deref() else { return not_configured() };
     match a.get_device(id).await {
         Ok(v) => json(StatusCode::OK, &v),
         Err(e) => failure(e),

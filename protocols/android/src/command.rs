@@ -309,10 +309,12 @@ mod tests {
         serde_json::from_value(v).unwrap()
     }
 
+    /// (normalised, method, path, query, body, request type)
+    type Case = (Json, Method, &'static str, Vec<(&'static str, &'static str)>, Option<Json>, &'static str);
+
     #[test]
     fn command_table() {
-        // (normalised, method, path, query, body, request type)
-        let cases: Vec<(Json, Method, &str, Vec<(&str, &str)>, Option<Json>, &str)> = vec![
+        let cases: Vec<Case> = vec![
             (
                 json!({"type": "lock"}),
                 Method::Post,
