@@ -224,6 +224,7 @@ async fn rate_limits_and_server_errors_are_retried() {
     let gaps: Vec<Duration> =
         a.emu.requests_matching("POST", &issue).windows(2).map(|w| w[1].at.duration_since(w[0].at)).collect();
     assert!(gaps.iter().all(|g| *g >= Duration::from_millis(300)), "{gaps:?}");
+    assert!(h.metric("mdm_amapi_retries_total", "reason=\"rate_limited\"").await >= 2.0);
 
     // 503 twice: backoff 50 ms then 100 ms, then succeeds.
     a.emu.clear_requests();
@@ -255,6 +256,7 @@ async fn rate_limits_and_server_errors_are_retried() {
     assert_eq!(failed["error"]["code"], "amapi_unavailable", "{failed}");
     assert_eq!(a.emu.requests_matching("POST", &issue).len(), 4);
     assert_eq!(event_types(&h, &id).await, ["command.queued", "command.error"]);
+    assert!(h.metric("mdm_amapi_calls_total", "outcome=\"amapi_unavailable\"").await >= 1.0);
     a.emu.clear_faults();
     h.stop().await;
 }

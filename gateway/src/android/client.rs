@@ -28,6 +28,7 @@ use serde_json::Value as Json;
 use super::auth::{TokenError, TokenSource};
 use super::budget::{Budget, Priority};
 use crate::config::AndroidConfig;
+use crate::telemetry;
 
 pub type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
@@ -288,14 +289,14 @@ impl AmapiClient {
                     continue;
                 }
                 Attempt::RateLimited(message) => {
-                    metrics::counter!("mdm_amapi_retries_total", "reason" => "rate_limited").increment(1);
+                    metrics::counter!(telemetry::AMAPI_RETRIES, "reason" => "rate_limited").increment(1);
                     if attempts >= max_attempts {
                         break Err(AmapiError::RateLimited { attempts, message });
                     }
                     jitter(self.retry.rate_limited_wait)
                 }
                 Attempt::Transient(detail) => {
-                    metrics::counter!("mdm_amapi_retries_total", "reason" => "unavailable").increment(1);
+                    metrics::counter!(telemetry::AMAPI_RETRIES, "reason" => "unavailable").increment(1);
                     if attempts >= max_attempts {
                         break Err(AmapiError::Unavailable { attempts, detail });
                     }
@@ -323,7 +324,7 @@ impl AmapiClient {
             Ok(_) => "ok",
             Err(e) => e.code(),
         };
-        metrics::counter!("mdm_amapi_calls_total", "outcome" => outcome).increment(1);
+        metrics::counter!(telemetry::AMAPI_CALLS, "outcome" => outcome).increment(1);
         result
     }
 

@@ -36,6 +36,7 @@ use super::Android;
 use super::budget::Priority;
 use super::client::AmapiError;
 use crate::store::{AndroidOperation, CommandRecord, CommandUpdate};
+use crate::telemetry;
 
 /// How often the dispatcher scans without being woken.
 const SCAN_EVERY: Duration = Duration::from_secs(5);
@@ -218,7 +219,12 @@ impl Android {
             error: None,
             now: self.clock.unix(),
         };
-        self.store.update_command(update, events).await
+        let r = self.store.update_command(update, events).await;
+        if let Ok(true) = r {
+            metrics::counter!(telemetry::COMMAND_RESULTS, "platform" => "android", "status" => "acknowledged")
+                .increment(1);
+        }
+        r
     }
 
     async fn fail(&self, record: &CommandRecord, error: Json) {
@@ -237,8 +243,15 @@ impl Android {
             error: Some(error),
             now: self.clock.unix(),
         };
-        if let Err(e) = self.store.update_command(update, &[event]).await {
-            tracing::error!(command_id = %record.command_id, error = %e, "cannot store an Android command's failure");
+        match self.store.update_command(update, &[event]).await {
+            Ok(true) => {
+                metrics::counter!(telemetry::COMMAND_RESULTS, "platform" => "android", "status" => "error")
+                    .increment(1);
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::error!(command_id = %record.command_id, error = %e, "cannot store an Android command's failure");
+            }
         }
     }
 
@@ -353,6 +366,8 @@ impl Android {
         match self.store.update_command(update, &[event]).await {
             Ok(applied) => {
                 if applied {
+                    metrics::counter!(telemetry::COMMAND_RESULTS, "platform" => "android", "status" => to.as_str())
+                        .increment(1);
                     tracing::info!(operation = %op.operation, command_id = %op.command_id, status = to.as_str(),
                         "Android command resolved by operations.get");
                 }
