@@ -564,3 +564,31 @@ async fn reconcile_applies_failed_operations_and_leaves_pending_ones() {
     assert_eq!(event_types(&h, &id).await, ["command.queued", "command.sent"]);
     h.stop().await;
 }
+
+#[tokio::test]
+async fn an_unusable_key_file_stops_the_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bad = dir.path().join("sa.json");
+    for (content, expect) in [
+        (json!({"type": "service_account"}).to_string(), "not a service-account key"),
+        (
+            json!({"type": "service_account", "client_email": "a@b", "private_key": "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+                "token_uri": "https://oauth2.googleapis.com/token"})
+            .to_string(),
+            "private_key",
+        ),
+        (
+            json!({"type": "authorized_user", "client_email": "a@b", "private_key": "x PRIVATE KEY-----", "token_uri": "https://t/"})
+                .to_string(),
+            "authorized_user",
+        ),
+    ] {
+        std::fs::write(&bad, content).expect("write");
+        let mut config = mdm_tests::config_on(dir.path().join("data"));
+        config.android.service_account_key = Some(bad.clone());
+        let err = mdm_gateway::Gateway::start(config).await.expect_err("refused");
+        assert_eq!(err.exit_code(), 64, "{err}");
+        let text = err.to_string();
+        assert!(text.contains("android.service_account_key") && text.contains(expect), "{text}");
+    }
+}
