@@ -4,6 +4,7 @@
 //! runs the protocol crates' logic against the store, and relays the event log to sinks.
 //! Protocol rules live in `protocols/*`; certificate logic lives in `mdm-certs`.
 
+pub mod android;
 pub mod api;
 pub mod clock;
 pub mod config;
@@ -75,6 +76,9 @@ pub struct AppState {
     pub gate: enrollment_gate::Gate,
     /// Android Pub/Sub push intake: authentication and per-device ordering.
     pub android_pubsub: sources::android::PubSubIntake,
+    /// The AMAPI client and Android command dispatcher; `None` without
+    /// `android.service_account_key`.
+    pub android: Option<Arc<android::Android>>,
 }
 
 /// Why the gateway could not start.
@@ -257,6 +261,8 @@ impl Gateway {
         )
         .map_err(|message| config::ConfigError { key: "apple.scep_allow_des".into(), message })?;
 
+        // Before any port is bound: a bad key file or CA is a configuration error (exit 64).
+        let android = android::Android::new(&config.android, store.clone(), clock.clone())?;
         let device_listener = TcpListener::bind(config.device.listen)
             .await
             .map_err(|source| StartError::Bind { addr: config.device.listen, source })?;
@@ -311,6 +317,7 @@ impl Gateway {
             windows_enroll,
             gate,
             android_pubsub,
+            android,
         });
 
         let grace = Duration::from_secs(state.config.shutdown.grace_period_s);
@@ -331,6 +338,10 @@ impl Gateway {
         tasks.push(tokio::spawn(
             push::ExpiryWatch::new(state.store.clone(), state.clock.clone()).run(shutdown_rx.clone()),
         ));
+
+        if let Some(a) = &state.android {
+            tasks.extend(a.spawn(shutdown_rx.clone()));
+        }
 
         let mut relays = Vec::new();
         if let Some((sink, health)) = webhook {

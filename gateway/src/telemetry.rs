@@ -31,6 +31,10 @@ pub const SINK_FAILURES: &str = "mdm_sink_failures_total";
 pub const SINK_LAG: &str = "mdm_sink_lag_events";
 /// API requests, by `route` and `code`.
 pub const API_REQUESTS: &str = "mdm_api_requests_total";
+/// AMAPI calls finished (retries included), by `outcome` (`ok` or an `amapi_*` error code).
+pub const AMAPI_CALLS: &str = "mdm_amapi_calls_total";
+/// AMAPI attempts retried, by `reason` (`rate_limited`, `unavailable`).
+pub const AMAPI_RETRIES: &str = "mdm_amapi_retries_total";
 /// Seconds until a push certificate expires, by `topic`.
 pub const PUSH_CERT_EXPIRY: &str = "mdm_push_certificate_expiry_seconds";
 /// Pushes, by `result` (`delivered`, `refused` by APNs, `failed` after retries, `not_sent`) and

@@ -2,6 +2,7 @@
 //! endpoints, health and metrics. Plain HTTP on its own listener; every `/v1` route needs the
 //! API key (Bearer, or Basic with user `nanomdm`).
 
+mod android;
 mod auth;
 mod commands;
 mod declarations;
@@ -51,6 +52,10 @@ async fn route(state: &Arc<AppState>, req: Request<Incoming>) -> (&'static str, 
         (&Method::GET, ["healthz"]) => return ("healthz", health::healthz()),
         (&Method::GET, ["readyz"]) => return ("readyz", health::readyz(state).await),
         (&Method::GET, ["metrics"]) => return ("metrics", health::metrics(state).await),
+        // The admin's browser after enterprise signup: no API key, the one-time state.
+        (&Method::GET, ["android", "signup", "callback"]) => {
+            return ("android.signup.callback", android::signup_callback(state, &query).await);
+        }
         _ => {}
     }
     if segs.first() != Some(&"v1") {
@@ -99,6 +104,30 @@ async fn route(state: &Arc<AppState>, req: Request<Incoming>) -> (&'static str, 
             ("declarations.delete", declarations::delete(state, id, identifier, &query).await)
         }
         (&Method::GET, ["events"]) => ("events", events::list(state, &query).await),
+        (&Method::GET, ["android", "status"]) => ("android.status", android::status(state).await),
+        (&Method::POST, ["android", "signup-urls"]) => (
+            "android.signup_urls.create",
+            match body().await {
+                Ok(b) => android::create_signup_url(state, &b).await,
+                Err(r) => r,
+            },
+        ),
+        (&Method::POST, ["android", "enrollment-tokens"]) => (
+            "android.enrollment_tokens.create",
+            match body().await {
+                Ok(b) => android::create_enrollment_token(state, &b).await,
+                Err(r) => r,
+            },
+        ),
+        (&Method::PUT, ["android", "policies", id]) => (
+            "android.policies.put",
+            match body().await {
+                Ok(b) => android::put_policy(state, id, &b, &query).await,
+                Err(r) => r,
+            },
+        ),
+        (&Method::GET, ["android", "devices"]) => ("android.devices.list", android::list_devices(state, &query).await),
+        (&Method::GET, ["android", "devices", id]) => ("android.devices.get", android::get_device(state, id).await),
         (&Method::PUT, ["enqueue", ids]) => (
             "nanomdm.enqueue",
             match body().await {
@@ -145,7 +174,13 @@ async fn route(state: &Arc<AppState>, req: Request<Incoming>) -> (&'static str, 
             | ["push", _]
             | ["pushcert"]
             | ["scep", "challenges"]
-            | ["enrollment", "corporate-identifiers"],
+            | ["enrollment", "corporate-identifiers"]
+            | ["android", "status"]
+            | ["android", "signup-urls"]
+            | ["android", "enrollment-tokens"]
+            | ["android", "policies", _]
+            | ["android", "devices"]
+            | ["android", "devices", _],
         ) => (
             "method_not_allowed",
             json_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this endpoint"),
