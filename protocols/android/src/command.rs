@@ -252,6 +252,9 @@ pub enum EnrollmentMode {
 }
 
 /// `EnrollmentToken` resource for `enrollmentTokens.create`.
+/// The key of the enrolling user in an enrollment token's `additionalData`.
+pub const TOKEN_USER_KEY: &str = "mdm_gateway_user";
+
 pub fn enrollment_token_body(
     mode: EnrollmentMode,
     policy_name: &str,
@@ -277,6 +280,9 @@ pub fn enrollment_token_body(
     }
     if let Some(u) = user {
         m.insert("user".into(), serde_json::json!({ "accountIdentifier": u }));
+        // Echoed back in the Device's `enrollmentTokenData`: how the gateway knows whose device
+        // enrolled (the enrollment gate counts devices per user).
+        m.insert("additionalData".into(), serde_json::json!({ TOKEN_USER_KEY: u }).to_string().into());
     }
     Json::Object(m)
 }
@@ -489,8 +495,18 @@ mod tests {
         assert_eq!(
             b,
             json!({"policyName": "enterprises/E/policies/p", "allowPersonalUsage": "PERSONAL_USAGE_ALLOWED",
-                "duration": "3600s", "oneTimeOnly": true, "user": {"accountIdentifier": "alice"}})
+                "duration": "3600s", "oneTimeOnly": true, "user": {"accountIdentifier": "alice"},
+                "additionalData": "{\"mdm_gateway_user\":\"alice\"}"})
         );
+        // The device echoes additionalData back; the gateway reads its user from it.
+        let device: crate::Device = serde_json::from_value(json!({
+            "name": "enterprises/E/devices/d1",
+            "enrollmentTokenData": b["additionalData"],
+            "userName": "enterprises/E/users/123",
+        }))
+        .unwrap();
+        assert_eq!(device.gateway_token_user().as_deref(), Some("alice"));
+        assert_eq!(crate::normalise::device_inventory(&device).enrolled_user.as_deref(), Some("alice"));
         let b = enrollment_token_body(EnrollmentMode::FullyManaged, "enterprises/E/policies/p", None, None, false);
         assert_eq!(
             b,

@@ -97,15 +97,34 @@ pub fn device_inventory(d: &Device) -> Inventory {
     let hw = d.hardware_info.clone().unwrap_or_default();
     let sw = d.software_info.clone().unwrap_or_default();
     let net = d.network_info.clone().unwrap_or_default();
+    let settings = d.device_settings.clone().unwrap_or_default();
     Inventory {
         serial_number: hw.serial_number,
         model: hw.model,
+        manufacturer: hw.manufacturer,
         os_name: sw.android_version.is_some().then(|| "Android".to_owned()),
         os_version: sw.android_version,
         build_version: sw.android_build_number,
         imei: net.imei,
         meid: net.meid,
         wifi_mac: net.wifi_mac_address,
+        storage_capacity_bytes: d
+            .memory_info
+            .as_ref()
+            .and_then(|m| m.total_internal_storage)
+            .and_then(|b| u64::try_from(b).ok()),
+        encrypted: settings.is_encrypted.or_else(|| match settings.encryption_status.as_deref()? {
+            "ENCRYPTED" | "ACTIVE_PER_USER" => Some(true),
+            "INACTIVE" | "ACTIVATING" | "UNSUPPORTED" => Some(false),
+            _ => None,
+        }),
+        compliant: d.policy_compliant,
+        ownership: d.ownership.as_deref().and_then(|o| match o {
+            "COMPANY_OWNED" => Some("corporate".to_owned()),
+            "PERSONALLY_OWNED" => Some("personal".to_owned()),
+            _ => None,
+        }),
+        enrolled_user: d.gateway_token_user().or_else(|| d.user_name.clone()),
         ..Inventory::default()
     }
 }
