@@ -9,9 +9,11 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 mod android;
+mod nats;
 mod windows;
 
 pub use android::{AndroidConfig, PubSubAuth, PubSubOidcConfig};
+pub use nats::NatsConfig;
 pub use windows::{FederatedConfig, WindowsAuthPolicy, WindowsConfig, WindowsPollConfig};
 
 use figment::Figment;
@@ -44,6 +46,8 @@ pub struct Config {
     pub events: EventsConfig,
     /// Optional webhook sink.
     pub webhook: Option<WebhookConfig>,
+    /// Optional NATS JetStream event sink and command intake.
+    pub nats: Option<NatsConfig>,
     pub shutdown: ShutdownConfig,
 }
 
@@ -309,6 +313,7 @@ impl Default for Config {
             store: StoreConfig::default(),
             events: EventsConfig::default(),
             webhook: None,
+            nats: None,
             shutdown: ShutdownConfig::default(),
         }
     }
@@ -538,6 +543,9 @@ impl Config {
             {
                 return Err(ConfigError::new("webhook.hmac_secret_file", format!("{} does not exist", p.display())));
             }
+        }
+        if let Some(n) = &self.nats {
+            n.validate()?;
         }
         Ok(())
     }

@@ -9,6 +9,7 @@ mod devices;
 mod events;
 mod health;
 mod nanomdm;
+pub mod nats_intake;
 mod scep;
 
 use std::sync::Arc;

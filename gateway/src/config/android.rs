@@ -181,7 +181,11 @@ impl AndroidConfig {
         }
         if let Some(t) = &self.pubsub_topic {
             let parts: Vec<&str> = t.split('/').collect();
-            if parts.len() != 4 || parts[0] != "projects" || parts[2] != "topics" || parts[1].is_empty() || parts[3].is_empty()
+            if parts.len() != 4
+                || parts[0] != "projects"
+                || parts[2] != "topics"
+                || parts[1].is_empty()
+                || parts[3].is_empty()
             {
                 return Err(err("android.pubsub_topic", "must be `projects/<project>/topics/<topic>`"));
             }

@@ -32,10 +32,10 @@ use sha2::{Digest, Sha384};
 use tokio::sync::{Notify, oneshot};
 
 use super::{
-    AndroidOperation, CommandRecord, DeadLetter, PubSubDelivery, PubSubOutcome, CommandUpdate, DeclarationSet, DeclarationsChange, DeclarationsToken, EnrollTicket, Enrollment,
-    EnrollmentState, LoggedEvent, NewCommand, NewScepChallenge, OmaDmSession, PushCert, PushInfo, RequestSnapshot,
-    Result, ScepCertificate, ScepChallenge, ScepRecord, Store, StoreError, StoredDeclaration, TicketStatus,
-    WindowsCertificate, WindowsRecord,
+    AndroidOperation, CommandRecord, CommandUpdate, DeadLetter, DeclarationSet, DeclarationsChange, DeclarationsToken,
+    EnrollTicket, Enrollment, EnrollmentState, LoggedEvent, NewCommand, NewScepChallenge, OmaDmSession, PubSubDelivery,
+    PubSubOutcome, PushCert, PushInfo, RequestSnapshot, Result, ScepCertificate, ScepChallenge, ScepRecord, Store,
+    StoreError, StoredDeclaration, TicketStatus, WindowsCertificate, WindowsRecord,
 };
 
 /// Migrations, embedded at build time: `(version, description, sql)`, following the
@@ -1158,7 +1158,19 @@ fn update_row(update: &CommandUpdate<'_>) -> Result<Option<UpdateRow>> {
 fn exec_update(tx: &Connection, r: &UpdateRow) -> Result<usize> {
     let f = &r.from;
     Ok(tx.prepare_cached(UPDATE_COMMAND_SQL)?.execute(params![
-        r.to, r.result, r.error, r.now, r.sent, r.device, r.command_id, f[0], f[1], f[2], f[3], f[4], f[5],
+        r.to,
+        r.result,
+        r.error,
+        r.now,
+        r.sent,
+        r.device,
+        r.command_id,
+        f[0],
+        f[1],
+        f[2],
+        f[3],
+        f[4],
+        f[5],
     ])?)
 }
 
@@ -1856,14 +1868,14 @@ impl Store for SqliteStore {
     async fn apply_pubsub(&self, d: PubSubDelivery<'_>) -> Result<PubSubOutcome> {
         let events = event_rows(d.events)?;
         let enrollment = d.enrollment.map(enrollment_row).transpose()?;
-        let updates: Vec<UpdateRow> = d.command_updates.iter().map(update_row).filter_map(Result::transpose).collect::<Result<_>>()?;
+        let updates: Vec<UpdateRow> =
+            d.command_updates.iter().map(update_row).filter_map(Result::transpose).collect::<Result<_>>()?;
         let message_id = d.message_id.to_owned();
         let received_at = d.received_at;
         let ordering = d.ordering.map(|(device, t)| (device.as_str().to_owned(), t));
         self.transact(move |tx| {
-            let seen = tx
-                .prepare_cached("SELECT 1 FROM pubsub_messages WHERE message_id = ?")?
-                .exists([&message_id])?;
+            let seen =
+                tx.prepare_cached("SELECT 1 FROM pubsub_messages WHERE message_id = ?")?.exists([&message_id])?;
             if seen {
                 return Ok((PubSubOutcome::Duplicate, false));
             }

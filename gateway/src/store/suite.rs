@@ -14,9 +14,10 @@ use time::OffsetDateTime;
 use tokio::sync::Notify;
 
 use super::{
-    AndroidOperation, CommandUpdate, DeadLetter, PubSubDelivery, PubSubOutcome, DeclarationsChange, DeclarationsToken, EnrollTicket, Enrollment, EnrollmentState, NewCommand,
-    NewScepChallenge, OmaDmSession, PushCert, PushInfo, ScepCertificate, ScepChallenge, ScepRecord, Store, StoreError,
-    StoredDeclaration, TicketStatus, WindowsCertificate, WindowsRecord,
+    AndroidOperation, CommandUpdate, DeadLetter, DeclarationsChange, DeclarationsToken, EnrollTicket, Enrollment,
+    EnrollmentState, NewCommand, NewScepChallenge, OmaDmSession, PubSubDelivery, PubSubOutcome, PushCert, PushInfo,
+    ScepCertificate, ScepChallenge, ScepRecord, Store, StoreError, StoredDeclaration, TicketStatus, WindowsCertificate,
+    WindowsRecord,
 };
 
 /// A fresh store for one test, with what the tests need besides the trait.
