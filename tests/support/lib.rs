@@ -14,6 +14,7 @@ use mdm_gateway::config::Config;
 use serde_json::Value;
 use tempfile::TempDir;
 
+pub mod nats;
 pub mod webhook;
 pub mod windows;
 
