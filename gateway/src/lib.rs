@@ -286,7 +286,7 @@ impl Gateway {
                     .map_err(|e| config::ConfigError { key: e.key().into(), message: e.to_string() })?;
                 let health = Arc::new(SinkHealth::new("nats"));
                 sink_health.push(health.clone());
-                let intake = n.commands.then(|| Arc::new(SinkHealth::new("nats-commands")));
+                let intake = n.commands.then(|| Arc::new(SinkHealth::intake("nats-commands")));
                 sink_health.extend(intake.clone());
                 Some((sinks::nats::NatsSink::new(n.clone(), client.clone()), health, client, intake, n.clone()))
             }

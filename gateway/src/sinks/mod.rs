@@ -50,11 +50,26 @@ pub struct SinkHealth {
     failing: AtomicBool,
     #[serde(skip)]
     cursor: AtomicI64,
+    /// False for an intake (NATS commands): it has no cursor in the event log, so retention
+    /// does not wait for it.
+    #[serde(skip)]
+    relay: bool,
 }
 
 impl SinkHealth {
     pub fn new(name: &'static str) -> Self {
-        SinkHealth { name, failing: AtomicBool::new(false), cursor: AtomicI64::new(0) }
+        SinkHealth { name, failing: AtomicBool::new(false), cursor: AtomicI64::new(0), relay: true }
+    }
+
+    /// Health of an intake (the NATS command consumer); its cursor is the last stream sequence
+    /// it handled.
+    pub fn intake(name: &'static str) -> Self {
+        SinkHealth { relay: false, ..SinkHealth::new(name) }
+    }
+
+    /// Whether this is a relay of the event log (retention waits for its cursor).
+    pub fn is_relay(&self) -> bool {
+        self.relay
     }
 
     pub fn failing(&self) -> bool {
