@@ -371,3 +371,46 @@ async fn duplicate_command_publishes_queue_one_command() {
     assert_eq!(types, ["DeviceLock", "RestartDevice"], "each command delivered once");
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_finishes_commands_in_flight_and_flushes_their_events() {
+    let Some(nats) = NatsServer::start() else { return };
+    let url = nats.url();
+    let h = Harness::start_with(move |c| {
+        let mut n = NatsConfig::new(url);
+        n.max_backoff_ms = 300;
+        // Long enough that a message left half-handled would still show as pending below.
+        n.ack_wait_s = 60;
+        c.nats = Some(n);
+    })
+    .await;
+    let dev = h.device("7E57AB1E-0000-4000-8000-00000000A706");
+    let id = format!("apple:{}", dev.udid);
+    dev.enroll().await.expect("enrolls");
+    let js = jetstream::new(nats.client().await);
+    let stream = commands_stream(&js).await;
+    // Wait until the intake pulls, so the shutdown below interrupts real work.
+    eventually(Duration::from_secs(15), || async {
+        let info = stream.consumer_info("mdm-gateway").await.ok()?;
+        (info.num_waiting > 0).then_some(())
+    })
+    .await
+    .expect("the intake is pulling");
+
+    const N: u64 = 40;
+    for i in 0..N {
+        let body = json!({ "device_id": id, "command": { "type": "restart" }, "idempotency_key": format!("sd-{i}") });
+        publish(&js, body.to_string().as_bytes(), None).await;
+    }
+    h.stop().await;
+
+    let info = stream.consumer_info("mdm-gateway").await.expect("consumer");
+    assert_eq!(info.num_ack_pending, 0, "every delivered command was answered before exit: {info:?}");
+    let stored = info.ack_floor.stream_sequence;
+    assert_eq!(stored + info.num_pending, N, "the rest waits on the stream for another instance: {info:?}");
+    assert!(stored > 0, "some commands were handled before the shutdown");
+    eprintln!("stored before exit: {stored} of {N}");
+    // Every command stored before exit has its command.queued on NATS: relays flush after the intake stops.
+    let queued = read_all(&js, "MDM_EVENTS").await.into_iter().filter(|(s, _, _)| s == "mdm.events.apple.command.queued").count();
+    assert_eq!(queued as u64, stored);
+}
