@@ -411,6 +411,10 @@ async fn shutdown_finishes_commands_in_flight_and_flushes_their_events() {
     assert!(stored > 0, "some commands were handled before the shutdown");
     eprintln!("stored before exit: {stored} of {N}");
     // Every command stored before exit has its command.queued on NATS: relays flush after the intake stops.
-    let queued = read_all(&js, "MDM_EVENTS").await.into_iter().filter(|(s, _, _)| s == "mdm.events.apple.command.queued").count();
+    let queued = read_all(&js, "MDM_EVENTS")
+        .await
+        .into_iter()
+        .filter(|(s, _, _)| s == "mdm.events.apple.command.queued")
+        .count();
     assert_eq!(queued as u64, stored);
 }

@@ -275,9 +275,11 @@ mod tests {
         assert!(c.duplicate_window_s <= c.max_age_s);
     }
 
+    type Change = Box<dyn Fn(&mut NatsConfig)>;
+
     #[test]
     fn bad_values_name_their_key() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut NatsConfig)>)> = vec![
+        let cases: Vec<(&str, Change)> = vec![
             ("nats.url", Box::new(|c| c.url = "http://x:1".into())),
             ("nats.url", Box::new(|c| c.url = String::new())),
             ("nats.stream", Box::new(|c| c.stream = "MDM.EVENTS".into())),
