@@ -268,6 +268,7 @@ async fn invalid_commands_are_rejected_once_and_not_redelivered() {
     let js = jetstream::new(nats.client().await);
     let stream = commands_stream(&js).await;
     let before = h.snapshot(&[]).await;
+    let rejected_before = h.metric("mdm_nats_commands_total", "outcome=\"rejected\"").await;
 
     let not_json = publish(&js, b"{not json", None).await;
     let unknown_device = publish(
@@ -324,6 +325,7 @@ async fn invalid_commands_are_rejected_once_and_not_redelivered() {
     assert_eq!(info.delivered.stream_sequence, bad_command.sequence);
     assert_eq!(rejected(read_all(&js, "MDM_EVENTS").await).len(), 3, "each rejection once");
     assert_eq!(h.snapshot(&[]).await, before, "nothing stored");
+    assert!(h.metric("mdm_nats_commands_total", "outcome=\"rejected\"").await >= rejected_before + 3.0);
     assert!(h.events_of(&id, "command.queued").await.is_empty());
     h.stop().await;
 }

@@ -70,6 +70,16 @@ pub enum Outcome {
     Retry,
 }
 
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Stored => "stored",
+            Outcome::Rejected => "rejected",
+            Outcome::Retry => "retry",
+        }
+    }
+}
+
 /// The outcome of a `POST /v1/commands` status.
 pub fn outcome(status: http::StatusCode) -> Outcome {
     if status.is_success() {
@@ -226,7 +236,9 @@ async fn handle(
         Err(never) => match never {},
     };
     health.set_cursor(i64::try_from(sequence).unwrap_or(i64::MAX));
-    let ack = match outcome(status) {
+    let result = outcome(status);
+    metrics::counter!(crate::telemetry::NATS_COMMANDS, "outcome" => result.as_str()).increment(1);
+    let ack = match result {
         Outcome::Stored => {
             tracing::info!(
                 stream, sequence, command_id = %answer["command_id"], "command from NATS stored"
