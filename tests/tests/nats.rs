@@ -420,3 +420,31 @@ async fn shutdown_finishes_commands_in_flight_and_flushes_their_events() {
         .count();
     assert_eq!(queued as u64, stored);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_starts_and_serves_devices_before_nats_is_up() {
+    let Some(mut nats) = NatsServer::start() else { return };
+    nats.stop();
+    let h = start(&nats).await;
+    let dev = h.device("7E57AB1E-0000-4000-8000-00000000A707");
+    dev.enroll().await.expect("enrolls while NATS has never been reachable");
+    let unready = eventually(Duration::from_secs(15), || async {
+        let (code, ready) = readyz(&h).await;
+        (code == 503 && sink(&ready, "nats")["failing"] == true && sink(&ready, "nats-commands")["failing"] == true)
+            .then_some(())
+    })
+    .await;
+    assert!(unready.is_some(), "both NATS parts report failing");
+
+    nats.restart();
+    let js = jetstream::new(nats.client().await);
+    let (events, on_stream) = all_on_stream(&h, &js).await;
+    assert_exactly_once(&events, &on_stream);
+    // The intake came up too: a command published now is queued.
+    let stream = commands_stream(&js).await;
+    let id = format!("apple:{}", dev.udid);
+    publish(&js, json!({ "device_id": id, "command": { "type": "device_info" } }).to_string().as_bytes(), None).await;
+    consumer_drained(&stream).await;
+    assert_eq!(h.events_of(&id, "command.queued").await.len(), 1);
+    h.stop().await;
+}
