@@ -176,7 +176,7 @@ pub async fn relay(
             };
             health.failing.store(true, Ordering::Relaxed);
             metrics::counter!(telemetry::SINK_FAILURES, "sink" => name).increment(1);
-            tracing::warn!(sink = name, seq = batch[pos].seq, error = %error, retry_in_ms = backoff.as_millis() as u64, "delivery failed");
+            tracing::warn!(sink = name, seq = batch.get(pos).map_or(cursor, |e| e.seq), error = %error, retry_in_ms = backoff.as_millis() as u64, "delivery failed");
             let wait = match deadline {
                 Some(d) => {
                     let left = d.saturating_duration_since(tokio::time::Instant::now());
