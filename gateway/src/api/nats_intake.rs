@@ -185,6 +185,13 @@ pub async fn run(
                 }
             }
             health.set_failing(failed);
+            if failed {
+                // Not a tight loop while the connection is gone.
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    _ = shutdown.changed() => {}
+                }
+            }
         }
     }
 }
