@@ -10,10 +10,12 @@ use std::path::{Path, PathBuf};
 
 mod android;
 mod enrollment_gate;
+mod nats;
 mod windows;
 
 pub use android::{AndroidConfig, PubSubAuth, PubSubOidcConfig};
 pub use enrollment_gate::{DEM_DEVICE_LIMIT, EnrollmentGateConfig, MAX_DEVICE_LIMIT_PER_USER, PlatformRules};
+pub use nats::NatsConfig;
 pub use windows::{FederatedConfig, WindowsAuthPolicy, WindowsConfig, WindowsPollConfig};
 
 use figment::Figment;
@@ -48,6 +50,8 @@ pub struct Config {
     pub events: EventsConfig,
     /// Optional webhook sink.
     pub webhook: Option<WebhookConfig>,
+    /// Optional NATS JetStream event sink and command intake.
+    pub nats: Option<NatsConfig>,
     pub shutdown: ShutdownConfig,
 }
 
@@ -314,6 +318,7 @@ impl Default for Config {
             store: StoreConfig::default(),
             events: EventsConfig::default(),
             webhook: None,
+            nats: None,
             shutdown: ShutdownConfig::default(),
         }
     }
@@ -544,6 +549,9 @@ impl Config {
             {
                 return Err(ConfigError::new("webhook.hmac_secret_file", format!("{} does not exist", p.display())));
             }
+        }
+        if let Some(n) = &self.nats {
+            n.validate()?;
         }
         Ok(())
     }

@@ -294,6 +294,19 @@ impl Gateway {
             }
             None => None,
         };
+        let nats = match &config.nats {
+            Some(n) => {
+                let client = sinks::nats::connect(n)
+                    .await
+                    .map_err(|e| config::ConfigError { key: e.key().into(), message: e.to_string() })?;
+                let health = Arc::new(SinkHealth::new("nats"));
+                sink_health.push(health.clone());
+                let intake = n.commands.then(|| Arc::new(SinkHealth::intake("nats-commands")));
+                sink_health.extend(intake.clone());
+                Some((sinks::nats::NatsSink::new(n.clone(), client.clone()), health, client, intake, n.clone()))
+            }
+            None => None,
+        };
 
         let omadm = sources::omadm::OmaDm::new(&config);
         let state = Arc::new(AppState {
@@ -344,6 +357,26 @@ impl Gateway {
         }
 
         let mut relays = Vec::new();
+        if let Some((sink, health, client, intake, nats_config)) = nats {
+            // The intake stops pulling with the listeners (SIGTERM); the commands it takes append
+            // events that the relays, stopped afterwards, still flush.
+            if let Some(intake) = intake {
+                tasks.push(tokio::spawn(api::nats_intake::run(
+                    state.clone(),
+                    client,
+                    nats_config,
+                    intake,
+                    shutdown_rx.clone(),
+                )));
+            }
+            relays.push(tokio::spawn(sinks::relay(
+                state.clone(),
+                Arc::new(sink),
+                health,
+                relay_stop_rx.clone(),
+                grace,
+            )));
+        }
         if let Some((sink, health)) = webhook {
             relays.push(tokio::spawn(sinks::relay(
                 state.clone(),

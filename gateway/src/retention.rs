@@ -60,7 +60,7 @@ pub async fn sweep(state: &AppState, days: u32) -> crate::store::Result<u64> {
     let cutoff = state.clock.unix().saturating_sub(i64::from(days) * 86_400);
     let older_than = uuid_v7_floor(cutoff);
     let mut below = i64::MAX;
-    for sink in &state.sinks {
+    for sink in state.sinks.iter().filter(|s| s.is_relay()) {
         below = below.min(state.store.sink_cursor(sink.name).await?.saturating_add(1));
     }
     let mut total = 0;

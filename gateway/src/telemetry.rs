@@ -29,6 +29,9 @@ pub const SINK_DELIVERED: &str = "mdm_sink_delivered_total";
 pub const SINK_FAILURES: &str = "mdm_sink_failures_total";
 /// Events the sink has not yet delivered, by `sink`.
 pub const SINK_LAG: &str = "mdm_sink_lag_events";
+/// Commands taken from NATS (`mdm.commands`), by `outcome`: `stored`, `rejected` (terminated with
+/// a `command.rejected` event) or `retry` (NAKed after a store failure).
+pub const NATS_COMMANDS: &str = "mdm_nats_commands_total";
 /// API requests, by `route` and `code`.
 pub const API_REQUESTS: &str = "mdm_api_requests_total";
 /// AMAPI calls finished (retries included), by `outcome` (`ok` or an `amapi_*` error code).

@@ -15,6 +15,7 @@ use serde_json::Value;
 use tempfile::TempDir;
 
 pub mod android;
+pub mod nats;
 pub mod webhook;
 pub mod windows;
 

@@ -11,6 +11,7 @@ pub mod enrollment;
 mod events;
 mod health;
 mod nanomdm;
+pub mod nats_intake;
 mod scep;
 
 use std::sync::Arc;
