@@ -320,6 +320,14 @@ impl Android {
         }))
     }
 
+    /// `devices.delete` of a device that enrolled against the enrollment rules, with the reason
+    /// shown on it. `name` is the AMAPI device name.
+    pub async fn remove_device(&self, name: &str, reason: &str) -> Result<(), AndroidError> {
+        let query = [("wipeReasonMessage".to_owned(), reason.chars().take(200).collect::<String>())];
+        self.client.call(Method::Delete, name, &query, None, Priority::Command).await?;
+        Ok(())
+    }
+
     /// `devices.get`.
     pub async fn get_device(&self, id: &str) -> Result<Json, AndroidError> {
         let enterprise = self.require_enterprise().await?;

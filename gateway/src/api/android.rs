@@ -8,6 +8,8 @@ use serde::Deserialize;
 
 use super::store_error;
 use crate::AppState;
+use crate::enrollment_gate::EnrollmentFacts;
+use mdm_core::Platform;
 use crate::android::AndroidError;
 use crate::http_util::{Reply, json, json_error};
 
@@ -111,6 +113,23 @@ pub(super) async fn create_enrollment_token(state: &AppState, body: &[u8]) -> Re
     }
     if req.user.as_deref() == Some("") {
         return json_error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", "user must not be empty");
+    }
+    // The enrollment gate: no token for a user at their device limit, a blocked platform or a
+    // mode the rules do not allow (a work profile is a personally owned device).
+    let facts = EnrollmentFacts {
+        platform: Some(Platform::Android),
+        user: req.user.clone(),
+        declared_personal: req.mode == EnrollmentMode::WorkProfile,
+        ..EnrollmentFacts::default()
+    };
+    match state.gate.check(state.store.as_ref(), &facts).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(denial)) => {
+            metrics::counter!(crate::telemetry::ENROLLMENTS_DENIED, "platform" => "android", "reason" => denial.reason.as_str())
+                .increment(1);
+            return json_error(StatusCode::FORBIDDEN, denial.reason.as_str(), &denial.message);
+        }
+        Err(crate::enrollment_gate::GateError::Store(e)) => return super::store_error(e),
     }
     match a.create_enrollment_token(req.mode, &req.policy, req.user.as_deref(), req.duration_s, req.one_time).await {
         Ok(v) => json(StatusCode::CREATED, &v),

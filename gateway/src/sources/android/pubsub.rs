@@ -19,11 +19,12 @@ use std::hash::{Hash, Hasher};
 use mdm_android::amapi::{Device, Operation};
 use mdm_android::normalise::{device_event_data, device_inventory};
 use mdm_android::{DecodeError, Emission, Notification, NotificationType, PushMessage};
-use mdm_core::{CommandStatus, DeviceId, Event, EventType};
+use mdm_core::{CommandStatus, DeviceId, Event, EventType, Platform};
 use serde_json::Value as Json;
 use tokio::sync::{Mutex, MutexGuard};
 
 use crate::AppState;
+use crate::enrollment_gate::{self, EnrollmentFacts, Ownership};
 use crate::store::{CommandUpdate, DeadLetter, Enrollment, EnrollmentState, PubSubDelivery, PubSubOutcome, StoreError};
 use crate::telemetry;
 
@@ -274,7 +275,47 @@ async fn device(
     // A status report for a device not known as enrolled (enrolled before the gateway was
     // connected, or re-enrolled under the same name) enrolls it.
     let inferred = !d.is_deleted() && !is_enrollment && !was_enrolled;
-    let enrollment = merged_enrollment(current, &id, d, is_enrollment || inferred, now);
+    // The DELETED report of a device never stored (one the enrollment gate refused): nothing to
+    // record but the message.
+    if d.is_deleted() && current.is_none() {
+        return apply(state, msg, Some((&id, publish_ms)), None, &[], &[], now).await;
+    }
+    let mut corporate_identifier = None;
+    let mut gate_ownership = None;
+    if (is_enrollment || inferred) && !was_enrolled && !d.is_deleted() {
+        // The enrollment gate: a device that enrolled against the rules is not stored, is
+        // removed through AMAPI (devices.delete with the reason) and reported.
+        let inv = device_inventory(d);
+        let facts = EnrollmentFacts {
+            platform: Some(Platform::Android),
+            device_id: Some(id.clone()),
+            user: inv.enrolled_user.clone(),
+            os_version: inv.os_version.clone(),
+            serial_number: inv.serial_number.clone(),
+            imei: inv.imei.clone(),
+            declared_personal: d.ownership.as_deref() == Some("PERSONALLY_OWNED"),
+        };
+        match state.gate.check(state.store.as_ref(), &facts).await {
+            Ok(Ok(admission)) => {
+                corporate_identifier = admission.corporate_identifier;
+                gate_ownership = Some(admission.ownership);
+            }
+            Ok(Err(denial)) => {
+                let event = enrollment_gate::denied_event(&state.events, &id, &facts, &denial);
+                let handled = apply(state, msg, Some((&id, publish_ms)), None, &[], &[event], now).await?;
+                if handled == Handled::Applied {
+                    remove_refused_device(state, d, &denial.message);
+                }
+                tracing::info!(device_id = %id, reason = denial.reason.as_str(), "Android enrollment refused by the enrollment gate");
+                return Ok(handled);
+            }
+            Err(enrollment_gate::GateError::Store(e)) => return Err(e),
+        }
+    }
+    let mut enrollment = merged_enrollment(current, &id, d, is_enrollment || inferred, now);
+    if gate_ownership == Some(Ownership::Corporate) {
+        enrollment.inventory.ownership = Some(Ownership::Corporate.as_str().into());
+    }
 
     let mut events = Vec::new();
     if inferred {
@@ -305,6 +346,11 @@ async fn device(
         events.push(state.events.event(EventType::DEVICE_INVENTORY, &id, None, data));
     }
     let handled = apply(state, msg, Some((&id, publish_ms)), Some(&enrollment), &[], &events, now).await?;
+    if handled == Handled::Applied
+        && let Some((kind, identifier)) = &corporate_identifier
+    {
+        state.store.mark_corporate_identifier_enrolled(*kind, identifier, &id, now).await?;
+    }
     match handled {
         Handled::Applied => {
             tracing::debug!(device_id = %id, message_id = %msg.message_id, state = enrollment.state.as_str(), "Android device notification applied")
@@ -363,4 +409,20 @@ async fn command(
         metrics::counter!(telemetry::COMMAND_RESULTS, "platform" => "android", "status" => to.as_str()).increment(1);
     }
     Ok(handled)
+}
+
+/// Asks AMAPI to delete a device the enrollment gate refused, in the background (the Pub/Sub
+/// answer does not wait for Google). Without an AMAPI client the refusal is only reported.
+fn remove_refused_device(state: &AppState, d: &Device, reason: &str) {
+    let (Some(android), Some(name)) = (state.android.clone(), d.name.clone()) else {
+        tracing::warn!("an Android device enrolled against the enrollment rules, and no AMAPI client is configured to remove it");
+        return;
+    };
+    let message = format!("Enrollment refused: {reason}");
+    tokio::spawn(async move {
+        match android.remove_device(&name, &message).await {
+            Ok(()) => tracing::info!(device = %name, "refused Android device removed (devices.delete)"),
+            Err(e) => tracing::warn!(device = %name, error = %e, "could not remove a refused Android device"),
+        }
+    });
 }
