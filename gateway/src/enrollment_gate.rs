@@ -37,9 +37,10 @@ pub struct EnrollmentFacts {
     pub os_version: Option<String>,
     pub serial_number: Option<String>,
     pub imei: Option<String>,
-    /// The enrollment itself says the device is personal (an Android work profile on a personal
-    /// device, an Apple User Enrollment).
-    pub declared_personal: bool,
+    /// What the enrollment itself says the device is, which wins over the corporate identifiers:
+    /// personal for an Android work profile on a personal device or an Apple User Enrollment;
+    /// corporate for an Android fully managed device or a Windows device joined to the directory.
+    pub declared: Option<Ownership>,
 }
 
 /// Corporate or personal, as the gate decided.
@@ -213,7 +214,7 @@ impl Gate {
             }
         }
         let (ownership, corporate_identifier) = self.ownership(store, facts).await?;
-        let ownership = if facts.declared_personal { Ownership::Personal } else { ownership };
+        let ownership = facts.declared.unwrap_or(ownership);
         if let Some(p) = platform
             && ownership == Ownership::Personal
             && !self.config.rules(p).personal_allowed

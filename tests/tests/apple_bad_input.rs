@@ -407,14 +407,25 @@ async fn invalid_command_requests_queue_nothing() {
         h.post("/v1/commands", &json!({"device_id": "apple:NO-SUCH-DEVICE", "command": {"type": "restart"}})),
     )
     .await;
-    // Not something an Apple device can carry (yet).
+    // A raw payload for another platform.
     refused(
         &h,
         422,
-        "unsupported_on_platform",
+        "invalid_command",
         h.post(
             "/v1/commands",
-            &json!({"device_id": dev, "command": {"type": "set_settings", "settings": {"camera_disabled": true}}}),
+            &json!({"device_id": dev, "command": {"type": "raw", "platform": "android", "payload": {"type": "LOCK"}}}),
+        ),
+    )
+    .await;
+    // An unknown placeholder in app configuration.
+    refused(
+        &h,
+        422,
+        "invalid_command",
+        h.post(
+            "/v1/commands",
+            &json!({"device_id": dev, "command": {"type": "app_config", "app": "com.example.app", "config": {"u": "{{Nope}}"}}}),
         ),
     )
     .await;

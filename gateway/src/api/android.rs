@@ -8,10 +8,10 @@ use serde::Deserialize;
 
 use super::store_error;
 use crate::AppState;
-use crate::enrollment_gate::EnrollmentFacts;
-use mdm_core::Platform;
 use crate::android::AndroidError;
+use crate::enrollment_gate::{EnrollmentFacts, Ownership};
 use crate::http_util::{Reply, json, json_error};
+use mdm_core::Platform;
 
 fn not_configured() -> Reply {
     json_error(
@@ -119,7 +119,10 @@ pub(super) async fn create_enrollment_token(state: &AppState, body: &[u8]) -> Re
     let facts = EnrollmentFacts {
         platform: Some(Platform::Android),
         user: req.user.clone(),
-        declared_personal: req.mode == EnrollmentMode::WorkProfile,
+        declared: Some(match req.mode {
+            EnrollmentMode::WorkProfile => Ownership::Personal,
+            EnrollmentMode::FullyManaged => Ownership::Corporate,
+        }),
         ..EnrollmentFacts::default()
     };
     match state.gate.check(state.store.as_ref(), &facts).await {

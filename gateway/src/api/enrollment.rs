@@ -96,6 +96,14 @@ pub(super) async fn put_corporate_identifiers(state: &AppState, q: &str, body: &
                 &format!("more than {MAX_ROWS} rows; split the file"),
             );
         }
+        if line == 1
+            && matches!(
+                record[0].to_ascii_lowercase().replace([' ', '_', '-'], "").as_str(),
+                "serial" | "serialnumber" | "imei" | "meid" | "identifier"
+            )
+        {
+            return invalid(format!("{:?} looks like a header row; the file has no header", &record[0]));
+        }
         let Some(id) = kind.normalise(&record[0]) else {
             return invalid("empty identifier".into());
         };

@@ -293,7 +293,11 @@ async fn device(
             os_version: inv.os_version.clone(),
             serial_number: inv.serial_number.clone(),
             imei: inv.imei.clone(),
-            declared_personal: d.ownership.as_deref() == Some("PERSONALLY_OWNED"),
+            declared: match d.ownership.as_deref() {
+                Some("PERSONALLY_OWNED") => Some(Ownership::Personal),
+                Some("COMPANY_OWNED") => Some(Ownership::Corporate),
+                _ => None,
+            },
         };
         match state.gate.check(state.store.as_ref(), &facts).await {
             Ok(Ok(admission)) => {
@@ -313,8 +317,8 @@ async fn device(
         }
     }
     let mut enrollment = merged_enrollment(current, &id, d, is_enrollment || inferred, now);
-    if gate_ownership == Some(Ownership::Corporate) {
-        enrollment.inventory.ownership = Some(Ownership::Corporate.as_str().into());
+    if let Some(o) = gate_ownership {
+        enrollment.inventory.ownership = Some(o.as_str().into());
     }
 
     let mut events = Vec::new();
@@ -415,7 +419,9 @@ async fn command(
 /// answer does not wait for Google). Without an AMAPI client the refusal is only reported.
 fn remove_refused_device(state: &AppState, d: &Device, reason: &str) {
     let (Some(android), Some(name)) = (state.android.clone(), d.name.clone()) else {
-        tracing::warn!("an Android device enrolled against the enrollment rules, and no AMAPI client is configured to remove it");
+        tracing::warn!(
+            "an Android device enrolled against the enrollment rules, and no AMAPI client is configured to remove it"
+        );
         return;
     };
     let message = format!("Enrollment refused: {reason}");

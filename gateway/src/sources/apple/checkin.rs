@@ -6,7 +6,7 @@ use mdm_core::{DeviceId, EventType, Inventory, Platform};
 
 use super::{CHECKIN_CONTENT_TYPE, Reject, bound_enrollment, ddm, device_ids, enrollment_type, remember_identity};
 use crate::AppState;
-use crate::enrollment_gate::{self, EnrollmentFacts};
+use crate::enrollment_gate::{self, EnrollmentFacts, Ownership};
 use crate::http_util::{Reply, empty, text, with_type};
 use crate::identity::DeviceIdentity;
 use crate::push;
@@ -64,7 +64,7 @@ pub(super) async fn handle(
                 serial_number: inventory.serial_number.clone(),
                 imei: inventory.imei.clone(),
                 // User Enrollment is Apple's enrollment for personal devices.
-                declared_personal: msg.ids().enrollment_id.is_some(),
+                declared: msg.ids().enrollment_id.is_some().then_some(Ownership::Personal),
             };
             let admission = match state.gate.check(state.store.as_ref(), &facts).await.map_err(Reject::internal)? {
                 Ok(a) => a,

@@ -217,7 +217,8 @@ pub(crate) async fn issue_request(
         os_version: context_value(rst, "OSVersion"),
         serial_number: None,
         imei: context_value(rst, "IMEI"),
-        declared_personal: false,
+        // A device joined to the directory (EnrollmentType Device) is the organisation's, as in Intune.
+        declared: enrollment_type.eq_ignore_ascii_case("Device").then_some(Ownership::Corporate),
     };
     let admission = match state.gate.check(state.store.as_ref(), &facts).await.map_err(Refusal::internal)? {
         Ok(a) => a,
