@@ -1,5 +1,5 @@
 //! Conformance tooling: emulated devices that speak the real wire protocols to a running
-//! gateway, and (later) transcript replay. Unlike the protocol crates this crate does IO: it is
+//! gateway, and the conformance suite ([`suite`]) that replays transcripts. Unlike the protocol crates this crate does IO: it is
 //! a client of the gateway, the way real devices are.
 //!
 //! - [`android`]: a local Android Management API (AMAPI) emulator with a token endpoint,
@@ -17,4 +17,5 @@ pub mod apple;
 pub mod bench;
 pub mod cli;
 pub mod stats;
+pub mod suite;
 pub mod windows;
