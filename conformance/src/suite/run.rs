@@ -9,7 +9,7 @@ use mdm_certs::{PKey, Private, X509};
 use serde_json::Value;
 
 use super::check::{self, Body};
-use super::format::{Exchange, Expect, Listener, LoadedFlow, Setup, SkipList};
+use super::format::{BodyFormat, Exchange, Expect, Listener, LoadedFlow, Setup, SkipList};
 use super::report::{Outcome, Report, Verdict};
 
 /// A gateway to replay against, and the credentials flows may need.
@@ -58,6 +58,20 @@ pub fn substitute(s: &str, vars: &BTreeMap<String, String>) -> String {
     out
 }
 
+fn substitute_expect(expect: &Expect, vars: &BTreeMap<String, String>) -> Result<Expect, String> {
+    fn walk(v: &mut Value, vars: &BTreeMap<String, String>) {
+        match v {
+            Value::String(s) => *s = substitute(s, vars),
+            Value::Array(a) => a.iter_mut().for_each(|x| walk(x, vars)),
+            Value::Object(m) => m.values_mut().for_each(|x| walk(x, vars)),
+            _ => {}
+        }
+    }
+    let mut v = serde_json::to_value(expect).map_err(|e| e.to_string())?;
+    walk(&mut v, vars);
+    serde_json::from_value(v).map_err(|e| e.to_string())
+}
+
 fn substitute_bytes(b: Vec<u8>, vars: &BTreeMap<String, String>) -> Vec<u8> {
     match String::from_utf8(b) {
         Ok(s) => substitute(&s, vars).into_bytes(),
@@ -80,6 +94,7 @@ fn base_vars(flow: &LoadedFlow) -> BTreeMap<String, String> {
     v.insert("now".into(), now_rfc3339());
     v.insert("checkin_path".into(), "/mdm".into());
     v.insert("server_path".into(), "/mdm".into());
+    v.insert("topic".into(), "com.apple.mgmt.External.conformance".into());
     for (k, val) in &flow.flow.vars {
         v.insert(k.clone(), val.clone());
     }
@@ -93,6 +108,8 @@ pub fn check_reply(
     reply: &Reply,
     vars: &mut BTreeMap<String, String>,
 ) -> Result<String, String> {
+    // `{{name}}` in expected values (a captured CommandUUID, the flow's device id).
+    let expect = &substitute_expect(expect, vars)?;
     let body_text = || check::shorten(&String::from_utf8_lossy(&reply.body));
     if let Some(want) = &expect.status {
         let ok = match want {
@@ -127,9 +144,10 @@ pub fn check_reply(
         summary = format!("{summary} {s}");
     }
     let needs_body = !expect.checks.is_empty() || exchange.capture.values().any(|c| c.path.is_some());
-    let body: Option<Body> = match (expect.body, needs_body) {
+    let format = expect.body.or_else(|| infer_format(reply));
+    let body: Option<Body> = match (format, needs_body) {
         (Some(f), true) => Some(check::read_body(f, &reply.body).map_err(|e| format!("{e}; body: {}", body_text()))?),
-        (None, true) => return Err("checks or captures on the body need expect.body".into()),
+        (None, true) => return Err("cannot tell how to read the body: set expect.body".into()),
         _ => None,
     };
     for c in &expect.checks {
@@ -157,6 +175,25 @@ pub fn check_reply(
         vars.insert(name.clone(), val);
     }
     Ok(summary)
+}
+
+/// The body format from the reply's content type (and, for XML, whether it is a plist).
+fn infer_format(reply: &Reply) -> Option<BodyFormat> {
+    let ct = reply.headers.get("content-type")?.to_ascii_lowercase();
+    if ct.contains("json") {
+        Some(BodyFormat::Json)
+    } else if ct.contains("xml") {
+        let head = String::from_utf8_lossy(&reply.body[..reply.body.len().min(256)]).into_owned();
+        Some(if head.contains("<plist") || head.contains("<!DOCTYPE plist") {
+            BodyFormat::Plist
+        } else {
+            BodyFormat::Xml
+        })
+    } else if ct.starts_with("text/") {
+        Some(BodyFormat::Text)
+    } else {
+        None
+    }
 }
 
 // ------------------------------------------------------------------ in process
