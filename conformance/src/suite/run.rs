@@ -95,6 +95,11 @@ fn base_vars(flow: &LoadedFlow) -> BTreeMap<String, String> {
     v.insert("checkin_path".into(), "/mdm".into());
     v.insert("server_path".into(), "/mdm".into());
     v.insert("topic".into(), "com.apple.mgmt.External.conformance".into());
+    let native = format!("CONF{}", &uuid::Uuid::now_v7().simple().to_string()[20..].to_uppercase());
+    v.insert("upn".into(), format!("{}@example.com", native.to_lowercase()));
+    v.insert("windows_device_id".into(), native);
+    v.insert("management_path".into(), "/ManagementServer/MDM.svc".into());
+    v.insert("session_id".into(), format!("{:X}", rand::random::<u16>() | 0x100));
     for (k, val) in &flow.flow.vars {
         v.insert(k.clone(), val.clone());
     }
@@ -208,6 +213,7 @@ pub fn run_in_process(flows: &[LoadedFlow], skips: &SkipList, report: &mut Repor
             continue;
         }
         let mut vars = base_vars(flow);
+        vars.insert("gateway".into(), "https://gateway.invalid".into());
         for ex in &flow.flow.exchanges {
             let verdict = in_process_exchange(flow, ex, &mut vars);
             report.push(Outcome::new(&flow.section, &flow.name, &ex.name, verdict));
@@ -218,10 +224,17 @@ pub fn run_in_process(flows: &[LoadedFlow], skips: &SkipList, report: &mut Repor
 fn in_process_exchange(flow: &LoadedFlow, ex: &Exchange, vars: &mut BTreeMap<String, String>) -> Verdict {
     let mut done = Vec::new();
     if let Some(kind) = ex.request.kind {
-        let body = match flow.body(&ex.request.body, &ex.request.body_file) {
-            Ok(b) => substitute_bytes(b.unwrap_or_default(), vars),
+        let raw = match flow.body(&ex.request.body, &ex.request.body_file) {
+            Ok(b) => b.unwrap_or_default(),
             Err(e) => return Verdict::Failed(e),
         };
+        if !vars.contains_key("csr") && String::from_utf8_lossy(&raw).contains("{{csr}}") {
+            match new_csr(&vars["windows_device_id"]) {
+                Ok(csr) => vars.insert("csr".into(), csr),
+                Err(e) => return Verdict::Failed(format!("making a certificate request: {e}")),
+            };
+        }
+        let body = substitute_bytes(raw, vars);
         match (check::decode(kind, &body), ex.request.decodes) {
             (Ok(s), true) => done.push(format!("request {s}")),
             (Err(e), false) => done.push(format!("request refused ({})", check::shorten(&e))),
@@ -337,10 +350,9 @@ impl<'a> WireFlow<'a> {
             }
             Setup::WindowsEnrolled => {
                 let secret = target.enroll_secret.clone().ok_or("setup windows-enrolled needs the enroll secret")?;
-                let native = format!("CONF{}", &uuid::Uuid::now_v7().simple().to_string()[..12].to_uppercase());
                 let config = crate::windows::WindowsEnrollerConfig::on_premise(
-                    &native,
-                    &format!("conformance-{}@example.com", native.to_lowercase()),
+                    &vars["windows_device_id"],
+                    &vars["upn"],
                     &secret,
                 );
                 let enroller = crate::windows::WindowsEnroller::new(config, &target.gateway, &target.ca_pem)
