@@ -58,6 +58,22 @@ pub fn substitute(s: &str, vars: &BTreeMap<String, String>) -> String {
     out
 }
 
+/// A request body with `{{name}}` replaced, after `{{base64_file:NAME}}` became the base64 of that
+/// file (beside `flow.json`, itself substituted): readable JSON for Pub/Sub `data`.
+fn expand_body(flow: &LoadedFlow, raw: Vec<u8>, vars: &BTreeMap<String, String>) -> Result<Vec<u8>, String> {
+    let Ok(mut text) = String::from_utf8(raw.clone()) else {
+        return Ok(raw);
+    };
+    while let Some(start) = text.find("{{base64_file:") {
+        let end = text[start..].find("}}").ok_or("unclosed {{base64_file:")? + start;
+        let name = text[start + "{{base64_file:".len()..end].trim().to_owned();
+        let path = flow.dir.join(&name);
+        let content = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        text.replace_range(start..end + 2, &STANDARD.encode(substitute(&content, vars)));
+    }
+    Ok(substitute(&text, vars).into_bytes())
+}
+
 fn substitute_expect(expect: &Expect, vars: &BTreeMap<String, String>) -> Result<Expect, String> {
     fn walk(v: &mut Value, vars: &BTreeMap<String, String>) {
         match v {
@@ -70,13 +86,6 @@ fn substitute_expect(expect: &Expect, vars: &BTreeMap<String, String>) -> Result
     let mut v = serde_json::to_value(expect).map_err(|e| e.to_string())?;
     walk(&mut v, vars);
     serde_json::from_value(v).map_err(|e| e.to_string())
-}
-
-fn substitute_bytes(b: Vec<u8>, vars: &BTreeMap<String, String>) -> Vec<u8> {
-    match String::from_utf8(b) {
-        Ok(s) => substitute(&s, vars).into_bytes(),
-        Err(e) => e.into_bytes(),
-    }
 }
 
 fn now_rfc3339() -> String {
@@ -99,6 +108,9 @@ fn base_vars(flow: &LoadedFlow) -> BTreeMap<String, String> {
     v.insert("upn".into(), format!("{}@example.com", native.to_lowercase()));
     v.insert("windows_device_id".into(), native);
     v.insert("management_path".into(), "/ManagementServer/MDM.svc".into());
+    v.insert("android_device".into(), format!("conf{}", &uuid::Uuid::now_v7().simple().to_string()[16..]));
+    v.insert("message_id2".into(), format!("{}", rand::random::<u64>() % 9_000_000_000_000 + 1_000_000_000_000));
+    v.insert("message_id3".into(), format!("{}", rand::random::<u64>() % 9_000_000_000_000 + 1_000_000_000_000));
     v.insert("session_id".into(), format!("{:X}", rand::random::<u16>() | 0x100));
     for (k, val) in &flow.flow.vars {
         v.insert(k.clone(), val.clone());
@@ -234,7 +246,10 @@ fn in_process_exchange(flow: &LoadedFlow, ex: &Exchange, vars: &mut BTreeMap<Str
                 Err(e) => return Verdict::Failed(format!("making a certificate request: {e}")),
             };
         }
-        let body = substitute_bytes(raw, vars);
+        let body = match expand_body(flow, raw, vars) {
+            Ok(b) => b,
+            Err(e) => return Verdict::Failed(e),
+        };
         match (check::decode(kind, &body), ex.request.decodes) {
             (Ok(s), true) => done.push(format!("request {s}")),
             (Err(e), false) => done.push(format!("request refused ({})", check::shorten(&e))),
@@ -411,7 +426,7 @@ impl<'a> WireFlow<'a> {
             }
         }
         let path = substitute(&ex.request.path, vars);
-        let body = substitute_bytes(flow.body(&ex.request.body, &ex.request.body_file)?.unwrap_or_default(), vars);
+        let body = expand_body(flow, flow.body(&ex.request.body, &ex.request.body_file)?.unwrap_or_default(), vars)?;
         let (base, mut client) = match ex.to {
             Listener::Device => (self.target.gateway.trim_end_matches('/').to_owned(), self.plain.clone()),
             Listener::Api => (
