@@ -15,6 +15,8 @@ use super::format::{BodyFormat, Exchange, Expect, Flow, Matcher, MessageKind, Re
 struct State {
     flow: Flow,
     n: usize,
+    /// (value, replacement) applied to recorded paths and requests (longest value first).
+    templates: Vec<(String, String)>,
 }
 
 /// One flow being recorded. Cloning shares it.
@@ -38,6 +40,9 @@ pub struct Traffic<'a> {
     pub content_type: Option<&'a str>,
     pub reply: &'a [u8],
     pub reply_kind: Option<MessageKind>,
+    /// Values to save from the reply (`name`, path in the reply body, the value seen): recorded
+    /// as capture rules, and the value becomes `{{name}}` in later requests.
+    pub captures: Vec<(String, String, String)>,
 }
 
 impl Recorder {
@@ -51,7 +56,19 @@ impl Recorder {
             vars: BTreeMap::new(),
             exchanges: Vec::new(),
         };
-        Recorder { dir, state: Arc::new(Mutex::new(State { flow, n: 0 })) }
+        Recorder { dir, state: Arc::new(Mutex::new(State { flow, n: 0, templates: Vec::new() })) }
+    }
+
+    /// From now on `value` is written as `replacement` (e.g. `{{udid}}`) in recorded paths and
+    /// request bodies (the device's UDID, an enrollment secret), so the transcript replays with
+    /// the runner's values and keeps no secret.
+    pub fn template(&self, value: &str, replacement: &str) {
+        if value.is_empty() {
+            return;
+        }
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.templates.push((value.to_owned(), replacement.to_owned()));
+        st.templates.sort_by_key(|(v, _)| std::cmp::Reverse(v.len()));
     }
 
     /// A recorder under `$MDM_CAPTURE_DIR`, when it is set.
@@ -80,11 +97,24 @@ impl Recorder {
             (None, c) if c.contains("xml") => "xml",
             _ => "bin",
         };
+        let templated = |bytes: &[u8]| -> Vec<u8> {
+            match std::str::from_utf8(bytes) {
+                Ok(text) => {
+                    let mut text = text.to_owned();
+                    for (value, replacement) in &st.templates {
+                        text = text.replace(value.as_str(), replacement);
+                    }
+                    text.into_bytes()
+                }
+                Err(_) => bytes.to_vec(),
+            }
+        };
+        let path = String::from_utf8(templated(t.path.as_bytes())).unwrap_or_else(|_| t.path.to_owned());
         let body_file = if t.body.is_empty() {
             None
         } else {
             let f = format!("{n:02}-request.{}", ext(t.kind, None));
-            std::fs::write(self.dir.join(&f), t.body)?;
+            std::fs::write(self.dir.join(&f), templated(t.body))?;
             Some(f)
         };
         let reply_file = if t.reply.is_empty() {
@@ -96,6 +126,7 @@ impl Recorder {
         };
         let body_format = match t.reply_kind {
             Some(MessageKind::AppleCommand) => Some(BodyFormat::Plist),
+            Some(MessageKind::Syncml) => Some(BodyFormat::Xml),
             _ => None,
         };
         let exchange = Exchange {
@@ -103,7 +134,7 @@ impl Recorder {
             to: Default::default(),
             request: Request {
                 method: t.method.to_owned(),
-                path: t.path.to_owned(),
+                path,
                 headers: t.headers.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
                 body: None,
                 body_file,
@@ -121,7 +152,13 @@ impl Recorder {
                 body: body_format,
                 ..Expect::default()
             },
-            capture: BTreeMap::new(),
+            capture: t
+                .captures
+                .iter()
+                .map(|(name, path, _)| {
+                    (name.clone(), super::format::CaptureRule { path: Some(path.clone()), header: None, regex: None })
+                })
+                .collect(),
             recorded: Some(Recorded {
                 status: t.status,
                 content_type: t.content_type.map(str::to_owned),
@@ -130,6 +167,12 @@ impl Recorder {
             }),
         };
         st.flow.exchanges.push(exchange);
+        for (name, _, value) in &t.captures {
+            if !value.is_empty() {
+                st.templates.push((value.clone(), format!("{{{{{name}}}}}")));
+            }
+        }
+        st.templates.sort_by_key(|(v, _)| std::cmp::Reverse(v.len()));
         let json = serde_json::to_vec_pretty(&st.flow).map_err(std::io::Error::other)?;
         std::fs::write(self.dir.join("flow.json"), json)
     }
