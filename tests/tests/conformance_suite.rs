@@ -111,13 +111,37 @@ async fn capture_mode_writes_transcripts_that_replay() {
         WindowsDevice::new(DmIdentity::from(&id), &id.management_url, &h.ca_pem).expect("device").record_to(out.path());
     device.session().await.expect("omadm session");
 
+    // Android: one ENROLLMENT pushed straight to the gateway.
+    let token = std::fs::read_to_string(h.dir.path().join("data/pubsub-token")).expect("token").trim().to_owned();
+    let publisher = mdm_conformance::android::DirectPublisher::new(
+        &format!("{}/android/pubsub?token={token}", h.device_url),
+        Some(std::str::from_utf8(&h.ca_pem).expect("pem")),
+    )
+    .expect("publisher")
+    .record_to(out.path());
+    let device_json = serde_json::json!({"name": "enterprises/LC0capture/devices/d1", "state": "ACTIVE",
+        "hardwareInfo": {"model": "Pixel 8", "serialNumber": "SN-D1"}});
+    let msg = mdm_conformance::android::PushMessage {
+        data: Some(device_json.to_string().into_bytes()),
+        attributes: vec![("notificationType".into(), "ENROLLMENT".into())],
+        ..Default::default()
+    };
+    let (status, _, _) = publisher.push(&msg).await.expect("push");
+    assert_eq!(status, 204);
+
     let flows = suite::load_flows(out.path()).expect("recorded transcripts load");
     let names: Vec<String> = flows.iter().map(|f| f.id()).collect();
+    assert_eq!(names.len(), 4, "{names:?}");
+    assert!(names[0].starts_with("captured/android-pubsub/publisher-"), "{names:?}");
     assert_eq!(
-        names,
+        names[1..],
         ["captured/apple/CAPTURE-APPLE-1", "captured/windows-enroll/CAPTUREWIN1", "captured/windows-omadm/CAPTUREWIN1"],
         "{names:?}"
     );
+    let push_flow = &flows[0];
+    assert_eq!(push_flow.flow.exchanges[0].identity, "pubsub-token");
+    assert!(!std::fs::read_to_string(push_flow.dir.join("flow.json")).expect("flow").contains(&token));
+    let flows = flows[1..].to_vec();
     let apple_flow = &flows[0].flow;
     // Authenticate, TokenUpdate, Idle (→ command), Acknowledged (→ empty).
     assert_eq!(apple_flow.exchanges.len(), 4, "{:#?}", apple_flow.exchanges);
@@ -133,6 +157,10 @@ async fn capture_mode_writes_transcripts_that_replay() {
     suite::run_in_process(&flows, &SkipList::default(), &mut report);
     assert_clean(&report, "recorded, in process");
     assert_eq!(report.passed(), 9, "4 Apple, 4 enrollment, 1 OMA-DM exchanges");
+    let mut pushed = Report::default();
+    suite::run_in_process(std::slice::from_ref(push_flow), &SkipList::default(), &mut pushed);
+    assert_clean(&pushed, "recorded push, in process");
+    assert_eq!(pushed.passed(), 1);
 
     // The recorded enrollment replays over the wire (fresh DeviceID, UPN and message ids).
     let target = WireTarget {
@@ -141,11 +169,56 @@ async fn capture_mode_writes_transcripts_that_replay() {
         api_key: Some(h.api_key.clone()),
         ca_pem: h.ca_pem.clone(),
         enroll_secret: Some(secret),
-        pubsub_token: None,
+        pubsub_token: Some(token),
     };
     let mut report = Report::default();
     suite::run_wire(&flows[1..2], &target, &SkipList::default(), &mut report).await;
     assert_clean(&report, "recorded enrollment, over the wire");
     assert_eq!(report.passed(), flows[1].flow.exchanges.len());
+    // The recorded push replays too (a redelivery: 204 again).
+    let mut report = Report::default();
+    suite::run_wire(std::slice::from_ref(push_flow), &target, &SkipList::default(), &mut report).await;
+    assert_clean(&report, "recorded push, over the wire");
+    assert_eq!(report.passed(), 1);
     h.stop().await;
+}
+
+/// The suite can fail: a request that does not decode as its kind, a recorded reply that does not
+/// satisfy the expectation, and a capture from an unknown folder are reported as failures.
+#[test]
+fn wrong_vectors_fail() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let flow = dir.path().join("apple/checkin/broken");
+    std::fs::create_dir_all(&flow).expect("mkdir");
+    std::fs::write(flow.join("reply.txt"), "not_plist: nope").expect("write");
+    std::fs::write(
+        flow.join("flow.json"),
+        r#"{"description": "deliberately wrong", "exchanges": [
+            {"name": "claims to decode", "request": {"method": "PUT", "path": "/mdm", "body": "not a plist", "kind": "apple-checkin"}},
+            {"name": "recorded 400, expects 200", "request": {"method": "PUT", "path": "/mdm"},
+             "expect": {"status": 200},
+             "recorded": {"status": 400, "content_type": "text/plain", "body_file": "reply.txt"}},
+            {"name": "recorded body fails a check", "request": {"method": "PUT", "path": "/mdm"},
+             "expect": {"status": 400, "body": "text", "checks": [{"path": ".", "is": {"regex": "^no_identity"}}]},
+             "recorded": {"status": 400, "content_type": "text/plain", "body_file": "reply.txt"}}
+        ]}"#,
+    )
+    .expect("write");
+    let flows = suite::load_flows(dir.path()).expect("load");
+    assert_eq!(flows[0].id(), "apple/checkin/broken");
+    let mut report = Report::default();
+    suite::run_in_process(&flows, &SkipList::default(), &mut report);
+    assert_eq!((report.passed(), report.failed()), (0, 3), "{}", report.text());
+    assert!(report.text().ends_with("0 passed, 3 failed\n"));
+
+    let captures = tempfile::tempdir().expect("tmp");
+    std::fs::create_dir_all(captures.path().join("other")).expect("mkdir");
+    std::fs::write(captures.path().join("other/thing.bin"), b"?").expect("write");
+    let mut report = Report::default();
+    suite::run_captures(captures.path(), &SkipList::default(), &mut report).expect("captures");
+    assert_eq!(report.failed(), 1, "{}", report.text());
+    let skips = SkipList::parse("[[skip]]\nid = \"other/\"\nreason = \"not traffic\"\n").expect("skip list");
+    let mut report = Report::default();
+    suite::run_captures(captures.path(), &skips, &mut report).expect("captures");
+    assert_eq!((report.failed(), report.skipped()), (0, 1));
 }
