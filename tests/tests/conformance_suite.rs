@@ -222,3 +222,38 @@ fn wrong_vectors_fail() {
     suite::run_captures(captures.path(), &skips, &mut report).expect("captures");
     assert_eq!((report.failed(), report.skipped()), (0, 1));
 }
+
+/// The `mdm-conformance` binary: the in-process run over the project's vectors with JUnit output,
+/// and a skip list without a reason refused (exit status 2).
+#[test]
+fn the_binary_reports_and_writes_junit() {
+    let exe = mdm_tests::workspace_binary("mdm-conformance", "mdm-conformance");
+    let dir = tempfile::tempdir().expect("tmp");
+    let junit = dir.path().join("junit.xml");
+    let out = std::process::Command::new(&exe)
+        .args(["run", "--in-process"])
+        .arg(conformance_dir().join("transcripts"))
+        .arg("--junit")
+        .arg(&junit)
+        .output()
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let last = stdout.lines().last().unwrap_or_default();
+    assert!(last.contains(" passed, 0 failed"), "{last}");
+    assert!(stdout.contains("== windows/oma-dm\n"), "{stdout}");
+    let xml = std::fs::read_to_string(&junit).expect("junit");
+    assert!(xml.contains("<testsuite name=\"apple/checkin\"") && xml.contains("failures=\"0\""), "{xml}");
+
+    let skip = dir.path().join("skip.toml");
+    std::fs::write(&skip, "[[skip]]\nid = \"apple/\"\n").expect("write");
+    let out = std::process::Command::new(&exe)
+        .args(["run", "--in-process"])
+        .arg(conformance_dir().join("transcripts"))
+        .arg("--skip")
+        .arg(&skip)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("has no reason"));
+}
