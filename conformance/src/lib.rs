@@ -1,6 +1,6 @@
 //! Conformance tooling: emulated devices that speak the real wire protocols to a running
-//! gateway, and (later) transcript replay. Unlike the protocol crates this crate does IO: it is
-//! a client of the gateway, the way real devices are.
+//! gateway, and the conformance suite that replays transcripts against one. Unlike the protocol
+//! crates this crate does IO: it is a client of the gateway, the way real devices are.
 //!
 //! - [`android`]: a local Android Management API (AMAPI) emulator with a token endpoint,
 //!   simulated devices and notifications through Google's Pub/Sub emulator or direct pushes.
@@ -8,6 +8,9 @@
 //! - [`apns`]: a local APNs emulator (HTTP/2 + TLS, client certificates, failure injection) and
 //!   what it hands to the fleet.
 //! - [`bench`]: the `mdm-bench` load tool.
+//! - [`suite`]: `mdm-conformance`: transcripts by spec section, replayed over the wire or in
+//!   process, raw captures, JUnit, skip lists, and the emulators' capture mode
+//!   (`docs/conformance.md`).
 //! - [`windows`]: emulated Windows devices: enrollment (discovery, policy, enrollment, renewal)
 //!   and OMA-DM management sessions.
 
@@ -17,4 +20,5 @@ pub mod apple;
 pub mod bench;
 pub mod cli;
 pub mod stats;
+pub mod suite;
 pub mod windows;

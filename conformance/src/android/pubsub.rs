@@ -344,6 +344,8 @@ pub struct DirectPublisher {
     subscription: String,
     bearer: Option<String>,
     next_id: Arc<AtomicU64>,
+    /// Capture mode ([`DirectPublisher::record_to`], or `MDM_CAPTURE_DIR`).
+    recorder: Option<crate::suite::Recorder>,
 }
 
 impl DirectPublisher {
@@ -358,13 +360,62 @@ impl DirectPublisher {
         if let Some(pem) = ca_pem {
             b = b.add_root_certificate(reqwest::Certificate::from_pem(pem.as_bytes())?);
         }
-        Ok(DirectPublisher {
+        let publisher = DirectPublisher {
             url: url.to_owned(),
             http: b.build()?,
             subscription: "projects/emulated-project/subscriptions/amapi-push".into(),
             bearer: None,
             next_id: Arc::new(AtomicU64::new(10_000_000_000 + (now_millis() as u64 % 1_000_000) * 1000)),
+            recorder: None,
+        };
+        Ok(match std::env::var_os("MDM_CAPTURE_DIR") {
+            Some(root) => publisher.record_to(std::path::PathBuf::from(root)),
+            None => publisher,
         })
+    }
+
+    /// Capture mode: every push is written as a transcript under `root`
+    /// (`<root>/captured/android-pubsub/publisher-<first message id>/`); the `?token=` of the
+    /// endpoint becomes `identity: pubsub-token` and is not recorded.
+    pub fn record_to(mut self, root: impl Into<std::path::PathBuf>) -> DirectPublisher {
+        let first = self.next_id.load(Ordering::Relaxed);
+        self.recorder = Some(crate::suite::Recorder::new(
+            root,
+            "captured/android-pubsub",
+            &format!("publisher-{first}"),
+            "Recorded from the emulated Pub/Sub push publisher (mdm-conformance capture mode).",
+            crate::suite::format::Setup::None,
+        ));
+        self
+    }
+
+    fn record(&self, body: &[u8], status: u16, content_type: Option<&str>, reply: &[u8]) {
+        use crate::suite::format::MessageKind;
+        let Some(r) = &self.recorder else { return };
+        let url = reqwest::Url::parse(&self.url).ok();
+        let path = url.as_ref().map(|u| u.path().to_owned()).unwrap_or_else(|| self.url.clone());
+        let has_token = url.as_ref().is_some_and(|u| u.query_pairs().any(|(k, _)| k == "token"));
+        let name = serde_json::from_slice::<serde_json::Value>(body)
+            .ok()
+            .and_then(|v| v["message"]["attributes"]["notificationType"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| "push".into());
+        let traffic = crate::suite::record::Traffic {
+            name: &name,
+            method: "POST",
+            path: &path,
+            headers: &[("Content-Type", "application/json")],
+            identity: if has_token { "pubsub-token" } else { "none" },
+            body,
+            kind: Some(MessageKind::PubsubPush),
+            status,
+            content_type,
+            reply,
+            reply_kind: None,
+            captures: Vec::new(),
+        };
+        if let Err(e) = r.record(&traffic) {
+            eprintln!("capture mode: {}: {e}", r.dir().display());
+        }
     }
 
     /// The `subscription` field of the envelopes.
@@ -400,13 +451,20 @@ impl DirectPublisher {
 
     /// Posts any bytes as the push body (for malformed-envelope tests).
     pub async fn post_raw(&self, body: Vec<u8>) -> Result<(u16, String), AndroidEmuError> {
+        let sent = self.recorder.is_some().then(|| body.clone());
         let mut req = self.http.post(&self.url).header("content-type", "application/json").body(body);
         if let Some(b) = &self.bearer {
             req = req.bearer_auth(b);
         }
         let resp = req.send().await?;
         let status = resp.status().as_u16();
-        Ok((status, resp.text().await.unwrap_or_default()))
+        let content_type =
+            resp.headers().get(reqwest::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let text = resp.text().await.unwrap_or_default();
+        if let Some(body) = sent {
+            self.record(&body, status, content_type.as_deref(), text.as_bytes());
+        }
+        Ok((status, text))
     }
 }
 

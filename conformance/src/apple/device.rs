@@ -61,6 +61,9 @@ pub struct AppleDevice {
     pub(crate) client: reqwest::Client,
     /// Every `Command` dictionary received, in order (shared by clones).
     pub(crate) received: std::sync::Arc<std::sync::Mutex<Vec<Dictionary>>>,
+    /// Capture mode: every request and reply written as a transcript ([`AppleDevice::record_to`],
+    /// or `MDM_CAPTURE_DIR`).
+    pub(crate) recorder: Option<crate::suite::Recorder>,
 }
 
 impl AppleDevice {
@@ -121,6 +124,71 @@ impl AppleDevice {
             enrolled_with: None,
             client,
             received: Default::default(),
+            recorder: None,
+        }
+        .record_to_env()
+    }
+
+    /// Capture mode: this device's traffic is written as a transcript under `root`
+    /// (`<root>/captured/apple/<udid>/`), its UDID as `{{udid}}`.
+    pub fn record_to(mut self, root: impl Into<std::path::PathBuf>) -> Self {
+        let r = crate::suite::Recorder::new(
+            root,
+            "captured/apple",
+            &self.udid,
+            "Recorded from the emulated Apple device (mdm-conformance capture mode).",
+            crate::suite::format::Setup::AppleIdentity,
+        );
+        r.template(&self.udid, "{{udid}}");
+        self.recorder = Some(r);
+        self
+    }
+
+    /// [`AppleDevice::record_to`] `$MDM_CAPTURE_DIR`, when it is set.
+    fn record_to_env(self) -> Self {
+        match std::env::var_os("MDM_CAPTURE_DIR") {
+            Some(root) => self.record_to(std::path::PathBuf::from(root)),
+            None => self,
+        }
+    }
+
+    fn record(&self, url: &str, content_type: &str, body: &[u8], reply: &Reply, reply_type: Option<&str>) {
+        use crate::suite::format::MessageKind;
+        use crate::suite::record::Traffic;
+        let Some(r) = &self.recorder else { return };
+        let dict: Option<Dictionary> = plist::from_bytes(body).ok();
+        let field = |k: &str| dict.as_ref().and_then(|d| d.get(k)).and_then(Value::as_string).map(str::to_owned);
+        let checkin = content_type == CHECKIN_TYPE;
+        let name = if checkin { field("MessageType") } else { field("Status") }.unwrap_or_else(|| "message".into());
+        let mut captures = Vec::new();
+        let mut reply_kind = None;
+        if !checkin && !reply.body.is_empty() {
+            reply_kind = Some(MessageKind::AppleCommand);
+            let cmd: Option<Dictionary> = plist::from_bytes(&reply.body).ok();
+            if let Some(uuid) = cmd.as_ref().and_then(|c| c.get("CommandUUID")).and_then(Value::as_string) {
+                let n = self.received.lock().unwrap_or_else(|e| e.into_inner()).len() + 1;
+                captures.push((format!("command_uuid_{n}"), "CommandUUID".to_owned(), uuid.to_owned()));
+            }
+        }
+        // Replayed with the runner's setup, whose profile names the URLs.
+        let _ = url;
+        let path = if checkin { "{{checkin_path}}" } else { "{{server_path}}" };
+        let traffic = Traffic {
+            name: &name,
+            method: "PUT",
+            path,
+            headers: &[("Content-Type", content_type)],
+            identity: "device",
+            body,
+            kind: Some(if checkin { MessageKind::AppleCheckin } else { MessageKind::AppleReport }),
+            status: reply.status,
+            content_type: reply_type,
+            reply: &reply.body,
+            reply_kind,
+            captures,
+        };
+        if let Err(e) = r.record(&traffic) {
+            eprintln!("capture mode: {}: {e}", r.dir().display());
         }
     }
 
@@ -198,9 +266,16 @@ impl AppleDevice {
         if self.mode == IdentityMode::SignMessages {
             req = req.header("Mdm-Signature", self.sign(&body)?);
         }
+        let sent = self.recorder.is_some().then(|| body.clone());
         let resp = req.body(body).send().await?;
         let status = resp.status().as_u16();
-        Ok(Reply { status, body: resp.bytes().await? })
+        let reply_type =
+            resp.headers().get(reqwest::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let reply = Reply { status, body: resp.bytes().await? };
+        if let Some(sent) = sent {
+            self.record(url, content_type, &sent, &reply, reply_type.as_deref());
+        }
+        Ok(reply)
     }
 
     /// A check-in message, to the check-in URL.

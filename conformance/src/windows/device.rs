@@ -87,6 +87,8 @@ pub struct WindowsDevice {
     tree: Mutex<BTreeMap<String, String>>,
     executed: Mutex<Vec<String>>,
     sessions: AtomicU32,
+    /// Capture mode ([`WindowsDevice::record_to`], or `MDM_CAPTURE_DIR`).
+    recorder: Option<crate::suite::Recorder>,
 }
 
 impl WindowsDevice {
@@ -112,7 +114,32 @@ impl WindowsDevice {
             tree: Mutex::new(tree),
             executed: Mutex::new(Vec::new()),
             sessions: AtomicU32::new(0),
-        })
+            recorder: None,
+        }
+        .record_to_env())
+    }
+
+    /// Capture mode: this device's OMA-DM traffic is written as a transcript under `root`
+    /// (`<root>/captured/windows-omadm/<device id>/`), its DeviceID as `{{windows_device_id}}`.
+    pub fn record_to(mut self, root: impl Into<std::path::PathBuf>) -> Self {
+        let r = crate::suite::Recorder::new(
+            root,
+            "captured/windows-omadm",
+            &self.identity.device_id,
+            "Recorded from the emulated Windows device (mdm-conformance capture mode).",
+            crate::suite::format::Setup::WindowsEnrolled,
+        );
+        r.template(&self.management_url, "{{gateway}}{{management_path}}");
+        r.template(&self.identity.device_id, "{{windows_device_id}}");
+        self.recorder = Some(r);
+        self
+    }
+
+    fn record_to_env(self) -> Self {
+        match std::env::var_os("MDM_CAPTURE_DIR") {
+            Some(root) => self.record_to(std::path::PathBuf::from(root)),
+            None => self,
+        }
     }
 
     /// The device id as the gateway names it.
@@ -135,6 +162,7 @@ impl WindowsDevice {
 
     /// POSTs `body` as SyncML to the management URL.
     pub async fn post(&self, body: Vec<u8>) -> Result<Reply, WindowsDeviceError> {
+        let sent = self.recorder.is_some().then(|| body.clone());
         let resp = self
             .client
             .post(&self.management_url)
@@ -144,7 +172,31 @@ impl WindowsDevice {
             .send()
             .await?;
         let status = resp.status().as_u16();
-        Ok(Reply { status, body: resp.bytes().await? })
+        let reply_type =
+            resp.headers().get(reqwest::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let reply = Reply { status, body: resp.bytes().await? };
+        if let (Some(r), Some(body)) = (&self.recorder, sent) {
+            use crate::suite::format::MessageKind;
+            let syncml_reply = reply_type.as_deref().is_some_and(|t| t.contains("syncml"));
+            let traffic = crate::suite::record::Traffic {
+                name: "SyncML message",
+                method: "POST",
+                path: "{{management_path}}",
+                headers: &[("Content-Type", syncml::CONTENT_TYPE)],
+                identity: "device",
+                body: &body,
+                kind: Some(MessageKind::Syncml),
+                status,
+                content_type: reply_type.as_deref(),
+                reply: &reply.body,
+                reply_kind: syncml_reply.then_some(MessageKind::Syncml),
+                captures: Vec::new(),
+            };
+            if let Err(e) = r.record(&traffic) {
+                eprintln!("capture mode: {}: {e}", r.dir().display());
+            }
+        }
+        Ok(reply)
     }
 
     fn header(&self, session_id: &str, msg_id: u32) -> SyncHdr {

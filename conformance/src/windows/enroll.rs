@@ -121,6 +121,8 @@ pub struct WindowsEnroller {
     base_url: String,
     trust_pem: Vec<u8>,
     client: reqwest::Client,
+    /// Capture mode ([`WindowsEnroller::record_to`], or `MDM_CAPTURE_DIR`).
+    recorder: Option<crate::suite::Recorder>,
 }
 
 fn message_id() -> String {
@@ -141,12 +143,81 @@ impl WindowsEnroller {
             .add_root_certificate(reqwest::Certificate::from_pem(gateway_ca_pem)?)
             .timeout(Duration::from_secs(30))
             .build()?;
-        Ok(WindowsEnroller {
+        let enroller = WindowsEnroller {
             config,
             base_url: base_url.trim_end_matches('/').to_owned(),
             trust_pem: gateway_ca_pem.to_vec(),
             client,
+            recorder: None,
+        };
+        Ok(match std::env::var_os("MDM_CAPTURE_DIR") {
+            Some(root) => enroller.record_to(std::path::PathBuf::from(root)),
+            None => enroller,
         })
+    }
+
+    /// Capture mode: the enrollment traffic (discovery, policy, enrollment, renewal) is written
+    /// as a transcript under `root` (`<root>/captured/windows-enroll/<device id>/`), with the
+    /// secret as `{{enroll_secret}}`, the UPN as `{{upn}}`, the DeviceID as `{{windows_device_id}}`.
+    pub fn record_to(mut self, root: impl Into<std::path::PathBuf>) -> Self {
+        let r = crate::suite::Recorder::new(
+            root,
+            "captured/windows-enroll",
+            &self.config.device_id,
+            "Recorded from the emulated Windows enrollment client (mdm-conformance capture mode).",
+            crate::suite::format::Setup::None,
+        );
+        if let EnrollCredential::Password { upn, password } = &self.config.credential {
+            r.template(password, "{{enroll_secret}}");
+            r.template(upn, "{{upn}}");
+        }
+        r.template(&self.config.email, "{{upn}}");
+        r.template(&self.base_url, "{{gateway}}");
+        r.template(&self.config.device_id, "{{windows_device_id}}");
+        self.recorder = Some(r);
+        self
+    }
+
+    fn record(&self, method: &str, url: &str, body: &[u8], reply: &HttpReply) {
+        use crate::suite::format::MessageKind;
+        let Some(r) = &self.recorder else { return };
+        let path = reqwest::Url::parse(url).map(|u| u.path().to_owned()).unwrap_or_else(|_| url.to_owned());
+        let lower = path.to_ascii_lowercase();
+        let (name, kind, answer) = if lower.ends_with("/discovery.svc") {
+            ("Discover", MessageKind::Mde2Discover, MessageKind::Mde2DiscoverResponse)
+        } else if lower.ends_with("/policy.svc") {
+            ("GetPolicies", MessageKind::XcepGetPolicies, MessageKind::XcepGetPoliciesResponse)
+        } else {
+            ("RequestSecurityToken", MessageKind::WstepRequest, MessageKind::WstepResponse)
+        };
+        let get = method == "GET";
+        let reply_kind = match reply.status {
+            _ if reply.body.is_empty() => None,
+            200 => Some(answer),
+            _ => Some(MessageKind::SoapFault),
+        };
+        let headers: &[(&str, &str)] = if get {
+            &[("User-Agent", "ENROLLClient")]
+        } else {
+            &[("Content-Type", "application/soap+xml; charset=utf-8")]
+        };
+        let traffic = crate::suite::record::Traffic {
+            name: if get { "GET discovery" } else { name },
+            method,
+            path: &path,
+            headers,
+            identity: "none",
+            body,
+            kind: (!get).then_some(kind),
+            status: reply.status,
+            content_type: reply.content_type.as_deref(),
+            reply: &reply.body,
+            reply_kind,
+            captures: Vec::new(),
+        };
+        if let Err(e) = r.record(&traffic) {
+            eprintln!("capture mode: {}: {e}", r.dir().display());
+        }
     }
 
     pub fn discovery_url(&self) -> String {
@@ -179,14 +250,18 @@ impl WindowsEnroller {
             .header("Content-Type", "application/soap+xml; charset=utf-8")
             .header("User-Agent", "ENROLLClient")
             .header("Cache-Control", "no-cache")
-            .body(body);
-        Self::send(req).await
+            .body(body.clone());
+        let reply = Self::send(req).await?;
+        self.record("POST", url, &body, &reply);
+        Ok(reply)
     }
 
     /// The first step of a real client: `GET` on the discovery URL.
     pub async fn get_discovery(&self) -> Result<HttpReply, WindowsEnrollError> {
         let req = self.client.get(self.discovery_url()).header("User-Agent", "ENROLLClient");
-        Self::send(req).await
+        let reply = Self::send(req).await?;
+        self.record("GET", &self.discovery_url(), &[], &reply);
+        Ok(reply)
     }
 
     pub fn discover_request(&self) -> Result<DiscoverRequest, WindowsEnrollError> {
