@@ -175,8 +175,28 @@ impl PostgresStore {
     }
 }
 
+/// The advisory lock held while migrating: one per schema (sqlx's own is one per database,
+/// which would make gateways on different schemas of one database wait for each other).
+const MIGRATION_LOCK_KEY_SQL: &str = "hashtextextended('mdm-gateway migrations ' || COALESCE(current_schema(), ''), 0)";
+
+/// Applies the migrations on one connection, under the schema's advisory lock, so instances
+/// starting together apply each migration once (the others wait, then find it applied).
 async fn migrate_pool(pool: &PgPool) -> Result<()> {
-    migrator().run(pool).await.map_err(|e| StoreError::Migrate(e.to_string()))
+    let mut conn = pool.acquire().await?;
+    query(lock_sql("SELECT pg_advisory_lock(", ")")).execute(&mut *conn).await?;
+    let mut migrator = migrator();
+    migrator.set_locking(false);
+    let applied = migrator.run(&mut *conn).await.map_err(|e| StoreError::Migrate(e.to_string()));
+    let unlocked = query(lock_sql("SELECT pg_advisory_unlock(", ")")).execute(&mut *conn).await;
+    if unlocked.is_err() {
+        // A session lock ends with its session: do not return this connection to the pool.
+        conn.detach();
+    }
+    applied
+}
+
+fn lock_sql(before: &'static str, after: &'static str) -> sqlx_core::sql_str::SqlStr {
+    sqlx_core::sql_str::AssertSqlSafe(format!("{before}{MIGRATION_LOCK_KEY_SQL}{after}")).into_sql_str()
 }
 
 /// `SELECT <every enrollment column> FROM enrollments` followed by the given literal.
@@ -1542,5 +1562,33 @@ mod tests {
             assert!(store.enrollment(&d).await.expect("read after reconnect").is_some());
         }
         store.ping().await.expect("ping");
+    }
+
+    /// With `sslmode=require` the pool talks TLS (rustls, ring). Run when the server offers TLS
+    /// (Debian's clusters do, with their snake-oil certificate).
+    #[tokio::test]
+    async fn connects_over_tls_when_asked() {
+        let Some(schema) = PostgresSchema::create().await else { return };
+        let plain = PostgresStore::open(&schema.url, small_pool()).await.expect("open");
+        let ssl_on: String =
+            get(&query("SHOW ssl").fetch_one(&plain.pool).await.expect("show ssl"), 0, "ssl").expect("ssl");
+        plain.close().await;
+        if ssl_on != "on" {
+            eprintln!("skipped: the test server does not offer TLS (ssl = {ssl_on})");
+            return;
+        }
+        let url = if schema.url.contains("sslmode=") {
+            schema.url.replace("sslmode=disable", "sslmode=require").replace("sslmode=prefer", "sslmode=require")
+        } else {
+            format!("{}&sslmode=require", schema.url)
+        };
+        let store = PostgresStore::open(&url, small_pool()).await.expect("open over TLS");
+        let row = query("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+            .fetch_one(&store.pool)
+            .await
+            .expect("pg_stat_ssl");
+        assert!(get::<bool>(&row, 0, "ssl").expect("ssl"), "the connection is encrypted");
+        store.ping().await.expect("ping");
+        store.close().await;
     }
 }

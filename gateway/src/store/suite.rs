@@ -1392,7 +1392,10 @@ impl PostgresSchema {
             .expect("create test schema");
         let _ = conn.close().await;
         let sep = if admin_url.contains('?') { '&' } else { '?' };
-        let url = format!("{admin_url}{sep}options[search_path]={name}&application_name={name}");
+        // No waiting for the WAL flush at commit: a test database need not survive a crash.
+        let url = format!(
+            "{admin_url}{sep}options[search_path]={name}&options[synchronous_commit]=off&application_name={name}"
+        );
         Some(PostgresSchema { url, name, admin_url })
     }
 }
