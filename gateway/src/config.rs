@@ -8,8 +8,10 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+mod android;
 mod windows;
 
+pub use android::{AndroidConfig, PubSubAuth, PubSubOidcConfig};
 pub use windows::{FederatedConfig, WindowsAuthPolicy, WindowsConfig, WindowsPollConfig};
 
 use figment::Figment;
@@ -36,6 +38,8 @@ pub struct Config {
     pub omadm: OmaDmConfig,
     /// Windows enrollment.
     pub windows: WindowsConfig,
+    /// Android (AMAPI): Pub/Sub push intake and the AMAPI client.
+    pub android: AndroidConfig,
     pub store: StoreConfig,
     pub events: EventsConfig,
     /// Optional webhook sink.
@@ -305,6 +309,7 @@ impl Default for Config {
             apple: AppleConfig::default(),
             omadm: OmaDmConfig::default(),
             windows: WindowsConfig::default(),
+            android: AndroidConfig::default(),
             store: StoreConfig::default(),
             events: EventsConfig::default(),
             webhook: None,
@@ -508,6 +513,7 @@ impl Config {
         self.validate_enrollment()?;
         self.validate_omadm()?;
         self.windows.validate()?;
+        self.android.validate()?;
         if let Some(url) = &self.store.url {
             if crate::store::PostgresStore::is_url(url) {
                 crate::store::PostgresStore::check_url(url)

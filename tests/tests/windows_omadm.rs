@@ -210,8 +210,8 @@ async fn unsupported_and_invalid_commands_are_422_and_queue_nothing() {
     let before = h.snapshot(&[]).await;
     for (command, code) in [
         (json!({"type": "clear_passcode"}), "unsupported_on_platform"),
-        (json!({"type": "set_settings", "settings": {"camera_disabled": true}}), "unsupported_on_platform"),
-        (json!({"type": "install_app", "app": "9WZDNCRFJ3Q2"}), "unsupported_on_platform"),
+        (json!({"type": "set_settings", "settings": {}}), "invalid_command"),
+        (json!({"type": "install_app", "app": "9WZDNCRFJ3Q2"}), "invalid_command"),
         (json!({"type": "app_config", "app": "x", "config": {}}), "unsupported_on_platform"),
         (json!({"type": "lock", "pin": "123456"}), "invalid_command"),
         (json!({"type": "wipe", "preserve_data_plan": true}), "invalid_command"),

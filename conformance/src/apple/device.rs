@@ -59,9 +59,16 @@ pub struct AppleDevice {
     /// Set when the device enrolled through a profile: what renewing its identity needs.
     pub(crate) enrolled_with: Option<std::sync::Arc<super::enroll::ProfileContext>>,
     pub(crate) client: reqwest::Client,
+    /// Every `Command` dictionary received, in order (shared by clones).
+    pub(crate) received: std::sync::Arc<std::sync::Mutex<Vec<Dictionary>>>,
 }
 
 impl AppleDevice {
+    /// Every `Command` dictionary this device (or a clone of it) received in sessions, oldest first.
+    pub fn received_commands(&self) -> Vec<Dictionary> {
+        self.received.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     /// `gateway_ca_pem` is what the device trusts for the server; `base_url` e.g.
     /// `https://localhost:8443`.
     pub fn new(
@@ -113,6 +120,7 @@ impl AppleDevice {
             check_in_url: format!("{base_url}/mdm"),
             enrolled_with: None,
             client,
+            received: Default::default(),
         }
     }
 
@@ -249,6 +257,7 @@ impl AppleDevice {
             let cmd: Dictionary = plist::from_bytes(&reply.body).map_err(|e| DeviceError::BadCommand(e.to_string()))?;
             let uuid = cmd.get("CommandUUID").and_then(Value::as_string).unwrap_or_default().to_owned();
             let inner = cmd.get("Command").and_then(Value::as_dictionary).cloned().unwrap_or_default();
+            self.received.lock().unwrap_or_else(|e| e.into_inner()).push(inner.clone());
             let request_type = inner.get("RequestType").and_then(Value::as_string).unwrap_or_default().to_owned();
             let status = choose(&request_type);
             let extra = match status {

@@ -9,9 +9,11 @@
 //! - [`roundtrip`]: `POST /v1/commands` → device session → event on `/v1/events`.
 //! - [`push`]: an in-process APNs emulator for the gateway child, and `GET /v1/push` batches
 //!   through the gateway's APNs pool.
+//! - [`android`]: Pub/Sub push deliveries of AMAPI notifications.
 //! - [`windows`]: Windows enrollment requests (MS-WSTEP) and three-message OMA-DM sessions over
 //!   mutual TLS.
 
+pub mod android;
 pub mod ceiling;
 pub mod child;
 pub mod load;

@@ -8,6 +8,7 @@
 //! target/release/mdm-bench roundtrip --push --rate 200 --duration 10s
 //! target/release/mdm-bench push --devices 10000 --batch 100 --concurrency 8 --duration 10s
 //! target/release/mdm-bench windows --duration 10s
+//! target/release/mdm-bench android --pushes 100000 --duration 10s
 //! ```
 
 use std::net::SocketAddr;
@@ -49,6 +50,9 @@ enum Cmd {
     /// Windows: MS-WSTEP enrollments/s (certificate signing) and three-message OMA-DM sessions/s
     /// over mutual TLS, each against the bare hyper + rustls ceiling.
     Windows(WindowsArgs),
+    /// Android: Pub/Sub push deliveries of AMAPI STATUS_REPORTs ingested durably (with
+    /// deduplication and per-device ordering), against the bare hyper + rustls ceiling.
+    Android(AndroidArgs),
     /// Write enrolled devices into a stopped gateway's data directory.
     Seed(SeedArgs),
     /// (internal) The ceiling server, run as a child process.
@@ -175,6 +179,35 @@ struct PushArgs {
     /// Stop after this many requests (or at --duration).
     #[arg(long)]
     max_batches: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+struct AndroidArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Measured time of each run.
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    duration: Duration,
+    /// Unmeasured load before each run.
+    #[arg(long, value_parser = parse_duration, default_value = "1s")]
+    warmup: Duration,
+    /// Skip the ceiling server run.
+    #[arg(long)]
+    no_ceiling: bool,
+    /// Concurrent TLS connections (HTTP/1.1 keep-alive, one push in flight each), as Pub/Sub's
+    /// push delivery opens several.
+    #[arg(long, default_value_t = 32)]
+    connections: usize,
+    /// Distinct pushes made before the run (each its own message id); a run ends when they are
+    /// used up, so none is sent twice. Needs (warm-up + duration) × pushes/s.
+    #[arg(long, default_value_t = 100_000)]
+    pushes: usize,
+    /// Devices the pushes cycle over.
+    #[arg(long, default_value_t = 2_000)]
+    devices: usize,
+    /// Then send the same pushes again: every one a duplicate (answered from the handled-id check).
+    #[arg(long)]
+    duplicates: bool,
 }
 
 /// The parts of `mdm-bench windows`.
@@ -1116,6 +1149,157 @@ async fn windows(a: WindowsArgs) -> Result<bool, String> {
     Ok(ok)
 }
 
+#[derive(Debug, Serialize)]
+struct AndroidReport {
+    scenario: &'static str,
+    machine: Machine,
+    what: &'static str,
+    warmup_s: f64,
+    duration_s: f64,
+    connections: usize,
+    distinct_pushes: usize,
+    devices: usize,
+    ceiling: Option<LoadResult>,
+    gateway: LoadResult,
+    ratio_to_ceiling: Option<f64>,
+    /// Rows in `pubsub_messages` with outcome `applied` after the first pass: one per 2xx answer.
+    messages_applied: u64,
+    /// Android enrollments stored.
+    android_enrollments: u64,
+    /// Events appended by the first pass.
+    events_stored: u64,
+    /// The second pass (`--duplicates`): the same pushes again.
+    duplicates: Option<LoadResult>,
+    duplicates_ratio_to_ceiling: Option<f64>,
+    /// Events after the second pass (must equal `events_stored`).
+    events_after_duplicates: Option<u64>,
+}
+
+async fn android(a: AndroidArgs) -> Result<bool, String> {
+    use mdm_conformance::bench::android as android_bench;
+    let w = work(&a.common)?;
+    let data_dir = w.dir.join("gw-android");
+    eprintln!("[android] initialising {}", data_dir.display());
+    init_data_dir(&w, &a.common, &data_dir).await?;
+    let ca_pem = std::fs::read(data_dir.join("ca.pem")).map_err(|e| format!("ca.pem: {e}"))?;
+    let token = std::fs::read_to_string(data_dir.join("pubsub-token")).map_err(|e| format!("pubsub-token: {e}"))?;
+    let n = a.pushes.max(1);
+    let started = std::time::Instant::now();
+    let start_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_err(|e| e.to_string())?.as_millis() as i64;
+    let run = format!("{start_ms}");
+    let pushes = Arc::new(android_bench::status_report_pushes(n, a.devices, start_ms, &run));
+    eprintln!("[android] {n} pushes made in {:.1} s", started.elapsed().as_secs_f64());
+    let path = format!("{}?token={}", android_bench::PUSH_PATH, token.trim());
+    let spec = |addr: SocketAddr| -> Result<LoadSpec, String> {
+        Ok(LoadSpec {
+            addr,
+            server_name: "localhost".into(),
+            tls: vec![client_config(&ca_pem, &[b"http/1.1"])?],
+            connections: a.connections,
+            warmup: a.warmup,
+            duration: a.duration,
+            max_requests: None,
+            requests: pushes.clone(),
+            method: http::Method::POST,
+            path: path.clone(),
+            content_type: HeaderValue::from_static("application/json"),
+        })
+    };
+    let mut ceiling = None;
+    if !a.no_ceiling {
+        eprintln!("[android] ceiling server, {} connections, {:?}", a.connections, a.duration);
+        let (mut server, addr) = start_ceiling(&w, &data_dir).await?;
+        let r = load::run(spec(addr)?, Some(server.pid)).await;
+        server.stop(Duration::from_secs(5)).ok();
+        eprintln!("[android] ceiling {:.0} pushes/s", r.requests_per_second);
+        ceiling = Some(r);
+    }
+    eprintln!("[android] gateway, {} connections, {:?}", a.connections, a.duration);
+    let mut g = GatewayChild::start(&w.gateway_bin, &data_dir, a.common.gateway_config.as_deref()).await?;
+    let r = load::run(spec(g.device_addr)?, Some(g.server.pid)).await;
+    eprintln!("[android] gateway {:.0} pushes/s", r.requests_per_second);
+    let db = data_dir.join("gateway.db");
+    let events_stored = win_bench::count(&db, "SELECT COUNT(*) FROM events")?;
+    let mut duplicates = None;
+    let mut events_after_duplicates = None;
+    if a.duplicates {
+        eprintln!("[android] gateway, the same pushes again (duplicates)");
+        let d = load::run(spec(g.device_addr)?, Some(g.server.pid)).await;
+        eprintln!("[android] gateway {:.0} duplicate pushes/s", d.requests_per_second);
+        events_after_duplicates = Some(win_bench::count(&db, "SELECT COUNT(*) FROM events")?);
+        duplicates = Some(d);
+    }
+    g.stop()?;
+    let messages_applied = win_bench::count(&db, "SELECT COUNT(*) FROM pubsub_messages WHERE outcome = 'applied'")?;
+    let android_enrollments = win_bench::count(&db, "SELECT COUNT(*) FROM enrollments WHERE platform = 'android'")?;
+    let sent_total = r.ok_total + r.non_200 + r.errors;
+    let mut ok = r.requests > 0 && r.non_200 == 0 && r.errors == 0 && messages_applied == r.ok_total;
+    if sent_total > n as u64 {
+        eprintln!("[android] {sent_total} pushes sent for {n} prepared: some were repeats; raise --pushes");
+        ok = false;
+    }
+    if let Some(d) = &duplicates {
+        ok &= d.non_200 == 0 && d.errors == 0 && events_after_duplicates == Some(events_stored);
+    }
+    if !ok {
+        let log = std::fs::read_to_string(&g.server.log).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(5).collect();
+        eprintln!(
+            "[android] problems: {:?}; {messages_applied} messages applied for {} answers; gateway log tail: {tail:?}",
+            r.first_error, r.ok_total
+        );
+    }
+    let ratio =
+        |x: &LoadResult| ceiling.as_ref().map(|c: &LoadResult| x.requests_per_second / c.requests_per_second.max(1e-9));
+    let report = AndroidReport {
+        scenario: "android",
+        machine: machine(),
+        what: "Pub/Sub push of an AMAPI STATUS_REPORT (base64 Device JSON, ~1.3 kB envelope), token-authenticated; stored with dedupe and per-device order before the 2xx",
+        warmup_s: a.warmup.as_secs_f64(),
+        duration_s: a.duration.as_secs_f64(),
+        connections: a.connections,
+        distinct_pushes: n,
+        devices: a.devices,
+        ratio_to_ceiling: ratio(&r),
+        duplicates_ratio_to_ceiling: duplicates.as_ref().and_then(ratio),
+        ceiling,
+        gateway: r,
+        messages_applied,
+        android_enrollments,
+        events_stored,
+        duplicates,
+        events_after_duplicates,
+    };
+    println!();
+    println!(
+        "mdm-bench android: {:.0} s measured after {:.0} s warm-up; HTTP/1.1 over TLS 1.3 (rustls, ring)",
+        a.duration.as_secs_f64(),
+        a.warmup.as_secs_f64()
+    );
+    println!("{} ({} connections, {} devices)", report.what, report.connections, report.devices);
+    println!("{}", table_header("push/s"));
+    if let Some(c) = &report.ceiling {
+        println!("{}", enroll_row("ceiling", c, None));
+    }
+    println!("{}", enroll_row("gateway", &report.gateway, report.ratio_to_ceiling));
+    if let Some(d) = &report.duplicates {
+        println!("{}", enroll_row("duplicates", d, report.duplicates_ratio_to_ceiling));
+    }
+    println!(
+        "stored: {} messages applied ({} answered 2xx including warm-up), {} Android enrollments, {} events{}",
+        report.messages_applied,
+        report.gateway.ok_total,
+        report.android_enrollments,
+        report.events_stored,
+        match report.events_after_duplicates {
+            Some(e) => format!("; {e} after the duplicate pass"),
+            None => String::new(),
+        }
+    );
+    write_json(&a.common, &report)?;
+    Ok(ok)
+}
+
 async fn windows_enroll(w: &Work, a: &WindowsArgs) -> Result<(WindowsEnrollReport, bool), String> {
     let data_dir = w.dir.join("gw-windows-enroll");
     eprintln!("[enroll] initialising {}", data_dir.display());
@@ -1365,6 +1549,7 @@ fn main() -> ExitCode {
             Cmd::Roundtrip(a) => roundtrip(a).await,
             Cmd::Push(a) => push(a).await,
             Cmd::Windows(a) => windows(a).await,
+            Cmd::Android(a) => android(a).await,
             Cmd::Seed(a) => seed_cmd(a).await,
             Cmd::CeilingServer(a) => ceiling_server(a).await,
         }

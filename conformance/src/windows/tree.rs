@@ -30,11 +30,19 @@ pub fn default_tree(device_id: &str) -> BTreeMap<String, String> {
 /// Exec nodes the emulator carries out (with and without the `./Device` prefix).
 pub(crate) fn executable(uri: &str) -> bool {
     let uri = uri.strip_prefix("./Device").map(|r| format!(".{r}")).unwrap_or_else(|| uri.to_owned());
+    // App installs: a Store app's StoreInstall, an MSI's DownloadInstall (each under the node
+    // the install's Add created).
+    let app_install = |root: &str, leaf: &str| {
+        uri.strip_prefix(root)
+            .and_then(|r| r.strip_suffix(leaf))
+            .is_some_and(|name| !name.is_empty() && !name.contains('/'))
+    };
     matches!(
         uri.as_str(),
         "./Vendor/MSFT/RemoteLock/Lock"
             | "./Vendor/MSFT/Reboot/RebootNow"
             | "./Vendor/MSFT/RemoteWipe/doWipe"
             | "./Vendor/MSFT/RemoteWipe/doWipeProtected"
-    )
+    ) || app_install("./Vendor/MSFT/EnterpriseModernAppManagement/AppInstallation/", "/StoreInstall")
+        || app_install("./Vendor/MSFT/EnterpriseDesktopAppManagement/MSI/", "/DownloadInstall")
 }

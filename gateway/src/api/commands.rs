@@ -1,6 +1,7 @@
 //! `POST /v1/commands` and `GET /v1/commands/{id}`.
 
 use http::StatusCode;
+use mdm_core::placeholder::{self, DeviceFacts};
 use mdm_core::{Command, CommandError, DeviceId, EventType, Platform};
 use serde::Deserialize;
 use serde_json::json;
@@ -9,7 +10,7 @@ use super::{rfc3339, store_error};
 use crate::AppState;
 use crate::events::new_id;
 use crate::http_util::{Reply, json, json_error};
-use crate::store::{CommandRecord, EnrollmentState, NewCommand, StoreError};
+use crate::store::{CommandRecord, Enrollment, EnrollmentState, NewCommand, StoreError};
 use crate::telemetry;
 
 #[derive(Debug, Deserialize)]
@@ -102,6 +103,12 @@ pub(super) async fn create(state: &AppState, body: &[u8]) -> Reply {
     if enrollment.state == EnrollmentState::Unenrolled {
         return json_error(StatusCode::CONFLICT, "device_unenrolled", &format!("{device_id} is unenrolled"));
     }
+    // Per-device placeholders in app configuration ({{SerialNumber}}…): filled in now, so an
+    // unknown token, or one this device has no value for, is a 422 at enqueue.
+    let command = match fill_placeholders(command, &enrollment) {
+        Ok(c) => c,
+        Err(e) => return command_refused(&e),
+    };
     let command_id = new_id();
     let (request_type, payload) = match device_id.platform() {
         Platform::Apple => {
@@ -113,7 +120,10 @@ pub(super) async fn create(state: &AppState, body: &[u8]) -> Reply {
                 },
                 None => enrollment.unlock_token.clone(),
             };
-            let ctx = mdm_apple::TranslateContext { unlock_token: unlock_owner.as_deref() };
+            let ctx = mdm_apple::TranslateContext {
+                unlock_token: unlock_owner.as_deref(),
+                os_name: enrollment.inventory.os_name.as_deref(),
+            };
             match mdm_apple::translate(&command, &command_id, &ctx) {
                 Ok(c) => (c.request_type, c.plist),
                 Err(e) => return command_refused(&e),
@@ -172,6 +182,37 @@ pub(super) async fn create(state: &AppState, body: &[u8]) -> Reply {
         state.pusher.wake(device_id);
     }
     json(StatusCode::ACCEPTED, &json!({ "command_id": command_id, "status": "queued" }))
+}
+
+/// The values `{{Token}}` placeholders take for this device (see [`mdm_core::placeholder`]).
+fn device_facts(e: &Enrollment) -> DeviceFacts<'_> {
+    let attr = |k: &str| e.attributes.get(k).and_then(|v| v.as_str()).filter(|s| !s.is_empty());
+    let upn = attr("user_principal_name").or_else(|| attr("upn"));
+    DeviceFacts {
+        user_principal_name: upn,
+        // A UPN is the sign-in address; it stands in for the email when none was reported.
+        user_email: attr("email").or_else(|| upn.filter(|u| u.contains('@'))),
+        device_id: Some(e.device_id.as_str()),
+        serial_number: e.inventory.serial_number.as_deref(),
+        udid: e.inventory.udid.as_deref(),
+    }
+}
+
+fn fill_placeholders(command: Command, enrollment: &Enrollment) -> Result<Command, CommandError> {
+    let facts = device_facts(enrollment);
+    let fill = |m: &serde_json::Map<String, serde_json::Value>| -> Result<_, CommandError> {
+        match placeholder::substitute(&serde_json::Value::Object(m.clone()), &facts)? {
+            serde_json::Value::Object(m) => Ok(m),
+            _ => unreachable!("substitution keeps the value's shape"),
+        }
+    };
+    Ok(match command {
+        Command::AppConfig { app, config } => Command::AppConfig { config: fill(&config)?, app },
+        Command::InstallApp { app, managed_config: Some(m) } => {
+            Command::InstallApp { managed_config: Some(fill(&m)?), app }
+        }
+        other => other,
+    })
 }
 
 fn command_refused(e: &CommandError) -> Reply {

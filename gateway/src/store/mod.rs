@@ -401,6 +401,109 @@ pub enum WindowsRecord {
     BindingChanged,
 }
 
+/// One Pub/Sub message to apply ([`Store::apply_pubsub`]): deduplication by message id, per-device
+/// ordering by publish time, and the state and events it brings, in one transaction.
+#[derive(Debug, Clone)]
+pub struct PubSubDelivery<'a> {
+    pub message_id: &'a str,
+    /// Unix seconds.
+    pub received_at: i64,
+    /// The device and the message's publish time (Unix milliseconds). When set, the message is
+    /// applied only if its publish time is not older than the newest one applied for that
+    /// device, and it then becomes the newest. `None`: no ordering (enterprise-level messages).
+    pub ordering: Option<(&'a DeviceId, i64)>,
+    /// Enrollment to write (insert or replace) when applied.
+    pub enrollment: Option<&'a Enrollment>,
+    /// Conditional command changes (as [`Store::update_command`]) when applied.
+    pub command_updates: &'a [CommandUpdate<'a>],
+    /// Appended when applied.
+    pub events: &'a [Event],
+}
+
+/// What [`Store::apply_pubsub`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PubSubOutcome {
+    /// Stored: state, command changes and events.
+    Applied,
+    /// The message id was handled before; nothing changed.
+    Duplicate,
+    /// Older than the newest message applied for the device; only the id was recorded.
+    Stale,
+}
+
+/// A Pub/Sub message that can never be applied, kept for operators.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// The message id, when the envelope had one.
+    pub message_id: Option<String>,
+    pub received_at: i64,
+    /// A short machine label (`invalid_base64`, `invalid_json`, …).
+    pub reason: String,
+    /// The human-readable error.
+    pub detail: String,
+    /// The push body as received.
+    pub body: Vec<u8>,
+}
+
+/// An AMAPI operation the gateway started for a command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AndroidOperation {
+    /// `enterprises/…/devices/…/operations/…`.
+    pub operation: String,
+    pub device_id: DeviceId,
+    pub command_id: String,
+    pub created_at: i64,
+}
+
+/// What a corporate identifier is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IdentifierKind {
+    Imei,
+    Serial,
+}
+
+impl IdentifierKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IdentifierKind::Imei => "imei",
+            IdentifierKind::Serial => "serial",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "imei" => Some(IdentifierKind::Imei),
+            "serial" => Some(IdentifierKind::Serial),
+            _ => None,
+        }
+    }
+
+    /// The stored form: serial numbers trimmed and upper case, IMEIs/MEIDs without spaces or
+    /// dashes, upper case. `None` when nothing is left.
+    pub fn normalise(self, raw: &str) -> Option<String> {
+        let s: String = match self {
+            IdentifierKind::Serial => raw.trim().to_ascii_uppercase(),
+            IdentifierKind::Imei => {
+                raw.chars().filter(|c| !c.is_whitespace() && *c != '-').collect::<String>().to_ascii_uppercase()
+            }
+        };
+        (!s.is_empty()).then_some(s)
+    }
+}
+
+/// One imported corporate identifier and what became of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CorporateIdentifier {
+    pub kind: IdentifierKind,
+    pub identifier: String,
+    pub details: String,
+    pub created_at: i64,
+    /// The device that enrolled with this identifier (the newest one).
+    pub enrolled_device: Option<DeviceId>,
+    pub enrolled_at: Option<i64>,
+}
+
 /// Durable state behind the gateway. Implementations must pass [`suite`].
 #[async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug + 'static {
@@ -569,4 +672,55 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn windows_certificates(&self, limit: u32) -> Result<Vec<WindowsCertificate>>;
     /// The Windows devices, not unenrolled, whose bound certificate was issued to `upn`, by id.
     async fn windows_devices_of_user(&self, upn: &str) -> Result<Vec<DeviceId>>;
+    // --- Android (Pub/Sub and AMAPI operations) ---
+    /// Applies one Pub/Sub message atomically; see [`PubSubDelivery`].
+    async fn apply_pubsub(&self, delivery: PubSubDelivery<'_>) -> Result<PubSubOutcome>;
+    /// Records a message that can never be applied, and its id as handled (so a redelivery is a
+    /// duplicate), with `events`. Returns false, storing nothing, if the id was handled before.
+    async fn record_dead_letter(&self, dead: &DeadLetter, events: &[Event]) -> Result<bool>;
+    /// Newest first.
+    async fn dead_letters(&self, limit: u32) -> Result<Vec<DeadLetter>>;
+    /// Forgets handled message ids received before `before` (Unix seconds); at most `limit`.
+    async fn prune_pubsub_messages(&self, before: i64, limit: u32) -> Result<u64>;
+    /// Binds an AMAPI operation to the command it carries, applying `update` (typically
+    /// queued → sent) and appending `events` in the same transaction.
+    async fn record_android_operation(
+        &self,
+        operation: &AndroidOperation,
+        update: Option<CommandUpdate<'_>>,
+        events: &[Event],
+    ) -> Result<()>;
+    async fn android_operation(&self, operation: &str) -> Result<Option<AndroidOperation>>;
+    /// Operations created at or before `created_before` whose command is still `sent` (no
+    /// COMMAND notification came), oldest first: candidates for `operations.get`.
+    async fn unresolved_android_operations(&self, created_before: i64, limit: u32) -> Result<Vec<AndroidOperation>>;
+    // --- Enrollment gate ---
+    /// Device channels (not user channels) not unenrolled whose inventory names `user` as
+    /// `enrolled_user` (case-insensitive), leaving out `excluding` (the device enrolling again).
+    async fn count_user_devices(&self, user: &str, excluding: Option<&DeviceId>) -> Result<u64>;
+    /// Replaces the list of `kind` with `rows` (normalised identifier, details); identifiers kept
+    /// keep their enrollment state. Returns how many are listed.
+    async fn replace_corporate_identifiers(
+        &self,
+        kind: IdentifierKind,
+        rows: &[(String, String)],
+        now: i64,
+    ) -> Result<u64>;
+    async fn corporate_identifier(&self, kind: IdentifierKind, identifier: &str)
+    -> Result<Option<CorporateIdentifier>>;
+    /// In identifier order, after `after`.
+    async fn corporate_identifiers(
+        &self,
+        kind: IdentifierKind,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<CorporateIdentifier>>;
+    /// Records that `device` enrolled with a listed identifier; false when it is not listed.
+    async fn mark_corporate_identifier_enrolled(
+        &self,
+        kind: IdentifierKind,
+        identifier: &str,
+        device: &DeviceId,
+        now: i64,
+    ) -> Result<bool>;
 }

@@ -40,15 +40,19 @@ use sqlx_postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow
 use tokio::sync::Notify;
 
 use super::{
-    CommandRecord, CommandUpdate, DeclarationSet, DeclarationsChange, DeclarationsToken, EnrollTicket, Enrollment,
-    EnrollmentState, LoggedEvent, NewCommand, NewScepChallenge, OmaDmSession, PushCert, PushInfo, RequestSnapshot,
+    AndroidOperation, CommandRecord, CommandUpdate, CorporateIdentifier, DeadLetter, DeclarationSet,
+    DeclarationsChange, DeclarationsToken, EnrollTicket, Enrollment, EnrollmentState, IdentifierKind, LoggedEvent,
+    NewCommand, NewScepChallenge, OmaDmSession, PubSubDelivery, PubSubOutcome, PushCert, PushInfo, RequestSnapshot,
     Result, ScepCertificate, ScepChallenge, ScepRecord, Store, StoreError, StoredDeclaration, TicketStatus,
     WindowsCertificate, WindowsRecord,
 };
 
 /// Migrations, embedded at build time: `(version, description, sql)`, following the
 /// `<version>_<description>.sql` file naming. A test checks that every file is listed.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "init", include_str!("../../migrations/postgres/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "init", include_str!("../../migrations/postgres/0001_init.sql")),
+    (2, "android_enrollment_gate", include_str!("../../migrations/postgres/0002_android_enrollment_gate.sql")),
+];
 
 /// How the pool is sized and how long an operation waits for a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -272,8 +276,8 @@ const LIST_ENROLLMENTS_BY_PLATFORM_SQL: &str =
     select_enrollments!("WHERE platform = $1 AND device_id > $2 ORDER BY device_id LIMIT $3");
 const SAVE_ENROLLMENT_SQL: &str = "INSERT INTO enrollments (device_id, platform, parent, state, cert_sha256, \
      push_token, push_magic, push_topic, unlock_token, bootstrap_token, inventory, attributes, enrolled_at, \
-     last_seen, checked_in_event_at, created_at, updated_at) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) \
+     last_seen, checked_in_event_at, created_at, updated_at, enrolled_user) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18) \
      ON CONFLICT (device_id) DO UPDATE SET \
      platform = excluded.platform, parent = excluded.parent, state = excluded.state, \
      cert_sha256 = excluded.cert_sha256, push_token = excluded.push_token, \
@@ -282,7 +286,7 @@ const SAVE_ENROLLMENT_SQL: &str = "INSERT INTO enrollments (device_id, platform,
      inventory = excluded.inventory, attributes = excluded.attributes, \
      enrolled_at = excluded.enrolled_at, last_seen = excluded.last_seen, \
      checked_in_event_at = excluded.checked_in_event_at, created_at = excluded.created_at, \
-     updated_at = excluded.updated_at";
+     updated_at = excluded.updated_at, enrolled_user = excluded.enrolled_user";
 const SET_STATE_WITH_CHILDREN_SQL: &str = "UPDATE enrollments SET state = $1, updated_at = $2 \
      WHERE (device_id = $3 OR parent = $3) AND state <> $1";
 // The WHERE must stay identical to the `commands_pending` index's for the planner to use it.
@@ -657,9 +661,74 @@ async fn write_enrollment(conn: &mut PgConnection, e: &Enrollment) -> Result<()>
         .bind(e.checked_in_event_at)
         .bind(e.created_at)
         .bind(e.updated_at)
+        // count_user_devices matches on it, case-insensitively.
+        .bind(e.inventory.enrolled_user.as_deref().map(str::to_lowercase))
         .execute(conn)
         .await?;
     Ok(())
+}
+
+/// Runs one compare-and-set command update (see [`UPDATE_COMMAND_SQL`]) inside the caller's
+/// transaction; the number of rows changed (0 or 1). An empty `from` never applies.
+async fn exec_update(conn: &mut PgConnection, update: &CommandUpdate<'_>) -> Result<u64> {
+    if update.from.is_empty() {
+        return Ok(0);
+    }
+    let from: Vec<&str> = update.from.iter().map(|s| s.as_str()).collect();
+    Ok(query(UPDATE_COMMAND_SQL)
+        .bind(update.to.as_str())
+        .bind(opt_json(&update.result))
+        .bind(opt_json(&update.error))
+        .bind(update.now)
+        .bind(i64::from(update.to == CommandStatus::Sent))
+        .bind(update.device_id.as_str())
+        .bind(update.command_id)
+        .bind(from.as_slice())
+        .execute(conn)
+        .await?
+        .rows_affected())
+}
+
+fn android_operation_from_row(row: &PgRow) -> Result<AndroidOperation> {
+    Ok(AndroidOperation {
+        operation: get(row, 0, "operation")?,
+        device_id: parse_device_id(&get::<String>(row, 1, "device_id")?, "android_operations.device_id")?,
+        command_id: get(row, 2, "command_id")?,
+        created_at: get(row, 3, "created_at")?,
+    })
+}
+
+fn dead_letter_from_row(row: &PgRow) -> Result<DeadLetter> {
+    Ok(DeadLetter {
+        message_id: get(row, 0, "message_id")?,
+        received_at: get(row, 1, "received_at")?,
+        reason: get(row, 2, "reason")?,
+        detail: get(row, 3, "detail")?,
+        body: get(row, 4, "body")?,
+    })
+}
+
+fn corporate_identifier_from_row(row: &PgRow) -> Result<CorporateIdentifier> {
+    let kind: String = get(row, 0, "kind")?;
+    let enrolled: Option<String> = get(row, 4, "enrolled_device")?;
+    Ok(CorporateIdentifier {
+        kind: IdentifierKind::parse(&kind)
+            .ok_or_else(|| StoreError::Corrupt(format!("corporate_identifiers.kind {kind:?}")))?,
+        identifier: get(row, 1, "identifier")?,
+        details: get(row, 2, "details")?,
+        created_at: get(row, 3, "created_at")?,
+        enrolled_device: enrolled.map(|d| parse_device_id(&d, "corporate_identifiers.enrolled_device")).transpose()?,
+        enrolled_at: get(row, 5, "enrolled_at")?,
+    })
+}
+
+macro_rules! select_corporate_identifiers {
+    ($rest:literal) => {
+        concat!(
+            "SELECT kind, identifier, details, created_at, enrolled_device, enrolled_at FROM corporate_identifiers ",
+            $rest
+        )
+    };
 }
 
 /// The part of a declaration change common to put and delete, inside the caller's transaction:
@@ -809,24 +878,11 @@ impl Store for PostgresStore {
             return Ok(false);
         }
         let events = event_rows(events)?;
-        let from: Vec<&str> = update.from.iter().map(|s| s.as_str()).collect();
         let mut tx = self.begin().await?;
         // Compare-and-set in one statement: it applies only if the current status is one of
         // `from` (a concurrent change is waited for, then re-checked), and events are appended
         // only then.
-        let changed = query(UPDATE_COMMAND_SQL)
-            .bind(update.to.as_str())
-            .bind(opt_json(&update.result))
-            .bind(opt_json(&update.error))
-            .bind(update.now)
-            .bind(i64::from(update.to == CommandStatus::Sent))
-            .bind(update.device_id.as_str())
-            .bind(update.command_id)
-            .bind(from.as_slice())
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        if changed == 0 {
+        if exec_update(&mut tx, &update).await? == 0 {
             tx.rollback().await?;
             return Ok(false);
         }
@@ -1325,6 +1381,270 @@ impl Store for PostgresStore {
         .await?;
         rows.iter().map(|row| parse_device_id(&get::<String>(row, 0, "device_id")?, "enrollments.device_id")).collect()
     }
+
+    // --- Android (Pub/Sub and AMAPI operations) ---
+
+    async fn apply_pubsub(&self, d: PubSubDelivery<'_>) -> Result<PubSubOutcome> {
+        let events = event_rows(d.events)?;
+        let mut tx = self.begin().await?;
+        let mut stale = false;
+        if let Some((device, t)) = d.ordering {
+            // One message of a device at a time, so the watermark read here stays the newest
+            // until this transaction commits (there may be no row to lock yet).
+            query("SELECT pg_advisory_xact_lock(hashtextextended('mdm-gateway android ' || $1, 0))")
+                .bind(device.as_str())
+                .execute(&mut *tx)
+                .await?;
+            let newest = query("SELECT publish_time_ms FROM android_watermarks WHERE device_id = $1")
+                .bind(device.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+            if let Some(row) = newest {
+                stale = t < get::<i64>(&row, 0, "publish_time_ms")?;
+            }
+        }
+        // The dedupe gate: a concurrent delivery of the same id waits here for the first one,
+        // then finds its row.
+        let new = query(
+            "INSERT INTO pubsub_messages (message_id, received_at, outcome) VALUES ($1, $2, $3) \
+             ON CONFLICT (message_id) DO NOTHING",
+        )
+        .bind(d.message_id)
+        .bind(d.received_at)
+        .bind(if stale { "stale" } else { "applied" })
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if new == 0 {
+            tx.rollback().await?;
+            return Ok(PubSubOutcome::Duplicate);
+        }
+        if stale {
+            self.commit(tx, false).await?;
+            return Ok(PubSubOutcome::Stale);
+        }
+        if let Some((device, t)) = d.ordering {
+            query(
+                "INSERT INTO android_watermarks (device_id, publish_time_ms, message_id) VALUES ($1, $2, $3) \
+                 ON CONFLICT (device_id) DO UPDATE SET publish_time_ms = excluded.publish_time_ms, \
+                 message_id = excluded.message_id",
+            )
+            .bind(device.as_str())
+            .bind(t)
+            .bind(d.message_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if let Some(e) = d.enrollment {
+            write_enrollment(&mut tx, e).await?;
+        }
+        for u in d.command_updates {
+            exec_update(&mut tx, u).await?;
+        }
+        let appended = append_events(&mut tx, &events).await?;
+        self.commit(tx, appended).await?;
+        Ok(PubSubOutcome::Applied)
+    }
+
+    async fn record_dead_letter(&self, dead: &DeadLetter, events: &[Event]) -> Result<bool> {
+        let events = event_rows(events)?;
+        let mut tx = self.begin().await?;
+        if let Some(id) = &dead.message_id {
+            let new = query(
+                "INSERT INTO pubsub_messages (message_id, received_at, outcome) VALUES ($1, $2, 'dead_letter') \
+                 ON CONFLICT (message_id) DO NOTHING",
+            )
+            .bind(id)
+            .bind(dead.received_at)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if new == 0 {
+                tx.rollback().await?;
+                return Ok(false);
+            }
+        }
+        query(
+            "INSERT INTO pubsub_dead_letters (message_id, received_at, reason, detail, body) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(&dead.message_id)
+        .bind(dead.received_at)
+        .bind(&dead.reason)
+        .bind(&dead.detail)
+        .bind(&dead.body)
+        .execute(&mut *tx)
+        .await?;
+        let appended = append_events(&mut tx, &events).await?;
+        self.commit(tx, appended).await?;
+        Ok(true)
+    }
+
+    async fn dead_letters(&self, limit: u32) -> Result<Vec<DeadLetter>> {
+        let rows = query(
+            "SELECT message_id, received_at, reason, detail, body FROM pubsub_dead_letters ORDER BY id DESC LIMIT $1",
+        )
+        .bind(self::limit(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(dead_letter_from_row).collect()
+    }
+
+    async fn prune_pubsub_messages(&self, before: i64, limit: u32) -> Result<u64> {
+        Ok(query(
+            "DELETE FROM pubsub_messages WHERE message_id IN (SELECT message_id FROM pubsub_messages \
+             WHERE received_at < $1 ORDER BY received_at LIMIT $2)",
+        )
+        .bind(before)
+        .bind(self::limit(limit))
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+
+    async fn record_android_operation(
+        &self,
+        operation: &AndroidOperation,
+        update: Option<CommandUpdate<'_>>,
+        events: &[Event],
+    ) -> Result<()> {
+        let events = event_rows(events)?;
+        let mut tx = self.begin().await?;
+        query("INSERT INTO android_operations (operation, device_id, command_id, created_at) VALUES ($1, $2, $3, $4)")
+            .bind(&operation.operation)
+            .bind(operation.device_id.as_str())
+            .bind(&operation.command_id)
+            .bind(operation.created_at)
+            .execute(&mut *tx)
+            .await?;
+        if let Some(u) = &update {
+            exec_update(&mut tx, u).await?;
+        }
+        let appended = append_events(&mut tx, &events).await?;
+        self.commit(tx, appended).await
+    }
+
+    async fn android_operation(&self, operation: &str) -> Result<Option<AndroidOperation>> {
+        let row =
+            query("SELECT operation, device_id, command_id, created_at FROM android_operations WHERE operation = $1")
+                .bind(operation)
+                .fetch_optional(&self.pool)
+                .await?;
+        row.as_ref().map(android_operation_from_row).transpose()
+    }
+
+    async fn unresolved_android_operations(&self, created_before: i64, limit: u32) -> Result<Vec<AndroidOperation>> {
+        let rows = query(
+            "SELECT o.operation, o.device_id, o.command_id, o.created_at FROM android_operations o \
+             JOIN commands c ON c.device_id = o.device_id AND c.command_id = o.command_id \
+             WHERE o.created_at <= $1 AND c.status = 'sent' ORDER BY o.created_at LIMIT $2",
+        )
+        .bind(created_before)
+        .bind(self::limit(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(android_operation_from_row).collect()
+    }
+
+    // --- Enrollment gate ---
+
+    async fn count_user_devices(&self, user: &str, excluding: Option<&DeviceId>) -> Result<u64> {
+        let row = query(
+            "SELECT COUNT(*) FROM enrollments WHERE enrolled_user = $1 AND parent IS NULL \
+             AND state <> 'unenrolled' AND device_id <> $2",
+        )
+        .bind(user.to_lowercase())
+        .bind(excluding.map(DeviceId::as_str).unwrap_or_default())
+        .fetch_one(&self.pool)
+        .await?;
+        let n: i64 = get(&row, 0, "count")?;
+        Ok(n.max(0) as u64)
+    }
+
+    async fn replace_corporate_identifiers(
+        &self,
+        kind: IdentifierKind,
+        rows: &[(String, String)],
+        now: i64,
+    ) -> Result<u64> {
+        let (ids, details): (Vec<&str>, Vec<&str>) = rows.iter().map(|(i, d)| (i.as_str(), d.as_str())).unzip();
+        let mut tx = self.begin().await?;
+        query("DELETE FROM corporate_identifiers WHERE kind = $1 AND NOT (identifier = ANY($2))")
+            .bind(kind.as_str())
+            .bind(ids.as_slice())
+            .execute(&mut *tx)
+            .await?;
+        // An identifier listed twice keeps its first details (as SQLite's INSERT OR IGNORE).
+        query(
+            "INSERT INTO corporate_identifiers (kind, identifier, details, created_at) \
+             SELECT DISTINCT ON (t.identifier) $1, t.identifier, t.details, $4 \
+             FROM UNNEST($2::text[], $3::text[]) WITH ORDINALITY AS t(identifier, details, n) \
+             ORDER BY t.identifier, t.n \
+             ON CONFLICT (kind, identifier) DO UPDATE SET details = excluded.details",
+        )
+        .bind(kind.as_str())
+        .bind(ids.as_slice())
+        .bind(details.as_slice())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        let row = query("SELECT COUNT(*) FROM corporate_identifiers WHERE kind = $1")
+            .bind(kind.as_str())
+            .fetch_one(&mut *tx)
+            .await?;
+        let n: i64 = get(&row, 0, "count")?;
+        self.commit(tx, false).await?;
+        Ok(n.max(0) as u64)
+    }
+
+    async fn corporate_identifier(
+        &self,
+        kind: IdentifierKind,
+        identifier: &str,
+    ) -> Result<Option<CorporateIdentifier>> {
+        let row = query(select_corporate_identifiers!("WHERE kind = $1 AND identifier = $2"))
+            .bind(kind.as_str())
+            .bind(identifier)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(corporate_identifier_from_row).transpose()
+    }
+
+    async fn corporate_identifiers(
+        &self,
+        kind: IdentifierKind,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<CorporateIdentifier>> {
+        let rows =
+            query(select_corporate_identifiers!("WHERE kind = $1 AND identifier > $2 ORDER BY identifier LIMIT $3"))
+                .bind(kind.as_str())
+                .bind(after.unwrap_or_default())
+                .bind(self::limit(limit))
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter().map(corporate_identifier_from_row).collect()
+    }
+
+    async fn mark_corporate_identifier_enrolled(
+        &self,
+        kind: IdentifierKind,
+        identifier: &str,
+        device: &DeviceId,
+        now: i64,
+    ) -> Result<bool> {
+        let n = query(
+            "UPDATE corporate_identifiers SET enrolled_device = $1, enrolled_at = $2 WHERE kind = $3 AND identifier = $4",
+        )
+        .bind(device.as_str())
+        .bind(now)
+        .bind(kind.as_str())
+        .bind(identifier)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
 }
 
 #[cfg(test)]
@@ -1590,5 +1910,83 @@ mod tests {
         assert!(get::<bool>(&row, 0, "ssl").expect("ssl"), "the connection is encrypted");
         store.ping().await.expect("ping");
         store.close().await;
+    }
+
+    /// Pub/Sub deliveries racing on other instances: one message id is applied once, and for one
+    /// device only ever newer messages are applied (so the newest wins, whatever the order).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn racing_pubsub_deliveries() {
+        use crate::store::{PubSubDelivery, PubSubOutcome};
+        let Some((store, _schema)) = fresh().await else { return };
+        let d = suite::id("android:LC1:RACE");
+        // The same message four times at once.
+        let mut tasks = Vec::new();
+        for _ in 0..4 {
+            let store = store.clone();
+            let d = d.clone();
+            tasks.push(tokio::spawn(async move {
+                let ev = [suite::event("ev-same", &d, EventType::DEVICE_CHECKED_IN, None)];
+                let delivery = PubSubDelivery {
+                    message_id: "same",
+                    received_at: 1,
+                    ordering: Some((&d, 1)),
+                    enrollment: None,
+                    command_updates: &[],
+                    events: &ev,
+                };
+                store.apply_pubsub(delivery).await.expect("apply")
+            }));
+        }
+        let mut outcomes = Vec::new();
+        for t in tasks {
+            outcomes.push(t.await.expect("task"));
+        }
+        assert_eq!(outcomes.iter().filter(|o| **o == PubSubOutcome::Applied).count(), 1, "{outcomes:?}");
+        assert_eq!(outcomes.iter().filter(|o| **o == PubSubOutcome::Duplicate).count(), 3, "{outcomes:?}");
+
+        // Messages with publish times 2..=17 at once, in a scrambled order.
+        let mut tasks = Vec::new();
+        for k in 0..16i64 {
+            let t = 2 + (k * 7) % 16;
+            let store = store.clone();
+            let d = d.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut e = Enrollment::new(d.clone(), 1);
+                e.last_seen = Some(t);
+                let ev = [suite::event(&format!("ev-{t}"), &d, EventType::DEVICE_CHECKED_IN, None)];
+                let id = format!("m-{t}");
+                let delivery = PubSubDelivery {
+                    message_id: &id,
+                    received_at: 1,
+                    ordering: Some((&d, t)),
+                    enrollment: Some(&e),
+                    command_updates: &[],
+                    events: &ev,
+                };
+                (t, store.apply_pubsub(delivery).await.expect("apply"))
+            }));
+        }
+        let mut applied = Vec::new();
+        for task in tasks {
+            let (t, outcome) = task.await.expect("task");
+            assert_ne!(outcome, PubSubOutcome::Duplicate);
+            if outcome == PubSubOutcome::Applied {
+                applied.push(t);
+            }
+        }
+        assert!(applied.contains(&17), "the newest message is always applied: {applied:?}");
+        let stored = store.enrollment(&d).await.expect("read").expect("enrollment");
+        assert_eq!(stored.last_seen, Some(17));
+        // In the log, the applied messages' events are in publish order.
+        let logged: Vec<String> = store
+            .events_after(1, 100)
+            .await
+            .expect("events")
+            .into_iter()
+            .map(|e| serde_json::from_str::<Event>(&e.json).expect("json").id)
+            .collect();
+        let mut expected: Vec<i64> = applied.clone();
+        expected.sort_unstable();
+        assert_eq!(logged, expected.iter().map(|t| format!("ev-{t}")).collect::<Vec<_>>());
     }
 }

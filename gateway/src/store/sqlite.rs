@@ -32,8 +32,9 @@ use sha2::{Digest, Sha384};
 use tokio::sync::{Notify, oneshot};
 
 use super::{
-    CommandRecord, CommandUpdate, DeclarationSet, DeclarationsChange, DeclarationsToken, EnrollTicket, Enrollment,
-    EnrollmentState, LoggedEvent, NewCommand, NewScepChallenge, OmaDmSession, PushCert, PushInfo, RequestSnapshot,
+    AndroidOperation, CommandRecord, CommandUpdate, CorporateIdentifier, DeadLetter, DeclarationSet,
+    DeclarationsChange, DeclarationsToken, EnrollTicket, Enrollment, EnrollmentState, IdentifierKind, LoggedEvent,
+    NewCommand, NewScepChallenge, OmaDmSession, PubSubDelivery, PubSubOutcome, PushCert, PushInfo, RequestSnapshot,
     Result, ScepCertificate, ScepChallenge, ScepRecord, Store, StoreError, StoredDeclaration, TicketStatus,
     WindowsCertificate, WindowsRecord,
 };
@@ -51,6 +52,8 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (5, "scep_renewals", include_str!("../../migrations/sqlite/0005_scep_renewals.sql")),
     (6, "omadm", include_str!("../../migrations/sqlite/0006_omadm.sql")),
     (7, "windows_enroll", include_str!("../../migrations/sqlite/0007_windows_enroll.sql")),
+    (8, "android", include_str!("../../migrations/sqlite/0008_android.sql")),
+    (10, "enrollment_gate", include_str!("../../migrations/sqlite/0010_enrollment_gate.sql")),
 ];
 
 /// The bookkeeping table, exactly as sqlx creates it.
@@ -1111,6 +1114,104 @@ fn scep_certificate_from_row(row: &Row<'_>) -> Result<ScepCertificate> {
     })
 }
 
+/// A [`CommandUpdate`] ready for [`UPDATE_COMMAND_SQL`], built before the job is sent to the writer.
+struct UpdateRow {
+    to: &'static str,
+    sent: i64,
+    result: Option<String>,
+    error: Option<String>,
+    now: i64,
+    device: String,
+    command_id: String,
+    /// The allowed current statuses, each once; unused slots stay NULL.
+    from: [Option<&'static str>; FROM_SLOTS],
+}
+
+/// `None` when `from` is empty (the update can never apply).
+fn update_row(update: &CommandUpdate<'_>) -> Result<Option<UpdateRow>> {
+    let mut from: [Option<&'static str>; FROM_SLOTS] = [None; FROM_SLOTS];
+    let mut n = 0;
+    for s in update.from {
+        let s = s.as_str();
+        if !from[..n].contains(&Some(s)) {
+            if n == FROM_SLOTS {
+                return Err(StoreError::Corrupt(format!("more than {FROM_SLOTS} distinct statuses")));
+            }
+            from[n] = Some(s);
+            n += 1;
+        }
+    }
+    if n == 0 {
+        return Ok(None);
+    }
+    Ok(Some(UpdateRow {
+        to: update.to.as_str(),
+        sent: i64::from(update.to == CommandStatus::Sent),
+        result: opt_json(&update.result),
+        error: opt_json(&update.error),
+        now: update.now,
+        device: update.device_id.as_str().to_owned(),
+        command_id: update.command_id.to_owned(),
+        from,
+    }))
+}
+
+/// Runs one compare-and-set command update; the number of rows changed (0 or 1).
+fn exec_update(tx: &Connection, r: &UpdateRow) -> Result<usize> {
+    let f = &r.from;
+    Ok(tx.prepare_cached(UPDATE_COMMAND_SQL)?.execute(params![
+        r.to,
+        r.result,
+        r.error,
+        r.now,
+        r.sent,
+        r.device,
+        r.command_id,
+        f[0],
+        f[1],
+        f[2],
+        f[3],
+        f[4],
+        f[5],
+    ])?)
+}
+
+fn android_operation_from_row(row: &Row<'_>) -> Result<AndroidOperation> {
+    Ok(AndroidOperation {
+        operation: get(row, 0, "operation")?,
+        device_id: parse_device_id(&get::<String>(row, 1, "device_id")?, "android_operations.device_id")?,
+        command_id: get(row, 2, "command_id")?,
+        created_at: get(row, 3, "created_at")?,
+    })
+}
+
+fn dead_letter_from_row(row: &Row<'_>) -> Result<DeadLetter> {
+    Ok(DeadLetter {
+        message_id: get(row, 0, "message_id")?,
+        received_at: get(row, 1, "received_at")?,
+        reason: get(row, 2, "reason")?,
+        detail: get(row, 3, "detail")?,
+        body: get(row, 4, "body")?,
+    })
+}
+
+fn corporate_identifier_from_row(row: &Row<'_>) -> Result<CorporateIdentifier> {
+    let kind: String = get(row, 0, "kind")?;
+    let enrolled: Option<String> = get(row, 4, "enrolled_device")?;
+    Ok(CorporateIdentifier {
+        kind: IdentifierKind::parse(&kind)
+            .ok_or_else(|| StoreError::Corrupt(format!("corporate_identifiers.kind {kind:?}")))?,
+        identifier: get(row, 1, "identifier")?,
+        details: get(row, 2, "details")?,
+        created_at: get(row, 3, "created_at")?,
+        enrolled_device: enrolled.map(|d| parse_device_id(&d, "corporate_identifiers.enrolled_device")).transpose()?,
+        enrolled_at: get(row, 5, "enrolled_at")?,
+    })
+}
+
+const CORPORATE_IDENTIFIER_COLUMNS: &str =
+    "SELECT kind, identifier, details, created_at, enrolled_device, enrolled_at FROM corporate_identifiers";
+
 #[async_trait]
 impl Store for SqliteStore {
     async fn ping(&self) -> Result<()> {
@@ -1257,36 +1358,13 @@ impl Store for SqliteStore {
 
     async fn update_command(&self, update: CommandUpdate<'_>, events: &[Event]) -> Result<bool> {
         let events = event_rows(events)?;
-        // The allowed current statuses, each once; unused slots stay NULL.
-        let mut from: [Option<&'static str>; FROM_SLOTS] = [None; FROM_SLOTS];
-        let mut n = 0;
-        for s in update.from {
-            let s = s.as_str();
-            if !from[..n].contains(&Some(s)) {
-                if n == FROM_SLOTS {
-                    return Err(StoreError::Corrupt(format!("more than {FROM_SLOTS} distinct statuses")));
-                }
-                from[n] = Some(s);
-                n += 1;
-            }
-        }
-        if n == 0 {
+        let Some(row) = update_row(&update)? else {
             return Ok(false);
-        }
-        let to = update.to.as_str();
-        let sent = i64::from(update.to == CommandStatus::Sent);
-        let result = opt_json(&update.result);
-        let error = opt_json(&update.error);
-        let now = update.now;
-        let device = update.device_id.as_str().to_owned();
-        let command_id = update.command_id.to_owned();
+        };
         self.transact(move |tx| {
             // Compare-and-set in one statement: it applies only if the current status is one of
             // `from`, and events are appended only then.
-            let changed = tx.prepare_cached(UPDATE_COMMAND_SQL)?.execute(params![
-                to, result, error, now, sent, device, command_id, from[0], from[1], from[2], from[3], from[4], from[5],
-            ])?;
-            if changed == 0 {
+            if exec_update(tx, &row)? == 0 {
                 return Ok((false, false));
             }
             insert_events(tx, &events)?;
@@ -1802,6 +1880,259 @@ impl Store for SqliteStore {
             query_all(conn, sql, [&upn], |row| {
                 parse_device_id(&get::<String>(row, 0, "device_id")?, "enrollments.device_id")
             })
+        })
+        .await
+    }
+
+    async fn apply_pubsub(&self, d: PubSubDelivery<'_>) -> Result<PubSubOutcome> {
+        let events = event_rows(d.events)?;
+        let enrollment = d.enrollment.map(enrollment_row).transpose()?;
+        let updates: Vec<UpdateRow> =
+            d.command_updates.iter().map(update_row).filter_map(Result::transpose).collect::<Result<_>>()?;
+        let message_id = d.message_id.to_owned();
+        let received_at = d.received_at;
+        let ordering = d.ordering.map(|(device, t)| (device.as_str().to_owned(), t));
+        self.transact(move |tx| {
+            let seen =
+                tx.prepare_cached("SELECT 1 FROM pubsub_messages WHERE message_id = ?")?.exists([&message_id])?;
+            if seen {
+                return Ok((PubSubOutcome::Duplicate, false));
+            }
+            let mut stale = false;
+            if let Some((device, t)) = &ordering {
+                let newest: Option<i64> = tx
+                    .prepare_cached("SELECT publish_time_ms FROM android_watermarks WHERE device_id = ?")?
+                    .query_row([device], |r| r.get(0))
+                    .optional()?;
+                stale = newest.is_some_and(|n| *t < n);
+            }
+            let outcome = if stale { PubSubOutcome::Stale } else { PubSubOutcome::Applied };
+            tx.prepare_cached("INSERT INTO pubsub_messages (message_id, received_at, outcome) VALUES (?, ?, ?)")?
+                .execute(params![message_id, received_at, if stale { "stale" } else { "applied" }])?;
+            if stale {
+                return Ok((outcome, false));
+            }
+            if let Some((device, t)) = &ordering {
+                tx.prepare_cached(
+                    "INSERT INTO android_watermarks (device_id, publish_time_ms, message_id) VALUES (?, ?, ?) \
+                     ON CONFLICT (device_id) DO UPDATE SET publish_time_ms = excluded.publish_time_ms, \
+                     message_id = excluded.message_id",
+                )?
+                .execute(params![device, t, message_id])?;
+            }
+            if let Some(e) = &enrollment {
+                write_enrollment(tx, e)?;
+            }
+            for u in &updates {
+                exec_update(tx, u)?;
+            }
+            insert_events(tx, &events)?;
+            Ok((outcome, !events.is_empty()))
+        })
+        .await
+    }
+
+    async fn record_dead_letter(&self, dead: &DeadLetter, events: &[Event]) -> Result<bool> {
+        let events = event_rows(events)?;
+        let dead = dead.clone();
+        self.transact(move |tx| {
+            if let Some(id) = &dead.message_id {
+                let new = tx
+                    .prepare_cached(
+                        "INSERT INTO pubsub_messages (message_id, received_at, outcome) VALUES (?, ?, 'dead_letter') \
+                         ON CONFLICT (message_id) DO NOTHING",
+                    )?
+                    .execute(params![id, dead.received_at])?;
+                if new == 0 {
+                    return Ok((false, false));
+                }
+            }
+            tx.prepare_cached(
+                "INSERT INTO pubsub_dead_letters (message_id, received_at, reason, detail, body) VALUES (?, ?, ?, ?, ?)",
+            )?
+            .execute(params![dead.message_id, dead.received_at, dead.reason, dead.detail, dead.body])?;
+            insert_events(tx, &events)?;
+            Ok((true, !events.is_empty()))
+        })
+        .await
+    }
+
+    async fn dead_letters(&self, limit: u32) -> Result<Vec<DeadLetter>> {
+        let limit = self::limit(limit);
+        self.read(move |conn| {
+            query_all(
+                conn,
+                "SELECT message_id, received_at, reason, detail, body FROM pubsub_dead_letters \
+                 ORDER BY id DESC LIMIT CAST(? AS INTEGER)",
+                [limit],
+                dead_letter_from_row,
+            )
+        })
+        .await
+    }
+
+    async fn prune_pubsub_messages(&self, before: i64, limit: u32) -> Result<u64> {
+        let limit = self::limit(limit);
+        self.transact(move |tx| {
+            let n = tx
+                .prepare_cached(
+                    "DELETE FROM pubsub_messages WHERE message_id IN (SELECT message_id FROM pubsub_messages \
+                     WHERE received_at < ? ORDER BY received_at LIMIT CAST(? AS INTEGER))",
+                )?
+                .execute(params![before, limit])?;
+            Ok((n as u64, false))
+        })
+        .await
+    }
+
+    async fn record_android_operation(
+        &self,
+        operation: &AndroidOperation,
+        update: Option<CommandUpdate<'_>>,
+        events: &[Event],
+    ) -> Result<()> {
+        let events = event_rows(events)?;
+        let update = update.as_ref().map(update_row).transpose()?.flatten();
+        let op = operation.clone();
+        self.transact(move |tx| {
+            tx.prepare_cached(
+                "INSERT INTO android_operations (operation, device_id, command_id, created_at) VALUES (?, ?, ?, ?)",
+            )?
+            .execute(params![op.operation, op.device_id.as_str(), op.command_id, op.created_at])?;
+            if let Some(u) = &update {
+                exec_update(tx, u)?;
+            }
+            insert_events(tx, &events)?;
+            Ok(((), !events.is_empty()))
+        })
+        .await
+    }
+
+    async fn android_operation(&self, operation: &str) -> Result<Option<AndroidOperation>> {
+        let operation = operation.to_owned();
+        self.read(move |conn| {
+            query_opt(
+                conn,
+                "SELECT operation, device_id, command_id, created_at FROM android_operations WHERE operation = ?",
+                [&operation],
+                android_operation_from_row,
+            )
+        })
+        .await
+    }
+
+    async fn unresolved_android_operations(&self, created_before: i64, limit: u32) -> Result<Vec<AndroidOperation>> {
+        let limit = self::limit(limit);
+        self.read(move |conn| {
+            query_all(
+                conn,
+                "SELECT o.operation, o.device_id, o.command_id, o.created_at FROM android_operations o \
+                 JOIN commands c ON c.device_id = o.device_id AND c.command_id = o.command_id \
+                 WHERE o.created_at <= ? AND c.status = 'sent' ORDER BY o.created_at LIMIT CAST(? AS INTEGER)",
+                params![created_before, limit],
+                android_operation_from_row,
+            )
+        })
+        .await
+    }
+
+    async fn count_user_devices(&self, user: &str, excluding: Option<&DeviceId>) -> Result<u64> {
+        let user = user.to_lowercase();
+        let excluding = excluding.map(|d| d.as_str().to_owned()).unwrap_or_default();
+        self.read(move |conn| {
+            let n: i64 = conn
+                .prepare_cached(
+                    "SELECT COUNT(*) FROM enrollments \
+                     WHERE lower(json_extract(inventory, '$.enrolled_user')) = ? AND parent IS NULL \
+                     AND state <> 'unenrolled' AND device_id <> ?",
+                )?
+                .query_row(params![user, excluding], |r| r.get(0))?;
+            Ok(n.max(0) as u64)
+        })
+        .await
+    }
+
+    async fn replace_corporate_identifiers(
+        &self,
+        kind: IdentifierKind,
+        rows: &[(String, String)],
+        now: i64,
+    ) -> Result<u64> {
+        let rows = rows.to_vec();
+        let kind = kind.as_str();
+        self.transact(move |tx| {
+            tx.execute("CREATE TEMP TABLE IF NOT EXISTS import_ids (identifier TEXT PRIMARY KEY, details TEXT)", [])?;
+            tx.execute("DELETE FROM temp.import_ids", [])?;
+            {
+                let mut ins =
+                    tx.prepare_cached("INSERT OR IGNORE INTO temp.import_ids (identifier, details) VALUES (?, ?)")?;
+                for (id, details) in &rows {
+                    ins.execute(params![id, details])?;
+                }
+            }
+            tx.execute(
+                "DELETE FROM corporate_identifiers WHERE kind = ? \
+                 AND identifier NOT IN (SELECT identifier FROM temp.import_ids)",
+                [kind],
+            )?;
+            tx.execute(
+                "INSERT INTO corporate_identifiers (kind, identifier, details, created_at) \
+                 SELECT ?1, identifier, details, ?2 FROM temp.import_ids WHERE true \
+                 ON CONFLICT (kind, identifier) DO UPDATE SET details = excluded.details",
+                params![kind, now],
+            )?;
+            tx.execute("DELETE FROM temp.import_ids", [])?;
+            let n: i64 =
+                tx.query_row("SELECT COUNT(*) FROM corporate_identifiers WHERE kind = ?", [kind], |r| r.get(0))?;
+            Ok((n.max(0) as u64, false))
+        })
+        .await
+    }
+
+    async fn corporate_identifier(
+        &self,
+        kind: IdentifierKind,
+        identifier: &str,
+    ) -> Result<Option<CorporateIdentifier>> {
+        let identifier = identifier.to_owned();
+        let sql = format!("{CORPORATE_IDENTIFIER_COLUMNS} WHERE kind = ? AND identifier = ?");
+        self.read(move |conn| query_opt(conn, &sql, params![kind.as_str(), identifier], corporate_identifier_from_row))
+            .await
+    }
+
+    async fn corporate_identifiers(
+        &self,
+        kind: IdentifierKind,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<CorporateIdentifier>> {
+        let after = after.unwrap_or_default().to_owned();
+        let limit = self::limit(limit);
+        let sql = format!(
+            "{CORPORATE_IDENTIFIER_COLUMNS} WHERE kind = ? AND identifier > ? ORDER BY identifier LIMIT CAST(? AS INTEGER)"
+        );
+        self.read(move |conn| {
+            query_all(conn, &sql, params![kind.as_str(), after, limit], corporate_identifier_from_row)
+        })
+        .await
+    }
+
+    async fn mark_corporate_identifier_enrolled(
+        &self,
+        kind: IdentifierKind,
+        identifier: &str,
+        device: &DeviceId,
+        now: i64,
+    ) -> Result<bool> {
+        let identifier = identifier.to_owned();
+        let device = device.as_str().to_owned();
+        self.transact(move |tx| {
+            let n = tx
+                .prepare_cached(
+                    "UPDATE corporate_identifiers SET enrolled_device = ?, enrolled_at = ? WHERE kind = ? AND identifier = ?",
+                )?
+                .execute(params![device, now, kind.as_str(), identifier])?;
+            Ok((n == 1, false))
         })
         .await
     }

@@ -14,9 +14,10 @@ use time::OffsetDateTime;
 use tokio::sync::Notify;
 
 use super::{
-    CommandUpdate, DeclarationsChange, DeclarationsToken, EnrollTicket, Enrollment, EnrollmentState, NewCommand,
-    NewScepChallenge, OmaDmSession, PushCert, PushInfo, ScepCertificate, ScepChallenge, ScepRecord, Store, StoreError,
-    StoredDeclaration, TicketStatus, WindowsCertificate, WindowsRecord,
+    AndroidOperation, CommandUpdate, DeadLetter, DeclarationsChange, DeclarationsToken, EnrollTicket, Enrollment,
+    EnrollmentState, IdentifierKind, NewCommand, NewScepChallenge, OmaDmSession, PubSubDelivery, PubSubOutcome,
+    PushCert, PushInfo, ScepCertificate, ScepChallenge, ScepRecord, Store, StoreError, StoredDeclaration, TicketStatus,
+    WindowsCertificate, WindowsRecord,
 };
 
 /// A fresh store for one test, with what the tests need besides the trait.
@@ -90,6 +91,13 @@ macro_rules! store_suite {
             windows_renewal_is_compare_and_set,
             windows_record_is_atomic,
             windows_devices_of_user,
+            pubsub_dedupe_and_device_order,
+            pubsub_applies_command_updates,
+            pubsub_dead_letters,
+            pubsub_message_ids_are_pruned,
+            android_operations,
+            users_devices_are_counted_across_platforms,
+            corporate_identifiers_replace_and_enroll,
         );
 
         #[tokio::test]
@@ -202,6 +210,11 @@ fn full_enrollment() -> Enrollment {
             bluetooth_mac: Some("aa:bb:cc:dd:ee:00".into()),
             hostname: Some("ann-mac".into()),
             supervised: Some(true),
+            manufacturer: Some("Apple".into()),
+            encrypted: Some(true),
+            compliant: Some(false),
+            ownership: Some("corporate".into()),
+            enrolled_user: Some("ann@example.com".into()),
         },
         attributes,
         enrolled_at: Some(1_700_000_000),
@@ -1342,6 +1355,259 @@ pub async fn windows_devices_of_user(store: &dyn Store) {
     store.record_windows_enrollment(&c, &windows_enrollment(&a1, "f4", 30), None, &[]).await.expect("re-enroll");
     assert!(store.windows_devices_of_user("a@x").await.expect("a").is_empty());
     assert_eq!(store.windows_devices_of_user("b@x").await.expect("b"), [a1, b1]);
+}
+
+// ---- Android: Pub/Sub deliveries and AMAPI operations ------------------------------------------
+
+fn delivery<'a>(
+    message_id: &'a str,
+    ordering: Option<(&'a DeviceId, i64)>,
+    enrollment: Option<&'a Enrollment>,
+    events: &'a [Event],
+) -> PubSubDelivery<'a> {
+    PubSubDelivery { message_id, received_at: 1_000, ordering, enrollment, command_updates: &[], events }
+}
+
+fn android_enrollment(device: &DeviceId, state: EnrollmentState, at: i64) -> Enrollment {
+    let mut e = Enrollment::new(device.clone(), at);
+    e.state = state;
+    e.updated_at = at;
+    e
+}
+
+pub async fn pubsub_dedupe_and_device_order(store: &dyn Store) {
+    let d = id("android:LC01:dev1");
+    let enrolled = android_enrollment(&d, EnrollmentState::Enrolled, 10);
+    let ev = [event("ev-1", &d, EventType::DEVICE_ENROLLED, None)];
+    let outcome = store.apply_pubsub(delivery("m1", Some((&d, 5_000)), Some(&enrolled), &ev)).await.expect("apply");
+    assert_eq!(outcome, PubSubOutcome::Applied);
+    assert_eq!(store.enrollment(&d).await.expect("read"), Some(enrolled.clone()));
+
+    // The same message again: nothing new, whatever it carries.
+    let gone = android_enrollment(&d, EnrollmentState::Unenrolled, 11);
+    let ev2 = [event("ev-dup", &d, EventType::DEVICE_UNENROLLED, None)];
+    let outcome = store.apply_pubsub(delivery("m1", Some((&d, 9_000)), Some(&gone), &ev2)).await.expect("apply");
+    assert_eq!(outcome, PubSubOutcome::Duplicate);
+
+    // An older message (a stale DELETED) arriving later: its id is recorded, nothing applied.
+    let ev3 = [event("ev-stale", &d, EventType::DEVICE_UNENROLLED, None)];
+    let outcome = store.apply_pubsub(delivery("m0", Some((&d, 4_999)), Some(&gone), &ev3)).await.expect("apply");
+    assert_eq!(outcome, PubSubOutcome::Stale);
+    assert_eq!(store.enrollment(&d).await.expect("read"), Some(enrolled.clone()));
+    let outcome = store.apply_pubsub(delivery("m0", Some((&d, 9_999)), Some(&gone), &ev3)).await.expect("apply");
+    assert_eq!(outcome, PubSubOutcome::Duplicate, "a stale message is still remembered");
+
+    // The same publish time is not older: applied. Another device has its own order.
+    let ev4 = [event("ev-4", &d, EventType::DEVICE_STATUS_REPORT, None)];
+    assert_eq!(
+        store.apply_pubsub(delivery("m2", Some((&d, 5_000)), None, &ev4)).await.expect("apply"),
+        PubSubOutcome::Applied
+    );
+    let other = id("android:LC01:dev2");
+    let ev5 = [event("ev-5", &other, EventType::DEVICE_STATUS_REPORT, None)];
+    assert_eq!(
+        store.apply_pubsub(delivery("m3", Some((&other, 1)), None, &ev5)).await.expect("apply"),
+        PubSubOutcome::Applied
+    );
+    // A newer DELETED applies; then the older enrollment report is stale.
+    let ev6 = [event("ev-6", &d, EventType::DEVICE_UNENROLLED, None)];
+    assert_eq!(
+        store.apply_pubsub(delivery("m4", Some((&d, 6_000)), Some(&gone), &ev6)).await.expect("apply"),
+        PubSubOutcome::Applied
+    );
+    assert_eq!(
+        store.apply_pubsub(delivery("m5", Some((&d, 5_500)), Some(&enrolled), &[])).await.expect("apply"),
+        PubSubOutcome::Stale
+    );
+    assert_eq!(store.enrollment(&d).await.expect("read").map(|e| e.state), Some(EnrollmentState::Unenrolled));
+    // Messages without ordering (enterprise-level) are only deduplicated.
+    let ev7 = [event("ev-7", &d, EventType::DEVICE_STATUS_REPORT, None)];
+    assert_eq!(store.apply_pubsub(delivery("m6", None, None, &ev7)).await.expect("apply"), PubSubOutcome::Applied);
+    assert_eq!(store.apply_pubsub(delivery("m6", None, None, &ev7)).await.expect("apply"), PubSubOutcome::Duplicate);
+
+    assert_eq!(event_ids(store).await, ["ev-1", "ev-4", "ev-5", "ev-6", "ev-7"]);
+}
+
+pub async fn pubsub_applies_command_updates(store: &dyn Store) {
+    let d = id("android:LC01:dev1");
+    store.enqueue(&[new_command(&d, "c1", 0), new_command(&d, "c2", 0)], &[]).await.expect("enqueue");
+    let sent = [CommandStatus::Sent];
+    let mut ack = update(&d, "c1", &sent, CommandStatus::Acknowledged, 50);
+    ack.result = Some(json!({ "done": true }));
+    // c1 is still queued: the compare-and-set does not apply, the message still does.
+    let updates = [ack.clone()];
+    let ev = [event("ev-a", &d, EventType::COMMAND_ACKNOWLEDGED, Some("c1"))];
+    let d1 = PubSubDelivery { command_updates: &updates, ..delivery("m1", Some((&d, 1)), None, &ev) };
+    assert_eq!(store.apply_pubsub(d1).await.expect("apply"), PubSubOutcome::Applied);
+    assert_eq!(store.command_for_device(&d, "c1").await.expect("read").expect("c1").status, CommandStatus::Queued);
+
+    let queued = [CommandStatus::Queued];
+    assert!(store.update_command(update(&d, "c1", &queued, CommandStatus::Sent, 40), &[]).await.expect("sent"));
+    let ev = [event("ev-b", &d, EventType::COMMAND_ACKNOWLEDGED, Some("c1"))];
+    let d2 = PubSubDelivery { command_updates: &updates, ..delivery("m2", Some((&d, 2)), None, &ev) };
+    assert_eq!(store.apply_pubsub(d2).await.expect("apply"), PubSubOutcome::Applied);
+    let c1 = store.command_for_device(&d, "c1").await.expect("read").expect("c1");
+    assert_eq!((c1.status, c1.result, c1.updated_at), (CommandStatus::Acknowledged, Some(json!({ "done": true })), 50));
+    // A stale message's updates are not applied.
+    let err = [update(&d, "c2", &queued, CommandStatus::Error, 60)];
+    let d3 = PubSubDelivery { command_updates: &err, ..delivery("m3", Some((&d, 1)), None, &[]) };
+    assert_eq!(store.apply_pubsub(d3).await.expect("apply"), PubSubOutcome::Stale);
+    assert_eq!(store.command_for_device(&d, "c2").await.expect("read").expect("c2").status, CommandStatus::Queued);
+}
+
+pub async fn pubsub_dead_letters(store: &dyn Store) {
+    let d = id("android:LC01:dev1");
+    let dead = DeadLetter {
+        message_id: Some("m-bad".into()),
+        received_at: 77,
+        reason: "invalid_json".into(),
+        detail: "expected value at line 1".into(),
+        body: b"{\"message\":{}}".to_vec(),
+    };
+    let ev = [event("ev-dl", &d, EventType::DEVICE_STATUS_REPORT, None)];
+    assert!(store.record_dead_letter(&dead, &ev).await.expect("record"));
+    // The same message again is a duplicate, both as a dead letter and as a delivery.
+    assert!(!store.record_dead_letter(&dead, &ev).await.expect("record"));
+    assert_eq!(store.apply_pubsub(delivery("m-bad", None, None, &ev)).await.expect("apply"), PubSubOutcome::Duplicate);
+    // Without a message id: always kept.
+    let anonymous = DeadLetter { message_id: None, reason: "invalid_envelope".into(), ..dead.clone() };
+    assert!(store.record_dead_letter(&anonymous, &[]).await.expect("record"));
+    assert!(store.record_dead_letter(&anonymous, &[]).await.expect("record"));
+    let listed = store.dead_letters(10).await.expect("list");
+    assert_eq!(listed, vec![anonymous.clone(), anonymous, dead]);
+    assert_eq!(store.dead_letters(1).await.expect("list").len(), 1);
+    assert_eq!(event_ids(store).await, ["ev-dl"]);
+}
+
+pub async fn pubsub_message_ids_are_pruned(store: &dyn Store) {
+    let d = id("android:LC01:dev1");
+    for (i, at) in [(1, 100), (2, 200), (3, 300)] {
+        let m = format!("m{i}");
+        let dl = PubSubDelivery { received_at: at, ..delivery(&m, None, None, &[]) };
+        assert_eq!(store.apply_pubsub(dl).await.expect("apply"), PubSubOutcome::Applied);
+    }
+    assert_eq!(store.prune_pubsub_messages(250, 1).await.expect("prune"), 1);
+    assert_eq!(store.prune_pubsub_messages(250, 10).await.expect("prune"), 1);
+    assert_eq!(store.prune_pubsub_messages(250, 10).await.expect("prune"), 0);
+    // Forgotten ids apply again; the kept one is still a duplicate.
+    let ev = [event("ev-again", &d, EventType::DEVICE_STATUS_REPORT, None)];
+    assert_eq!(store.apply_pubsub(delivery("m1", None, None, &ev)).await.expect("apply"), PubSubOutcome::Applied);
+    assert_eq!(store.apply_pubsub(delivery("m3", None, None, &ev)).await.expect("apply"), PubSubOutcome::Duplicate);
+}
+
+pub async fn android_operations(store: &dyn Store) {
+    let d = id("android:LC01:dev1");
+    store.enqueue(&[new_command(&d, "c1", 0), new_command(&d, "c2", 0)], &[]).await.expect("enqueue");
+    let queued = [CommandStatus::Queued];
+    let op1 = AndroidOperation {
+        operation: "enterprises/LC01/devices/dev1/operations/1".into(),
+        device_id: d.clone(),
+        command_id: "c1".into(),
+        created_at: 100,
+    };
+    let ev = [event("ev-sent", &d, EventType::COMMAND_SENT, Some("c1"))];
+    store
+        .record_android_operation(&op1, Some(update(&d, "c1", &queued, CommandStatus::Sent, 100)), &ev)
+        .await
+        .expect("record");
+    let c1 = store.command_for_device(&d, "c1").await.expect("read").expect("c1");
+    assert_eq!((c1.status, c1.sent_count), (CommandStatus::Sent, 1));
+    assert_eq!(store.android_operation(&op1.operation).await.expect("read"), Some(op1.clone()));
+    assert_eq!(store.android_operation("enterprises/LC01/devices/dev1/operations/9").await.expect("read"), None);
+    assert_eq!(event_ids(store).await, ["ev-sent"]);
+
+    let op2 = AndroidOperation {
+        operation: "enterprises/LC01/devices/dev1/operations/2".into(),
+        command_id: "c2".into(),
+        created_at: 200,
+        ..op1.clone()
+    };
+    store
+        .record_android_operation(&op2, Some(update(&d, "c2", &queued, CommandStatus::Sent, 200)), &[])
+        .await
+        .expect("record");
+    // Only sent commands older than the cut, oldest first.
+    assert_eq!(store.unresolved_android_operations(150, 10).await.expect("list"), vec![op1.clone()]);
+    assert_eq!(store.unresolved_android_operations(300, 10).await.expect("list"), vec![op1.clone(), op2.clone()]);
+    assert_eq!(store.unresolved_android_operations(300, 1).await.expect("list"), vec![op1.clone()]);
+    let sent = [CommandStatus::Sent];
+    assert!(store.update_command(update(&d, "c1", &sent, CommandStatus::Acknowledged, 300), &[]).await.expect("ack"));
+    assert_eq!(store.unresolved_android_operations(300, 10).await.expect("list"), vec![op2.clone()]);
+
+    // One operation name binds once; the failed attempt changes nothing.
+    let again = AndroidOperation { command_id: "c2".into(), ..op1.clone() };
+    let ev = [event("ev-never", &d, EventType::COMMAND_SENT, Some("c2"))];
+    assert!(store.record_android_operation(&again, None, &ev).await.is_err());
+    assert_eq!(store.android_operation(&op1.operation).await.expect("read"), Some(op1));
+    assert_eq!(event_ids(store).await, ["ev-sent"]);
+}
+
+// ---- Enrollment gate ------------------------------------------------------------------------
+
+pub async fn users_devices_are_counted_across_platforms(store: &dyn Store) {
+    let mut n = 0;
+    for (device, user, state) in [
+        ("apple:U1", "Ann@Example.com", EnrollmentState::Enrolled),
+        ("windows:U2", "ann@example.com", EnrollmentState::Enrolled),
+        ("android:LC1:U3", "ANN@EXAMPLE.COM", EnrollmentState::Authenticated),
+        ("windows:U4", "ann@example.com", EnrollmentState::Unenrolled),
+        ("windows:U5", "bob@example.com", EnrollmentState::Enrolled),
+    ] {
+        let mut e = Enrollment::new(id(device), 1);
+        e.state = state;
+        e.inventory.enrolled_user = Some(user.into());
+        store.save_enrollment(&e, &[]).await.expect("save");
+        n += 1;
+    }
+    // A user channel of ann's Mac does not count as another device.
+    let mut child = Enrollment::new(id("apple:U1:501"), 1);
+    child.parent = Some(id("apple:U1"));
+    child.state = EnrollmentState::Enrolled;
+    child.inventory.enrolled_user = Some("ann@example.com".into());
+    store.save_enrollment(&child, &[]).await.expect("save");
+    assert_eq!(n, 5);
+    assert_eq!(store.count_user_devices("ann@example.com", None).await.expect("count"), 3);
+    assert_eq!(store.count_user_devices("ANN@example.com", Some(&id("windows:U2"))).await.expect("count"), 2);
+    assert_eq!(store.count_user_devices("bob@example.com", None).await.expect("count"), 1);
+    assert_eq!(store.count_user_devices("nobody@example.com", None).await.expect("count"), 0);
+}
+
+pub async fn corporate_identifiers_replace_and_enroll(store: &dyn Store) {
+    let rows = |v: &[(&str, &str)]| v.iter().map(|(a, b)| ((*a).to_owned(), (*b).to_owned())).collect::<Vec<_>>();
+    let n = store
+        .replace_corporate_identifiers(IdentifierKind::Serial, &rows(&[("C02B", "Ann's Mac"), ("C02A", "spare")]), 10)
+        .await
+        .expect("import");
+    assert_eq!(n, 2);
+    store
+        .replace_corporate_identifiers(IdentifierKind::Imei, &rows(&[("356938035643809", "phone")]), 10)
+        .await
+        .expect("import");
+    let d = id("apple:U1");
+    assert!(store.mark_corporate_identifier_enrolled(IdentifierKind::Serial, "C02B", &d, 20).await.expect("mark"));
+    assert!(!store.mark_corporate_identifier_enrolled(IdentifierKind::Serial, "NOPE", &d, 20).await.expect("mark"));
+    let b = store.corporate_identifier(IdentifierKind::Serial, "C02B").await.expect("read").expect("listed");
+    assert_eq!((b.enrolled_device, b.enrolled_at, b.details.as_str()), (Some(d.clone()), Some(20), "Ann's Mac"));
+    assert_eq!(store.corporate_identifier(IdentifierKind::Imei, "C02B").await.expect("read"), None, "kinds are apart");
+
+    // A new list: kept identifiers keep their state (and take the new details), dropped ones go.
+    let n = store
+        .replace_corporate_identifiers(IdentifierKind::Serial, &rows(&[("C02B", "Ann's MacBook"), ("C02C", "")]), 30)
+        .await
+        .expect("import");
+    assert_eq!(n, 2);
+    let listed = store.corporate_identifiers(IdentifierKind::Serial, None, 10).await.expect("list");
+    let ids: Vec<&str> = listed.iter().map(|c| c.identifier.as_str()).collect();
+    assert_eq!(ids, ["C02B", "C02C"]);
+    assert_eq!(
+        (listed[0].enrolled_device.as_ref(), listed[0].details.as_str(), listed[0].created_at),
+        (Some(&d), "Ann's MacBook", 10)
+    );
+    assert_eq!((listed[1].enrolled_device.as_ref(), listed[1].created_at), (None, 30));
+    let page = store.corporate_identifiers(IdentifierKind::Serial, Some("C02B"), 10).await.expect("list");
+    assert_eq!(page.len(), 1);
+    assert_eq!(store.corporate_identifiers(IdentifierKind::Imei, None, 10).await.expect("list").len(), 1);
+    assert_eq!(store.replace_corporate_identifiers(IdentifierKind::Serial, &[], 40).await.expect("clear"), 0);
 }
 
 // ---- PostgreSQL test databases --------------------------------------------------------------

@@ -28,8 +28,8 @@ pub use checkin::{
     TokenUpdate, UserAuthenticate, decode_checkin,
 };
 pub use command::{
-    AppleCommand, DEFAULT_DEVICE_INFORMATION_QUERIES, TranslateContext, declarative_management_command,
-    parse_command_plist, request_type, translate,
+    AppleCommand, DEFAULT_DEVICE_INFORMATION_QUERIES, SETTINGS_PROFILE_IDENTIFIER, TranslateContext,
+    declarative_management_command, parse_command_plist, request_type, translate,
 };
 pub use error::DecodeError;
 pub use ids::{EnrollmentIds, EnrollmentType, SHARED_IPAD_USER_ID};

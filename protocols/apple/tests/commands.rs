@@ -27,7 +27,7 @@ fn translate_table() {
         }
         let command: Command = serde_json::from_value(command).unwrap_or_else(|e| panic!("{name}: {e}"));
         let token = case["unlock_token_b64"].as_str().map(|t| B64.decode(t).unwrap());
-        let ctx = TranslateContext { unlock_token: token.as_deref() };
+        let ctx = TranslateContext { unlock_token: token.as_deref(), os_name: None };
         let got = translate(&command, UUID, &ctx);
         if let Some(err) = case.get("error") {
             let e = got.expect_err(name);
@@ -45,7 +45,10 @@ fn translate_table() {
         assert!(got.plist.starts_with(b"<?xml"), "{name}: XML plist expected");
         let top = plist.as_dictionary().unwrap();
         assert_eq!(top.get("CommandUUID").and_then(|v| v.as_string()), Some(UUID), "{name}");
-        assert_eq!(tagged_json(top.get("Command").unwrap()), expect["command"], "{name}");
+        // Cases whose payload is checked elsewhere (the settings profile: unit tests) give only the type.
+        if let Some(command) = expect.get("command") {
+            assert_eq!(&tagged_json(top.get("Command").unwrap()), command, "{name}");
+        }
         // What we emit is what a NanoMDM-style parser accepts.
         let reparsed = parse_command_plist(&got.plist).unwrap();
         assert_eq!(reparsed, got, "{name}");

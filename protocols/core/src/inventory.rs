@@ -42,6 +42,21 @@ pub struct Inventory {
     pub hostname: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub supervised: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub manufacturer: Option<String>,
+    /// Storage encryption is on (FileVault/BitLocker/Android encryption), as the device reports it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub encrypted: Option<bool>,
+    /// The device reports itself compliant with its applied policy (Android `policyCompliant`,
+    /// Windows `DeviceStatus/Compliance`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compliant: Option<bool>,
+    /// `corporate` or `personal`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ownership: Option<String>,
+    /// The user the device is enrolled for (UPN, Managed Apple ID, AMAPI user), as the platform names them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enrolled_user: Option<String>,
 }
 
 impl Inventory {
@@ -68,7 +83,12 @@ impl Inventory {
             wifi_mac,
             bluetooth_mac,
             hostname,
-            supervised
+            supervised,
+            manufacturer,
+            encrypted,
+            compliant,
+            ownership,
+            enrolled_user
         );
     }
 

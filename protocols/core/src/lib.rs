@@ -8,6 +8,7 @@ mod command;
 mod device;
 mod event;
 mod inventory;
+pub mod placeholder;
 
 pub use command::{Command, CommandError, CommandStatus, Settings};
 pub use device::{DeviceId, DeviceIdError, Platform};

@@ -233,6 +233,7 @@ pub(crate) async fn issue_request(
     inventory.device_name = context_value(rst, "DeviceName");
     inventory.imei = context_value(rst, "IMEI");
     inventory.wifi_mac = context_value(rst, "MAC");
+    inventory.enrolled_user = Some(user.upn.clone());
     enrollment.inventory.merge(&inventory);
     let a = &mut enrollment.attributes;
     a.insert("upn".into(), json!(user.upn));

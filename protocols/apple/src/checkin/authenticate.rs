@@ -74,6 +74,7 @@ impl Authenticate {
             device_name: self.device_name.clone(),
             imei: self.imei.clone(),
             meid: self.meid.clone(),
+            manufacturer: Some("Apple".into()),
             ..Default::default()
         }
     }

@@ -9,10 +9,12 @@ mod declarative_management;
 mod parse;
 mod raw;
 pub mod request_type;
+mod settings;
 mod translate;
 
 pub use declarative_management::declarative_management_command;
 pub use parse::parse_command_plist;
+pub use settings::SETTINGS_PROFILE_IDENTIFIER;
 pub use translate::{DEFAULT_DEVICE_INFORMATION_QUERIES, TranslateContext, translate};
 
 use plist::{Dictionary, Value};

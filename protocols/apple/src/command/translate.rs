@@ -2,20 +2,23 @@
 //!
 //! Refuses what Apple cannot do or what would fail on the device anyway (a lock PIN that is not
 //! six digits, ClearPasscode without an unlock token) with [`CommandError::Invalid`], so the
-//! backend hears about it at enqueue time rather than as a device error later. The settings,
-//! app install and app config translations do not exist yet and say so.
+//! backend hears about it at enqueue time rather than as a device error later. Settings, app
+//! install and app configuration are in [`super::settings`].
 
 use mdm_core::{Command, CommandError, Platform};
 use plist::{Dictionary, Value};
 
 use super::request_type as rt;
-use super::{AppleCommand, raw};
+use super::{AppleCommand, raw, settings};
 
 /// What translation needs to know about the target device beyond the command itself.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct TranslateContext<'a> {
     /// The device channel's UnlockToken from its last TokenUpdate, if it sent one.
     pub unlock_token: Option<&'a [u8]>,
+    /// The device's OS name as it reported it (`iOS`, `iPadOS`, `macOS`…), when known:
+    /// `set_settings` turns storage encryption into FileVault on macOS only.
+    pub os_name: Option<&'a str>,
 }
 
 /// Queries `device_info` asks for when the command names none: everything
@@ -112,8 +115,18 @@ pub fn translate(cmd: &Command, command_uuid: &str, ctx: &TranslateContext<'_>) 
         Command::Raw { platform, .. } => {
             return Err(invalid("platform", format!("raw {platform} payload sent to an Apple device")));
         }
-        Command::SetSettings { .. } | Command::InstallApp { .. } | Command::AppConfig { .. } => {
-            return Err(CommandError::UnsupportedOnPlatform { platform: Platform::Apple, command: cmd.type_name() });
+        Command::SetSettings { settings } => {
+            let profile = settings::settings_profile(settings, command_uuid, ctx.os_name)?;
+            c.insert("Payload".into(), Value::Data(profile));
+            rt::INSTALL_PROFILE
+        }
+        Command::InstallApp { app, managed_config } => {
+            c = settings::install_application(app, managed_config.as_ref())?;
+            rt::INSTALL_APPLICATION
+        }
+        Command::AppConfig { app, config } => {
+            c = settings::application_configuration(app, config)?;
+            rt::SETTINGS
         }
     };
     c.insert("RequestType".into(), Value::String(request_type.into()));

@@ -53,5 +53,7 @@ fn device_information(q: &Dictionary) -> Inventory {
         bluetooth_mac: s("BluetoothMAC"),
         hostname: s("HostName").or_else(|| s("LocalHostName")),
         supervised: q.get("IsSupervised").and_then(Value::as_boolean),
+        manufacturer: Some("Apple".into()),
+        ..Inventory::default()
     }
 }

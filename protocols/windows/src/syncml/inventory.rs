@@ -15,6 +15,16 @@ pub fn inventory_from_nodes<'a>(nodes: impl IntoIterator<Item = (&'a str, &'a st
         match uri.trim_end_matches('/') {
             "./DevInfo/DevId" => inv.udid = v(),
             "./DevInfo/Mod" => inv.model = v(),
+            "./DevInfo/Man" => inv.manufacturer = v(),
+            // DeviceStatus CSP: 1 = encrypted / compliant, 0 = not (other values: unknown).
+            "./Vendor/MSFT/DeviceStatus/Compliance/EncryptionCompliance"
+            | "./Device/Vendor/MSFT/DeviceStatus/Compliance/EncryptionCompliance" => {
+                inv.encrypted = match value {
+                    "1" => Some(true),
+                    "0" => Some(false),
+                    _ => None,
+                }
+            }
             "./DevDetail/DevTyp" => inv.product_name = v(),
             "./DevDetail/SwV" => inv.os_version = v(),
             "./DevDetail/Ext/Microsoft/OSPlatform" => inv.os_name = v(),
@@ -55,6 +65,7 @@ mod tests {
         ]);
         assert_eq!(inv.udid.as_deref(), Some("B5B954E81FBCB94EB79BD08BE625F4EE"));
         assert_eq!(inv.model.as_deref(), Some("VMware7,1"));
+        assert_eq!(inv.manufacturer.as_deref(), Some("VMware, Inc."));
         assert_eq!(inv.os_version.as_deref(), Some("10.0.19043.1110"));
         assert_eq!(inv.storage_capacity_bytes, Some(61440 * 1024 * 1024));
         assert_eq!(inv.device_name.as_deref(), Some("DESKTOP-1"));

@@ -16,6 +16,7 @@ pub mod error;
 pub mod inventory;
 pub mod message;
 pub mod session;
+pub mod settings;
 pub mod translate;
 pub mod xml;
 

@@ -145,10 +145,11 @@ pub fn translate(command: &Normalised) -> Result<WindowsCommand, CommandError> {
             }
             commands
         }
-        Normalised::ClearPasscode {}
-        | Normalised::SetSettings { .. }
-        | Normalised::InstallApp { .. }
-        | Normalised::AppConfig { .. } => return Err(unsupported()),
+        Normalised::SetSettings { settings } => super::settings::settings_commands(settings)?,
+        Normalised::InstallApp { app, managed_config } => {
+            super::settings::install_commands(app, managed_config.is_some())?
+        }
+        Normalised::ClearPasscode {} | Normalised::AppConfig { .. } => return Err(unsupported()),
     };
     Ok(WindowsCommand::new(commands))
 }
@@ -181,7 +182,13 @@ mod tests {
     #[test]
     fn refusals() {
         assert_eq!(tr(json!({"type": "clear_passcode"})).unwrap_err().code(), "unsupported_on_platform");
-        assert_eq!(tr(json!({"type": "install_app", "app": "x"})).unwrap_err().code(), "unsupported_on_platform");
+        assert_eq!(tr(json!({"type": "install_app", "app": "x"})).unwrap_err().code(), "invalid_command");
+        assert_eq!(
+            tr(json!({"type": "app_config", "app": "x", "config": {}})).unwrap_err().code(),
+            "unsupported_on_platform"
+        );
+        let s = tr(json!({"type": "set_settings", "settings": {"camera_disabled": true}})).unwrap();
+        assert_eq!(s.request_type, "Replace");
         assert_eq!(tr(json!({"type": "lock", "pin": "123456"})).unwrap_err().code(), "invalid_command");
         assert_eq!(
             tr(json!({"type": "device_info", "fields": ["DevDetail/SwV"]})).unwrap_err().code(),
