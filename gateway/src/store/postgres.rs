@@ -1989,4 +1989,54 @@ mod tests {
         expected.sort_unstable();
         assert_eq!(logged, expected.iter().map(|t| format!("ev-{t}")).collect::<Vec<_>>());
     }
+
+    /// The hot statements can use the index meant for them (the partial index's WHERE and the
+    /// ids' collation must match the query's, or PostgreSQL silently scans). Sequential scans
+    /// are disabled for the check: on an almost empty table they would win anyway.
+    #[tokio::test]
+    async fn hot_queries_can_use_their_indexes() {
+        let Some((store, _schema)) = fresh().await else { return };
+        let mut tx = store.begin().await.expect("begin");
+        query("SET LOCAL enable_seqscan = off").execute(&mut *tx).await.expect("set");
+        let cases: [(&str, &str, Vec<&str>); 7] = [
+            (PENDING_SQL, "commands_pending", vec!["apple:X", "10"]),
+            (ENROLLMENT_BY_CERT_SQL, "enrollments_cert_sha256", vec!["ab"]),
+            (LIST_ENROLLMENTS_BY_PLATFORM_SQL, "enrollments_platform_device", vec!["apple", "apple:A", "10"]),
+            (DUE_FOR_EXPIRY_SQL, "commands_expiry", vec!["100", "10"]),
+            (
+                "SELECT seq, device_id, body FROM events WHERE seq > $1 ORDER BY seq LIMIT $2",
+                "events_pkey",
+                vec!["5", "10"],
+            ),
+            (
+                "SELECT COUNT(*) FROM enrollments WHERE enrolled_user = $1 AND parent IS NULL \
+                 AND state <> 'unenrolled' AND device_id <> $2",
+                "enrollments_enrolled_user",
+                vec!["ann@example.com", ""],
+            ),
+            (COMMAND_BY_IDEMPOTENCY_KEY_SQL, "commands_idempotency_key", vec!["K"]),
+        ];
+        for (sql, index, binds) in cases {
+            // EXPLAIN over the extended protocol plans with the values bound, as the store runs it.
+            let explain = sqlx_core::sql_str::AssertSqlSafe(format!("EXPLAIN {sql}"));
+            let mut q = query(explain);
+            for b in &binds {
+                q = match b.parse::<i64>() {
+                    Ok(n) => q.bind(n),
+                    Err(_) => q.bind(*b),
+                };
+            }
+            let plan: Vec<String> = q
+                .fetch_all(&mut *tx)
+                .await
+                .unwrap_or_else(|e| panic!("explain {sql}: {e}"))
+                .iter()
+                .map(|r| get::<String>(r, 0, "plan").expect("plan line"))
+                .collect();
+            let text = plan.join("\n");
+            assert!(text.contains(index), "{sql}\nexpected {index}:\n{text}");
+            assert!(!text.contains("Seq Scan"), "{sql}\n{text}");
+        }
+        tx.rollback().await.expect("rollback");
+    }
 }
