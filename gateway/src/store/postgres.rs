@@ -2039,4 +2039,20 @@ mod tests {
         }
         tx.rollback().await.expect("rollback");
     }
+
+    /// No connection to be had within `acquire_timeout`: the operation fails (callers answer
+    /// "try again later"), it does not hang; once one is free again, it works.
+    #[tokio::test]
+    async fn exhausted_pool_fails_in_time() {
+        let Some(schema) = PostgresSchema::create().await else { return };
+        let settings = PoolSettings { max_connections: 1, acquire_timeout: Duration::from_millis(300) };
+        let store = PostgresStore::open(&schema.url, settings).await.expect("open");
+        let held = store.begin().await.expect("take the only connection");
+        let started = std::time::Instant::now();
+        let r = store.last_event_seq().await;
+        assert!(matches!(r, Err(StoreError::Postgres(SqlxError::PoolTimedOut))), "{r:?}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        drop(held);
+        assert_eq!(store.last_event_seq().await.expect("free again"), 0);
+    }
 }
