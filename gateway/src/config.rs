@@ -9,9 +9,13 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 mod android;
+mod enrollment_gate;
+mod nats;
 mod windows;
 
 pub use android::{AndroidConfig, PubSubAuth, PubSubOidcConfig};
+pub use enrollment_gate::{DEM_DEVICE_LIMIT, EnrollmentGateConfig, MAX_DEVICE_LIMIT_PER_USER, PlatformRules};
+pub use nats::NatsConfig;
 pub use windows::{FederatedConfig, WindowsAuthPolicy, WindowsConfig, WindowsPollConfig};
 
 use figment::Figment;
@@ -40,10 +44,14 @@ pub struct Config {
     pub windows: WindowsConfig,
     /// Android (AMAPI): Pub/Sub push intake and the AMAPI client.
     pub android: AndroidConfig,
+    /// The enrollment gate: rules every platform's enrollment passes.
+    pub enrollment: EnrollmentGateConfig,
     pub store: StoreConfig,
     pub events: EventsConfig,
     /// Optional webhook sink.
     pub webhook: Option<WebhookConfig>,
+    /// Optional NATS JetStream event sink and command intake.
+    pub nats: Option<NatsConfig>,
     pub shutdown: ShutdownConfig,
 }
 
@@ -310,9 +318,11 @@ impl Default for Config {
             omadm: OmaDmConfig::default(),
             windows: WindowsConfig::default(),
             android: AndroidConfig::default(),
+            enrollment: EnrollmentGateConfig::default(),
             store: StoreConfig::default(),
             events: EventsConfig::default(),
             webhook: None,
+            nats: None,
             shutdown: ShutdownConfig::default(),
         }
     }
@@ -514,6 +524,7 @@ impl Config {
         self.validate_omadm()?;
         self.windows.validate()?;
         self.android.validate()?;
+        self.enrollment.validate()?;
         if let Some(url) = &self.store.url {
             if crate::store::PostgresStore::is_url(url) {
                 crate::store::PostgresStore::check_url(url)
@@ -556,6 +567,9 @@ impl Config {
             {
                 return Err(ConfigError::new("webhook.hmac_secret_file", format!("{} does not exist", p.display())));
             }
+        }
+        if let Some(n) = &self.nats {
+            n.validate()?;
         }
         Ok(())
     }

@@ -4,9 +4,11 @@
 //! runs the protocol crates' logic against the store, and relays the event log to sinks.
 //! Protocol rules live in `protocols/*`; certificate logic lives in `mdm-certs`.
 
+pub mod android;
 pub mod api;
 pub mod clock;
 pub mod config;
+pub mod enrollment_gate;
 pub mod events;
 pub mod expiry;
 pub mod http_util;
@@ -70,6 +72,13 @@ pub struct AppState {
     pub omadm: sources::omadm::OmaDm,
     /// Windows enrollment (discovery, policy, enrollment services).
     pub windows_enroll: sources::windows_enroll::WindowsEnrollment,
+    /// The enrollment gate (`[enrollment]`), shared by every platform's enrollment.
+    pub gate: enrollment_gate::Gate,
+    /// Android Pub/Sub push intake: authentication and per-device ordering.
+    pub android_pubsub: sources::android::PubSubIntake,
+    /// The AMAPI client and Android command dispatcher; `None` without
+    /// `android.service_account_key`.
+    pub android: Option<Arc<android::Android>>,
 }
 
 /// Why the gateway could not start.
@@ -253,6 +262,10 @@ impl Gateway {
             data.enroll_secret.clone(),
         )?;
 
+        let gate = enrollment_gate::Gate::new(&config.enrollment)
+            .map_err(|message| config::ConfigError { key: "enrollment.hook_url".into(), message })?;
+        let android_pubsub = sources::android::PubSubIntake::new(&config.android, &data.pubsub_token)?;
+
         let (store, notify) = open_store(&config).await?;
         seal_plaintext_bootstrap_tokens(store.as_ref(), &sealer, now).await?;
         // Before any port is bound: a bad `apple.apns_ca` is a configuration error (exit 64).
@@ -287,6 +300,8 @@ impl Gateway {
         )
         .map_err(|message| config::ConfigError { key: "apple.scep_allow_des".into(), message })?;
 
+        // Before any port is bound: a bad key file or CA is a configuration error (exit 64).
+        let android = android::Android::new(&config.android, store.clone(), clock.clone())?;
         let device_listener = TcpListener::bind(config.device.listen)
             .await
             .map_err(|source| StartError::Bind { addr: config.device.listen, source })?;
@@ -318,6 +333,19 @@ impl Gateway {
             }
             None => None,
         };
+        let nats = match &config.nats {
+            Some(n) => {
+                let client = sinks::nats::connect(n)
+                    .await
+                    .map_err(|e| config::ConfigError { key: e.key().into(), message: e.to_string() })?;
+                let health = Arc::new(SinkHealth::new("nats"));
+                sink_health.push(health.clone());
+                let intake = n.commands.then(|| Arc::new(SinkHealth::intake("nats-commands")));
+                sink_health.extend(intake.clone());
+                Some((sinks::nats::NatsSink::new(n.clone(), client.clone()), health, client, intake, n.clone()))
+            }
+            None => None,
+        };
 
         let omadm = sources::omadm::OmaDm::new(&config);
         let state = Arc::new(AppState {
@@ -339,6 +367,9 @@ impl Gateway {
             token_services,
             enrollment,
             windows_enroll,
+            gate,
+            android_pubsub,
+            android,
         });
 
         let grace = Duration::from_secs(state.config.shutdown.grace_period_s);
@@ -360,7 +391,31 @@ impl Gateway {
             push::ExpiryWatch::new(state.store.clone(), state.clock.clone()).run(shutdown_rx.clone()),
         ));
 
+        if let Some(a) = &state.android {
+            tasks.extend(a.spawn(shutdown_rx.clone()));
+        }
+
         let mut relays = Vec::new();
+        if let Some((sink, health, client, intake, nats_config)) = nats {
+            // The intake stops pulling with the listeners (SIGTERM); the commands it takes append
+            // events that the relays, stopped afterwards, still flush.
+            if let Some(intake) = intake {
+                tasks.push(tokio::spawn(api::nats_intake::run(
+                    state.clone(),
+                    client,
+                    nats_config,
+                    intake,
+                    shutdown_rx.clone(),
+                )));
+            }
+            relays.push(tokio::spawn(sinks::relay(
+                state.clone(),
+                Arc::new(sink),
+                health,
+                relay_stop_rx.clone(),
+                grace,
+            )));
+        }
         if let Some((sink, health)) = webhook {
             relays.push(tokio::spawn(sinks::relay(
                 state.clone(),

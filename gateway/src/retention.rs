@@ -2,6 +2,9 @@
 //! first, once every configured sink has relayed them. The log is also the outbox, so an event a
 //! sink has not taken yet is kept whatever its age; the backend reading `/v1/events` instead of
 //! a sink has `retention_days` to catch up.
+//!
+//! The same loop forgets handled Android Pub/Sub message ids older than `android.dedupe_days`
+//! (a redelivery after that would be applied again; Pub/Sub keeps messages 7 days at most).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,19 +19,40 @@ const BATCH: u32 = 5_000;
 
 pub async fn run(state: Arc<AppState>, mut shutdown: watch::Receiver<bool>) {
     let days = state.config.events.retention_days;
-    if days == 0 {
-        return;
-    }
     let every = Duration::from_secs(state.config.events.prune_interval_s);
     loop {
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
             _ = shutdown.changed() => return,
         }
-        if let Err(e) = sweep(&state, days).await {
+        if days > 0
+            && let Err(e) = sweep(&state, days).await
+        {
             tracing::warn!(error = %e, "event retention sweep failed");
         }
+        if let Err(e) = sweep_pubsub_ids(&state).await {
+            tracing::warn!(error = %e, "Pub/Sub message id retention sweep failed");
+        }
     }
+}
+
+/// Forgets handled Pub/Sub message ids received more than `android.dedupe_days` ago.
+pub async fn sweep_pubsub_ids(state: &AppState) -> crate::store::Result<u64> {
+    let days = state.config.android.dedupe_days;
+    let before = state.clock.unix().saturating_sub(i64::from(days) * 86_400);
+    let mut total = 0;
+    loop {
+        let n = state.store.prune_pubsub_messages(before, BATCH).await?;
+        total += n;
+        if n < u64::from(BATCH) {
+            break;
+        }
+    }
+    if total > 0 {
+        metrics::counter!(telemetry::ANDROID_PUBSUB_PRUNED).increment(total);
+        tracing::info!(pruned = total, dedupe_days = days, "old Pub/Sub message ids forgotten");
+    }
+    Ok(total)
 }
 
 /// One sweep: deletes every event that is old enough and delivered to every sink.
@@ -36,7 +60,7 @@ pub async fn sweep(state: &AppState, days: u32) -> crate::store::Result<u64> {
     let cutoff = state.clock.unix().saturating_sub(i64::from(days) * 86_400);
     let older_than = uuid_v7_floor(cutoff);
     let mut below = i64::MAX;
-    for sink in &state.sinks {
+    for sink in state.sinks.iter().filter(|s| s.is_relay()) {
         below = below.min(state.store.sink_cursor(sink.name).await?.saturating_add(1));
     }
     let mut total = 0;

@@ -29,8 +29,15 @@ pub const SINK_DELIVERED: &str = "mdm_sink_delivered_total";
 pub const SINK_FAILURES: &str = "mdm_sink_failures_total";
 /// Events the sink has not yet delivered, by `sink`.
 pub const SINK_LAG: &str = "mdm_sink_lag_events";
+/// Commands taken from NATS (`mdm.commands`), by `outcome`: `stored`, `rejected` (terminated with
+/// a `command.rejected` event) or `retry` (NAKed after a store failure).
+pub const NATS_COMMANDS: &str = "mdm_nats_commands_total";
 /// API requests, by `route` and `code`.
 pub const API_REQUESTS: &str = "mdm_api_requests_total";
+/// AMAPI calls finished (retries included), by `outcome` (`ok` or an `amapi_*` error code).
+pub const AMAPI_CALLS: &str = "mdm_amapi_calls_total";
+/// AMAPI attempts retried, by `reason` (`rate_limited`, `unavailable`).
+pub const AMAPI_RETRIES: &str = "mdm_amapi_retries_total";
 /// Seconds until a push certificate expires, by `topic`.
 pub const PUSH_CERT_EXPIRY: &str = "mdm_push_certificate_expiry_seconds";
 /// Pushes, by `result` (`delivered`, `refused` by APNs, `failed` after retries, `not_sent`) and
@@ -44,6 +51,18 @@ pub const PUSH_RETRIES: &str = "mdm_push_retries_total";
 pub const PUSHES_COALESCED: &str = "mdm_pushes_coalesced_total";
 /// Open HTTP/2 connections to APNs, by `topic`.
 pub const APNS_CONNECTIONS: &str = "mdm_apns_connections";
+/// Enrollments refused by the enrollment gate, by `platform` and `reason`.
+pub const ENROLLMENTS_DENIED: &str = "mdm_enrollments_denied_total";
+/// Enrollment hook calls that gave no decision (timeout, error, bad answer).
+pub const ENROLLMENT_HOOK_FAILURES: &str = "mdm_enrollment_hook_failures_total";
+
+/// Android Pub/Sub pushes handled (answered 2xx), by `type` (AMAPI notification type, `other`,
+/// `unknown` when unreadable) and `outcome` (`applied`, `duplicate`, `stale`, `dead_letter`).
+pub const ANDROID_PUBSUB_MESSAGES: &str = "mdm_android_pubsub_messages_total";
+/// Android Pub/Sub messages that can never be applied, by `reason` (`mdm_android::DecodeError::reason`).
+pub const ANDROID_PUBSUB_DEAD_LETTERS: &str = "mdm_android_pubsub_dead_letters_total";
+/// Handled Pub/Sub message ids forgotten by the retention sweep (`android.dedupe_days`).
+pub const ANDROID_PUBSUB_PRUNED: &str = "mdm_android_pubsub_ids_pruned_total";
 
 pub fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_env("MDM_LOG").unwrap_or_else(|_| EnvFilter::new("info"));

@@ -14,6 +14,8 @@ use mdm_gateway::config::Config;
 use serde_json::Value;
 use tempfile::TempDir;
 
+pub mod android;
+pub mod nats;
 pub mod webhook;
 pub mod windows;
 
@@ -209,7 +211,8 @@ impl Harness {
 
     /// Everything stored that a device request could change: enrollments, commands of the
     /// given devices, the event log position, SCEP certificates and challenges, OMA-DM sessions,
-    /// Windows certificates. Compare before and after a refused request.
+    /// Windows certificates, Android dead letters, handled Pub/Sub ids, per-device watermarks and
+    /// AMAPI operations. Compare before and after a refused request.
     pub async fn snapshot(&self, command_ids: &[&str]) -> String {
         let store = &self.gateway().state.store;
         let seq = store.last_event_seq().await.expect("seq");
@@ -222,8 +225,10 @@ impl Harness {
         let scep_challenges = store.scep_challenges(10_000).await.expect("scep challenges");
         let omadm = store.omadm_sessions(10_000).await.expect("omadm sessions");
         let windows_certs = store.windows_certificates(10_000).await.expect("windows certificates");
+        let dead_letters = store.dead_letters(10_000).await.expect("dead letters");
+        let android = self.android_tables();
         format!(
-            "{seq}\n{enrollments:?}\n{commands:?}\n{scep_certs:?}\n{scep_challenges:?}\n{omadm:?}\n{windows_certs:?}"
+            "{seq}\n{enrollments:?}\n{commands:?}\n{scep_certs:?}\n{scep_challenges:?}\n{omadm:?}\n{windows_certs:?}\n{dead_letters:?}\n{android}"
         )
     }
 

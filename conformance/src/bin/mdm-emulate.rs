@@ -23,6 +23,16 @@
 //! mdm-emulate windows --devices 50 --gateway https://localhost:8443 --ca-dir ./mdm-data \
 //!     --api http://127.0.0.1:8080 --commands 2 --poll 5s --duration 30s
 //! ```
+//!
+//! `mdm-emulate android`: an Android Management API emulator (REST + token endpoint) with
+//! simulated devices that enroll, send status reports and carry out the commands the gateway
+//! issues; notifications go through Google's Pub/Sub emulator or straight to the gateway:
+//!
+//! ```sh
+//! mdm-emulate android --listen 127.0.0.1:8444 --key-out ./amapi/key.json --devices 100 \
+//!     --push-endpoint "https://localhost:8443/android/pubsub?token=$(cat mdm-data/pubsub-token)" \
+//!     --push-ca mdm-data/ca.pem --status-interval 30s
+//! ```
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -54,6 +64,70 @@ enum Cmd {
     /// Windows devices: enroll (discovery, policy, WSTEP), OMA-DM sessions on a poll schedule,
     /// answer commands, unenroll.
     Windows(WindowsArgs),
+    /// Android: an AMAPI emulator (REST, token endpoint) with simulated devices that enroll,
+    /// report status and carry out commands until Ctrl-C; notifications through Google's
+    /// Pub/Sub emulator or pushed straight to the gateway.
+    Android(AndroidArgs),
+}
+
+#[derive(Debug, Args)]
+struct AndroidArgs {
+    /// The emulator's HTTPS listener (the gateway's `android.api_base_url`).
+    #[arg(long, default_value = "127.0.0.1:8444")]
+    listen: SocketAddr,
+    /// Also serve plain HTTP here.
+    #[arg(long)]
+    plain_listen: Option<SocketAddr>,
+    /// Google Cloud project of the service account and of the Pub/Sub topic.
+    #[arg(long, default_value = "emulated-project")]
+    project: String,
+    /// Where to write the service-account key file (the gateway's
+    /// `android.service_account_key`); its token_uri is this emulator's /token.
+    #[arg(long, default_value = "./amapi-emulator/service-account.json")]
+    key_out: PathBuf,
+    /// Where to write the CA of the emulator's TLS certificate (for the gateway to trust).
+    #[arg(long, default_value = "./amapi-emulator/ca.pem")]
+    ca_out: PathBuf,
+    /// Publish notifications to this Pub/Sub emulator (`host:port`); the topic is created.
+    /// With --push-endpoint, a push subscription to it is created too (the emulator must
+    /// trust the endpoint's CA: started with JAVA_TOOL_OPTIONS=-Djavax.net.ssl.trustStore=…).
+    #[arg(long, env = "PUBSUB_EMULATOR_HOST")]
+    pubsub_emulator: Option<String>,
+    /// The gateway's push endpoint (`https://localhost:8443/android/pubsub?token=…`). Without
+    /// --pubsub-emulator, notifications are pushed to it directly.
+    #[arg(long)]
+    push_endpoint: Option<String>,
+    /// CA to trust for direct pushes (the gateway's `ca.pem`).
+    #[arg(long, default_value = "./mdm-data/ca.pem")]
+    push_ca: PathBuf,
+    /// Pub/Sub topic name (`projects/<project>/topics/<this>`).
+    #[arg(long, default_value = "amapi")]
+    topic: String,
+    /// Pub/Sub push subscription name (with --pubsub-emulator and --push-endpoint).
+    #[arg(long, default_value = "gateway-push")]
+    subscription: String,
+    /// Simulated devices to enroll at start (in an enterprise the emulator makes; its name is
+    /// printed for `android.enterprise`).
+    #[arg(long, default_value_t = 10)]
+    devices: usize,
+    /// Share of devices enrolled as personally owned work profiles.
+    #[arg(long, default_value_t = 0.0)]
+    work_profile: f64,
+    /// Every device sends a status report this often (0: never).
+    #[arg(long, value_parser = parse_duration, default_value = "60s")]
+    status_interval: Duration,
+    /// Time a device takes to carry out a command.
+    #[arg(long, value_parser = parse_duration, default_value = "200ms")]
+    command_delay: Duration,
+    /// Stop after this long instead of at Ctrl-C.
+    #[arg(long, value_parser = parse_duration)]
+    duration: Option<Duration>,
+    /// Write the summary as JSON to this file (`-` for stdout).
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
 }
 
 /// How the devices get their identities.
@@ -685,6 +759,155 @@ async fn run_windows(a: WindowsArgs) -> Result<bool, String> {
     Ok(summary.errors == 0 && enrolled && unenrolled && answered)
 }
 
+async fn run_android(a: AndroidArgs) -> Result<bool, String> {
+    use mdm_conformance::android::{
+        AmapiEmulator, CommandSettings, DeviceSpec, DirectPublisher, EmulatorConfig, PubSubClient, Publisher,
+    };
+    let write = |p: &Path, text: &str| -> Result<(), String> {
+        if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        }
+        std::fs::write(p, text).map_err(|e| format!("{}: {e}", p.display()))
+    };
+    let config = EmulatorConfig {
+        listen: a.listen,
+        plain_listen: a.plain_listen,
+        project_id: a.project.clone(),
+        commands: CommandSettings { delay: a.command_delay, ..CommandSettings::default() },
+        ..EmulatorConfig::default()
+    };
+    let emu = AmapiEmulator::start(config).await.map_err(|e| format!("AMAPI emulator on {}: {e}", a.listen))?;
+    write(&a.ca_out, emu.ca_pem())?;
+    if let Some(dir) = a.key_out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    emu.write_key(&a.key_out).map_err(|e| format!("{}: {e}", a.key_out.display()))?;
+
+    let topic = format!("projects/{}/topics/{}", a.project, a.topic);
+    let publisher = match (&a.pubsub_emulator, &a.push_endpoint) {
+        (Some(host), endpoint) => {
+            let client = PubSubClient::new(host);
+            if !client.ready().await {
+                return Err(format!("no Pub/Sub emulator answers at {host}"));
+            }
+            client.create_topic(&topic).await.map_err(|e| e.to_string())?;
+            if let Some(url) = endpoint {
+                let sub = format!("projects/{}/subscriptions/{}", a.project, a.subscription);
+                client.create_push_subscription(&sub, &topic, url, None).await.map_err(|e| e.to_string())?;
+                eprintln!("Pub/Sub: {topic} pushes to {url} ({sub})");
+            }
+            Some(Publisher::PubSub(client))
+        }
+        (None, Some(url)) => {
+            let ca = if a.push_ca.is_file() {
+                Some(std::fs::read_to_string(&a.push_ca).map_err(|e| format!("{}: {e}", a.push_ca.display()))?)
+            } else if url.starts_with("https://") {
+                return Err(format!("{} not found: the CA to trust for {url} (--push-ca)", a.push_ca.display()));
+            } else {
+                None
+            };
+            let direct = DirectPublisher::new(url, ca.as_deref()).map_err(|e| e.to_string())?;
+            Some(Publisher::Direct(
+                direct.with_subscription(&format!("projects/{}/subscriptions/{}", a.project, a.subscription)),
+            ))
+        }
+        (None, None) => None,
+    };
+    if publisher.is_none() && !a.quiet {
+        eprintln!("no --pubsub-emulator or --push-endpoint: notifications are only counted");
+    }
+    emu.set_publisher(publisher);
+
+    let all = ["ENROLLMENT", "STATUS_REPORT", "COMMAND", "USAGE_LOGS", "ENTERPRISE_UPGRADE"];
+    let enterprise = emu.create_enterprise(Some(&topic), &all).map_err(|e| e.to_string())?;
+    println!("AMAPI emulator listening on {}; the gateway needs:", emu.url());
+    println!("  [android]");
+    println!("  api_base_url = \"{}\"", emu.url());
+    println!("  service_account_key = \"{}\"", std::path::absolute(&a.key_out).map_err(|e| e.to_string())?.display());
+    println!("  enterprise = \"{enterprise}\"");
+    println!(
+        "  (and trust {} for the API's TLS certificate)",
+        std::path::absolute(&a.ca_out).map_err(|e| e.to_string())?.display()
+    );
+
+    let token = |personal: bool| {
+        let usage = if personal { "PERSONAL_USAGE_ALLOWED" } else { "PERSONAL_USAGE_DISALLOWED" };
+        emu.create_enrollment_token(
+            &enterprise,
+            &serde_json::json!({"allowPersonalUsage": usage, "duration": "86400s", "policyName": "default"}),
+        )
+        .map(|t| t["value"].as_str().unwrap_or_default().to_owned())
+        .map_err(|e| e.to_string())
+    };
+    let (managed, personal) = (token(false)?, token(true)?);
+    let bar = progress(a.quiet, a.devices as u64, "enrolling");
+    let mut enroll_errors = 0u64;
+    let profiles = (a.devices as f64 * a.work_profile.clamp(0.0, 1.0)).round() as usize;
+    for n in 0..a.devices {
+        let value = if n < profiles { &personal } else { &managed };
+        if let Err(e) = emu.enroll_device(value, &DeviceSpec::numbered(n as u64)) {
+            enroll_errors += 1;
+            bar.println(format!("device {n}: {e}"));
+        }
+        bar.inc(1);
+        // Let the publisher keep up, so the bar shows delivered enrollments, not just queued ones.
+        if n % 64 == 63 {
+            emu.flush(Duration::from_secs(30)).await;
+        }
+    }
+    emu.flush(Duration::from_secs(60)).await;
+    bar.finish();
+    if !a.status_interval.is_zero() {
+        emu.start_status_reports(a.status_interval);
+    }
+    if !a.quiet {
+        eprintln!("serving; devices report status every {:?}; Ctrl-C to stop", a.status_interval);
+    }
+    match a.duration {
+        Some(d) => tokio::time::sleep(d).await,
+        None => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+    emu.flush(Duration::from_secs(10)).await;
+
+    let published = emu.published();
+    let failed = published.iter().filter(|p| p.result.is_err()).count();
+    let mut by_type = std::collections::BTreeMap::<String, u64>::new();
+    for p in &published {
+        *by_type.entry(p.notification_type.clone()).or_default() += 1;
+    }
+    let requests = emu.requests();
+    let operations = emu.operations();
+    let done = operations.iter().filter(|o| o["done"] == true).count();
+    println!("mdm-emulate android: summary");
+    println!("  {:<20} {}", "devices", a.devices);
+    println!("  {:<20} {}", "enrolled", a.devices as u64 - enroll_errors);
+    println!("  {:<20} {} ({} not delivered) {:?}", "notifications", published.len(), failed, by_type);
+    println!("  {:<20} {} ({} token grants)", "API requests", requests.len(), emu.grants());
+    println!("  {:<20} {} ({} done)", "commands", operations.len(), done);
+    println!("  {:<20} {}", "policy patches", emu.policy_patches());
+    if let Some(first) = published.iter().find_map(|p| p.result.as_ref().err()) {
+        eprintln!("first delivery error: {first}");
+    }
+    if let Some(path) = &a.json {
+        let value = serde_json::json!({
+            "devices": a.devices, "enrolled": a.devices as u64 - enroll_errors,
+            "notifications": published.len(), "notifications_failed": failed, "by_type": by_type,
+            "requests": requests.len(), "grants": emu.grants(), "commands": operations.len(), "commands_done": done,
+            "policy_patches": emu.policy_patches(), "enterprise": enterprise,
+        });
+        let text = serde_json::to_string_pretty(&value).map_err(|e| e.to_string())?;
+        if path.as_os_str() == "-" {
+            println!("{text}");
+        } else {
+            std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+    }
+    emu.stop().await;
+    Ok(enroll_errors == 0 && failed == 0)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -698,6 +921,7 @@ fn main() -> ExitCode {
         match cli.command {
             Cmd::Apple(a) => run(a).await,
             Cmd::Windows(a) => run_windows(a).await,
+            Cmd::Android(a) => run_android(a).await,
         }
     });
     match result {

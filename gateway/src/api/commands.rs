@@ -134,11 +134,20 @@ pub(super) async fn create(state: &AppState, body: &[u8]) -> Reply {
             Ok(c) => (c.request_type.clone(), c.payload()),
             Err(e) => return command_refused(&e),
         },
-        other => {
-            return command_refused(&CommandError::UnsupportedOnPlatform {
-                platform: other,
-                command: command.type_name(),
-            });
+        // Stored first; the dispatcher calls AMAPI (gateway/src/android/dispatch.rs).
+        Platform::Android => {
+            let call = match mdm_android::command::translate(&command, &device_id) {
+                Ok(c) => c,
+                Err(e) => return command_refused(&e),
+            };
+            if state.android.is_none() {
+                return json_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "android_not_configured",
+                    "the AMAPI client is off: set android.service_account_key",
+                );
+            }
+            (call.request_type(), serde_json::to_vec(&call).unwrap_or_default())
         }
     };
     let new = NewCommand {
@@ -180,6 +189,8 @@ pub(super) async fn create(state: &AppState, body: &[u8]) -> Reply {
     // become `push.failed` events.
     if !req.nopush && device_id.platform() == Platform::Apple {
         state.pusher.wake(device_id);
+    } else if let Some(a) = state.android.as_ref().filter(|_| device_id.platform() == Platform::Android) {
+        a.wake();
     }
     json(StatusCode::ACCEPTED, &json!({ "command_id": command_id, "status": "queued" }))
 }

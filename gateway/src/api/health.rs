@@ -24,13 +24,18 @@ pub(super) async fn readyz(state: &AppState) -> Reply {
         state.sinks.iter().map(|s| json!({ "name": s.name, "failing": s.failing(), "cursor": s.cursor() })).collect();
     let sinks_ok = state.config.events.readiness_ignores_sinks || state.sinks.iter().all(|s| !s.failing());
     let ready = store.is_ok() && sinks_ok && !draining;
-    let body = json!({
+    let mut body = json!({
         "ready": ready,
         "store": match &store { Ok(()) => "ok".to_owned(), Err(e) => e.to_string() },
         "event_log": if store.is_ok() { "ok" } else { "unavailable" },
         "draining": draining,
         "sinks": sinks,
     });
+    // Informational: an enterprise AMAPI denies (403) does not make the gateway unready (other
+    // enterprises and platforms carry on), but operators see it here.
+    if let Some(a) = &state.android {
+        body["android"] = json!({ "failing_enterprises": a.client.failing_enterprises() });
+    }
     json(if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, &body)
 }
 

@@ -2,13 +2,16 @@
 //! endpoints, health and metrics. Plain HTTP on its own listener; every `/v1` route needs the
 //! API key (Bearer, or Basic with user `nanomdm`).
 
+mod android;
 mod auth;
 mod commands;
 mod declarations;
 mod devices;
+pub mod enrollment;
 mod events;
 mod health;
 mod nanomdm;
+pub mod nats_intake;
 mod scep;
 
 use std::sync::Arc;
@@ -50,6 +53,10 @@ async fn route(state: &Arc<AppState>, req: Request<Incoming>) -> (&'static str, 
         (&Method::GET, ["healthz"]) => return ("healthz", health::healthz()),
         (&Method::GET, ["readyz"]) => return ("readyz", health::readyz(state).await),
         (&Method::GET, ["metrics"]) => return ("metrics", health::metrics(state).await),
+        // The admin's browser after enterprise signup: no API key, the one-time state.
+        (&Method::GET, ["android", "signup", "callback"]) => {
+            return ("android.signup.callback", android::signup_callback(state, &query).await);
+        }
         _ => {}
     }
     if segs.first() != Some(&"v1") {
@@ -60,6 +67,12 @@ async fn route(state: &Arc<AppState>, req: Request<Incoming>) -> (&'static str, 
     }
     let (parts, body) = req.into_parts();
     let limit = state.config.api.max_body_bytes;
+    // Corporate identifier files may be larger than other API bodies (5 MB).
+    let limit = if segs[1..] == ["enrollment", "corporate-identifiers"] {
+        limit.max(enrollment::MAX_CSV_BYTES + 1)
+    } else {
+        limit
+    };
     let body = || async move {
         read_body(&parts.headers, body, limit).await.map_err(|e| match e {
             BodyError::TooLarge { .. } => json_error(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", &e.to_string()),
@@ -92,6 +105,30 @@ async fn route(state: &Arc<AppState>, req: Request<Incoming>) -> (&'static str, 
             ("declarations.delete", declarations::delete(state, id, identifier, &query).await)
         }
         (&Method::GET, ["events"]) => ("events", events::list(state, &query).await),
+        (&Method::GET, ["android", "status"]) => ("android.status", android::status(state).await),
+        (&Method::POST, ["android", "signup-urls"]) => (
+            "android.signup_urls.create",
+            match body().await {
+                Ok(b) => android::create_signup_url(state, &b).await,
+                Err(r) => r,
+            },
+        ),
+        (&Method::POST, ["android", "enrollment-tokens"]) => (
+            "android.enrollment_tokens.create",
+            match body().await {
+                Ok(b) => android::create_enrollment_token(state, &b).await,
+                Err(r) => r,
+            },
+        ),
+        (&Method::PUT, ["android", "policies", id]) => (
+            "android.policies.put",
+            match body().await {
+                Ok(b) => android::put_policy(state, id, &b, &query).await,
+                Err(r) => r,
+            },
+        ),
+        (&Method::GET, ["android", "devices"]) => ("android.devices.list", android::list_devices(state, &query).await),
+        (&Method::GET, ["android", "devices", id]) => ("android.devices.get", android::get_device(state, id).await),
         (&Method::PUT, ["enqueue", ids]) => (
             "nanomdm.enqueue",
             match body().await {
@@ -108,6 +145,16 @@ async fn route(state: &Arc<AppState>, req: Request<Incoming>) -> (&'static str, 
             },
         ),
         (&Method::GET, ["pushcert"]) => ("nanomdm.pushcert.get", nanomdm::get_pushcert(state, &query).await),
+        (&Method::PUT, ["enrollment", "corporate-identifiers"]) => (
+            "enrollment.corporate_identifiers.put",
+            match body().await {
+                Ok(b) => enrollment::put_corporate_identifiers(state, &query, &b).await,
+                Err(r) => r,
+            },
+        ),
+        (&Method::GET, ["enrollment", "corporate-identifiers"]) => {
+            ("enrollment.corporate_identifiers.get", enrollment::get_corporate_identifiers(state, &query).await)
+        }
         (&Method::POST, ["scep", "challenges"]) => (
             "scep.challenges.create",
             match body().await {
@@ -127,7 +174,14 @@ async fn route(state: &Arc<AppState>, req: Request<Incoming>) -> (&'static str, 
             | ["enqueue", _]
             | ["push", _]
             | ["pushcert"]
-            | ["scep", "challenges"],
+            | ["scep", "challenges"]
+            | ["enrollment", "corporate-identifiers"]
+            | ["android", "status"]
+            | ["android", "signup-urls"]
+            | ["android", "enrollment-tokens"]
+            | ["android", "policies", _]
+            | ["android", "devices"]
+            | ["android", "devices", _],
         ) => (
             "method_not_allowed",
             json_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this endpoint"),

@@ -71,6 +71,10 @@ pub struct AndroidConfig {
     pub reconcile_after_s: u64,
     /// Repeated patches of one policy within this many milliseconds are sent as one.
     pub policy_merge_ms: u64,
+    /// Where the admin's browser returns after enterprise signup when `POST
+    /// /v1/android/signup-urls` gives no `callback_url`: a URL that reaches the API listener's
+    /// `GET /android/signup/callback` (docs/android.md).
+    pub signup_callback_url: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -112,6 +116,7 @@ impl Default for AndroidConfig {
             budget_window_s: 100,
             reconcile_after_s: 300,
             policy_merge_ms: 1_000,
+            signup_callback_url: None,
         }
     }
 }
@@ -197,6 +202,13 @@ impl AndroidConfig {
         ] {
             if v == 0 {
                 return Err(err(key, "must be at least 1"));
+            }
+        }
+        if let Some(u) = &self.signup_callback_url {
+            let uri: http::Uri =
+                u.parse().map_err(|e| err("android.signup_callback_url", format!("not a URL: {e}")))?;
+            if !matches!(uri.scheme_str(), Some("https" | "http")) || uri.host().is_none() {
+                return Err(err("android.signup_callback_url", "must be an http(s):// URL"));
             }
         }
         if self.retry_max_ms < self.retry_base_ms {

@@ -105,10 +105,7 @@ impl EnrollmentGateConfig {
             if let (Some(lo), Some(hi)) = (&rules.min_os, &rules.max_os)
                 && crate::enrollment_gate::compare_versions(lo, hi) == Some(std::cmp::Ordering::Greater)
             {
-                return Err(ConfigError::new(
-                    &format!("enrollment.platforms.{platform}.min_os"),
-                    "is above max_os",
-                ));
+                return Err(ConfigError::new(&format!("enrollment.platforms.{platform}.min_os"), "is above max_os"));
             }
         }
         if let Some(url) = &self.hook_url {

@@ -6,6 +6,7 @@
 //! The embedded log needs no relay: `/v1/events` reads the store directly.
 
 pub mod micromdm;
+pub mod nats;
 pub mod webhook;
 
 use std::sync::Arc;
@@ -28,6 +29,17 @@ pub trait Sink: Send + Sync + std::fmt::Debug {
     async fn deliver(&self, event: &LoggedEvent) -> Result<(), String>;
     /// Longest pause between retries.
     fn max_backoff(&self) -> Duration;
+    /// Delivers `events` in order and returns how many of them, from the front, the sink
+    /// accepted; with an error, the rest are tried again later. Sinks that can keep several
+    /// deliveries in flight (NATS) override it; the default delivers one at a time.
+    async fn deliver_batch(&self, events: &[LoggedEvent]) -> (usize, Result<(), String>) {
+        for (i, event) in events.iter().enumerate() {
+            if let Err(e) = self.deliver(event).await {
+                return (i, Err(e));
+            }
+        }
+        (events.len(), Ok(()))
+    }
 }
 
 /// What `/readyz` and `/metrics` report about a sink.
@@ -38,11 +50,26 @@ pub struct SinkHealth {
     failing: AtomicBool,
     #[serde(skip)]
     cursor: AtomicI64,
+    /// False for an intake (NATS commands): it has no cursor in the event log, so retention
+    /// does not wait for it.
+    #[serde(skip)]
+    relay: bool,
 }
 
 impl SinkHealth {
     pub fn new(name: &'static str) -> Self {
-        SinkHealth { name, failing: AtomicBool::new(false), cursor: AtomicI64::new(0) }
+        SinkHealth { name, failing: AtomicBool::new(false), cursor: AtomicI64::new(0), relay: true }
+    }
+
+    /// Health of an intake (the NATS command consumer); its cursor is the last stream sequence
+    /// it handled.
+    pub fn intake(name: &'static str) -> Self {
+        SinkHealth { relay: false, ..SinkHealth::new(name) }
+    }
+
+    /// Whether this is a relay of the event log (retention waits for its cursor).
+    pub fn is_relay(&self) -> bool {
+        self.relay
     }
 
     pub fn failing(&self) -> bool {
@@ -51,6 +78,15 @@ impl SinkHealth {
 
     pub fn cursor(&self) -> i64 {
         self.cursor.load(Ordering::Relaxed)
+    }
+
+    /// For components that are not relays (the NATS command intake).
+    pub(crate) fn set_failing(&self, failing: bool) {
+        self.failing.store(failing, Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_cursor(&self, cursor: i64) {
+        self.cursor.store(cursor, Ordering::Relaxed);
     }
 }
 
@@ -114,50 +150,51 @@ pub async fn relay(
             }
             continue;
         }
-        for event in batch {
-            let mut backoff = FIRST_BACKOFF;
-            loop {
-                match sink.deliver(&event).await {
-                    Ok(()) => {
-                        health.failing.store(false, Ordering::Relaxed);
-                        metrics::counter!(telemetry::SINK_DELIVERED, "sink" => name).increment(1);
-                        break;
-                    }
-                    Err(e) => {
-                        health.failing.store(true, Ordering::Relaxed);
-                        metrics::counter!(telemetry::SINK_FAILURES, "sink" => name).increment(1);
-                        tracing::warn!(sink = name, seq = event.seq, error = %e, retry_in_ms = backoff.as_millis() as u64, "delivery failed");
-                        let wait = match deadline {
-                            Some(d) => {
-                                let left = d.saturating_duration_since(tokio::time::Instant::now());
-                                if left.is_zero() {
-                                    tracing::warn!(
-                                        sink = name,
-                                        cursor,
-                                        "grace period over; undelivered events stay in the log"
-                                    );
-                                    return;
-                                }
-                                backoff.min(left)
-                            }
-                            None => backoff,
-                        };
-                        tokio::select! {
-                            _ = tokio::time::sleep(wait) => {}
-                            _ = shutdown.changed(), if deadline.is_none() => {
-                                deadline = Some(tokio::time::Instant::now() + grace);
-                            }
-                        }
-                        backoff = (backoff * 2).min(sink.max_backoff());
-                    }
+        let mut pos = 0;
+        let mut backoff = FIRST_BACKOFF;
+        while pos < batch.len() {
+            let (accepted, result) = sink.deliver_batch(&batch[pos..]).await;
+            let accepted = accepted.min(batch.len() - pos);
+            if accepted > 0 {
+                pos += accepted;
+                cursor = batch[pos - 1].seq;
+                health.cursor.store(cursor, Ordering::Relaxed);
+                metrics::counter!(telemetry::SINK_DELIVERED, "sink" => name).increment(accepted as u64);
+                backoff = FIRST_BACKOFF;
+                if let Err(e) = state.store.set_sink_cursor(name, cursor).await {
+                    // The events were delivered; failing to record it only means they may be sent again.
+                    tracing::warn!(sink = name, error = %e, "cannot save sink cursor");
                 }
             }
-            cursor = event.seq;
-            health.cursor.store(cursor, Ordering::Relaxed);
-            if let Err(e) = state.store.set_sink_cursor(name, cursor).await {
-                // The event was delivered; failing to record it only means it may be sent again.
-                tracing::warn!(sink = name, error = %e, "cannot save sink cursor");
+            let error = match result {
+                Ok(()) if accepted > 0 || pos == batch.len() => {
+                    health.failing.store(false, Ordering::Relaxed);
+                    continue;
+                }
+                Ok(()) => "the sink accepted none of the events".to_owned(),
+                Err(e) => e,
+            };
+            health.failing.store(true, Ordering::Relaxed);
+            metrics::counter!(telemetry::SINK_FAILURES, "sink" => name).increment(1);
+            tracing::warn!(sink = name, seq = batch.get(pos).map_or(cursor, |e| e.seq), error = %error, retry_in_ms = backoff.as_millis() as u64, "delivery failed");
+            let wait = match deadline {
+                Some(d) => {
+                    let left = d.saturating_duration_since(tokio::time::Instant::now());
+                    if left.is_zero() {
+                        tracing::warn!(sink = name, cursor, "grace period over; undelivered events stay in the log");
+                        return;
+                    }
+                    backoff.min(left)
+                }
+                None => backoff,
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.changed(), if deadline.is_none() => {
+                    deadline = Some(tokio::time::Instant::now() + grace);
+                }
             }
+            backoff = (backoff * 2).min(sink.max_backoff());
         }
     }
 }

@@ -1,8 +1,10 @@
 //! Device-facing sources, routed by path. Each platform family is a folder. Apple: check-ins and
 //! reports (`/mdm`, `/checkin`), enrollment (`/mdm/enroll`, `/enroll`, `/enroll/session…`).
 //! Windows enrollment: `/EnrollmentServer/{Discovery,Policy,Enrollment}.svc`; Windows management: OMA-DM
-//! SyncML (`/ManagementServer/MDM.svc`, [`omadm`]).
+//! SyncML (`/ManagementServer/MDM.svc`, [`omadm`]). Android: Pub/Sub push of AMAPI notifications
+//! (`/android/pubsub`, [`android`]).
 
+pub mod android;
 pub mod apple;
 pub mod omadm;
 pub mod scep;
@@ -39,6 +41,7 @@ pub fn device_handler(state: Arc<AppState>) -> Handler {
                 // SCEP answers wrong methods itself (400, as RFC 8894 clients expect a reason).
                 "/scep" => scep::handle(&state, req, &conn).await,
                 omadm::PATH => omadm::handle(&state, req, &conn).await,
+                android::PATH => android::handle(&state, req, &conn).await,
                 _ => match apple::enroll::handle(&state, req).await {
                     Some(reply) => reply,
                     None => text(StatusCode::NOT_FOUND, "no such endpoint\n"),

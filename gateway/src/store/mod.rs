@@ -504,6 +504,34 @@ pub struct CorporateIdentifier {
     pub enrolled_at: Option<i64>,
 }
 
+/// A `signupUrls.create` the gateway made (enterprise signup, docs/android.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AndroidSignup {
+    /// `signupUrls/<id>`.
+    pub name: String,
+    /// SHA-256 (hex) of the one-time `state` in the callback URL.
+    pub state_sha256: String,
+    /// Where the admin signs up.
+    pub url: String,
+    pub callback_url: String,
+    pub project_id: String,
+    pub created_at: i64,
+    pub completed_at: Option<i64>,
+    /// `enterprises/<id>` once completed.
+    pub enterprise: Option<String>,
+}
+
+/// An enterprise created by `enterprises.create`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AndroidEnterprise {
+    /// `enterprises/<id>`.
+    pub name: String,
+    pub project_id: String,
+    pub signup_name: Option<String>,
+    pub pubsub_topic: Option<String>,
+    pub created_at: i64,
+}
+
 /// Durable state behind the gateway. Implementations must pass [`suite`].
 #[async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug + 'static {
@@ -723,4 +751,24 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         device: &DeviceId,
         now: i64,
     ) -> Result<bool>;
+
+    // --- Android AMAPI client ---
+    /// Android commands in status `queued` (not yet sent to AMAPI), by priority (high first)
+    /// then age, at most `limit`: the dispatcher's work list.
+    async fn queued_android_commands(&self, limit: u32) -> Result<Vec<CommandRecord>>;
+    /// Records a signup URL the gateway created. A second signup with the same name or state
+    /// fails.
+    async fn save_android_signup(&self, signup: &AndroidSignup) -> Result<()>;
+    async fn android_signup_by_state(&self, state_sha256: &str) -> Result<Option<AndroidSignup>>;
+    /// Marks the signup completed with `enterprise` and records the enterprise, with `events`,
+    /// atomically. Returns false, storing nothing, if the signup was already completed (or does
+    /// not exist).
+    async fn complete_android_signup(
+        &self,
+        signup_name: &str,
+        enterprise: &AndroidEnterprise,
+        events: &[Event],
+    ) -> Result<bool>;
+    /// Enterprises created through signup, newest first.
+    async fn android_enterprises(&self) -> Result<Vec<AndroidEnterprise>>;
 }

@@ -40,11 +40,11 @@ use sqlx_postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow
 use tokio::sync::Notify;
 
 use super::{
-    AndroidOperation, CommandRecord, CommandUpdate, CorporateIdentifier, DeadLetter, DeclarationSet,
-    DeclarationsChange, DeclarationsToken, EnrollTicket, Enrollment, EnrollmentState, IdentifierKind, LoggedEvent,
-    NewCommand, NewScepChallenge, OmaDmSession, PubSubDelivery, PubSubOutcome, PushCert, PushInfo, RequestSnapshot,
-    Result, ScepCertificate, ScepChallenge, ScepRecord, Store, StoreError, StoredDeclaration, TicketStatus,
-    WindowsCertificate, WindowsRecord,
+    AndroidEnterprise, AndroidOperation, AndroidSignup, CommandRecord, CommandUpdate, CorporateIdentifier, DeadLetter,
+    DeclarationSet, DeclarationsChange, DeclarationsToken, EnrollTicket, Enrollment, EnrollmentState, IdentifierKind,
+    LoggedEvent, NewCommand, NewScepChallenge, OmaDmSession, PubSubDelivery, PubSubOutcome, PushCert, PushInfo,
+    RequestSnapshot, Result, ScepCertificate, ScepChallenge, ScepRecord, Store, StoreError, StoredDeclaration,
+    TicketStatus, WindowsCertificate, WindowsRecord,
 };
 
 /// Migrations, embedded at build time: `(version, description, sql)`, following the
@@ -52,6 +52,7 @@ use super::{
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "init", include_str!("../../migrations/postgres/0001_init.sql")),
     (2, "android_enrollment_gate", include_str!("../../migrations/postgres/0002_android_enrollment_gate.sql")),
+    (3, "android_client", include_str!("../../migrations/postgres/0003_android_client.sql")),
 ];
 
 /// How the pool is sized and how long an operation waits for a connection.
@@ -296,6 +297,11 @@ const PENDING_SQL: &str = select_commands!(
 const DUE_FOR_EXPIRY_SQL: &str = select_commands!(
     "WHERE expires_at <= $1 AND expires_at IS NOT NULL AND status IN ('queued', 'sent', 'not_now') \
      ORDER BY expires_at, seq LIMIT $2"
+);
+// The WHERE must stay identical to the `commands_android_queued` index's.
+const QUEUED_ANDROID_SQL: &str = select_commands!(
+    "WHERE status = 'queued' AND device_id >= 'android:' AND device_id < 'android;' \
+     ORDER BY priority DESC, seq LIMIT $1"
 );
 const COMMAND_SQL: &str = select_commands!("WHERE command_id = $1 ORDER BY seq");
 const COMMAND_FOR_DEVICE_SQL: &str = select_commands!("WHERE device_id = $1 AND command_id = $2");
@@ -719,6 +725,29 @@ fn corporate_identifier_from_row(row: &PgRow) -> Result<CorporateIdentifier> {
         created_at: get(row, 3, "created_at")?,
         enrolled_device: enrolled.map(|d| parse_device_id(&d, "corporate_identifiers.enrolled_device")).transpose()?,
         enrolled_at: get(row, 5, "enrolled_at")?,
+    })
+}
+
+fn android_signup_from_row(row: &PgRow) -> Result<AndroidSignup> {
+    Ok(AndroidSignup {
+        name: get(row, 0, "name")?,
+        state_sha256: get(row, 1, "state_sha256")?,
+        url: get(row, 2, "url")?,
+        callback_url: get(row, 3, "callback_url")?,
+        project_id: get(row, 4, "project_id")?,
+        created_at: get(row, 5, "created_at")?,
+        completed_at: get(row, 6, "completed_at")?,
+        enterprise: get(row, 7, "enterprise")?,
+    })
+}
+
+fn android_enterprise_from_row(row: &PgRow) -> Result<AndroidEnterprise> {
+    Ok(AndroidEnterprise {
+        name: get(row, 0, "name")?,
+        project_id: get(row, 1, "project_id")?,
+        signup_name: get(row, 2, "signup_name")?,
+        pubsub_topic: get(row, 3, "pubsub_topic")?,
+        created_at: get(row, 4, "created_at")?,
     })
 }
 
@@ -1645,6 +1674,92 @@ impl Store for PostgresStore {
         .rows_affected();
         Ok(n == 1)
     }
+
+    // --- Android AMAPI client ---
+
+    async fn queued_android_commands(&self, limit: u32) -> Result<Vec<CommandRecord>> {
+        // A read, not a claim: the dispatcher then moves each command queued → sent with a
+        // compare-and-set (`update_command`), which one instance alone wins.
+        let rows = query(QUEUED_ANDROID_SQL).bind(self::limit(limit)).fetch_all(&self.pool).await?;
+        rows.iter().map(command_from_row).collect()
+    }
+
+    async fn save_android_signup(&self, s: &AndroidSignup) -> Result<()> {
+        query(
+            "INSERT INTO android_signups (name, state_sha256, url, callback_url, project_id, created_at, \
+             completed_at, enterprise) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(&s.name)
+        .bind(&s.state_sha256)
+        .bind(&s.url)
+        .bind(&s.callback_url)
+        .bind(&s.project_id)
+        .bind(s.created_at)
+        .bind(s.completed_at)
+        .bind(&s.enterprise)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn android_signup_by_state(&self, state_sha256: &str) -> Result<Option<AndroidSignup>> {
+        let row = query(
+            "SELECT name, state_sha256, url, callback_url, project_id, created_at, completed_at, enterprise \
+             FROM android_signups WHERE state_sha256 = $1",
+        )
+        .bind(state_sha256)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(android_signup_from_row).transpose()
+    }
+
+    async fn complete_android_signup(
+        &self,
+        signup_name: &str,
+        e: &AndroidEnterprise,
+        events: &[Event],
+    ) -> Result<bool> {
+        let events = event_rows(events)?;
+        let mut tx = self.begin().await?;
+        let changed = query(
+            "UPDATE android_signups SET completed_at = $1, enterprise = $2 WHERE name = $3 AND completed_at IS NULL",
+        )
+        .bind(e.created_at)
+        .bind(&e.name)
+        .bind(signup_name)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if changed == 0 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        query(
+            "INSERT INTO android_enterprises (name, project_id, signup_name, pubsub_topic, created_at) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (name) DO UPDATE SET signup_name = excluded.signup_name, \
+             pubsub_topic = excluded.pubsub_topic, created_at = excluded.created_at",
+        )
+        .bind(&e.name)
+        .bind(&e.project_id)
+        .bind(&e.signup_name)
+        .bind(&e.pubsub_topic)
+        .bind(e.created_at)
+        .execute(&mut *tx)
+        .await?;
+        let appended = append_events(&mut tx, &events).await?;
+        self.commit(tx, appended).await?;
+        Ok(true)
+    }
+
+    async fn android_enterprises(&self) -> Result<Vec<AndroidEnterprise>> {
+        let rows = query(
+            "SELECT name, project_id, signup_name, pubsub_topic, created_at FROM android_enterprises \
+             ORDER BY created_at DESC, name",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(android_enterprise_from_row).collect()
+    }
 }
 
 #[cfg(test)]
@@ -1998,7 +2113,8 @@ mod tests {
         let Some((store, _schema)) = fresh().await else { return };
         let mut tx = store.begin().await.expect("begin");
         query("SET LOCAL enable_seqscan = off").execute(&mut *tx).await.expect("set");
-        let cases: [(&str, &str, Vec<&str>); 7] = [
+        let cases: [(&str, &str, Vec<&str>); 8] = [
+            (QUEUED_ANDROID_SQL, "commands_android_queued", vec!["10"]),
             (PENDING_SQL, "commands_pending", vec!["apple:X", "10"]),
             (ENROLLMENT_BY_CERT_SQL, "enrollments_cert_sha256", vec!["ab"]),
             (LIST_ENROLLMENTS_BY_PLATFORM_SQL, "enrollments_platform_device", vec!["apple", "apple:A", "10"]),

@@ -32,11 +32,11 @@ use sha2::{Digest, Sha384};
 use tokio::sync::{Notify, oneshot};
 
 use super::{
-    AndroidOperation, CommandRecord, CommandUpdate, CorporateIdentifier, DeadLetter, DeclarationSet,
-    DeclarationsChange, DeclarationsToken, EnrollTicket, Enrollment, EnrollmentState, IdentifierKind, LoggedEvent,
-    NewCommand, NewScepChallenge, OmaDmSession, PubSubDelivery, PubSubOutcome, PushCert, PushInfo, RequestSnapshot,
-    Result, ScepCertificate, ScepChallenge, ScepRecord, Store, StoreError, StoredDeclaration, TicketStatus,
-    WindowsCertificate, WindowsRecord,
+    AndroidEnterprise, AndroidOperation, AndroidSignup, CommandRecord, CommandUpdate, CorporateIdentifier, DeadLetter,
+    DeclarationSet, DeclarationsChange, DeclarationsToken, EnrollTicket, Enrollment, EnrollmentState, IdentifierKind,
+    LoggedEvent, NewCommand, NewScepChallenge, OmaDmSession, PubSubDelivery, PubSubOutcome, PushCert, PushInfo,
+    RequestSnapshot, Result, ScepCertificate, ScepChallenge, ScepRecord, Store, StoreError, StoredDeclaration,
+    TicketStatus, WindowsCertificate, WindowsRecord,
 };
 
 /// Migrations, embedded at build time: `(version, description, sql)`, following the
@@ -53,6 +53,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (6, "omadm", include_str!("../../migrations/sqlite/0006_omadm.sql")),
     (7, "windows_enroll", include_str!("../../migrations/sqlite/0007_windows_enroll.sql")),
     (8, "android", include_str!("../../migrations/sqlite/0008_android.sql")),
+    (9, "android_client", include_str!("../../migrations/sqlite/0009_android_client.sql")),
     (10, "enrollment_gate", include_str!("../../migrations/sqlite/0010_enrollment_gate.sql")),
 ];
 
@@ -118,6 +119,10 @@ const PENDING_SQL: &str = select_commands!(
 const DUE_FOR_EXPIRY_SQL: &str = select_commands!(
     "WHERE expires_at <= ? AND expires_at IS NOT NULL AND status IN ('queued', 'sent', 'not_now') \
      ORDER BY expires_at, seq LIMIT CAST(? AS INTEGER)"
+);
+const QUEUED_ANDROID_SQL: &str = select_commands!(
+    "WHERE status = 'queued' AND device_id >= 'android:' AND device_id < 'android;' \
+     ORDER BY priority DESC, seq LIMIT CAST(? AS INTEGER)"
 );
 const COMMAND_SQL: &str = select_commands!("WHERE command_id = ? ORDER BY seq");
 const COMMAND_FOR_DEVICE_SQL: &str = select_commands!("WHERE device_id = ? AND command_id = ?");
@@ -1185,6 +1190,29 @@ fn android_operation_from_row(row: &Row<'_>) -> Result<AndroidOperation> {
     })
 }
 
+fn android_signup_from_row(row: &Row<'_>) -> Result<AndroidSignup> {
+    Ok(AndroidSignup {
+        name: get(row, 0, "name")?,
+        state_sha256: get(row, 1, "state_sha256")?,
+        url: get(row, 2, "url")?,
+        callback_url: get(row, 3, "callback_url")?,
+        project_id: get(row, 4, "project_id")?,
+        created_at: get(row, 5, "created_at")?,
+        completed_at: get(row, 6, "completed_at")?,
+        enterprise: get(row, 7, "enterprise")?,
+    })
+}
+
+fn android_enterprise_from_row(row: &Row<'_>) -> Result<AndroidEnterprise> {
+    Ok(AndroidEnterprise {
+        name: get(row, 0, "name")?,
+        project_id: get(row, 1, "project_id")?,
+        signup_name: get(row, 2, "signup_name")?,
+        pubsub_topic: get(row, 3, "pubsub_topic")?,
+        created_at: get(row, 4, "created_at")?,
+    })
+}
+
 fn dead_letter_from_row(row: &Row<'_>) -> Result<DeadLetter> {
     Ok(DeadLetter {
         message_id: get(row, 0, "message_id")?,
@@ -2133,6 +2161,90 @@ impl Store for SqliteStore {
                 )?
                 .execute(params![device, now, kind.as_str(), identifier])?;
             Ok((n == 1, false))
+        })
+        .await
+    }
+
+    async fn queued_android_commands(&self, limit: u32) -> Result<Vec<CommandRecord>> {
+        let limit = self::limit(limit);
+        self.read(move |conn| query_all(conn, QUEUED_ANDROID_SQL, params![limit], command_from_row)).await
+    }
+
+    async fn save_android_signup(&self, signup: &AndroidSignup) -> Result<()> {
+        let s = signup.clone();
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "INSERT INTO android_signups (name, state_sha256, url, callback_url, project_id, created_at, \
+                 completed_at, enterprise) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            )?
+            .execute(params![
+                s.name,
+                s.state_sha256,
+                s.url,
+                s.callback_url,
+                s.project_id,
+                s.created_at,
+                s.completed_at,
+                s.enterprise
+            ])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn android_signup_by_state(&self, state_sha256: &str) -> Result<Option<AndroidSignup>> {
+        let state = state_sha256.to_owned();
+        self.read(move |conn| {
+            query_opt(
+                conn,
+                "SELECT name, state_sha256, url, callback_url, project_id, created_at, completed_at, enterprise \
+                 FROM android_signups WHERE state_sha256 = ?",
+                [&state],
+                android_signup_from_row,
+            )
+        })
+        .await
+    }
+
+    async fn complete_android_signup(
+        &self,
+        signup_name: &str,
+        enterprise: &AndroidEnterprise,
+        events: &[Event],
+    ) -> Result<bool> {
+        let events = event_rows(events)?;
+        let name = signup_name.to_owned();
+        let e = enterprise.clone();
+        self.transact(move |tx| {
+            let changed = tx
+                .prepare_cached(
+                    "UPDATE android_signups SET completed_at = ?, enterprise = ? WHERE name = ? AND completed_at IS NULL",
+                )?
+                .execute(params![e.created_at, e.name, name])?;
+            if changed == 0 {
+                return Ok((false, false));
+            }
+            tx.prepare_cached(
+                "INSERT INTO android_enterprises (name, project_id, signup_name, pubsub_topic, created_at) \
+                 VALUES (?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET signup_name = excluded.signup_name, \
+                 pubsub_topic = excluded.pubsub_topic, created_at = excluded.created_at",
+            )?
+            .execute(params![e.name, e.project_id, e.signup_name, e.pubsub_topic, e.created_at])?;
+            insert_events(tx, &events)?;
+            Ok((true, !events.is_empty()))
+        })
+        .await
+    }
+
+    async fn android_enterprises(&self) -> Result<Vec<AndroidEnterprise>> {
+        self.read(move |conn| {
+            query_all(
+                conn,
+                "SELECT name, project_id, signup_name, pubsub_topic, created_at FROM android_enterprises \
+                 ORDER BY created_at DESC, name",
+                [],
+                android_enterprise_from_row,
+            )
         })
         .await
     }

@@ -14,10 +14,10 @@ use time::OffsetDateTime;
 use tokio::sync::Notify;
 
 use super::{
-    AndroidOperation, CommandUpdate, DeadLetter, DeclarationsChange, DeclarationsToken, EnrollTicket, Enrollment,
-    EnrollmentState, IdentifierKind, NewCommand, NewScepChallenge, OmaDmSession, PubSubDelivery, PubSubOutcome,
-    PushCert, PushInfo, ScepCertificate, ScepChallenge, ScepRecord, Store, StoreError, StoredDeclaration, TicketStatus,
-    WindowsCertificate, WindowsRecord,
+    AndroidEnterprise, AndroidOperation, AndroidSignup, CommandUpdate, DeadLetter, DeclarationsChange,
+    DeclarationsToken, EnrollTicket, Enrollment, EnrollmentState, IdentifierKind, NewCommand, NewScepChallenge,
+    OmaDmSession, PubSubDelivery, PubSubOutcome, PushCert, PushInfo, ScepCertificate, ScepChallenge, ScepRecord, Store,
+    StoreError, StoredDeclaration, TicketStatus, WindowsCertificate, WindowsRecord,
 };
 
 /// A fresh store for one test, with what the tests need besides the trait.
@@ -98,6 +98,8 @@ macro_rules! store_suite {
             android_operations,
             users_devices_are_counted_across_platforms,
             corporate_identifiers_replace_and_enroll,
+            android_queued_commands_in_order,
+            android_signup_completes_once,
         );
 
         #[tokio::test]
@@ -1608,6 +1610,81 @@ pub async fn corporate_identifiers_replace_and_enroll(store: &dyn Store) {
     assert_eq!(page.len(), 1);
     assert_eq!(store.corporate_identifiers(IdentifierKind::Imei, None, 10).await.expect("list").len(), 1);
     assert_eq!(store.replace_corporate_identifiers(IdentifierKind::Serial, &[], 40).await.expect("clear"), 0);
+}
+
+pub async fn android_queued_commands_in_order(store: &dyn Store) {
+    let a = id("android:LC01:dev1");
+    let b = id("android:LC02:dev9");
+    let apple = id("apple:UDID-1");
+    let win = id("windows:W1");
+    store
+        .enqueue(
+            &[
+                new_command(&a, "a1", 0),
+                new_command(&apple, "x1", 5),
+                new_command(&b, "b1", 5),
+                new_command(&win, "w1", 0),
+                new_command(&a, "a2", 0),
+            ],
+            &[],
+        )
+        .await
+        .expect("enqueue");
+    let ids = |v: Vec<super::CommandRecord>| v.into_iter().map(|c| c.command_id).collect::<Vec<_>>();
+    // Android only, high priority first, then in queue order.
+    assert_eq!(ids(store.queued_android_commands(10).await.expect("list")), ["b1", "a1", "a2"]);
+    assert_eq!(ids(store.queued_android_commands(1).await.expect("list")), ["b1"]);
+    // Sent ones are no longer queued.
+    let queued = [CommandStatus::Queued];
+    assert!(store.update_command(update(&b, "b1", &queued, CommandStatus::Sent, 200), &[]).await.expect("sent"));
+    assert!(store.update_command(update(&a, "a2", &queued, CommandStatus::Error, 200), &[]).await.expect("err"));
+    assert_eq!(ids(store.queued_android_commands(10).await.expect("list")), ["a1"]);
+}
+
+pub async fn android_signup_completes_once(store: &dyn Store) {
+    let signup = AndroidSignup {
+        name: "signupUrls/S1".into(),
+        state_sha256: "aa".repeat(32),
+        url: "https://enterprise.google.com/signup/android/email?callbackUrl=x".into(),
+        callback_url: "https://gw/cb?state=z".into(),
+        project_id: "p1".into(),
+        created_at: 100,
+        completed_at: None,
+        enterprise: None,
+    };
+    store.save_android_signup(&signup).await.expect("save");
+    assert!(store.save_android_signup(&signup).await.is_err(), "same name twice");
+    assert_eq!(store.android_signup_by_state(&signup.state_sha256).await.expect("read"), Some(signup.clone()));
+    assert_eq!(store.android_signup_by_state(&"bb".repeat(32)).await.expect("read"), None);
+    assert!(store.android_enterprises().await.expect("list").is_empty());
+
+    let d = id("android:LC01:dev1");
+    let ent = AndroidEnterprise {
+        name: "enterprises/LC01".into(),
+        project_id: "p1".into(),
+        signup_name: Some(signup.name.clone()),
+        pubsub_topic: Some("projects/p1/topics/t".into()),
+        created_at: 150,
+    };
+    let ev = [event("ev-ent", &d, EventType::DEVICE_STATUS_REPORT, None)];
+    assert!(store.complete_android_signup(&signup.name, &ent, &ev).await.expect("complete"));
+    let done = store.android_signup_by_state(&signup.state_sha256).await.expect("read").expect("signup");
+    assert_eq!((done.completed_at, done.enterprise.as_deref()), (Some(150), Some("enterprises/LC01")));
+    assert_eq!(store.android_enterprises().await.expect("list"), vec![ent.clone()]);
+    // A second completion (a replayed callback) stores nothing.
+    let other = AndroidEnterprise { name: "enterprises/LC02".into(), created_at: 160, ..ent.clone() };
+    let ev2 = [event("ev-never", &d, EventType::DEVICE_STATUS_REPORT, None)];
+    assert!(!store.complete_android_signup(&signup.name, &other, &ev2).await.expect("complete"));
+    assert!(!store.complete_android_signup("signupUrls/none", &other, &ev2).await.expect("complete"));
+    assert_eq!(store.android_enterprises().await.expect("list"), vec![ent.clone()]);
+    assert_eq!(event_ids(store).await, ["ev-ent"]);
+
+    // A newer signup's enterprise comes first.
+    let s2 = AndroidSignup { name: "signupUrls/S2".into(), state_sha256: "cc".repeat(32), ..signup.clone() };
+    store.save_android_signup(&s2).await.expect("save");
+    assert!(store.complete_android_signup(&s2.name, &other, &[]).await.expect("complete"));
+    let names: Vec<String> = store.android_enterprises().await.expect("list").into_iter().map(|e| e.name).collect();
+    assert_eq!(names, ["enterprises/LC02", "enterprises/LC01"]);
 }
 
 // ---- PostgreSQL test databases --------------------------------------------------------------

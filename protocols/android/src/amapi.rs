@@ -34,13 +34,39 @@ pub struct Device {
     pub non_compliance_details: Vec<NonComplianceDetail>,
     pub ownership: Option<String>,
     pub enrollment_token_name: Option<String>,
+    /// The enrollment token's `additionalData`, as the device reports it.
+    pub enrollment_token_data: Option<String>,
     pub user_name: Option<String>,
+    pub memory_info: Option<MemoryInfo>,
+    pub device_settings: Option<DeviceSettings>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct MemoryInfo {
+    #[serde(deserialize_with = "int64")]
+    pub total_internal_storage: Option<i64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct DeviceSettings {
+    pub is_encrypted: Option<bool>,
+    /// `ENCRYPTED`, `ACTIVE_PER_USER`, `INACTIVE`, …
+    pub encryption_status: Option<String>,
 }
 
 impl Device {
     /// True when AMAPI reports the device as deleted (unenrolled, wiped or retired).
     pub fn is_deleted(&self) -> bool {
         self.state.as_deref() == Some("DELETED")
+    }
+
+    /// The user the gateway named in the enrollment token (`additionalData` written by
+    /// [`crate::command::enrollment_token_body`]), when the device enrolled with one of its tokens.
+    pub fn gateway_token_user(&self) -> Option<String> {
+        let data: serde_json::Value = serde_json::from_str(self.enrollment_token_data.as_deref()?).ok()?;
+        data.get(crate::command::TOKEN_USER_KEY)?.as_str().filter(|u| !u.is_empty()).map(str::to_owned)
     }
 }
 

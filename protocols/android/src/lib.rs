@@ -10,17 +10,21 @@
 //!   fields the gateway needs; unknown fields are ignored.
 //! - [`notification`]: [`Notification::decode`] by `attributes.notificationType`.
 //! - [`normalise`]: [`Notification::emissions`]: which events (and inventory) the gateway emits.
+//! - [`command`]: normalised commands → the AMAPI call that carries them ([`AmapiCall`]), and the
+//!   enrollment-token request body.
 //!
 //! Nothing here reads the clock, a socket or a file; the caller passes everything in.
 
 pub mod amapi;
+pub mod command;
 mod error;
 pub mod normalise;
 pub mod notification;
 pub mod pubsub;
 
 pub use amapi::{Device, Operation};
+pub use command::{AmapiCall, CallKind, EnrollmentMode};
 pub use error::DecodeError;
-pub use normalise::{Emission, device_id_from_name};
+pub use normalise::{Emission, device_id_from_name, enterprise_id_from_name};
 pub use notification::{Notification, NotificationType};
 pub use pubsub::PushMessage;

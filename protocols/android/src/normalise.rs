@@ -7,7 +7,9 @@
 //! | `STATUS_REPORT` | `device.status_report`, then `device.inventory` when the report carries any |
 //! | `ENROLLMENT` / `STATUS_REPORT` with `state: DELETED` | `device.unenrolled` only |
 //! | `COMMAND`, `done: true` | `command.acknowledged` (no `error`) or `command.error` |
-//! | `COMMAND`, `done: false`; `USAGE_LOGS`; `ENTERPRISE_UPGRADE`; `test`; unknown types | nothing |
+//! | `USAGE_LOGS` | `device.usage_logs` ([`DEVICE_USAGE_LOGS`]) |
+//! | `ENTERPRISE_UPGRADE` | `android.enterprise_upgrade` ([`ENTERPRISE_UPGRADE`]), `device_id` `android:<enterprise id>` |
+//! | `COMMAND`, `done: false`; `test`; unknown types | nothing |
 //!
 //! Device ids follow CONTRACT §4: `android:<enterprise id>:<device id>`, both taken from the
 //! resource name `enterprises/{e}/devices/{d}`. The command id is the operation name's last segment.
@@ -17,8 +19,15 @@ use serde_json::{Map, Value as Json, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::amapi::{Device, Operation};
+use crate::amapi::{BatchUsageLogEvents, Device, EnterpriseUpgradeEvent, Operation};
 use crate::{DecodeError, Notification};
+
+/// `USAGE_LOGS`: a batch of the device's security/usage log events.
+pub const DEVICE_USAGE_LOGS: EventType = EventType::named("device.usage_logs");
+/// `ENTERPRISE_UPGRADE`: an enterprise's upgrade (managed Google Play Accounts enterprise to
+/// managed Google domain) progressed. Not about a device: its `device_id` is the enterprise,
+/// `android:<enterprise id>`.
+pub const ENTERPRISE_UPGRADE: EventType = EventType::named("android.enterprise_upgrade");
 
 /// One event the gateway should emit. The gateway adds the event id and time.
 #[derive(Debug, Clone, PartialEq)]
@@ -52,10 +61,9 @@ impl Notification {
             Notification::Enrollment(d) => device_emissions(d, EventType::DEVICE_ENROLLED),
             Notification::StatusReport(d) => device_emissions(d, EventType::DEVICE_STATUS_REPORT),
             Notification::Command(op) => command_emissions(op),
-            Notification::UsageLogs(_)
-            | Notification::EnterpriseUpgrade(_)
-            | Notification::Test
-            | Notification::Other { .. } => Ok(Vec::new()),
+            Notification::UsageLogs(logs) => usage_log_emissions(logs),
+            Notification::EnterpriseUpgrade(up) => enterprise_upgrade_emissions(up),
+            Notification::Test | Notification::Other { .. } => Ok(Vec::new()),
         }
     }
 }
@@ -89,15 +97,34 @@ pub fn device_inventory(d: &Device) -> Inventory {
     let hw = d.hardware_info.clone().unwrap_or_default();
     let sw = d.software_info.clone().unwrap_or_default();
     let net = d.network_info.clone().unwrap_or_default();
+    let settings = d.device_settings.clone().unwrap_or_default();
     Inventory {
         serial_number: hw.serial_number,
         model: hw.model,
+        manufacturer: hw.manufacturer,
         os_name: sw.android_version.is_some().then(|| "Android".to_owned()),
         os_version: sw.android_version,
         build_version: sw.android_build_number,
         imei: net.imei,
         meid: net.meid,
         wifi_mac: net.wifi_mac_address,
+        storage_capacity_bytes: d
+            .memory_info
+            .as_ref()
+            .and_then(|m| m.total_internal_storage)
+            .and_then(|b| u64::try_from(b).ok()),
+        encrypted: settings.is_encrypted.or_else(|| match settings.encryption_status.as_deref()? {
+            "ENCRYPTED" | "ACTIVE_PER_USER" => Some(true),
+            "INACTIVE" | "ACTIVATING" | "UNSUPPORTED" => Some(false),
+            _ => None,
+        }),
+        compliant: d.policy_compliant,
+        ownership: d.ownership.as_deref().and_then(|o| match o {
+            "COMPANY_OWNED" => Some("corporate".to_owned()),
+            "PERSONALLY_OWNED" => Some("personal".to_owned()),
+            _ => None,
+        }),
+        enrolled_user: d.gateway_token_user().or_else(|| d.user_name.clone()),
         ..Inventory::default()
     }
 }
@@ -200,6 +227,52 @@ fn command_emissions(op: &Operation) -> Result<Vec<Emission>, DecodeError> {
         m.insert("response".into(), r.clone());
     }
     Ok(vec![Emission { event_type, device_id, command_id: Some(command_id), data: Json::Object(m), inventory: None }])
+}
+
+fn usage_log_emissions(logs: &BatchUsageLogEvents) -> Result<Vec<Emission>, DecodeError> {
+    let name = logs.device.as_deref().ok_or_else(|| DecodeError::BadResourceName(String::new()))?;
+    let device_id = device_id_from_name(name)?;
+    let mut m = Map::new();
+    m.insert("device".into(), name.into());
+    if let Some(u) = &logs.user {
+        m.insert("user".into(), u.clone().into());
+    }
+    if let Some(t) = logs.retrieval_time.and_then(rfc3339) {
+        m.insert("retrieval_time".into(), t);
+    }
+    m.insert("events".into(), Json::Array(logs.usage_log_events.clone()));
+    Ok(vec![Emission {
+        event_type: DEVICE_USAGE_LOGS,
+        device_id,
+        command_id: None,
+        data: Json::Object(m),
+        inventory: None,
+    }])
+}
+
+/// `android:<enterprise id>` from `enterprises/{e}`.
+pub fn enterprise_id_from_name(name: &str) -> Result<DeviceId, DecodeError> {
+    match name.split('/').collect::<Vec<_>>()[..] {
+        ["enterprises", e] if !e.is_empty() => Ok(DeviceId::new(Platform::Android, &[e])?),
+        _ => Err(DecodeError::BadResourceName(name.to_owned())),
+    }
+}
+
+fn enterprise_upgrade_emissions(up: &EnterpriseUpgradeEvent) -> Result<Vec<Emission>, DecodeError> {
+    let name = up.enterprise.as_deref().ok_or_else(|| DecodeError::BadResourceName(String::new()))?;
+    let device_id = enterprise_id_from_name(name)?;
+    let mut m = Map::new();
+    m.insert("enterprise".into(), name.into());
+    if let Some(s) = &up.upgrade_state {
+        m.insert("upgrade_state".into(), s.clone().into());
+    }
+    Ok(vec![Emission {
+        event_type: ENTERPRISE_UPGRADE,
+        device_id,
+        command_id: None,
+        data: Json::Object(m),
+        inventory: None,
+    }])
 }
 
 fn rfc3339(t: OffsetDateTime) -> Option<Json> {
@@ -340,11 +413,33 @@ mod tests {
     }
 
     #[test]
+    fn usage_logs_and_enterprise_upgrade() {
+        let logs = json!({"device": "enterprises/E1/devices/D1", "user": "enterprises/E1/users/U1",
+            "retrievalTime": "2025-08-11T13:00:00Z",
+            "usageLogEvents": [{"eventType": "KEYGUARD_DISMISSED", "eventId": "7"}]});
+        let out = notification("USAGE_LOGS", logs).emissions().unwrap();
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].event_type, DEVICE_USAGE_LOGS);
+        assert_eq!(out[0].device_id.as_str(), "android:E1:D1");
+        assert_eq!(out[0].data["events"][0]["eventType"], "KEYGUARD_DISMISSED");
+        assert_eq!(out[0].data["retrieval_time"], "2025-08-11T13:00:00Z");
+        assert_eq!(out[0].data["user"], "enterprises/E1/users/U1");
+        let e = notification("USAGE_LOGS", json!({"usageLogEvents": []})).emissions().unwrap_err();
+        assert_eq!(e.reason(), "bad_resource_name");
+
+        let up = json!({"enterprise": "enterprises/E1", "upgradeState": "UPGRADE_STATE_SUCCEEDED"});
+        let out = notification("ENTERPRISE_UPGRADE", up).emissions().unwrap();
+        assert_eq!(out[0].event_type, ENTERPRISE_UPGRADE);
+        assert_eq!(out[0].device_id.as_str(), "android:E1");
+        assert_eq!(out[0].data, json!({"enterprise": "enterprises/E1", "upgrade_state": "UPGRADE_STATE_SUCCEEDED"}));
+        for bad in [json!({}), json!({"enterprise": "enterprises/E1/devices/D1"}), json!({"enterprise": "E1"})] {
+            let e = notification("ENTERPRISE_UPGRADE", bad).emissions().unwrap_err();
+            assert_eq!(e.reason(), "bad_resource_name");
+        }
+    }
+
+    #[test]
     fn other_notifications_emit_nothing() {
-        assert!(
-            notification("USAGE_LOGS", json!({"device": "enterprises/E1/devices/D1"})).emissions().unwrap().is_empty()
-        );
-        assert!(notification("ENTERPRISE_UPGRADE", json!({})).emissions().unwrap().is_empty());
         assert!(notification("NEW_KIND", json!({})).emissions().unwrap().is_empty());
         assert!(Notification::Test.emissions().unwrap().is_empty());
     }

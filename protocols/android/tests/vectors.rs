@@ -91,7 +91,12 @@ fn shared_synth_push_captures() {
                 assert_eq!(inv.model.as_deref(), Some("SM-A055F"));
                 assert_eq!(inv.os_version.as_deref(), Some("14"));
             }
-            "synth__push_enterprise_upgrade.json" | "synth__push_test_no_data.json" => {
+            "synth__push_enterprise_upgrade.json" => {
+                assert_eq!(types(&out), ["android.enterprise_upgrade"]);
+                assert_eq!(out[0].device_id.as_str(), "android:LC00synth1");
+                assert_eq!(out[0].data["upgrade_state"], "UPGRADE_STATE_SUCCEEDED");
+            }
+            "synth__push_test_no_data.json" => {
                 assert!(out.is_empty(), "{name}");
             }
             other => {

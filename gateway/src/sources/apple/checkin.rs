@@ -2,10 +2,11 @@
 
 use http::StatusCode;
 use mdm_apple::CheckinMessage;
-use mdm_core::{DeviceId, EventType, Inventory};
+use mdm_core::{DeviceId, EventType, Inventory, Platform};
 
 use super::{CHECKIN_CONTENT_TYPE, Reject, bound_enrollment, ddm, device_ids, enrollment_type, remember_identity};
 use crate::AppState;
+use crate::enrollment_gate::{self, EnrollmentFacts};
 use crate::http_util::{Reply, empty, text, with_type};
 use crate::identity::DeviceIdentity;
 use crate::push;
@@ -53,7 +54,28 @@ pub(super) async fn handle(
                     format!("certificate is bound to {other}"),
                 ));
             }
+            // The enrollment gate ([enrollment]); a refused device gets 403 and only the event is stored.
+            let inventory = msg.inventory().unwrap_or_default();
+            let facts = EnrollmentFacts {
+                platform: Some(Platform::Apple),
+                device_id: Some(id.clone()),
+                user: None,
+                os_version: inventory.os_version.clone(),
+                serial_number: inventory.serial_number.clone(),
+                imei: inventory.imei.clone(),
+                // User Enrollment is Apple's enrollment for personal devices.
+                declared_personal: msg.ids().enrollment_id.is_some(),
+            };
+            let admission = match state.gate.check(state.store.as_ref(), &facts).await.map_err(Reject::internal)? {
+                Ok(a) => a,
+                Err(denial) => {
+                    let event = enrollment_gate::denied_event(&state.events, &id, &facts, &denial);
+                    state.store.append_events(&[event]).await?;
+                    return Err(Reject::forbidden(denial.reason.as_str(), denial.message));
+                }
+            };
             let mut enrollment = state.store.enrollment(&id).await?.unwrap_or_else(|| Enrollment::new(id.clone(), now));
+            enrollment.inventory.ownership = Some(admission.ownership.as_str().into());
             // (Re-)authentication starts the enrollment over: reachable again only after TokenUpdate.
             enrollment.state = EnrollmentState::Authenticated;
             enrollment.parent = None;
@@ -66,6 +88,9 @@ pub(super) async fn handle(
             enrollment.last_seen = Some(now);
             enrollment.updated_at = now;
             state.store.save_enrollment(&enrollment, &events).await?;
+            if let Some((kind, identifier)) = &admission.corporate_identifier {
+                state.store.mark_corporate_identifier_enrolled(*kind, identifier, &id, now).await?;
+            }
             Ok(("Authenticate", empty(StatusCode::OK)))
         }
         CheckinMessage::TokenUpdate(t) => {

@@ -58,6 +58,12 @@ impl Reject {
         Reject { status: StatusCode::BAD_REQUEST, reason, detail: detail.into(), identity: true }
     }
 
+    /// A policy refusal (the enrollment gate): 403, never 401, which would make the device
+    /// prompt for credentials.
+    pub(crate) fn forbidden(reason: &'static str, detail: impl Into<String>) -> Self {
+        Reject { status: StatusCode::FORBIDDEN, reason, detail: detail.into(), identity: false }
+    }
+
     /// What the device asked for does not exist (a declaration it was not given).
     pub(crate) fn not_found(reason: &'static str, detail: impl Into<String>) -> Self {
         Reject { status: StatusCode::NOT_FOUND, reason, detail: detail.into(), identity: false }

@@ -17,6 +17,7 @@ use super::auth::{self, Authenticated};
 use super::reply::Refusal;
 use super::service::{MANAGEMENT_PATH, WindowsEnrollment};
 use crate::AppState;
+use crate::enrollment_gate::{self, EnrollmentFacts, Ownership};
 use crate::server::ConnInfo;
 use crate::store::{Enrollment, EnrollmentState, WindowsCertificate, WindowsRecord};
 
@@ -207,6 +208,31 @@ pub(crate) async fn issue_request(
     }
 
     let enrollment_type = context_value(rst, "EnrollmentType").unwrap_or_else(|| "Full".into());
+
+    // The enrollment gate ([enrollment]): nothing is stored for a refused device but the event.
+    let facts = EnrollmentFacts {
+        platform: Some(Platform::Windows),
+        device_id: Some(device.clone()),
+        user: Some(user.upn.clone()),
+        os_version: context_value(rst, "OSVersion"),
+        serial_number: None,
+        imei: context_value(rst, "IMEI"),
+        declared_personal: false,
+    };
+    let admission = match state.gate.check(state.store.as_ref(), &facts).await.map_err(Refusal::internal)? {
+        Ok(a) => a,
+        Err(denial) => {
+            let event = enrollment_gate::denied_event(&state.events, &device, &facts, &denial);
+            state.store.append_events(&[event]).await?;
+            tracing::info!(platform = "windows", device = %device, upn = %user.upn, reason = denial.reason.as_str(), "enrollment refused by the enrollment gate");
+            let error_type =
+                if denial.reason.is_limit() { ErrorType::DEVICE_CAP_REACHED } else { ErrorType::DEVICE_NOT_SUPPORTED };
+            return Err(Refusal::new(Subcode::AUTHORIZATION, error_type, denial.reason.as_str(), denial.message));
+        }
+    };
+    // A device joined to the directory (EnrollmentType Device) is the organisation's, as in Intune.
+    let ownership =
+        if enrollment_type.eq_ignore_ascii_case("Device") { Ownership::Corporate } else { admission.ownership };
     let store_kind = if enrollment_type.eq_ignore_ascii_case("Device") { CertStore::System } else { CertStore::User };
     let issued = issue(svc, &device, &csr, now, Some(&user.upn), user.policy.as_str(), None)?;
     let doc = provisioning(svc, &device, &issued, store_kind);
@@ -234,6 +260,7 @@ pub(crate) async fn issue_request(
     inventory.imei = context_value(rst, "IMEI");
     inventory.wifi_mac = context_value(rst, "MAC");
     inventory.enrolled_user = Some(user.upn.clone());
+    inventory.ownership = Some(ownership.as_str().into());
     enrollment.inventory.merge(&inventory);
     let a = &mut enrollment.attributes;
     a.insert("upn".into(), json!(user.upn));
@@ -269,6 +296,9 @@ pub(crate) async fn issue_request(
     match state.store.record_windows_enrollment(&issued.record, &enrollment, None, &[event]).await? {
         WindowsRecord::Recorded => {}
         WindowsRecord::BindingChanged => return Err(Refusal::internal("an unconditional record reported a change")),
+    }
+    if let Some((kind, id)) = &admission.corporate_identifier {
+        state.store.mark_corporate_identifier_enrolled(*kind, id, &device, now).await?;
     }
     tracing::info!(
         platform = "windows", device = %device, upn = %user.upn, cert_sha256 = %issued.record.cert_sha256,

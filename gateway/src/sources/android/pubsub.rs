@@ -1,0 +1,430 @@
+//! One authenticated push body → store: decode, normalise, apply once, in order.
+//!
+//! - **Permanently bad** (not a push envelope, bad base64, a payload that is not the resource
+//!   its type promises, a resource name that gives no device): recorded as a dead letter (and
+//!   its message id as handled), answered 2xx so Pub/Sub stops redelivering.
+//! - **Temporary** (a store error): the caller answers 503 and Pub/Sub redelivers.
+//! - Otherwise the notification is applied with [`Store::apply_pubsub`]: deduplicated by
+//!   message id, and for `ENROLLMENT`/`STATUS_REPORT` ordered per device by publish time (an
+//!   older notification than the newest applied one is recorded as stale and not applied).
+//!
+//! A device's notifications are handled one at a time within the process (a sharded lock on the
+//! device id), so reading the stored enrollment, merging and writing it back never interleave;
+//! between instances, the store's watermark keeps the newest state.
+//!
+//! [`Store::apply_pubsub`]: crate::store::Store::apply_pubsub
+
+use std::hash::{Hash, Hasher};
+
+use mdm_android::amapi::{Device, Operation};
+use mdm_android::normalise::{device_event_data, device_inventory};
+use mdm_android::{DecodeError, Emission, Notification, NotificationType, PushMessage};
+use mdm_core::{CommandStatus, DeviceId, Event, EventType, Platform};
+use serde_json::Value as Json;
+use tokio::sync::{Mutex, MutexGuard};
+
+use crate::AppState;
+use crate::enrollment_gate::{self, EnrollmentFacts, Ownership};
+use crate::store::{CommandUpdate, DeadLetter, Enrollment, EnrollmentState, PubSubDelivery, PubSubOutcome, StoreError};
+use crate::telemetry;
+
+/// Lock shards: enough that unrelated devices rarely wait for each other.
+const SHARDS: usize = 256;
+
+/// Per-device serialisation of notification handling.
+pub(crate) struct DeviceLocks {
+    shards: Vec<Mutex<()>>,
+}
+
+impl std::fmt::Debug for DeviceLocks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceLocks").field("shards", &self.shards.len()).finish()
+    }
+}
+
+impl DeviceLocks {
+    pub(crate) fn new() -> Self {
+        DeviceLocks { shards: (0..SHARDS).map(|_| Mutex::new(())).collect() }
+    }
+
+    async fn lock(&self, id: &DeviceId) -> MutexGuard<'_, ()> {
+        let mut h = std::hash::DefaultHasher::new();
+        id.hash(&mut h);
+        self.shards[(h.finish() % SHARDS as u64) as usize].lock().await
+    }
+}
+
+/// What became of one push.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Handled {
+    Applied,
+    Duplicate,
+    Stale,
+    DeadLetter,
+}
+
+impl Handled {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Handled::Applied => "applied",
+            Handled::Duplicate => "duplicate",
+            Handled::Stale => "stale",
+            Handled::DeadLetter => "dead_letter",
+        }
+    }
+}
+
+impl From<PubSubOutcome> for Handled {
+    fn from(o: PubSubOutcome) -> Self {
+        match o {
+            PubSubOutcome::Applied => Handled::Applied,
+            PubSubOutcome::Duplicate => Handled::Duplicate,
+            PubSubOutcome::Stale => Handled::Stale,
+        }
+    }
+}
+
+/// The `type` metric label: AMAPI's notification type, `other` for types this build does not
+/// know, `unknown` when the envelope could not be read.
+fn type_label(t: Option<&NotificationType>) -> &'static str {
+    match t {
+        None => "unknown",
+        Some(NotificationType::Enrollment) => "ENROLLMENT",
+        Some(NotificationType::StatusReport) => "STATUS_REPORT",
+        Some(NotificationType::Command) => "COMMAND",
+        Some(NotificationType::UsageLogs) => "USAGE_LOGS",
+        Some(NotificationType::EnterpriseUpgrade) => "ENTERPRISE_UPGRADE",
+        Some(NotificationType::Test) => "test",
+        Some(NotificationType::Other(_)) => "other",
+    }
+}
+
+/// Handles one push body; `Err` only for temporary failures (answer 503).
+pub(crate) async fn intake(
+    state: &AppState,
+    locks: &DeviceLocks,
+    body: &[u8],
+) -> Result<(Handled, &'static str), StoreError> {
+    let now = state.clock.unix();
+    let msg = match PushMessage::decode(body) {
+        Ok(m) => m,
+        Err(e) => return dead_letter(state, best_effort_id(body), "unknown", &e, body, now).await,
+    };
+    let ntype = msg.notification_type().map(NotificationType::parse);
+    let label = type_label(ntype.as_ref());
+    let decoded = Notification::decode(&msg).and_then(|n| n.emissions().map(|out| (n, out)));
+    let (n, emissions) = match decoded {
+        Ok(v) => v,
+        Err(e) => return dead_letter(state, Some(msg.message_id.clone()), label, &e, body, now).await,
+    };
+    let publish_ms = i64::try_from(msg.publish_time.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX);
+    let handled = match &n {
+        Notification::Enrollment(d) | Notification::StatusReport(d) => {
+            device(state, locks, &msg, &n, d, emissions, publish_ms, now).await?
+        }
+        Notification::Command(op) => command(state, locks, &msg, op, emissions, now).await?,
+        Notification::UsageLogs(_)
+        | Notification::EnterpriseUpgrade(_)
+        | Notification::Test
+        | Notification::Other { .. } => {
+            let events: Vec<Event> = emissions.into_iter().map(|em| event(state, &msg, em, None)).collect();
+            apply(state, &msg, None, None, &[], &events, now).await?
+        }
+    };
+    if let Notification::Other { notification_type, .. } = &n {
+        tracing::info!(message_id = %msg.message_id, notification_type, "Pub/Sub notification of a type this build does not know: recorded as handled");
+    }
+    Ok((handled, label))
+}
+
+/// An event for an emission, carrying the notification's decoded `data` as `raw`.
+fn event(state: &AppState, msg: &PushMessage, em: Emission, command_id: Option<&str>) -> Event {
+    let command_id = command_id.or(em.command_id.as_deref());
+    match &msg.data {
+        Some(raw) => state.events.with_raw(em.event_type, &em.device_id, command_id, em.data, "application/json", raw),
+        None => state.events.event(em.event_type, &em.device_id, command_id, em.data),
+    }
+}
+
+async fn apply(
+    state: &AppState,
+    msg: &PushMessage,
+    ordering: Option<(&DeviceId, i64)>,
+    enrollment: Option<&Enrollment>,
+    command_updates: &[CommandUpdate<'_>],
+    events: &[Event],
+    now: i64,
+) -> Result<Handled, StoreError> {
+    let outcome = state
+        .store
+        .apply_pubsub(PubSubDelivery {
+            message_id: &msg.message_id,
+            received_at: now,
+            ordering,
+            enrollment,
+            command_updates,
+            events,
+        })
+        .await?;
+    Ok(outcome.into())
+}
+
+/// The message id of a body that is not a valid envelope, when one can still be read (so a
+/// redelivery of the same bad message is recognised).
+fn best_effort_id(body: &[u8]) -> Option<String> {
+    let v: Json = serde_json::from_slice(body).ok()?;
+    let m = v.get("message")?;
+    m.get("messageId")
+        .or_else(|| m.get("message_id"))
+        .and_then(Json::as_str)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+}
+
+async fn dead_letter(
+    state: &AppState,
+    message_id: Option<String>,
+    label: &'static str,
+    e: &DecodeError,
+    body: &[u8],
+    now: i64,
+) -> Result<(Handled, &'static str), StoreError> {
+    let dead = DeadLetter {
+        message_id: message_id.clone(),
+        received_at: now,
+        reason: e.reason().to_owned(),
+        detail: e.to_string(),
+        body: body.to_vec(),
+    };
+    if !state.store.record_dead_letter(&dead, &[]).await? {
+        return Ok((Handled::Duplicate, label));
+    }
+    tracing::warn!(platform = "android", message_id = ?message_id, reason = e.reason(), detail = %e, "Pub/Sub message dead-lettered: it can never be applied");
+    metrics::counter!(telemetry::ANDROID_PUBSUB_DEAD_LETTERS, "reason" => e.reason()).increment(1);
+    Ok((Handled::DeadLetter, label))
+}
+
+/// Facts kept in the enrollment's attributes, from the device event data. `state` is AMAPI's
+/// device state (`amapi_state` here, not to be confused with the enrollment's state).
+const ATTRIBUTES: [(&str, &str); 16] = [
+    ("name", "name"),
+    ("management_mode", "management_mode"),
+    ("ownership", "ownership"),
+    ("state", "amapi_state"),
+    ("applied_state", "applied_state"),
+    ("policy_compliant", "policy_compliant"),
+    ("policy_name", "policy_name"),
+    ("applied_policy_name", "applied_policy_name"),
+    ("applied_policy_version", "applied_policy_version"),
+    ("enrollment_token_name", "enrollment_token_name"),
+    ("user_name", "user_name"),
+    ("enrollment_time", "enrollment_time"),
+    ("last_status_report_time", "last_status_report_time"),
+    ("security_patch_level", "security_patch_level"),
+    ("device_posture", "device_posture"),
+    ("brand", "brand"),
+];
+
+fn unix(t: Option<time::OffsetDateTime>) -> Option<i64> {
+    t.map(time::OffsetDateTime::unix_timestamp)
+}
+
+/// The stored enrollment after `d`: `current` (if any) with the device's facts merged in.
+fn merged_enrollment(current: Option<Enrollment>, id: &DeviceId, d: &Device, enrolling: bool, now: i64) -> Enrollment {
+    let mut e = current.unwrap_or_else(|| Enrollment::new(id.clone(), now));
+    if d.is_deleted() {
+        e.state = EnrollmentState::Unenrolled;
+    } else {
+        if enrolling {
+            e.enrolled_at = unix(d.enrollment_time).or(Some(now));
+        }
+        e.state = EnrollmentState::Enrolled;
+    }
+    e.inventory.merge(&device_inventory(d));
+    if let Json::Object(data) = device_event_data(d) {
+        for (from, to) in ATTRIBUTES {
+            if let Some(v) = data.get(from) {
+                e.attributes.insert(to.to_owned(), v.clone());
+            }
+        }
+    }
+    e.last_seen = Some(e.last_seen.unwrap_or(0).max(unix(d.last_status_report_time).unwrap_or(now).min(now)));
+    e.updated_at = now;
+    e
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn device(
+    state: &AppState,
+    locks: &DeviceLocks,
+    msg: &PushMessage,
+    n: &Notification,
+    d: &Device,
+    emissions: Vec<Emission>,
+    publish_ms: i64,
+    now: i64,
+) -> Result<Handled, StoreError> {
+    // A device notification always names its device (or it was dead-lettered).
+    let Some(id) = emissions.first().map(|e| e.device_id.clone()) else {
+        return apply(state, msg, None, None, &[], &[], now).await;
+    };
+    let _guard = locks.lock(&id).await;
+    let current = state.store.enrollment(&id).await?;
+    let was_enrolled = current.as_ref().is_some_and(|e| e.state == EnrollmentState::Enrolled);
+    let is_enrollment = matches!(n, Notification::Enrollment(_));
+    // A status report for a device not known as enrolled (enrolled before the gateway was
+    // connected, or re-enrolled under the same name) enrolls it.
+    let inferred = !d.is_deleted() && !is_enrollment && !was_enrolled;
+    // The DELETED report of a device never stored (one the enrollment gate refused): nothing to
+    // record but the message.
+    if d.is_deleted() && current.is_none() {
+        return apply(state, msg, Some((&id, publish_ms)), None, &[], &[], now).await;
+    }
+    let mut corporate_identifier = None;
+    let mut gate_ownership = None;
+    if (is_enrollment || inferred) && !was_enrolled && !d.is_deleted() {
+        // The enrollment gate: a device that enrolled against the rules is not stored, is
+        // removed through AMAPI (devices.delete with the reason) and reported.
+        let inv = device_inventory(d);
+        let facts = EnrollmentFacts {
+            platform: Some(Platform::Android),
+            device_id: Some(id.clone()),
+            user: inv.enrolled_user.clone(),
+            os_version: inv.os_version.clone(),
+            serial_number: inv.serial_number.clone(),
+            imei: inv.imei.clone(),
+            declared_personal: d.ownership.as_deref() == Some("PERSONALLY_OWNED"),
+        };
+        match state.gate.check(state.store.as_ref(), &facts).await {
+            Ok(Ok(admission)) => {
+                corporate_identifier = admission.corporate_identifier;
+                gate_ownership = Some(admission.ownership);
+            }
+            Ok(Err(denial)) => {
+                let event = enrollment_gate::denied_event(&state.events, &id, &facts, &denial);
+                let handled = apply(state, msg, Some((&id, publish_ms)), None, &[], &[event], now).await?;
+                if handled == Handled::Applied {
+                    remove_refused_device(state, d, &denial.message);
+                }
+                tracing::info!(device_id = %id, reason = denial.reason.as_str(), "Android enrollment refused by the enrollment gate");
+                return Ok(handled);
+            }
+            Err(enrollment_gate::GateError::Store(e)) => return Err(e),
+        }
+    }
+    let mut enrollment = merged_enrollment(current, &id, d, is_enrollment || inferred, now);
+    if gate_ownership == Some(Ownership::Corporate) {
+        enrollment.inventory.ownership = Some(Ownership::Corporate.as_str().into());
+    }
+
+    let mut events = Vec::new();
+    if inferred {
+        let mut data = device_event_data(d);
+        data["inferred_from"] = "STATUS_REPORT".into();
+        let em = Emission {
+            event_type: EventType::DEVICE_ENROLLED,
+            device_id: id.clone(),
+            command_id: None,
+            data,
+            inventory: None,
+        };
+        events.push(event(state, msg, em, None));
+    }
+    let mut has_inventory_event = false;
+    for em in emissions {
+        if em.event_type == EventType::DEVICE_INVENTORY {
+            // As on every platform: the whole inventory after the merge.
+            has_inventory_event = true;
+            let data = serde_json::to_value(&enrollment.inventory).unwrap_or_default();
+            events.push(state.events.event(EventType::DEVICE_INVENTORY, &id, None, data));
+        } else {
+            events.push(event(state, msg, em, None));
+        }
+    }
+    if is_enrollment && !d.is_deleted() && !has_inventory_event && !device_inventory(d).is_empty() {
+        let data = serde_json::to_value(&enrollment.inventory).unwrap_or_default();
+        events.push(state.events.event(EventType::DEVICE_INVENTORY, &id, None, data));
+    }
+    let handled = apply(state, msg, Some((&id, publish_ms)), Some(&enrollment), &[], &events, now).await?;
+    if handled == Handled::Applied
+        && let Some((kind, identifier)) = &corporate_identifier
+    {
+        state.store.mark_corporate_identifier_enrolled(*kind, identifier, &id, now).await?;
+    }
+    match handled {
+        Handled::Applied => {
+            tracing::debug!(device_id = %id, message_id = %msg.message_id, state = enrollment.state.as_str(), "Android device notification applied")
+        }
+        Handled::Stale => {
+            tracing::info!(device_id = %id, message_id = %msg.message_id, publish_time = %msg.publish_time, "Android device notification older than the newest applied one: not applied")
+        }
+        _ => {}
+    }
+    Ok(handled)
+}
+
+async fn command(
+    state: &AppState,
+    locks: &DeviceLocks,
+    msg: &PushMessage,
+    op: &Operation,
+    emissions: Vec<Emission>,
+    now: i64,
+) -> Result<Handled, StoreError> {
+    // Not done yet (or nothing to say): only remembered as handled.
+    let (Some(name), Some(em)) = (op.name.as_deref(), emissions.into_iter().next()) else {
+        return apply(state, msg, None, None, &[], &[], now).await;
+    };
+    let Some(binding) = state.store.android_operation(name).await? else {
+        // Not started by this gateway (another console, or before it was connected): reported
+        // without a command id; `data.operation` names it.
+        tracing::info!(operation = name, message_id = %msg.message_id, "COMMAND notification for an operation no command is bound to");
+        let ev = event(state, msg, Emission { command_id: None, ..em }, None);
+        return apply(state, msg, None, None, &[], &[ev], now).await;
+    };
+    let _guard = locks.lock(&binding.device_id).await;
+    let record = state.store.command_for_device(&binding.device_id, &binding.command_id).await?;
+    let Some(record) = record.filter(|r| !r.status.is_final()) else {
+        // Already final (reconciled through operations.get, expired) or gone: nothing to change.
+        tracing::info!(operation = name, command_id = %binding.command_id, "COMMAND notification for a command that is already final or gone");
+        return apply(state, msg, None, None, &[], &[], now).await;
+    };
+    let ok = em.event_type == EventType::COMMAND_ACKNOWLEDGED;
+    let to = if ok { CommandStatus::Acknowledged } else { CommandStatus::Error };
+    let mut data = em.data.clone();
+    data["request_type"] = record.request_type.clone().into();
+    let update = CommandUpdate {
+        device_id: &binding.device_id,
+        command_id: &binding.command_id,
+        from: &[CommandStatus::Queued, CommandStatus::Sent, CommandStatus::NotNow],
+        to,
+        result: ok.then(|| data.clone()),
+        error: (!ok).then(|| data.clone()),
+        now,
+    };
+    let em = Emission { device_id: binding.device_id.clone(), data, ..em };
+    let ev = event(state, msg, em, Some(&binding.command_id));
+    let handled = apply(state, msg, None, None, std::slice::from_ref(&update), &[ev], now).await?;
+    if handled == Handled::Applied {
+        metrics::counter!(telemetry::COMMAND_RESULTS, "platform" => "android", "status" => to.as_str()).increment(1);
+    }
+    Ok(handled)
+}
+
+/// Asks AMAPI to delete a device the enrollment gate refused, in the background (the Pub/Sub
+/// answer does not wait for Google). Without an AMAPI client the refusal is only reported.
+fn remove_refused_device(state: &AppState, d: &Device, reason: &str) {
+    let (Some(android), Some(name)) = (state.android.clone(), d.name.clone()) else {
+        tracing::warn!(
+            "an Android device enrolled against the enrollment rules, and no AMAPI client is configured to remove it"
+        );
+        return;
+    };
+    let message = format!("Enrollment refused: {reason}");
+    tokio::spawn(async move {
+        match android.remove_device(&name, &message).await {
+            Ok(()) => tracing::info!(device = %name, "refused Android device removed (devices.delete)"),
+            Err(e) => tracing::warn!(device = %name, error = %e, "could not remove a refused Android device"),
+        }
+    });
+}
