@@ -230,10 +230,14 @@ impl Default for OmaDmConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
-    /// `sqlite://PATH`; `<data_dir>/gateway.db` when absent.
+    /// `sqlite://PATH` or `postgres://…`; `<data_dir>/gateway.db` when absent.
     pub url: Option<String>,
-    /// Connections for concurrent reads.
+    /// SQLite: connections for concurrent reads.
     pub read_connections: u32,
+    /// PostgreSQL: most connections the pool opens.
+    pub max_connections: u32,
+    /// PostgreSQL: how long an operation waits for a connection before failing.
+    pub acquire_timeout_s: u64,
     /// `full` (fsync at every commit; default) or `normal` (may lose the last commits on power
     /// loss, never consistency).
     pub durability: crate::store::Durability,
@@ -377,6 +381,8 @@ impl Default for StoreConfig {
         StoreConfig {
             url: None,
             read_connections: 4,
+            max_connections: 16,
+            acquire_timeout_s: 5,
             durability: crate::store::Durability::Full,
             encryption_key_file: None,
         }
@@ -519,13 +525,25 @@ impl Config {
         self.windows.validate()?;
         self.android.validate()?;
         self.enrollment.validate()?;
-        if let Some(url) = &self.store.url
-            && !url.starts_with("sqlite:")
-        {
-            return Err(ConfigError::new("store.url", "only sqlite:// is supported by this build"));
+        if let Some(url) = &self.store.url {
+            if crate::store::PostgresStore::is_url(url) {
+                crate::store::PostgresStore::check_url(url)
+                    .map_err(|e| ConfigError::new("store.url", e.to_string()))?;
+            } else if !url.starts_with("sqlite:") {
+                return Err(ConfigError::new(
+                    "store.url",
+                    "must start with sqlite: (SQLite) or postgres:// / postgresql:// (PostgreSQL)",
+                ));
+            }
         }
         if self.store.read_connections == 0 {
             return Err(ConfigError::new("store.read_connections", "must be at least 1"));
+        }
+        if self.store.max_connections == 0 {
+            return Err(ConfigError::new("store.max_connections", "must be at least 1"));
+        }
+        if !(1..=300).contains(&self.store.acquire_timeout_s) {
+            return Err(ConfigError::new("store.acquire_timeout_s", "must be between 1 and 300"));
         }
         if let Some(p) = &self.store.encryption_key_file
             && !p.is_file()
@@ -772,6 +790,10 @@ mod tests {
                 "apple.tokens.com.apple.maid.hmac_secret_file",
             ),
             ("[store]\nencryption_key_file = \"$DIR/nope\"", "store.encryption_key_file"),
+            ("[store]\nurl = \"mysql://u:p@h/db\"", "store.url"),
+            ("[store]\nurl = \"postgres://u:secret@h/db?sslmode=sometimes\"", "store.url"),
+            ("[store]\nmax_connections = 0", "store.max_connections"),
+            ("[store]\nacquire_timeout_s = 0", "store.acquire_timeout_s"),
         ] {
             let e = load(toml).expect_err(toml);
             assert_eq!(e.key, key, "{toml}: {e}");
@@ -779,6 +801,19 @@ mod tests {
         // Unknown keys inside a service are refused like everywhere else.
         let e = load("[apple.tokens.\"com.apple.maid\"]\nfile = \"$DIR/token\"\nfiel = 1").expect_err("unknown key");
         assert!(e.to_string().contains("fiel"), "{e}");
+    }
+
+    #[test]
+    fn store_urls_select_the_database() {
+        let c =
+            load("[store]\nurl = \"postgres://mdm:secret@db.example:5432/mdm?sslmode=require\"\nmax_connections = 32")
+                .expect("a PostgreSQL URL is accepted");
+        assert_eq!(c.store_url(), "postgres://mdm:secret@db.example:5432/mdm?sslmode=require");
+        assert_eq!(c.store.max_connections, 32);
+        load("[store]\nurl = \"postgresql://db.example/mdm\"").expect("postgresql:// too");
+        load("[store]\nurl = \"sqlite::memory:\"").expect("SQLite");
+        let e = load("[store]\nurl = \"postgres://u:secret@h/db?sslmode=sometimes\"").expect_err("bad option");
+        assert!(!e.to_string().contains("secret"), "the password is not repeated: {e}");
     }
 
     fn with_public_url(url: &str) -> Config {

@@ -41,7 +41,7 @@ use crate::config::Config;
 use crate::events::EventFactory;
 use crate::identity::IdentityVerifier;
 use crate::sinks::SinkHealth;
-use crate::store::{SqliteStore, Store};
+use crate::store::{PoolSettings, PostgresStore, SqliteStore, Store};
 
 /// Shared, read-mostly state of a running gateway.
 #[derive(Debug)]
@@ -141,6 +141,48 @@ async fn seal_plaintext_bootstrap_tokens(
     Ok(())
 }
 
+/// Opens the store `store.url` names (SQLite unless it is a `postgres://` URL), bringing its
+/// schema up to date, with its "events were appended" notifier.
+pub async fn open_store(config: &Config) -> Result<(Arc<dyn Store>, Arc<Notify>), StartError> {
+    let url = config.store_url();
+    if PostgresStore::is_url(&url) {
+        let settings = PoolSettings {
+            max_connections: config.store.max_connections,
+            acquire_timeout: Duration::from_secs(config.store.acquire_timeout_s),
+        };
+        let pg = PostgresStore::open(&url, settings).await?;
+        let notify = pg.notifier();
+        tracing::info!(max_connections = settings.max_connections, "store: PostgreSQL");
+        return Ok((Arc::new(pg), notify));
+    }
+    let sqlite = SqliteStore::open_with(&url, config.store.read_connections, config.store.durability).await?;
+    let notify = sqlite.notifier();
+    Ok((Arc::new(sqlite), notify))
+}
+
+/// `mdm-gateway migrate`: applies the schema migrations of this build to the configured store
+/// and closes it. Returns the kind of database migrated.
+pub async fn migrate_store(config: &Config) -> Result<&'static str, StartError> {
+    let url = config.store_url();
+    if PostgresStore::is_url(&url) {
+        PostgresStore::migrate(&url).await?;
+        return Ok("PostgreSQL");
+    }
+    if let Some(parent) = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .filter(|p| !p.starts_with(':') && !p.contains('?'))
+        .and_then(|p| std::path::Path::new(p).parent())
+        .filter(|p| !p.as_os_str().is_empty())
+    {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| StartError::Other(format!("cannot create {}: {e}", parent.display())))?;
+    }
+    let sqlite = SqliteStore::open_with(&url, 1, config.store.durability).await?;
+    sqlite.close().await;
+    Ok("SQLite")
+}
+
 /// A running gateway.
 #[derive(Debug)]
 pub struct Gateway {
@@ -224,10 +266,7 @@ impl Gateway {
             .map_err(|message| config::ConfigError { key: "enrollment.hook_url".into(), message })?;
         let android_pubsub = sources::android::PubSubIntake::new(&config.android, &data.pubsub_token)?;
 
-        let sqlite =
-            SqliteStore::open_with(&config.store_url(), config.store.read_connections, config.store.durability).await?;
-        let notify = sqlite.notifier();
-        let store: Arc<dyn Store> = Arc::new(sqlite);
+        let (store, notify) = open_store(&config).await?;
         seal_plaintext_bootstrap_tokens(store.as_ref(), &sealer, now).await?;
         // Before any port is bound: a bad `apple.apns_ca` is a configuration error (exit 64).
         let apns_ca = match &config.apple.apns_ca {

@@ -23,6 +23,8 @@ enum Cmd {
     Serve(ServeArgs),
     /// Print the effective configuration (after file, environment and flags) as TOML and exit.
     Config(ServeArgs),
+    /// Apply the store's schema migrations (SQLite or PostgreSQL, per `store.url`) and exit.
+    Migrate(ServeArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -65,9 +67,10 @@ const EXIT_CONFIG: u8 = 64;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let (args, print_only) = match &cli.command {
-        Cmd::Serve(a) => (a, false),
-        Cmd::Config(a) => (a, true),
+    let (args, print_only, migrate_only) = match &cli.command {
+        Cmd::Serve(a) => (a, false, false),
+        Cmd::Config(a) => (a, true, false),
+        Cmd::Migrate(a) => (a, false, true),
     };
     let config = match args.load() {
         Ok(c) => c,
@@ -96,6 +99,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if migrate_only {
+        return runtime.block_on(migrate(config));
+    }
     runtime.block_on(async move {
         let gateway = match mdm_gateway::Gateway::start(config).await {
             Ok(g) => g,
@@ -115,4 +121,25 @@ fn main() -> ExitCode {
             }
         }
     })
+}
+
+/// `mdm-gateway migrate`: the configuration is checked as `serve` checks it, then the store's
+/// migrations are applied; exit 0 when the schema is up to date.
+async fn migrate(config: Config) -> ExitCode {
+    if let Err(e) = config.validate() {
+        eprintln!("mdm-gateway: {e}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    match mdm_gateway::migrate_store(&config).await {
+        Ok(kind) => {
+            tracing::info!(database = kind, "store migrations applied");
+            println!("mdm-gateway: {kind} store schema is up to date");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "migration failed");
+            eprintln!("mdm-gateway: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
 }

@@ -286,3 +286,76 @@ async fn serve_creates_data_dir_answers_health_and_stops_on_sigterm() {
     let status = terminate(&mut second, Duration::from_secs(10));
     assert_eq!(status.code(), Some(0), "exit after SIGTERM: {status:?}");
 }
+
+/// `mdm-gateway migrate` on the default SQLite store: creates the database (and its directory)
+/// at the latest schema and exits 0, nothing else; a second run finds nothing to do.
+#[test]
+fn migrate_creates_the_sqlite_schema_and_exits() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let data = tmp.path().join("data");
+    for round in 0..2 {
+        let mut cmd = gateway(tmp.path());
+        cmd.arg("migrate").arg("--data-dir").arg(&data);
+        let out = run(cmd);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "round {round}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(stdout.contains("SQLite store schema is up to date"), "{stdout}");
+    }
+    let conn = rusqlite::Connection::open(data.join("gateway.db")).expect("open");
+    let versions: Vec<i64> = conn
+        .prepare("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
+        .expect("prepare")
+        .query_map([], |r| r.get(0))
+        .expect("query")
+        .collect::<Result<_, _>>()
+        .expect("rows");
+    // Every migration file of the build, applied.
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../gateway/migrations/sqlite");
+    let mut files: Vec<i64> = std::fs::read_dir(&dir)
+        .expect("migrations dir")
+        .filter_map(|e| e.expect("entry").file_name().to_str()?.split('_').next()?.parse().ok())
+        .collect();
+    files.sort_unstable();
+    assert!(files.len() >= 7, "{files:?}");
+    assert_eq!(versions, files);
+    // Only the database: no certificates or secrets (that is `serve`'s job).
+    assert!(!data.join("ca.pem").exists());
+}
+
+/// `mdm-gateway migrate` with `store.url = "postgres://…"` (from the environment): applies the
+/// PostgreSQL migrations and exits 0; a second run finds nothing to do. A bad URL is exit 64.
+#[tokio::test]
+async fn migrate_applies_the_postgres_schema() {
+    use sqlx_core::connection::Connection as _;
+    use sqlx_core::row::Row as _;
+    let Some(schema) = mdm_gateway::store::suite::PostgresSchema::create().await else { return };
+    let tmp = tempfile::tempdir().expect("tmp");
+    for round in 0..2 {
+        let mut cmd = gateway(tmp.path());
+        cmd.arg("migrate").arg("--data-dir").arg(tmp.path().join("data"));
+        cmd.env("MDM_GATEWAY_STORE__URL", &schema.url);
+        let out = tokio::task::spawn_blocking(move || run(cmd)).await.expect("run");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "round {round}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(stdout.contains("PostgreSQL store schema is up to date"), "{stdout}");
+    }
+    assert!(!tmp.path().join("data").exists(), "no data directory for a PostgreSQL store");
+    let mut conn = sqlx_postgres::PgConnection::connect(&schema.url).await.expect("connect");
+    let row = sqlx_core::query::query(
+        "SELECT count(*), bool_and(success), (SELECT last_seq FROM event_log_head) FROM _sqlx_migrations",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .expect("bookkeeping");
+    assert!(row.get::<i64, _>(0) >= 1);
+    assert!(row.get::<bool, _>(1));
+    assert_eq!(row.get::<i64, _>(2), 0);
+    let _ = conn.close().await;
+
+    let mut cmd = gateway(tmp.path());
+    cmd.arg("migrate").env("MDM_GATEWAY_STORE__URL", "postgres://u:secret@h/db?sslmode=sometimes");
+    let out = tokio::task::spawn_blocking(move || run(cmd)).await.expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains("store.url") && !stderr.contains("secret"), "{stderr}");
+}

@@ -8,6 +8,7 @@
 //! pass. This module does not decide protocol rules (which command is next, what is bound to
 //! what): callers do, with the protocol crates.
 
+mod postgres;
 mod sqlite;
 #[cfg(any(test, feature = "store-suite"))]
 pub mod suite;
@@ -16,6 +17,7 @@ use async_trait::async_trait;
 use mdm_core::{CommandStatus, DeviceId, Event, Inventory, Platform};
 use serde::Serialize;
 
+pub use postgres::{PoolSettings, PostgresStore};
 pub use sqlite::{Durability, SqliteStore};
 
 /// Store failures. Callers map them to "try again later" answers; details go to the log.
@@ -23,6 +25,10 @@ pub use sqlite::{Durability, SqliteStore};
 pub enum StoreError {
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// A PostgreSQL error: the server refused a statement, a connection was lost, or none could
+    /// be had in time (`store.acquire_timeout_s`).
+    #[error("database error: {0}")]
+    Postgres(sqlx_core::Error),
     /// A migration could not be applied or does not match the database; the message names it.
     #[error("migration failed: {0}")]
     Migrate(String),
@@ -47,6 +53,15 @@ pub enum StoreError {
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
+
+impl From<sqlx_core::Error> for StoreError {
+    fn from(e: sqlx_core::Error) -> Self {
+        match e {
+            sqlx_core::Error::PoolClosed => StoreError::Closed,
+            other => StoreError::Postgres(other),
+        }
+    }
+}
 
 /// Enrollment lifecycle of one device or user channel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -35,6 +35,24 @@ impl std::fmt::Debug for Harness {
     }
 }
 
+/// What a harness function returns: a [`Harness`], or `Option<Harness>` where `None` skips the
+/// test (a database server the test needs is deliberately not there).
+pub trait IntoHarness {
+    fn into_harness(self) -> Option<Harness>;
+}
+
+impl IntoHarness for Harness {
+    fn into_harness(self) -> Option<Harness> {
+        Some(self)
+    }
+}
+
+impl IntoHarness for Option<Harness> {
+    fn into_harness(self) -> Option<Harness> {
+        self
+    }
+}
+
 /// Expands to one `#[tokio::test]` per suite test, each on a store from `$harness().await`.
 #[macro_export]
 macro_rules! store_suite {
@@ -86,7 +104,7 @@ macro_rules! store_suite {
 
         #[tokio::test]
         async fn notifier_fires_after_append() {
-            let h = $harness().await;
+            let Some(h) = $crate::store::suite::IntoHarness::into_harness($harness().await) else { return };
             $crate::store::suite::notifier_fires_after_append(&*h.store, &h.notifier).await;
         }
     };
@@ -94,7 +112,7 @@ macro_rules! store_suite {
         $(
             #[tokio::test]
             async fn $name() {
-                let h = $harness().await;
+                let Some(h) = $crate::store::suite::IntoHarness::into_harness($harness().await) else { return };
                 $crate::store::suite::$name(&*h.store).await;
             }
         )*
@@ -1667,4 +1685,81 @@ pub async fn android_signup_completes_once(store: &dyn Store) {
     assert!(store.complete_android_signup(&s2.name, &other, &[]).await.expect("complete"));
     let names: Vec<String> = store.android_enterprises().await.expect("list").into_iter().map(|e| e.name).collect();
     assert_eq!(names, ["enterprises/LC02", "enterprises/LC01"]);
+}
+
+// ---- PostgreSQL test databases --------------------------------------------------------------
+
+/// The server the PostgreSQL tests use: `MDM_TEST_POSTGRES_URL`. Without it the tests fail, so a
+/// CI that forgot to start PostgreSQL cannot pass by running nothing, unless
+/// `MDM_SKIP_POSTGRES=1` says to skip them (then `None`).
+pub fn postgres_test_url() -> Option<String> {
+    match std::env::var("MDM_TEST_POSTGRES_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ if std::env::var("MDM_SKIP_POSTGRES").as_deref() == Ok("1") => {
+            eprintln!("skipped: MDM_SKIP_POSTGRES=1 (no PostgreSQL for this test)");
+            None
+        }
+        _ => panic!(
+            "MDM_TEST_POSTGRES_URL is not set: the PostgreSQL tests need a server. Start one with \
+             `export MDM_TEST_POSTGRES_URL=\"$(bash .ci/pg-setup.sh)\"`, or set MDM_SKIP_POSTGRES=1 to skip them."
+        ),
+    }
+}
+
+/// A schema of its own on the test server, so tests run in parallel on one database; dropped
+/// (with everything in it) when this is dropped.
+#[derive(Debug)]
+pub struct PostgresSchema {
+    /// The server URL with this schema as the search path and as the application name: what a
+    /// store under test connects with.
+    pub url: String,
+    /// The schema's name (also the connections' application name).
+    pub name: String,
+    admin_url: String,
+}
+
+impl PostgresSchema {
+    /// A new, empty schema on the server of [`postgres_test_url`]; `None` when skipping.
+    pub async fn create() -> Option<PostgresSchema> {
+        use sqlx_core::connection::Connection as _;
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let admin_url = postgres_test_url()?;
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("t_{}_{}_{:08x}", std::process::id(), n, rand::random::<u32>());
+        let mut conn = sqlx_postgres::PgConnection::connect(&admin_url)
+            .await
+            .unwrap_or_else(|e| panic!("cannot connect to MDM_TEST_POSTGRES_URL: {e}"));
+        sqlx_core::query::query(sqlx_core::sql_str::AssertSqlSafe(format!("CREATE SCHEMA {name}")))
+            .execute(&mut conn)
+            .await
+            .expect("create test schema");
+        let _ = conn.close().await;
+        let sep = if admin_url.contains('?') { '&' } else { '?' };
+        // No waiting for the WAL flush at commit: a test database need not survive a crash.
+        let url = format!(
+            "{admin_url}{sep}options[search_path]={name}&options[synchronous_commit]=off&application_name={name}"
+        );
+        Some(PostgresSchema { url, name, admin_url })
+    }
+}
+
+impl Drop for PostgresSchema {
+    fn drop(&mut self) {
+        // Drop runs in async tests: do the async clean-up on a thread of its own.
+        let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
+        let dropped = std::thread::spawn(move || {
+            use sqlx_core::connection::Connection as _;
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+            rt.block_on(async {
+                let mut conn = sqlx_postgres::PgConnection::connect(&admin_url).await.ok()?;
+                let sql = format!("DROP SCHEMA IF EXISTS {name} CASCADE");
+                sqlx_core::query::query(sqlx_core::sql_str::AssertSqlSafe(sql)).execute(&mut conn).await.ok()?;
+                conn.close().await.ok()
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Some(()))) {
+            eprintln!("could not drop test schema {}", self.name);
+        }
+    }
 }
