@@ -36,17 +36,17 @@ struct Query {
     limit: Option<u32>,
 }
 
-fn query(q: &str) -> Result<(IdentifierKind, Query), Reply> {
+fn query(q: &str) -> Result<(IdentifierKind, Query), Box<Reply>> {
     let q: Query = serde_urlencoded::from_str(q)
-        .map_err(|e| json_error(StatusCode::BAD_REQUEST, "invalid_query", &e.to_string()))?;
+        .map_err(|e| Box::new(json_error(StatusCode::BAD_REQUEST, "invalid_query", &e.to_string())))?;
     let kind = match q.kind.as_deref().map(IdentifierKind::parse) {
         Some(Some(k)) => k,
         _ => {
-            return Err(json_error(
+            return Err(Box::new(json_error(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "invalid_type",
                 "`type` must be `imei` or `serial` (one identifier type per file)",
-            ));
+            )));
         }
     };
     Ok((kind, q))
@@ -66,7 +66,7 @@ fn identifier_ok(kind: IdentifierKind, id: &str) -> bool {
 pub(super) async fn put_corporate_identifiers(state: &AppState, q: &str, body: &[u8]) -> Reply {
     let (kind, _) = match query(q) {
         Ok(k) => k,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     if body.len() > MAX_CSV_BYTES {
         return json_error(StatusCode::PAYLOAD_TOO_LARGE, "file_too_large", "the file is larger than 5 MB");
@@ -150,7 +150,7 @@ pub(super) async fn put_corporate_identifiers(state: &AppState, q: &str, body: &
 pub(super) async fn get_corporate_identifiers(state: &AppState, q: &str) -> Reply {
     let (kind, q) = match query(q) {
         Ok(k) => k,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let limit = q.limit.unwrap_or(PAGE).clamp(1, 5_000);
     match state.store.corporate_identifiers(kind, q.after.as_deref(), limit).await {
