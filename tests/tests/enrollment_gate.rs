@@ -322,3 +322,16 @@ async fn android_tokens_and_devices_enrolling_against_the_rules() {
     assert_eq!((s, r["error"]["code"].as_str()), (403, Some("device_limit_reached")), "{r}");
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apple_blocked_platform_gets_no_profile_and_no_enrollment() {
+    let h = Harness::start_with(|c| rules(c, Platform::Apple, |r| r.allow = false)).await;
+    let reply = h.device_client(None).get(format!("{}/mdm/enroll", h.device_url)).send().await.expect("request");
+    assert_eq!(reply.status().as_u16(), 403);
+    assert!(reply.text().await.expect("body").contains("not allowed"));
+    let dev = h.device("B10CB10C-0000-4000-8000-000000000001");
+    assert!(matches!(dev.enroll().await, Err(DeviceError::Status { status: 403, .. })));
+    not_stored(&h, &format!("apple:{}", dev.udid)).await;
+    assert_eq!(denials(&h, &format!("apple:{}", dev.udid)).await[0]["data"]["reason"], "platform_blocked");
+    h.stop().await;
+}

@@ -84,6 +84,17 @@ pub async fn handle(state: &Arc<AppState>, req: Request<Incoming>) -> Option<Rep
         r.headers_mut().insert(http::header::ALLOW, HeaderValue::from_str(allowed.as_str()).expect("method name"));
         return Some(r);
     }
+    // The enrollment gate: with Apple enrollment blocked, no profile is handed out (the page
+    // and the download say why, instead of a profile whose Authenticate would be refused).
+    if matches!(kind, "enroll_profile" | "enroll_session") && !state.gate.config.rules(mdm_core::Platform::Apple).allow
+    {
+        metrics::counter!(telemetry::DEVICE_REQUESTS, "platform" => "apple", "kind" => kind, "code" => "403")
+            .increment(1);
+        return Some(text(
+            StatusCode::FORBIDDEN,
+            "Enrollment of Apple devices is not allowed by this organisation's enrollment rules.\n",
+        ));
+    }
     let outcome = match kind {
         "enroll_profile" => profile::get(state, query).await,
         "enroll_page" => Ok(state.enrollment.page.reply()),
