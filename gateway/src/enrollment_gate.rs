@@ -13,15 +13,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use mdm_core::{DeviceId, Event, EventType, Platform};
 use serde::Serialize;
 use serde_json::json;
 
 use crate::config::{DEM_DEVICE_LIMIT, EnrollmentGateConfig};
 use crate::events::EventFactory;
+use crate::http_util::{OutboundClient, outbound_client};
 use crate::store::{IdentifierKind, Store, StoreError};
 
 const MAX_HOOK_ANSWER_BYTES: usize = 64 * 1024;
@@ -143,21 +141,13 @@ fn within_max(version: &str, max: &str) -> Option<bool> {
 #[derive(Debug)]
 pub struct Gate {
     pub config: EnrollmentGateConfig,
-    hook: Option<Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>>,
+    hook: Option<OutboundClient>,
 }
 
 impl Gate {
     pub fn new(config: &EnrollmentGateConfig) -> Result<Gate, String> {
         let hook = match &config.hook_url {
-            Some(_) => {
-                let https = hyper_rustls::HttpsConnectorBuilder::new()
-                    .with_provider_and_webpki_roots(crate::tls::provider())
-                    .map_err(|e| format!("enrollment.hook_url: TLS: {e}"))?
-                    .https_or_http()
-                    .enable_http1()
-                    .build();
-                Some(Client::builder(TokioExecutor::new()).build(https))
-            }
+            Some(_) => Some(outbound_client()?),
             None => None,
         };
         Ok(Gate { config: config.clone(), hook })
@@ -276,18 +266,17 @@ impl Gate {
             }
             serde_json::from_slice::<Answer>(&bytes).map(|a| (a.allow, a.reason)).map_err(|e| format!("answer: {e}"))
         };
-        match tokio::time::timeout(timeout, call).await {
-            Ok(Ok((true, _))) => None,
-            Ok(Ok((false, reason))) => Some(Denial {
+        let answer = match tokio::time::timeout(timeout, call).await {
+            Ok(answer) => answer,
+            Err(_) => Err(format!("no answer within {timeout:?}")),
+        };
+        match answer {
+            Ok((true, _)) => None,
+            Ok((false, reason)) => Some(Denial {
                 reason: DenyReason::HookDenied,
                 message: reason.filter(|r| !r.trim().is_empty()).unwrap_or_else(|| "refused by policy".into()),
             }),
-            failure => {
-                let why = match failure {
-                    Err(_) => format!("no answer within {timeout:?}"),
-                    Ok(Err(e)) => e,
-                    Ok(Ok(_)) => unreachable!("handled above"),
-                };
+            Err(why) => {
                 metrics::counter!(crate::telemetry::ENROLLMENT_HOOK_FAILURES).increment(1);
                 if self.config.hook_fail_open {
                     tracing::warn!(hook = url, error = %why, "enrollment hook failed; allowing (hook_fail_open)");

@@ -9,6 +9,25 @@ use hyper::body::Incoming;
 pub type Body = Full<Bytes>;
 pub type Reply = Response<Body>;
 
+/// An HTTP/1.1 client for the gateway's own calls to backends (webhook sink, hooks, token
+/// services): `http://` or `https://` verified against Mozilla's roots, with the gateway's rustls
+/// provider.
+pub type OutboundClient = hyper_util::client::legacy::Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    Body,
+>;
+
+/// Builds an [`OutboundClient`]; the error is the TLS setup's.
+pub fn outbound_client() -> Result<OutboundClient, String> {
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_provider_and_webpki_roots(crate::tls::provider())
+        .map_err(|e| format!("TLS: {e}"))?
+        .https_or_http()
+        .enable_http1()
+        .build();
+    Ok(hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(https))
+}
+
 /// Why a request body could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum BodyError {

@@ -211,12 +211,7 @@ fn device_facts(e: &Enrollment) -> DeviceFacts<'_> {
 
 fn fill_placeholders(command: Command, enrollment: &Enrollment) -> Result<Command, CommandError> {
     let facts = device_facts(enrollment);
-    let fill = |m: &serde_json::Map<String, serde_json::Value>| -> Result<_, CommandError> {
-        match placeholder::substitute(&serde_json::Value::Object(m.clone()), &facts)? {
-            serde_json::Value::Object(m) => Ok(m),
-            _ => unreachable!("substitution keeps the value's shape"),
-        }
-    };
+    let fill = |m: &serde_json::Map<String, serde_json::Value>| placeholder::substitute_map(m, &facts);
     Ok(match command {
         Command::AppConfig { app, config } => Command::AppConfig { config: fill(&config)?, app },
         Command::InstallApp { app, managed_config: Some(m) } => {

@@ -7,13 +7,11 @@ use base64::Engine;
 use bytes::Bytes;
 use hmac::{Hmac, Mac};
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use sha2::Sha256;
 
 use super::Sink;
 use crate::config::{WebhookConfig, WebhookFormat};
+use crate::http_util::{OutboundClient, outbound_client};
 use crate::store::LoggedEvent;
 
 /// Header carrying the base64 HMAC-SHA256 of the body (the name NanoMDM's webhook uses).
@@ -23,18 +21,12 @@ pub const SIGNATURE_HEADER: &str = "X-Hmac-Signature";
 pub struct WebhookSink {
     config: WebhookConfig,
     secret: Option<String>,
-    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
+    client: OutboundClient,
 }
 
 impl WebhookSink {
     pub fn new(config: WebhookConfig, secret: Option<String>) -> Result<Self, String> {
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_webpki_roots(crate::tls::provider())
-            .map_err(|e| format!("webhook TLS: {e}"))?
-            .https_or_http()
-            .enable_http1()
-            .build();
-        let client = Client::builder(TokioExecutor::new()).build(https);
+        let client = outbound_client().map_err(|e| format!("webhook {e}"))?;
         Ok(WebhookSink { config, secret, client })
     }
 

@@ -59,11 +59,17 @@ pub fn substitute(value: &Value, facts: &DeviceFacts<'_>) -> Result<Value, Comma
     Ok(match value {
         Value::String(s) => Value::String(substitute_str(s, facts)?),
         Value::Array(items) => Value::Array(items.iter().map(|v| substitute(v, facts)).collect::<Result<_, _>>()?),
-        Value::Object(map) => Value::Object(
-            map.iter().map(|(k, v)| Ok((k.clone(), substitute(v, facts)?))).collect::<Result<_, CommandError>>()?,
-        ),
+        Value::Object(map) => Value::Object(substitute_map(map, facts)?),
         other => other.clone(),
     })
+}
+
+/// [`substitute`] for a JSON object (an app configuration), keeping it an object.
+pub fn substitute_map(
+    map: &serde_json::Map<String, Value>,
+    facts: &DeviceFacts<'_>,
+) -> Result<serde_json::Map<String, Value>, CommandError> {
+    map.iter().map(|(k, v)| Ok((k.clone(), substitute(v, facts)?))).collect()
 }
 
 fn substitute_str(s: &str, facts: &DeviceFacts<'_>) -> Result<String, CommandError> {

@@ -14,13 +14,11 @@ use base64::Engine;
 use bytes::Bytes;
 use hmac::{Hmac, Mac};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use mdm_core::DeviceId;
 use sha2::Sha256;
 
 use crate::config::{ConfigError, TokenServiceConfig};
+use crate::http_util::{OutboundClient, outbound_client};
 use crate::pki;
 use crate::sinks::webhook::SIGNATURE_HEADER;
 
@@ -66,7 +64,7 @@ impl TokenError {
 #[derive(Debug)]
 pub struct TokenServices {
     services: BTreeMap<String, Source>,
-    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
+    client: OutboundClient,
 }
 
 impl TokenServices {
@@ -95,13 +93,8 @@ impl TokenServices {
             };
             services.insert(name.clone(), source);
         }
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_webpki_roots(crate::tls::provider())
-            .map_err(|e| ConfigError { key: "apple.tokens".into(), message: format!("TLS: {e}") })?
-            .https_or_http()
-            .enable_http1()
-            .build();
-        Ok(TokenServices { services, client: Client::builder(TokioExecutor::new()).build(https) })
+        let client = outbound_client().map_err(|message| ConfigError { key: "apple.tokens".into(), message })?;
+        Ok(TokenServices { services, client })
     }
 
     /// The token for `service_type`, `Ok(None)` when that type is not configured.

@@ -8,15 +8,13 @@ use base64::Engine;
 use bytes::Bytes;
 use hmac::{Hmac, Mac};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use mdm_certs::jwt::{self, JwtKey};
 use mdm_certs::{PKey, Private, X509};
 use mdm_windows::enroll::{CertificateEntry, ErrorType};
 use sha2::Sha256;
 
 use crate::config::{ConfigError, WindowsAuthPolicy, WindowsConfig};
+use crate::http_util::{OutboundClient, outbound_client};
 use crate::pki;
 use crate::sinks::webhook::SIGNATURE_HEADER;
 
@@ -61,7 +59,7 @@ struct CredentialHook {
     url: String,
     timeout: Duration,
     secret: Option<String>,
-    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
+    client: OutboundClient,
 }
 
 /// The running service.
@@ -115,17 +113,12 @@ impl WindowsEnrollment {
                     ),
                     None => None,
                 };
-                let https = hyper_rustls::HttpsConnectorBuilder::new()
-                    .with_provider_and_webpki_roots(crate::tls::provider())
-                    .map_err(|e| config_err("windows.credential_hook_url", format!("TLS: {e}")))?
-                    .https_or_http()
-                    .enable_http1()
-                    .build();
+                let client = outbound_client().map_err(|e| config_err("windows.credential_hook_url", e))?;
                 Some(CredentialHook {
                     url: url.clone(),
                     timeout: Duration::from_millis(config.credential_hook_timeout_ms),
                     secret,
-                    client: Client::builder(TokioExecutor::new()).build(https),
+                    client,
                 })
             }
             None => None,
