@@ -231,9 +231,8 @@ pub(crate) async fn issue_request(
             return Err(Refusal::new(Subcode::AUTHORIZATION, error_type, denial.reason.as_str(), denial.message));
         }
     };
-    // A device joined to the directory (EnrollmentType Device) is the organisation's, as in Intune.
-    let ownership =
-        if enrollment_type.eq_ignore_ascii_case("Device") { Ownership::Corporate } else { admission.ownership };
+    // Directory-joined devices are already corporate through `facts.declared`.
+    let ownership = admission.ownership;
     let store_kind = if enrollment_type.eq_ignore_ascii_case("Device") { CertStore::System } else { CertStore::User };
     let issued = issue(svc, &device, &csr, now, Some(&user.upn), user.policy.as_str(), None)?;
     let doc = provisioning(svc, &device, &issued, store_kind);
