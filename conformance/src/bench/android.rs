@@ -118,6 +118,25 @@ pub fn status_report_pushes(n: usize, devices: usize, start_ms: i64, run: &str) 
         .collect()
 }
 
+/// The indices `k` of this run's pushes (`bench-<run>-<k>`) the gateway recorded as handled, read
+/// from its SQLite file.
+pub fn handled_indices(db: &std::path::Path, run: &str) -> Result<Vec<usize>, String> {
+    let conn = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(|e| format!("open {}: {e}", db.display()))?;
+    let prefix = format!("bench-{run}-");
+    let mut stmt = conn.prepare("SELECT message_id FROM pubsub_messages").map_err(|e| e.to_string())?;
+    let ids = stmt.query_map([], |r| r.get::<_, String>(0)).map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    for id in ids {
+        let id = id.map_err(|e| e.to_string())?;
+        if let Some(k) = id.strip_prefix(&prefix).and_then(|k| k.parse().ok()) {
+            out.push(k);
+        }
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -517,6 +517,24 @@ fn spec(addr: SocketAddr, ca_pem: &[u8], a: &IdleArgs, devices: &Devices) -> Res
     })
 }
 
+/// One load run against a ceiling server started with `data_dir`'s certificate, stopped after.
+async fn ceiling_load(
+    w: &Work,
+    data_dir: &Path,
+    spec: impl FnOnce(SocketAddr) -> Result<LoadSpec, String>,
+) -> Result<LoadResult, String> {
+    let (mut server, addr) = start_ceiling(w, data_dir).await?;
+    let r = match spec(addr) {
+        Ok(spec) => load::run(spec, Some(server.pid)).await,
+        Err(e) => {
+            server.stop(Duration::from_secs(5)).ok();
+            return Err(e);
+        }
+    };
+    server.stop(Duration::from_secs(5)).ok();
+    Ok(r)
+}
+
 async fn start_ceiling(w: &Work, data_dir: &Path) -> Result<(ChildServer, SocketAddr), String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let addr: SocketAddr = format!("127.0.0.1:{}", child::free_port()?).parse().map_err(|e| format!("{e}"))?;
@@ -633,9 +651,7 @@ async fn idle(a: IdleArgs) -> Result<bool, String> {
 
         if idx == 0 && !a.no_ceiling {
             eprintln!("[ceiling] bare hyper + rustls server, {} connections, {:?}", a.connections, a.duration);
-            let (mut server, addr) = start_ceiling(&w, &data_dir).await?;
-            let r = load::run(spec(addr, &ca_pem, &a, &devices)?, Some(server.pid)).await;
-            server.stop(Duration::from_secs(5)).ok();
+            let r = ceiling_load(&w, &data_dir, |addr| spec(addr, &ca_pem, &a, &devices)).await?;
             eprintln!("[ceiling] {:.0} requests/s", r.requests_per_second);
             report.ceiling = Some(r);
         }
@@ -1208,9 +1224,7 @@ async fn android(a: AndroidArgs) -> Result<bool, String> {
     let mut ceiling = None;
     if !a.no_ceiling {
         eprintln!("[android] ceiling server, {} connections, {:?}", a.connections, a.duration);
-        let (mut server, addr) = start_ceiling(&w, &data_dir).await?;
-        let r = load::run(spec(addr)?, Some(server.pid)).await;
-        server.stop(Duration::from_secs(5)).ok();
+        let r = ceiling_load(&w, &data_dir, spec).await?;
         eprintln!("[android] ceiling {:.0} pushes/s", r.requests_per_second);
         ceiling = Some(r);
     }
@@ -1219,18 +1233,23 @@ async fn android(a: AndroidArgs) -> Result<bool, String> {
     let r = load::run(spec(g.device_addr)?, Some(g.server.pid)).await;
     eprintln!("[android] gateway {:.0} pushes/s", r.requests_per_second);
     let db = data_dir.join("gateway.db");
+    // Counted before any duplicate pass, so they describe the first pass alone.
     let events_stored = win_bench::count(&db, "SELECT COUNT(*) FROM events")?;
+    let messages_applied = win_bench::count(&db, "SELECT COUNT(*) FROM pubsub_messages WHERE outcome = 'applied'")?;
     let mut duplicates = None;
     let mut events_after_duplicates = None;
     if a.duplicates {
-        eprintln!("[android] gateway, the same pushes again (duplicates)");
-        let d = load::run(spec(g.device_addr)?, Some(g.server.pid)).await;
+        // Exactly the pushes the gateway took (connections run at their own pace, so these are
+        // not a prefix of the prepared ones): every one is a duplicate now.
+        let taken = android_bench::handled_indices(&db, &run)?;
+        let again: Vec<Prepared> = taken.iter().filter_map(|&k| pushes.get(k).cloned()).collect();
+        eprintln!("[android] gateway, the {} pushes it took, again (duplicates)", again.len());
+        let d = load::run(LoadSpec { requests: Arc::new(again), ..spec(g.device_addr)? }, Some(g.server.pid)).await;
         eprintln!("[android] gateway {:.0} duplicate pushes/s", d.requests_per_second);
         events_after_duplicates = Some(win_bench::count(&db, "SELECT COUNT(*) FROM events")?);
         duplicates = Some(d);
     }
     g.stop()?;
-    let messages_applied = win_bench::count(&db, "SELECT COUNT(*) FROM pubsub_messages WHERE outcome = 'applied'")?;
     let android_enrollments = win_bench::count(&db, "SELECT COUNT(*) FROM enrollments WHERE platform = 'android'")?;
     let sent_total = r.ok_total + r.non_200 + r.errors;
     let mut ok = r.requests > 0 && r.non_200 == 0 && r.errors == 0 && messages_applied == r.ok_total;
@@ -1331,9 +1350,7 @@ async fn windows_enroll(w: &Work, a: &WindowsArgs) -> Result<(WindowsEnrollRepor
     let mut ceiling = None;
     if !a.no_ceiling {
         eprintln!("[enroll] ceiling server, {} connections, {:?}", a.connections, a.duration);
-        let (mut server, addr) = start_ceiling(w, &data_dir).await?;
-        let r = load::run(spec(addr)?, Some(server.pid)).await;
-        server.stop(Duration::from_secs(5)).ok();
+        let r = ceiling_load(w, &data_dir, spec).await?;
         eprintln!("[enroll] ceiling {:.0} requests/s", r.requests_per_second);
         ceiling = Some(r);
     }
