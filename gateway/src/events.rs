@@ -54,6 +54,22 @@ impl EventFactory {
         });
         e
     }
+
+    /// Like [`EventFactory::with_raw`], with the message already in base64 (as Pub/Sub delivers
+    /// it), so it is not decoded and encoded again.
+    pub fn with_raw_b64(
+        &self,
+        event_type: EventType,
+        device: &DeviceId,
+        command_id: Option<&str>,
+        data: serde_json::Value,
+        content_type: &str,
+        body_b64: String,
+    ) -> Event {
+        let mut e = self.event(event_type, device, command_id, data);
+        e.raw = Some(RawMessage { content_type: content_type.to_owned(), body_b64 });
+        e
+    }
 }
 
 /// A new unique id, ordered by creation time.

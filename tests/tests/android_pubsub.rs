@@ -158,6 +158,11 @@ async fn captures_replay_into_events_and_enrollments() {
     assert_eq!(types_of(&h, fleet).await, ["device.enrolled", "device.status_report", "device.inventory"]);
     let enrolled = events.iter().find(|e| e["type"] == "device.enrolled" && e["device_id"] == fleet).expect("enrolled");
     assert_eq!(enrolled["data"]["inferred_from"], "STATUS_REPORT");
+    // The notification is stored once per message: on the report's own event.
+    assert!(enrolled["raw"].is_null(), "{enrolled}");
+    let report =
+        events.iter().find(|e| e["type"] == "device.status_report" && e["device_id"] == fleet).expect("report");
+    assert_eq!(report["raw"]["content_type"], "application/json");
     assert_eq!(enrollment(&h, fleet).await.state, EnrollmentState::Enrolled);
 
     // The policy is no notification: dead-lettered, with its body.
@@ -342,6 +347,58 @@ async fn futures_join<F: std::future::Future>(fs: Vec<F>) -> Vec<F::Output> {
     })
     .await;
     results.into_iter().map(|r| r.expect("done")).collect()
+}
+
+/// A routine report (only its time and report facts differ) writes only the enrollment's
+/// report columns; the same facts again write nothing to it; a changed inventory rewrites it.
+#[tokio::test]
+async fn routine_status_reports_write_only_what_changed() {
+    let h = Harness::start().await;
+    let id = "android:LCrep:d1";
+    let mut dev = device_json("LCrep", "d1", "ACTIVE", 1);
+    h.push_ok(push_body("r-0", "2025-05-01T00:00:00Z", "ENROLLMENT", Some(&dev))).await;
+    let enrolled = enrollment(&h, id).await;
+    let conn = rusqlite::Connection::open(h.db_path()).expect("open db");
+    conn.execute_batch(
+        "CREATE TRIGGER report_columns_only BEFORE UPDATE OF platform, parent, state, cert_sha256, push_token, \
+         push_magic, push_topic, unlock_token, bootstrap_token, inventory, enrolled_at, checked_in_event_at, \
+         created_at ON enrollments BEGIN SELECT RAISE(ABORT, 'the whole row was rewritten'); END;",
+    )
+    .expect("trigger");
+
+    dev["lastStatusReportTime"] = json!("2025-05-01T00:05:00Z");
+    dev["securityPosture"] = json!({"devicePosture": "AT_RISK"});
+    h.push_ok(push_body("r-1", "2025-05-01T00:05:01Z", "STATUS_REPORT", Some(&dev))).await;
+    let reported = enrollment(&h, id).await;
+    assert_eq!(reported.attributes["last_status_report_time"], "2025-05-01T00:05:00Z");
+    assert_eq!(reported.attributes["device_posture"], "AT_RISK");
+    assert_eq!(
+        (&reported.inventory, reported.state, reported.enrolled_at),
+        (&enrolled.inventory, enrolled.state, enrolled.enrolled_at)
+    );
+    assert_eq!(
+        types_of(&h, id).await,
+        ["device.enrolled", "device.inventory", "device.status_report", "device.inventory"]
+    );
+
+    // The same facts in a new message: its events, and the enrollment is not written at all.
+    h.push_ok(push_body("r-2", "2025-05-01T00:05:02Z", "STATUS_REPORT", Some(&dev))).await;
+    assert_eq!(enrollment(&h, id).await, reported, "not even updated_at");
+    assert_eq!(h.events_of(id, "device.status_report").await.len(), 2);
+
+    // A new OS version changes the inventory: the whole row is written (which the trigger
+    // refuses: 503, nothing stored), and once allowed, applied.
+    dev["softwareInfo"]["androidVersion"] = json!("16");
+    let body = push_body("r-3", "2025-05-01T00:10:00Z", "STATUS_REPORT", Some(&dev));
+    let before = h.snapshot(&[]).await;
+    let r = h.post_pubsub(body.clone(), &h.pubsub_token()).await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(h.snapshot(&[]).await, before);
+    conn.execute_batch("DROP TRIGGER report_columns_only;").expect("drop trigger");
+    h.push_ok(body).await;
+    assert_eq!(enrollment(&h, id).await.inventory.os_version.as_deref(), Some("16"));
+    assert_eq!(h.events_of(id, "device.status_report").await.len(), 3);
+    h.stop().await;
 }
 
 #[tokio::test]

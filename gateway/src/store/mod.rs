@@ -50,6 +50,10 @@ pub enum StoreError {
     IdempotencyConflict(String),
     #[error("command `{0}` already exists for this device")]
     DuplicateCommand(String),
+    /// A row the write expected (having just read it) is gone; nothing was stored. Retrying
+    /// from a fresh read succeeds.
+    #[error("changed meanwhile: {0}")]
+    Conflict(String),
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -412,12 +416,68 @@ pub struct PubSubDelivery<'a> {
     /// applied only if its publish time is not older than the newest one applied for that
     /// device, and it then becomes the newest. `None`: no ordering (enterprise-level messages).
     pub ordering: Option<(&'a DeviceId, i64)>,
-    /// Enrollment to write (insert or replace) when applied.
-    pub enrollment: Option<&'a Enrollment>,
+    /// Enrollment to write when applied.
+    pub enrollment: Option<EnrollmentWrite<'a>>,
     /// Conditional command changes (as [`Store::update_command`]) when applied.
     pub command_updates: &'a [CommandUpdate<'a>],
     /// Appended when applied.
     pub events: &'a [Event],
+}
+
+/// How [`PubSubDelivery::enrollment`] is written.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum EnrollmentWrite<'a> {
+    /// Insert or replace the whole row.
+    Full(&'a Enrollment),
+    /// The row exists and only `attributes`, `last_seen` and `updated_at` changed (a routine
+    /// status report): only those columns are written, so the row's indexes are left alone. If
+    /// the row is gone meanwhile, nothing is applied and the store answers
+    /// [`StoreError::Conflict`].
+    Report(&'a Enrollment),
+}
+
+impl<'a> EnrollmentWrite<'a> {
+    /// The write that turns `before` (as read) into `after`; `None` when they differ at most in
+    /// `updated_at` (nothing to write).
+    pub fn diff(before: Option<&Enrollment>, after: &'a Enrollment) -> Option<EnrollmentWrite<'a>> {
+        let Some(b) = before else {
+            return Some(EnrollmentWrite::Full(after));
+        };
+        let same_columns = b.device_id == after.device_id
+            && b.parent == after.parent
+            && b.state == after.state
+            && b.cert_sha256 == after.cert_sha256
+            && b.push == after.push
+            && b.unlock_token == after.unlock_token
+            && b.bootstrap_token == after.bootstrap_token
+            && b.inventory == after.inventory
+            && b.enrolled_at == after.enrolled_at
+            && b.checked_in_event_at == after.checked_in_event_at
+            && b.created_at == after.created_at;
+        if !same_columns {
+            Some(EnrollmentWrite::Full(after))
+        } else if b.attributes != after.attributes || b.last_seen != after.last_seen {
+            Some(EnrollmentWrite::Report(after))
+        } else {
+            None
+        }
+    }
+
+    pub fn enrollment(&self) -> &'a Enrollment {
+        match self {
+            EnrollmentWrite::Full(e) | EnrollmentWrite::Report(e) => e,
+        }
+    }
+}
+
+/// What [`Store::pubsub_view`] read.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PubSubView {
+    /// The message id was handled before (applied, stale or dead-lettered).
+    pub seen: bool,
+    /// The publish time (Unix milliseconds) of the newest message applied for the device.
+    pub watermark_ms: Option<i64>,
+    pub enrollment: Option<Enrollment>,
 }
 
 /// What [`Store::apply_pubsub`] did.
@@ -771,4 +831,47 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     ) -> Result<bool>;
     /// Enterprises created through signup, newest first.
     async fn android_enterprises(&self) -> Result<Vec<AndroidEnterprise>>;
+
+    // --- android ingest (s4) ---
+    /// What handling a Pub/Sub message starts from, read in one statement: whether
+    /// `message_id` was handled before and, for `device`, its publish-time watermark and its
+    /// enrollment. A hint for skipping work: [`Store::apply_pubsub`] decides again in its
+    /// transaction.
+    async fn pubsub_view(&self, message_id: &str, device: Option<&DeviceId>) -> Result<PubSubView>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enrollment_write_is_what_changed() {
+        let id: DeviceId = "android:E:D".parse().expect("id");
+        let mut before = Enrollment::new(id.clone(), 10);
+        before.state = EnrollmentState::Enrolled;
+        before.last_seen = Some(10);
+        assert_eq!(EnrollmentWrite::diff(None, &before), Some(EnrollmentWrite::Full(&before)));
+
+        let mut same = before.clone();
+        same.updated_at = 99;
+        assert_eq!(EnrollmentWrite::diff(Some(&before), &same), None, "only updated_at differs");
+
+        let mut report = same.clone();
+        report.last_seen = Some(20);
+        assert_eq!(EnrollmentWrite::diff(Some(&before), &report), Some(EnrollmentWrite::Report(&report)));
+        let mut report = same.clone();
+        report.attributes.insert("last_status_report_time".into(), "t".into());
+        assert_eq!(EnrollmentWrite::diff(Some(&before), &report), Some(EnrollmentWrite::Report(&report)));
+
+        let mut full = report.clone();
+        full.inventory.os_version = Some("15".into());
+        assert_eq!(EnrollmentWrite::diff(Some(&before), &full), Some(EnrollmentWrite::Full(&full)));
+        let mut full = same.clone();
+        full.state = EnrollmentState::Unenrolled;
+        assert_eq!(EnrollmentWrite::diff(Some(&before), &full), Some(EnrollmentWrite::Full(&full)));
+        let mut full = same;
+        full.enrolled_at = Some(5);
+        assert_eq!(EnrollmentWrite::diff(Some(&before), &full).map(|w| w.enrollment()), Some(&full));
+        assert!(matches!(EnrollmentWrite::diff(Some(&before), &full), Some(EnrollmentWrite::Full(_))));
+    }
 }

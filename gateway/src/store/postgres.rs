@@ -41,10 +41,10 @@ use tokio::sync::Notify;
 
 use super::{
     AndroidEnterprise, AndroidOperation, AndroidSignup, CommandRecord, CommandUpdate, CorporateIdentifier, DeadLetter,
-    DeclarationSet, DeclarationsChange, DeclarationsToken, EnrollTicket, Enrollment, EnrollmentState, IdentifierKind,
-    LoggedEvent, NewCommand, NewScepChallenge, OmaDmSession, PubSubDelivery, PubSubOutcome, PushCert, PushInfo,
-    RequestSnapshot, Result, ScepCertificate, ScepChallenge, ScepRecord, Store, StoreError, StoredDeclaration,
-    TicketStatus, WindowsCertificate, WindowsRecord,
+    DeclarationSet, DeclarationsChange, DeclarationsToken, EnrollTicket, Enrollment, EnrollmentState, EnrollmentWrite,
+    IdentifierKind, LoggedEvent, NewCommand, NewScepChallenge, OmaDmSession, PubSubDelivery, PubSubOutcome, PubSubView,
+    PushCert, PushInfo, RequestSnapshot, Result, ScepCertificate, ScepChallenge, ScepRecord, Store, StoreError,
+    StoredDeclaration, TicketStatus, WindowsCertificate, WindowsRecord,
 };
 
 /// Migrations, embedded at build time: `(version, description, sql)`, following the
@@ -288,6 +288,27 @@ const SAVE_ENROLLMENT_SQL: &str = "INSERT INTO enrollments (device_id, platform,
      enrolled_at = excluded.enrolled_at, last_seen = excluded.last_seen, \
      checked_in_event_at = excluded.checked_in_event_at, created_at = excluded.created_at, \
      updated_at = excluded.updated_at, enrolled_user = excluded.enrolled_user";
+// Android Pub/Sub intake (`apply_pubsub`, `pubsub_view`).
+const INSERT_PUBSUB_MESSAGE_SQL: &str = "INSERT INTO pubsub_messages (message_id, received_at, outcome) \
+     VALUES ($1, $2, 'applied') ON CONFLICT (message_id) DO NOTHING";
+/// Moves the device's watermark to the message's publish time unless it is older: no row
+/// changed means stale. Equal times apply.
+const ADVANCE_WATERMARK_SQL: &str = "INSERT INTO android_watermarks (device_id, publish_time_ms, message_id) \
+     VALUES ($1, $2, $3) ON CONFLICT (device_id) DO UPDATE SET publish_time_ms = excluded.publish_time_ms, \
+     message_id = excluded.message_id WHERE excluded.publish_time_ms >= android_watermarks.publish_time_ms";
+const MARK_PUBSUB_STALE_SQL: &str = "UPDATE pubsub_messages SET outcome = 'stale' WHERE message_id = $1";
+/// A routine status report: only the columns it changes.
+const REPORT_ENROLLMENT_SQL: &str =
+    "UPDATE enrollments SET attributes = $1, last_seen = $2, updated_at = $3 WHERE device_id = $4";
+/// Seen?, the watermark, and the enrollment (columns from 2, NULL when none): one row always.
+const PUBSUB_VIEW_SQL: &str = concat!(
+    "SELECT EXISTS (SELECT 1 FROM pubsub_messages WHERE message_id = $1), ",
+    "(SELECT publish_time_ms FROM android_watermarks WHERE device_id = $2), ",
+    "e.device_id, e.parent, e.state, e.cert_sha256, e.push_token, e.push_magic, e.push_topic, ",
+    "e.unlock_token, e.bootstrap_token, e.inventory, e.attributes, e.enrolled_at, e.last_seen, ",
+    "e.checked_in_event_at, e.created_at, e.updated_at ",
+    "FROM (SELECT 1) AS one LEFT JOIN enrollments e ON e.device_id = $2"
+);
 const SET_STATE_WITH_CHILDREN_SQL: &str = "UPDATE enrollments SET state = $1, updated_at = $2 \
      WHERE (device_id = $3 OR parent = $3) AND state <> $1";
 // The WHERE must stay identical to the `commands_pending` index's for the planner to use it.
@@ -421,44 +442,50 @@ fn limit(n: u32) -> i64 {
 }
 
 fn enrollment_from_row(row: &PgRow) -> Result<Enrollment> {
-    let id_text: String = get(row, 0, "device_id")?;
+    enrollment_from_row_at(row, 0)
+}
+
+/// An enrollment from the columns of `select_enrollments!`, starting at column `at`.
+fn enrollment_from_row_at(row: &PgRow, at: usize) -> Result<Enrollment> {
+    let id_text: String = get(row, at, "device_id")?;
     let device_id = parse_device_id(&id_text, "enrollments.device_id")?;
     let ctx = |e: StoreError| match e {
         StoreError::Corrupt(m) => StoreError::Corrupt(format!("enrollment `{id_text}`: {m}")),
         other => other,
     };
     let rest = || -> Result<Enrollment> {
-        let parent = get::<Option<String>>(row, 1, "parent")?.map(|p| parse_device_id(&p, "parent")).transpose()?;
-        let state_text: String = get(row, 2, "state")?;
+        let parent =
+            get::<Option<String>>(row, at + 1, "parent")?.map(|p| parse_device_id(&p, "parent")).transpose()?;
+        let state_text: String = get(row, at + 2, "state")?;
         let state = EnrollmentState::parse(&state_text)
             .ok_or_else(|| StoreError::Corrupt(format!("unknown state `{state_text}`")))?;
-        let push = match get::<Option<String>>(row, 6, "push_topic")? {
+        let push = match get::<Option<String>>(row, at + 6, "push_topic")? {
             None => None,
             Some(topic) => Some(PushInfo {
-                token: get::<Option<Vec<u8>>>(row, 4, "push_token")?
+                token: get::<Option<Vec<u8>>>(row, at + 4, "push_token")?
                     .ok_or_else(|| StoreError::Corrupt("push_topic set without push_token".into()))?,
-                magic: get::<Option<String>>(row, 5, "push_magic")?
+                magic: get::<Option<String>>(row, at + 5, "push_magic")?
                     .ok_or_else(|| StoreError::Corrupt("push_topic set without push_magic".into()))?,
                 topic,
             }),
         };
-        let inventory: Inventory = parse_json(&get::<String>(row, 9, "inventory")?, "inventory")?;
-        let attributes = parse_json(&get::<String>(row, 10, "attributes")?, "attributes")?;
+        let inventory: Inventory = parse_json(&get::<String>(row, at + 9, "inventory")?, "inventory")?;
+        let attributes = parse_json(&get::<String>(row, at + 10, "attributes")?, "attributes")?;
         Ok(Enrollment {
             device_id: device_id.clone(),
             parent,
             state,
-            cert_sha256: get(row, 3, "cert_sha256")?,
+            cert_sha256: get(row, at + 3, "cert_sha256")?,
             push,
-            unlock_token: get(row, 7, "unlock_token")?,
-            bootstrap_token: get(row, 8, "bootstrap_token")?,
+            unlock_token: get(row, at + 7, "unlock_token")?,
+            bootstrap_token: get(row, at + 8, "bootstrap_token")?,
             inventory,
             attributes,
-            enrolled_at: get(row, 11, "enrolled_at")?,
-            last_seen: get(row, 12, "last_seen")?,
-            checked_in_event_at: get(row, 13, "checked_in_event_at")?,
-            created_at: get(row, 14, "created_at")?,
-            updated_at: get(row, 15, "updated_at")?,
+            enrolled_at: get(row, at + 11, "enrolled_at")?,
+            last_seen: get(row, at + 12, "last_seen")?,
+            checked_in_event_at: get(row, at + 13, "checked_in_event_at")?,
+            created_at: get(row, at + 14, "created_at")?,
+            updated_at: get(row, at + 15, "updated_at")?,
         })
     };
     rest().map_err(ctx)
@@ -1416,56 +1443,51 @@ impl Store for PostgresStore {
     async fn apply_pubsub(&self, d: PubSubDelivery<'_>) -> Result<PubSubOutcome> {
         let events = event_rows(d.events)?;
         let mut tx = self.begin().await?;
-        let mut stale = false;
-        if let Some((device, t)) = d.ordering {
-            // One message of a device at a time, so the watermark read here stays the newest
-            // until this transaction commits (there may be no row to lock yet).
-            query("SELECT pg_advisory_xact_lock(hashtextextended('mdm-gateway android ' || $1, 0))")
-                .bind(device.as_str())
-                .execute(&mut *tx)
-                .await?;
-            let newest = query("SELECT publish_time_ms FROM android_watermarks WHERE device_id = $1")
-                .bind(device.as_str())
-                .fetch_optional(&mut *tx)
-                .await?;
-            if let Some(row) = newest {
-                stale = t < get::<i64>(&row, 0, "publish_time_ms")?;
-            }
-        }
         // The dedupe gate: a concurrent delivery of the same id waits here for the first one,
         // then finds its row.
-        let new = query(
-            "INSERT INTO pubsub_messages (message_id, received_at, outcome) VALUES ($1, $2, $3) \
-             ON CONFLICT (message_id) DO NOTHING",
-        )
-        .bind(d.message_id)
-        .bind(d.received_at)
-        .bind(if stale { "stale" } else { "applied" })
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+        let new = query(INSERT_PUBSUB_MESSAGE_SQL)
+            .bind(d.message_id)
+            .bind(d.received_at)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
         if new == 0 {
             tx.rollback().await?;
             return Ok(PubSubOutcome::Duplicate);
         }
-        if stale {
-            self.commit(tx, false).await?;
-            return Ok(PubSubOutcome::Stale);
-        }
         if let Some((device, t)) = d.ordering {
-            query(
-                "INSERT INTO android_watermarks (device_id, publish_time_ms, message_id) VALUES ($1, $2, $3) \
-                 ON CONFLICT (device_id) DO UPDATE SET publish_time_ms = excluded.publish_time_ms, \
-                 message_id = excluded.message_id",
-            )
-            .bind(device.as_str())
-            .bind(t)
-            .bind(d.message_id)
-            .execute(&mut *tx)
-            .await?;
+            // The upsert locks the device's watermark row (or its key, when new) until commit, so
+            // one device's messages apply one at a time across instances.
+            let advanced = query(ADVANCE_WATERMARK_SQL)
+                .bind(device.as_str())
+                .bind(t)
+                .bind(d.message_id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if advanced == 0 {
+                query(MARK_PUBSUB_STALE_SQL).bind(d.message_id).execute(&mut *tx).await?;
+                self.commit(tx, false).await?;
+                return Ok(PubSubOutcome::Stale);
+            }
         }
-        if let Some(e) = d.enrollment {
-            write_enrollment(&mut tx, e).await?;
+        match d.enrollment {
+            Some(EnrollmentWrite::Full(e)) => write_enrollment(&mut tx, e).await?,
+            Some(EnrollmentWrite::Report(e)) => {
+                let n = query(REPORT_ENROLLMENT_SQL)
+                    .bind(serde_json::Value::Object(e.attributes.clone()).to_string())
+                    .bind(e.last_seen)
+                    .bind(e.updated_at)
+                    .bind(e.device_id.as_str())
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                if n == 0 {
+                    tx.rollback().await?;
+                    return Err(StoreError::Conflict(format!("enrollment `{}` is gone", e.device_id)));
+                }
+            }
+            None => {}
         }
         for u in d.command_updates {
             exec_update(&mut tx, u).await?;
@@ -1759,6 +1781,18 @@ impl Store for PostgresStore {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(android_enterprise_from_row).collect()
+    }
+
+    // --- android ingest (s4) ---
+
+    async fn pubsub_view(&self, message_id: &str, device: Option<&DeviceId>) -> Result<PubSubView> {
+        let row =
+            query(PUBSUB_VIEW_SQL).bind(message_id).bind(device.map(DeviceId::as_str)).fetch_one(&self.pool).await?;
+        let enrollment = match get::<Option<String>>(&row, 2, "device_id")? {
+            Some(_) => Some(enrollment_from_row_at(&row, 2)?),
+            None => None,
+        };
+        Ok(PubSubView { seen: get(&row, 0, "seen")?, watermark_ms: get(&row, 1, "publish_time_ms")?, enrollment })
     }
 }
 
@@ -2074,7 +2108,7 @@ mod tests {
                     message_id: &id,
                     received_at: 1,
                     ordering: Some((&d, t)),
-                    enrollment: Some(&e),
+                    enrollment: Some(crate::store::EnrollmentWrite::Full(&e)),
                     command_updates: &[],
                     events: &ev,
                 };

@@ -33,10 +33,10 @@ use tokio::sync::{Notify, oneshot};
 
 use super::{
     AndroidEnterprise, AndroidOperation, AndroidSignup, CommandRecord, CommandUpdate, CorporateIdentifier, DeadLetter,
-    DeclarationSet, DeclarationsChange, DeclarationsToken, EnrollTicket, Enrollment, EnrollmentState, IdentifierKind,
-    LoggedEvent, NewCommand, NewScepChallenge, OmaDmSession, PubSubDelivery, PubSubOutcome, PushCert, PushInfo,
-    RequestSnapshot, Result, ScepCertificate, ScepChallenge, ScepRecord, Store, StoreError, StoredDeclaration,
-    TicketStatus, WindowsCertificate, WindowsRecord,
+    DeclarationSet, DeclarationsChange, DeclarationsToken, EnrollTicket, Enrollment, EnrollmentState, EnrollmentWrite,
+    IdentifierKind, LoggedEvent, NewCommand, NewScepChallenge, OmaDmSession, PubSubDelivery, PubSubOutcome, PubSubView,
+    PushCert, PushInfo, RequestSnapshot, Result, ScepCertificate, ScepChallenge, ScepRecord, Store, StoreError,
+    StoredDeclaration, TicketStatus, WindowsCertificate, WindowsRecord,
 };
 
 /// Migrations, embedded at build time: `(version, description, sql)`, following the
@@ -154,6 +154,27 @@ const SAVE_ENROLLMENT_SQL: &str = "INSERT INTO enrollments (device_id, platform,
      enrolled_at = excluded.enrolled_at, last_seen = excluded.last_seen, \
      checked_in_event_at = excluded.checked_in_event_at, created_at = excluded.created_at, \
      updated_at = excluded.updated_at";
+// Android Pub/Sub intake (`apply_pubsub`, `pubsub_view`).
+const INSERT_PUBSUB_MESSAGE_SQL: &str = "INSERT INTO pubsub_messages (message_id, received_at, outcome) \
+     VALUES (?, ?, 'applied') ON CONFLICT (message_id) DO NOTHING";
+/// Moves the device's watermark to the message's publish time unless it is older: no row
+/// changed means stale. Equal times apply.
+const ADVANCE_WATERMARK_SQL: &str = "INSERT INTO android_watermarks (device_id, publish_time_ms, message_id) \
+     VALUES (?, ?, ?) ON CONFLICT (device_id) DO UPDATE SET publish_time_ms = excluded.publish_time_ms, \
+     message_id = excluded.message_id WHERE excluded.publish_time_ms >= android_watermarks.publish_time_ms";
+const MARK_PUBSUB_STALE_SQL: &str = "UPDATE pubsub_messages SET outcome = 'stale' WHERE message_id = ?";
+/// A routine status report: only the columns it changes, so no index of `enrollments` is touched.
+const REPORT_ENROLLMENT_SQL: &str = "UPDATE enrollments SET attributes = ?, last_seen = ?, updated_at = ? \
+     WHERE device_id = ?";
+/// Seen?, the watermark, and the enrollment (columns from 2, NULL when none): one row always.
+const PUBSUB_VIEW_SQL: &str = concat!(
+    "SELECT EXISTS (SELECT 1 FROM pubsub_messages WHERE message_id = ?1), ",
+    "(SELECT publish_time_ms FROM android_watermarks WHERE device_id = ?2), ",
+    "e.device_id, e.parent, e.state, e.cert_sha256, e.push_token, e.push_magic, e.push_topic, ",
+    "e.unlock_token, e.bootstrap_token, e.inventory, e.attributes, e.enrolled_at, e.last_seen, ",
+    "e.checked_in_event_at, e.created_at, e.updated_at ",
+    "FROM (SELECT 1) LEFT JOIN enrollments e ON e.device_id = ?2"
+);
 const INSERT_COMMAND_SQL: &str = "INSERT INTO commands (device_id, command_id, seq, request_type, normalised, payload, \
      priority, status, expires_at, idempotency_key, result, error, created_at, updated_at, sent_count) \
      VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, ?, ?, 0)";
@@ -781,7 +802,12 @@ fn query_opt<T>(
 }
 
 fn enrollment_from_row(row: &Row<'_>) -> Result<Enrollment> {
-    let id_text: String = get(row, 0, "device_id")?;
+    enrollment_from_row_at(row, 0)
+}
+
+/// An enrollment from the columns of `select_enrollments!`, starting at column `at`.
+fn enrollment_from_row_at(row: &Row<'_>, at: usize) -> Result<Enrollment> {
+    let id_text: String = get(row, at, "device_id")?;
     let device_id = parse_device_id(&id_text, "enrollments.device_id")?;
     // Everything after the id is reported with the id, so an operator can find the row.
     let ctx = |e: StoreError| match e {
@@ -789,37 +815,38 @@ fn enrollment_from_row(row: &Row<'_>) -> Result<Enrollment> {
         other => other,
     };
     let rest = || -> Result<Enrollment> {
-        let parent = get::<Option<String>>(row, 1, "parent")?.map(|p| parse_device_id(&p, "parent")).transpose()?;
-        let state_text: String = get(row, 2, "state")?;
+        let parent =
+            get::<Option<String>>(row, at + 1, "parent")?.map(|p| parse_device_id(&p, "parent")).transpose()?;
+        let state_text: String = get(row, at + 2, "state")?;
         let state = EnrollmentState::parse(&state_text)
             .ok_or_else(|| StoreError::Corrupt(format!("unknown state `{state_text}`")))?;
-        let push = match get::<Option<String>>(row, 6, "push_topic")? {
+        let push = match get::<Option<String>>(row, at + 6, "push_topic")? {
             None => None,
             Some(topic) => Some(PushInfo {
-                token: get::<Option<Vec<u8>>>(row, 4, "push_token")?
+                token: get::<Option<Vec<u8>>>(row, at + 4, "push_token")?
                     .ok_or_else(|| StoreError::Corrupt("push_topic set without push_token".into()))?,
-                magic: get::<Option<String>>(row, 5, "push_magic")?
+                magic: get::<Option<String>>(row, at + 5, "push_magic")?
                     .ok_or_else(|| StoreError::Corrupt("push_topic set without push_magic".into()))?,
                 topic,
             }),
         };
-        let inventory: Inventory = parse_json(&get::<String>(row, 9, "inventory")?, "inventory")?;
-        let attributes = parse_json(&get::<String>(row, 10, "attributes")?, "attributes")?;
+        let inventory: Inventory = parse_json(&get::<String>(row, at + 9, "inventory")?, "inventory")?;
+        let attributes = parse_json(&get::<String>(row, at + 10, "attributes")?, "attributes")?;
         Ok(Enrollment {
             device_id: device_id.clone(),
             parent,
             state,
-            cert_sha256: get(row, 3, "cert_sha256")?,
+            cert_sha256: get(row, at + 3, "cert_sha256")?,
             push,
-            unlock_token: get(row, 7, "unlock_token")?,
-            bootstrap_token: get(row, 8, "bootstrap_token")?,
+            unlock_token: get(row, at + 7, "unlock_token")?,
+            bootstrap_token: get(row, at + 8, "bootstrap_token")?,
             inventory,
             attributes,
-            enrolled_at: get(row, 11, "enrolled_at")?,
-            last_seen: get(row, 12, "last_seen")?,
-            checked_in_event_at: get(row, 13, "checked_in_event_at")?,
-            created_at: get(row, 14, "created_at")?,
-            updated_at: get(row, 15, "updated_at")?,
+            enrolled_at: get(row, at + 11, "enrolled_at")?,
+            last_seen: get(row, at + 12, "last_seen")?,
+            checked_in_event_at: get(row, at + 13, "checked_in_event_at")?,
+            created_at: get(row, at + 14, "created_at")?,
+            updated_at: get(row, at + 15, "updated_at")?,
         })
     };
     rest().map_err(ctx)
@@ -1074,6 +1101,26 @@ fn write_enrollment(conn: &Connection, r: &EnrollmentRow) -> Result<()> {
         r.updated_at,
     ])?;
     Ok(())
+}
+
+/// [`EnrollmentWrite`] as column values, ready for the writer thread.
+enum PubSubEnrollmentRow {
+    Full(Box<EnrollmentRow>),
+    Report { device_id: String, attributes: String, last_seen: Option<i64>, updated_at: i64 },
+}
+
+impl PubSubEnrollmentRow {
+    fn new(w: EnrollmentWrite<'_>) -> Result<Self> {
+        Ok(match w {
+            EnrollmentWrite::Full(e) => PubSubEnrollmentRow::Full(Box::new(enrollment_row(e)?)),
+            EnrollmentWrite::Report(e) => PubSubEnrollmentRow::Report {
+                device_id: e.device_id.as_str().to_owned(),
+                attributes: serde_json::Value::Object(e.attributes.clone()).to_string(),
+                last_seen: e.last_seen,
+                updated_at: e.updated_at,
+            },
+        })
+    }
 }
 
 fn windows_certificate_from_row(row: &Row<'_>) -> Result<WindowsCertificate> {
@@ -1914,48 +1961,41 @@ impl Store for SqliteStore {
 
     async fn apply_pubsub(&self, d: PubSubDelivery<'_>) -> Result<PubSubOutcome> {
         let events = event_rows(d.events)?;
-        let enrollment = d.enrollment.map(enrollment_row).transpose()?;
+        let enrollment = d.enrollment.map(PubSubEnrollmentRow::new).transpose()?;
         let updates: Vec<UpdateRow> =
             d.command_updates.iter().map(update_row).filter_map(Result::transpose).collect::<Result<_>>()?;
         let message_id = d.message_id.to_owned();
         let received_at = d.received_at;
         let ordering = d.ordering.map(|(device, t)| (device.as_str().to_owned(), t));
         self.transact(move |tx| {
-            let seen =
-                tx.prepare_cached("SELECT 1 FROM pubsub_messages WHERE message_id = ?")?.exists([&message_id])?;
-            if seen {
+            // The dedupe gate: one insert, no lookup before it.
+            if tx.prepare_cached(INSERT_PUBSUB_MESSAGE_SQL)?.execute(params![message_id, received_at])? == 0 {
                 return Ok((PubSubOutcome::Duplicate, false));
             }
-            let mut stale = false;
-            if let Some((device, t)) = &ordering {
-                let newest: Option<i64> = tx
-                    .prepare_cached("SELECT publish_time_ms FROM android_watermarks WHERE device_id = ?")?
-                    .query_row([device], |r| r.get(0))
-                    .optional()?;
-                stale = newest.is_some_and(|n| *t < n);
+            if let Some((device, t)) = &ordering
+                && tx.prepare_cached(ADVANCE_WATERMARK_SQL)?.execute(params![device, t, message_id])? == 0
+            {
+                // Older than the newest applied: only the id is kept, as stale.
+                tx.prepare_cached(MARK_PUBSUB_STALE_SQL)?.execute([&message_id])?;
+                return Ok((PubSubOutcome::Stale, false));
             }
-            let outcome = if stale { PubSubOutcome::Stale } else { PubSubOutcome::Applied };
-            tx.prepare_cached("INSERT INTO pubsub_messages (message_id, received_at, outcome) VALUES (?, ?, ?)")?
-                .execute(params![message_id, received_at, if stale { "stale" } else { "applied" }])?;
-            if stale {
-                return Ok((outcome, false));
-            }
-            if let Some((device, t)) = &ordering {
-                tx.prepare_cached(
-                    "INSERT INTO android_watermarks (device_id, publish_time_ms, message_id) VALUES (?, ?, ?) \
-                     ON CONFLICT (device_id) DO UPDATE SET publish_time_ms = excluded.publish_time_ms, \
-                     message_id = excluded.message_id",
-                )?
-                .execute(params![device, t, message_id])?;
-            }
-            if let Some(e) = &enrollment {
-                write_enrollment(tx, e)?;
+            match &enrollment {
+                Some(PubSubEnrollmentRow::Full(r)) => write_enrollment(tx, r)?,
+                Some(PubSubEnrollmentRow::Report { device_id, attributes, last_seen, updated_at }) => {
+                    let n = tx
+                        .prepare_cached(REPORT_ENROLLMENT_SQL)?
+                        .execute(params![attributes, last_seen, updated_at, device_id])?;
+                    if n == 0 {
+                        return Err(StoreError::Conflict(format!("enrollment `{device_id}` is gone")));
+                    }
+                }
+                None => {}
             }
             for u in &updates {
                 exec_update(tx, u)?;
             }
             insert_events(tx, &events)?;
-            Ok((outcome, !events.is_empty()))
+            Ok((PubSubOutcome::Applied, !events.is_empty()))
         })
         .await
     }
@@ -2245,6 +2285,24 @@ impl Store for SqliteStore {
                 [],
                 android_enterprise_from_row,
             )
+        })
+        .await
+    }
+
+    // --- android ingest (s4) ---
+
+    async fn pubsub_view(&self, message_id: &str, device: Option<&DeviceId>) -> Result<PubSubView> {
+        let message_id = message_id.to_owned();
+        let device = device.map(|d| d.as_str().to_owned());
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(PUBSUB_VIEW_SQL)?;
+            let mut rows = stmt.query(params![message_id, device])?;
+            let row = rows.next()?.ok_or_else(|| StoreError::Corrupt("the Pub/Sub view returned no row".into()))?;
+            let enrollment = match get::<Option<String>>(row, 2, "device_id")? {
+                Some(_) => Some(enrollment_from_row_at(row, 2)?),
+                None => None,
+            };
+            Ok(PubSubView { seen: get(row, 0, "seen")?, watermark_ms: get(row, 1, "publish_time_ms")?, enrollment })
         })
         .await
     }

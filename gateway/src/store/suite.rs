@@ -15,9 +15,9 @@ use tokio::sync::Notify;
 
 use super::{
     AndroidEnterprise, AndroidOperation, AndroidSignup, CommandUpdate, DeadLetter, DeclarationsChange,
-    DeclarationsToken, EnrollTicket, Enrollment, EnrollmentState, IdentifierKind, NewCommand, NewScepChallenge,
-    OmaDmSession, PubSubDelivery, PubSubOutcome, PushCert, PushInfo, ScepCertificate, ScepChallenge, ScepRecord, Store,
-    StoreError, StoredDeclaration, TicketStatus, WindowsCertificate, WindowsRecord,
+    DeclarationsToken, EnrollTicket, Enrollment, EnrollmentState, EnrollmentWrite, IdentifierKind, NewCommand,
+    NewScepChallenge, OmaDmSession, PubSubDelivery, PubSubOutcome, PushCert, PushInfo, ScepCertificate, ScepChallenge,
+    ScepRecord, Store, StoreError, StoredDeclaration, TicketStatus, WindowsCertificate, WindowsRecord,
 };
 
 /// A fresh store for one test, with what the tests need besides the trait.
@@ -100,6 +100,8 @@ macro_rules! store_suite {
             corporate_identifiers_replace_and_enroll,
             android_queued_commands_in_order,
             android_signup_completes_once,
+            pubsub_view_reads_what_intake_needs,
+            pubsub_report_writes_only_its_columns,
         );
 
         #[tokio::test]
@@ -1367,6 +1369,7 @@ fn delivery<'a>(
     enrollment: Option<&'a Enrollment>,
     events: &'a [Event],
 ) -> PubSubDelivery<'a> {
+    let enrollment = enrollment.map(EnrollmentWrite::Full);
     PubSubDelivery { message_id, received_at: 1_000, ordering, enrollment, command_updates: &[], events }
 }
 
@@ -1762,4 +1765,91 @@ impl Drop for PostgresSchema {
             eprintln!("could not drop test schema {}", self.name);
         }
     }
+}
+
+// ---- android ingest (s4) ----------------------------------------------------------------------
+
+pub async fn pubsub_view_reads_what_intake_needs(store: &dyn Store) {
+    use super::PubSubView;
+    let d = id("android:LC01:view1");
+    assert_eq!(store.pubsub_view("m1", Some(&d)).await.expect("view"), PubSubView::default());
+    assert_eq!(store.pubsub_view("m1", None).await.expect("view"), PubSubView::default());
+    let mut e = android_enrollment(&d, EnrollmentState::Enrolled, 10);
+    e.inventory.serial_number = Some("SN1".into());
+    e.attributes.insert("name".into(), json!("enterprises/LC01/devices/view1"));
+    e.last_seen = Some(9);
+    store.apply_pubsub(delivery("m1", Some((&d, 5_000)), Some(&e), &[])).await.expect("apply");
+    let v = store.pubsub_view("m1", Some(&d)).await.expect("view");
+    assert_eq!(v, PubSubView { seen: true, watermark_ms: Some(5_000), enrollment: Some(e.clone()) });
+    // Another message, another device: nothing known about them.
+    let other = id("android:LC01:view2");
+    assert_eq!(store.pubsub_view("m2", Some(&other)).await.expect("view"), PubSubView::default());
+    // Stale and dead-lettered ids are seen too; the watermark did not move.
+    store.apply_pubsub(delivery("m0", Some((&d, 4_000)), None, &[])).await.expect("apply");
+    let v = store.pubsub_view("m0", Some(&d)).await.expect("view");
+    assert!(v.seen);
+    assert_eq!(v.watermark_ms, Some(5_000));
+    let dead = DeadLetter {
+        message_id: Some("m-dead".into()),
+        received_at: 1,
+        reason: "bad_base64".into(),
+        detail: "x".into(),
+        body: b"{}".to_vec(),
+    };
+    store.record_dead_letter(&dead, &[]).await.expect("dead letter");
+    assert!(store.pubsub_view("m-dead", None).await.expect("view").seen);
+    // Without ordering (enterprise-level) the watermark is not touched.
+    store.apply_pubsub(delivery("m3", None, None, &[])).await.expect("apply");
+    assert_eq!(store.pubsub_view("m3", Some(&d)).await.expect("view").watermark_ms, Some(5_000));
+}
+
+pub async fn pubsub_report_writes_only_its_columns(store: &dyn Store) {
+    let d = id("android:LC01:rep1");
+    let mut e = android_enrollment(&d, EnrollmentState::Enrolled, 10);
+    e.inventory.serial_number = Some("SN1".into());
+    e.attributes.insert("last_status_report_time".into(), json!("t1"));
+    e.last_seen = Some(9);
+    e.enrolled_at = Some(8);
+    store.apply_pubsub(delivery("m1", Some((&d, 1)), Some(&e), &[])).await.expect("apply");
+
+    // A report: attributes, last_seen and updated_at are written, nothing else (even what the
+    // value passed differs in).
+    let mut report = e.clone();
+    report.attributes.insert("last_status_report_time".into(), json!("t2"));
+    report.last_seen = Some(20);
+    report.updated_at = 21;
+    report.inventory.serial_number = Some("not written".into());
+    report.state = EnrollmentState::Unenrolled;
+    let ev = [event("ev-r", &d, EventType::DEVICE_STATUS_REPORT, None)];
+    let write = PubSubDelivery {
+        enrollment: Some(EnrollmentWrite::Report(&report)),
+        ..delivery("m2", Some((&d, 2)), None, &ev)
+    };
+    assert_eq!(store.apply_pubsub(write).await.expect("apply"), PubSubOutcome::Applied);
+    let stored = store.enrollment(&d).await.expect("read").expect("enrollment");
+    let mut expected = e.clone();
+    expected.attributes.insert("last_status_report_time".into(), json!("t2"));
+    expected.last_seen = Some(20);
+    expected.updated_at = 21;
+    assert_eq!(stored, expected);
+    assert_eq!(event_ids(store).await, ["ev-r"]);
+
+    // A report for a row that is not there: nothing applied, and the message is not taken as
+    // handled (its redelivery applies).
+    let gone = id("android:LC01:rep2");
+    let missing = android_enrollment(&gone, EnrollmentState::Enrolled, 10);
+    let ev = [event("ev-lost", &gone, EventType::DEVICE_STATUS_REPORT, None)];
+    let write = PubSubDelivery {
+        enrollment: Some(EnrollmentWrite::Report(&missing)),
+        ..delivery("m3", Some((&gone, 3)), None, &ev)
+    };
+    assert!(matches!(store.apply_pubsub(write).await, Err(StoreError::Conflict(_))));
+    assert_eq!(store.pubsub_view("m3", Some(&gone)).await.expect("view"), super::PubSubView::default());
+    assert_eq!(event_ids(store).await, ["ev-r"]);
+    let full = PubSubDelivery {
+        enrollment: Some(EnrollmentWrite::Full(&missing)),
+        ..delivery("m3", Some((&gone, 3)), None, &ev)
+    };
+    assert_eq!(store.apply_pubsub(full).await.expect("apply"), PubSubOutcome::Applied);
+    assert_eq!(store.enrollment(&gone).await.expect("read"), Some(missing));
 }

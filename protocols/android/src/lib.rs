@@ -25,6 +25,6 @@ pub mod pubsub;
 pub use amapi::{Device, Operation};
 pub use command::{AmapiCall, CallKind, EnrollmentMode};
 pub use error::DecodeError;
-pub use normalise::{Emission, device_id_from_name, enterprise_id_from_name};
+pub use normalise::{DeviceReport, Emission, device_id_from_name, device_report, enterprise_id_from_name};
 pub use notification::{Notification, NotificationType};
 pub use pubsub::PushMessage;

@@ -68,9 +68,32 @@ impl Notification {
     }
 }
 
-fn device_emissions(d: &Device, primary: EventType) -> Result<Vec<Emission>, DecodeError> {
+/// What a device notification (`ENROLLMENT`, `STATUS_REPORT`) says, each part computed once.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceReport {
+    pub device_id: DeviceId,
+    /// `state: DELETED`: the device is gone.
+    pub deleted: bool,
+    /// The event `data` ([`device_event_data`]).
+    pub data: Json,
+    /// The normalised inventory ([`device_inventory`]).
+    pub inventory: Inventory,
+}
+
+/// The device id, event data and inventory of a `Device` resource; an error when its name
+/// gives no device.
+pub fn device_report(d: &Device) -> Result<DeviceReport, DecodeError> {
     let name = d.name.as_deref().ok_or_else(|| DecodeError::BadResourceName(String::new()))?;
-    let device_id = device_id_from_name(name)?;
+    Ok(DeviceReport {
+        device_id: device_id_from_name(name)?,
+        deleted: d.is_deleted(),
+        data: device_event_data(d),
+        inventory: device_inventory(d),
+    })
+}
+
+fn device_emissions(d: &Device, primary: EventType) -> Result<Vec<Emission>, DecodeError> {
+    let DeviceReport { device_id, deleted, data, inventory } = device_report(d)?;
     let event = |event_type: EventType, data: Json, inventory: Option<Inventory>| Emission {
         event_type,
         device_id: device_id.clone(),
@@ -78,42 +101,41 @@ fn device_emissions(d: &Device, primary: EventType) -> Result<Vec<Emission>, Dec
         data,
         inventory,
     };
-    if d.is_deleted() {
-        return Ok(vec![event(EventType::DEVICE_UNENROLLED, device_event_data(d), None)]);
+    if deleted {
+        return Ok(vec![event(EventType::DEVICE_UNENROLLED, data, None)]);
     }
-    let mut out = vec![event(primary.clone(), device_event_data(d), None)];
-    if primary == EventType::DEVICE_STATUS_REPORT {
-        let inv = device_inventory(d);
-        if !inv.is_empty() {
-            let data = serde_json::to_value(&inv).unwrap_or(Json::Null);
-            out.push(event(EventType::DEVICE_INVENTORY, data, Some(inv)));
-        }
+    let mut out = vec![event(primary.clone(), data, None)];
+    if primary == EventType::DEVICE_STATUS_REPORT && !inventory.is_empty() {
+        let data = serde_json::to_value(&inventory).unwrap_or(Json::Null);
+        out.push(event(EventType::DEVICE_INVENTORY, data, Some(inventory)));
     }
     Ok(out)
 }
 
 /// Normalised inventory from a `Device`'s hardware, software and network info.
 pub fn device_inventory(d: &Device) -> Inventory {
-    let hw = d.hardware_info.clone().unwrap_or_default();
-    let sw = d.software_info.clone().unwrap_or_default();
-    let net = d.network_info.clone().unwrap_or_default();
-    let settings = d.device_settings.clone().unwrap_or_default();
+    // Only the fields taken are cloned, not the whole sub-objects.
+    let hw = d.hardware_info.as_ref();
+    let sw = d.software_info.as_ref();
+    let net = d.network_info.as_ref();
+    let settings = d.device_settings.as_ref();
+    let android_version = sw.and_then(|s| s.android_version.clone());
     Inventory {
-        serial_number: hw.serial_number,
-        model: hw.model,
-        manufacturer: hw.manufacturer,
-        os_name: sw.android_version.is_some().then(|| "Android".to_owned()),
-        os_version: sw.android_version,
-        build_version: sw.android_build_number,
-        imei: net.imei,
-        meid: net.meid,
-        wifi_mac: net.wifi_mac_address,
+        serial_number: hw.and_then(|h| h.serial_number.clone()),
+        model: hw.and_then(|h| h.model.clone()),
+        manufacturer: hw.and_then(|h| h.manufacturer.clone()),
+        os_name: android_version.is_some().then(|| "Android".to_owned()),
+        os_version: android_version,
+        build_version: sw.and_then(|s| s.android_build_number.clone()),
+        imei: net.and_then(|n| n.imei.clone()),
+        meid: net.and_then(|n| n.meid.clone()),
+        wifi_mac: net.and_then(|n| n.wifi_mac_address.clone()),
         storage_capacity_bytes: d
             .memory_info
             .as_ref()
             .and_then(|m| m.total_internal_storage)
             .and_then(|b| u64::try_from(b).ok()),
-        encrypted: settings.is_encrypted.or_else(|| match settings.encryption_status.as_deref()? {
+        encrypted: settings.and_then(|s| s.is_encrypted).or_else(|| match settings?.encryption_status.as_deref()? {
             "ENCRYPTED" | "ACTIVE_PER_USER" => Some(true),
             "INACTIVE" | "ACTIVATING" | "UNSUPPORTED" => Some(false),
             _ => None,

@@ -24,6 +24,10 @@ pub struct PushMessage {
     pub attributes: BTreeMap<String, String>,
     /// The base64-decoded `data`; `None` when absent or empty.
     pub data: Option<Vec<u8>>,
+    /// `data` as received. Standard base64 is decoded strictly (canonical padding, no trailing
+    /// bits), so this is exactly the encoding of [`PushMessage::data`]: it can be passed on (as
+    /// an event's `raw.body_b64`) without encoding the bytes again.
+    pub data_b64: Option<String>,
     pub subscription: Option<String>,
 }
 
@@ -60,15 +64,17 @@ impl PushMessage {
             m.message_id_camel.or(m.message_id_snake).filter(|s| !s.is_empty()).ok_or(DecodeError::MissingMessageId)?;
         let pt = m.publish_time_camel.or(m.publish_time_snake).ok_or(DecodeError::MissingPublishTime)?;
         let publish_time = OffsetDateTime::parse(&pt, &Rfc3339).map_err(|_| DecodeError::BadPublishTime(pt))?;
-        let data = match m.data.as_deref() {
-            None | Some("") => None,
-            Some(d) => Some(STANDARD.decode(d).map_err(|_| DecodeError::BadBase64)?),
+        let (data, data_b64) = match m.data {
+            None => (None, None),
+            Some(d) if d.is_empty() => (None, None),
+            Some(d) => (Some(STANDARD.decode(&d).map_err(|_| DecodeError::BadBase64)?), Some(d)),
         };
         Ok(PushMessage {
             message_id,
             publish_time,
             attributes: m.attributes.unwrap_or_default(),
             data,
+            data_b64,
             subscription: env.subscription,
         })
     }
@@ -93,6 +99,7 @@ mod tests {
         assert_eq!(m.message_id, "1");
         assert_eq!(m.publish_time, datetime!(2025-08-11 13:00:03.123456 UTC));
         assert_eq!(m.data.as_deref(), Some(&b"{}"[..]));
+        assert_eq!(m.data_b64.as_deref(), Some("e30="));
         assert_eq!(m.notification_type(), Some("COMMAND"));
         assert_eq!(m.subscription.as_deref(), Some("projects/p/subscriptions/s"));
 
@@ -138,5 +145,12 @@ mod tests {
             PushMessage::decode(br#"{"message":{"messageId":"1","publishTime":"2025-01-01T00:00:00Z","data":"!!"}}"#)
                 .unwrap_err();
         assert_eq!(e, DecodeError::BadBase64);
+        // Not canonical (trailing bits set, padding missing): refused, so `data_b64` is always
+        // the encoding of `data`.
+        for data in ["e31=", "e30"] {
+            let body =
+                format!(r#"{{"message":{{"messageId":"1","publishTime":"2025-01-01T00:00:00Z","data":"{data}"}}}}"#);
+            assert_eq!(PushMessage::decode(body.as_bytes()).unwrap_err(), DecodeError::BadBase64, "{data}");
+        }
     }
 }

@@ -11,6 +11,14 @@
 //!
 //! Missing credentials are 401, wrong ones 403 (when one of two required credentials is
 //! missing and the other wrong: 403).
+//!
+//! Pub/Sub sends the same OIDC token with every push until it nears expiry, so a token that
+//! passed every check is remembered (by its SHA-256, at most [`VERIFIED_CACHE`] of them) with the
+//! span of time its claims allow (`iat`/`nbf` to `exp`, with the leeway): within that span it is
+//! accepted again without a signature check. Refused tokens are never remembered.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -53,12 +61,38 @@ struct Oidc {
     leeway_s: i64,
 }
 
+/// How many verified OIDC tokens are remembered (Pub/Sub uses one per subscription at a time).
+const VERIFIED_CACHE: usize = 64;
+
+/// OIDC tokens that passed every check: SHA-256 → (first, last) Unix second they are valid.
+#[derive(Default)]
+struct Verified(Mutex<HashMap<[u8; 32], (i64, i64)>>);
+
+impl Verified {
+    fn valid(&self, digest: &[u8; 32], now: i64) -> bool {
+        let map = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.get(digest).is_some_and(|(from, until)| (*from..=*until).contains(&now))
+    }
+
+    fn remember(&self, digest: [u8; 32], span: (i64, i64), now: i64) {
+        let mut map = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if map.len() >= VERIFIED_CACHE {
+            map.retain(|_, (_, until)| *until >= now);
+            if map.len() >= VERIFIED_CACHE {
+                map.clear();
+            }
+        }
+        map.insert(digest, span);
+    }
+}
+
 /// The push authenticator, built at start from `[android]`.
 pub(crate) struct PushAuth {
     mode: PubSubAuth,
     /// SHA-256 of the accepted tokens: current first, then the previous one.
     tokens: Vec<[u8; 32]>,
     oidc: Option<Oidc>,
+    verified: Verified,
 }
 
 impl std::fmt::Debug for PushAuth {
@@ -116,7 +150,7 @@ impl PushAuth {
                 leeway_s: i64::try_from(o.leeway_s).unwrap_or(i64::MAX),
             })
         };
-        Ok(PushAuth { mode: config.pubsub_auth, tokens, oidc })
+        Ok(PushAuth { mode: config.pubsub_auth, tokens, oidc, verified: Verified::default() })
     }
 
     /// Checks a push request's credentials at `now` (Unix seconds).
@@ -166,7 +200,13 @@ impl PushAuth {
         let Some(oidc) = &self.oidc else {
             return Err(AuthFailure::wrong("oidc_not_configured", "OIDC is not configured"));
         };
-        verify_oidc(oidc, token, now)
+        let key = digest(token);
+        if self.verified.valid(&key, now) {
+            return Ok(());
+        }
+        let span = verify_oidc(oidc, token, now)?;
+        self.verified.remember(key, span, now);
+        Ok(())
     }
 }
 
@@ -174,7 +214,9 @@ fn jwt_failure(e: JwtError) -> AuthFailure {
     AuthFailure::wrong(e.reason(), e.to_string())
 }
 
-fn verify_oidc(oidc: &Oidc, token: &str, now: i64) -> Result<(), AuthFailure> {
+/// Verifies `token` at `now`; on success, the span of Unix seconds in which its claims pass
+/// these same checks.
+fn verify_oidc(oidc: &Oidc, token: &str, now: i64) -> Result<(i64, i64), AuthFailure> {
     // Google signs push tokens with RS256; nothing else is accepted here.
     let header = token
         .split('.')
@@ -220,7 +262,11 @@ fn verify_oidc(oidc: &Oidc, token: &str, now: i64) -> Result<(), AuthFailure> {
     if !verified {
         return Err(AuthFailure::wrong("jwt_email_not_verified", "email_verified is not true"));
     }
-    Ok(())
+    // `verify_jwt` checked `exp` (required) and `nbf` (when present) with the leeway.
+    let exp = claims.get("exp").and_then(serde_json::Value::as_f64).map_or(now, |e| e as i64);
+    let nbf = claims.get("nbf").and_then(serde_json::Value::as_f64).map_or(i64::MIN, |n| n as i64);
+    let from = iat.max(nbf).saturating_sub(oidc.leeway_s).min(now);
+    Ok((from, exp.saturating_add(oidc.leeway_s).max(now)))
 }
 
 #[cfg(test)]
@@ -246,6 +292,7 @@ mod tests {
                 email: "push@p.iam.gserviceaccount.com".into(),
                 leeway_s: 60,
             }),
+            verified: Verified::default(),
         }
     }
 
@@ -314,6 +361,32 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(http::header::AUTHORIZATION, "Basic eDp5".parse().expect("header"));
         assert_eq!(a.check(&h, None, now).unwrap_err().reason(), "bad_authorization");
+    }
+
+    #[test]
+    fn verified_tokens_are_remembered_until_they_expire() {
+        let key = rsa();
+        let a = auth(PubSubAuth::Oidc, &key);
+        let now = 1_800_000_000;
+        let token = jwt::sign_jwt(&claims(now), &key, None).expect("sign");
+        assert_eq!(a.check(&bearer(&token), None, now), Ok(()));
+        assert!(a.verified.valid(&digest(&token), now + 10), "remembered");
+        // Within its span it passes from memory; past `exp` + leeway it is checked again, and refused.
+        assert_eq!(a.check(&bearer(&token), None, now + 3600 + 60), Ok(()));
+        assert_eq!(a.check(&bearer(&token), None, now + 3600 + 61).unwrap_err().reason(), "jwt_expired");
+        // Before `iat` - leeway: checked again, and refused.
+        assert_eq!(a.check(&bearer(&token), None, now - 61).unwrap_err().reason(), "jwt_issued_in_future");
+        // A refused token is never remembered; a wrong token is not taken for a remembered one.
+        let forged = jwt::sign_jwt(&claims(now), &rsa(), None).expect("sign");
+        for _ in 0..2 {
+            assert_eq!(a.check(&bearer(&forged), None, now).unwrap_err().reason(), "jwt_bad_signature");
+        }
+        assert!(!a.verified.valid(&digest(&forged), now));
+        // Bounded: old entries make room.
+        for i in 0..(VERIFIED_CACHE as i64 + 5) {
+            a.verified.remember(digest(&i.to_string()), (0, now + i), now);
+        }
+        assert!(a.verified.0.lock().unwrap().len() <= VERIFIED_CACHE);
     }
 
     #[test]

@@ -17,15 +17,16 @@
 use std::hash::{Hash, Hasher};
 
 use mdm_android::amapi::{Device, Operation};
-use mdm_android::normalise::{device_event_data, device_inventory};
-use mdm_android::{DecodeError, Emission, Notification, NotificationType, PushMessage};
+use mdm_android::{DecodeError, DeviceReport, Emission, Notification, NotificationType, PushMessage, device_report};
 use mdm_core::{CommandStatus, DeviceId, Event, EventType, Platform};
 use serde_json::Value as Json;
 use tokio::sync::{Mutex, MutexGuard};
 
 use crate::AppState;
 use crate::enrollment_gate::{self, EnrollmentFacts, Ownership};
-use crate::store::{CommandUpdate, DeadLetter, Enrollment, EnrollmentState, PubSubDelivery, PubSubOutcome, StoreError};
+use crate::store::{
+    CommandUpdate, DeadLetter, Enrollment, EnrollmentState, EnrollmentWrite, PubSubDelivery, PubSubOutcome, StoreError,
+};
 use crate::telemetry;
 
 /// Lock shards: enough that unrelated devices rarely wait for each other.
@@ -112,23 +113,31 @@ pub(crate) async fn intake(
     };
     let ntype = msg.notification_type().map(NotificationType::parse);
     let label = type_label(ntype.as_ref());
-    let decoded = Notification::decode(&msg).and_then(|n| n.emissions().map(|out| (n, out)));
-    let (n, emissions) = match decoded {
-        Ok(v) => v,
+    let n = match Notification::decode(&msg) {
+        Ok(n) => n,
         Err(e) => return dead_letter(state, Some(msg.message_id.clone()), label, &e, body, now).await,
     };
     let publish_ms = i64::try_from(msg.publish_time.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX);
     let handled = match &n {
-        Notification::Enrollment(d) | Notification::StatusReport(d) => {
-            device(state, locks, &msg, &n, d, emissions, publish_ms, now).await?
-        }
-        Notification::Command(op) => command(state, locks, &msg, op, emissions, now).await?,
-        Notification::UsageLogs(_)
-        | Notification::EnterpriseUpgrade(_)
-        | Notification::Test
-        | Notification::Other { .. } => {
-            let events: Vec<Event> = emissions.into_iter().map(|em| event(state, &msg, em, None)).collect();
-            apply(state, &msg, None, None, &[], &events, now).await?
+        // Device notifications: normalised once here, the rest only if the message is new.
+        Notification::Enrollment(d) | Notification::StatusReport(d) => match device_report(d) {
+            Ok(report) => {
+                let is_enrollment = matches!(n, Notification::Enrollment(_));
+                device(state, locks, &msg, is_enrollment, d, report, publish_ms, now).await?
+            }
+            Err(e) => return dead_letter(state, Some(msg.message_id.clone()), label, &e, body, now).await,
+        },
+        _ => {
+            let emissions = match n.emissions() {
+                Ok(out) => out,
+                Err(e) => return dead_letter(state, Some(msg.message_id.clone()), label, &e, body, now).await,
+            };
+            if let Notification::Command(op) = &n {
+                command(state, locks, &msg, op, emissions, now).await?
+            } else {
+                let events: Vec<Event> = emissions.into_iter().map(|em| event(state, &msg, em, None)).collect();
+                apply(state, &msg, None, None, &[], &events, now).await?
+            }
         }
     };
     if let Notification::Other { notification_type, .. } = &n {
@@ -137,12 +146,24 @@ pub(crate) async fn intake(
     Ok((handled, label))
 }
 
-/// An event for an emission, carrying the notification's decoded `data` as `raw`.
+/// An event for an emission, carrying the notification (the message's `data`) as `raw`.
 fn event(state: &AppState, msg: &PushMessage, em: Emission, command_id: Option<&str>) -> Event {
     let command_id = command_id.or(em.command_id.as_deref());
-    match &msg.data {
-        Some(raw) => state.events.with_raw(em.event_type, &em.device_id, command_id, em.data, "application/json", raw),
-        None => state.events.event(em.event_type, &em.device_id, command_id, em.data),
+    raw_event(state, msg, em.event_type, &em.device_id, command_id, em.data)
+}
+
+fn raw_event(
+    state: &AppState,
+    msg: &PushMessage,
+    event_type: EventType,
+    device: &DeviceId,
+    command_id: Option<&str>,
+    data: Json,
+) -> Event {
+    match &msg.data_b64 {
+        // Passed on as received: no decode-and-encode round.
+        Some(b64) => state.events.with_raw_b64(event_type, device, command_id, data, "application/json", b64.clone()),
+        None => state.events.event(event_type, device, command_id, data),
     }
 }
 
@@ -150,7 +171,7 @@ async fn apply(
     state: &AppState,
     msg: &PushMessage,
     ordering: Option<(&DeviceId, i64)>,
-    enrollment: Option<&Enrollment>,
+    enrollment: Option<EnrollmentWrite<'_>>,
     command_updates: &[CommandUpdate<'_>],
     events: &[Event],
     now: i64,
@@ -229,10 +250,17 @@ fn unix(t: Option<time::OffsetDateTime>) -> Option<i64> {
     t.map(time::OffsetDateTime::unix_timestamp)
 }
 
-/// The stored enrollment after `d`: `current` (if any) with the device's facts merged in.
-fn merged_enrollment(current: Option<Enrollment>, id: &DeviceId, d: &Device, enrolling: bool, now: i64) -> Enrollment {
-    let mut e = current.unwrap_or_else(|| Enrollment::new(id.clone(), now));
-    if d.is_deleted() {
+/// The stored enrollment after the report: `current` (if any) with the device's facts merged in.
+fn merged_enrollment(
+    current: Option<&Enrollment>,
+    id: &DeviceId,
+    d: &Device,
+    report: &DeviceReport,
+    enrolling: bool,
+    now: i64,
+) -> Enrollment {
+    let mut e = current.cloned().unwrap_or_else(|| Enrollment::new(id.clone(), now));
+    if report.deleted {
         e.state = EnrollmentState::Unenrolled;
     } else {
         if enrolling {
@@ -240,10 +268,12 @@ fn merged_enrollment(current: Option<Enrollment>, id: &DeviceId, d: &Device, enr
         }
         e.state = EnrollmentState::Enrolled;
     }
-    e.inventory.merge(&device_inventory(d));
-    if let Json::Object(data) = device_event_data(d) {
+    e.inventory.merge(&report.inventory);
+    if let Json::Object(data) = &report.data {
         for (from, to) in ATTRIBUTES {
-            if let Some(v) = data.get(from) {
+            if let Some(v) = data.get(from)
+                && e.attributes.get(to) != Some(v)
+            {
                 e.attributes.insert(to.to_owned(), v.clone());
             }
         }
@@ -258,34 +288,45 @@ async fn device(
     state: &AppState,
     locks: &DeviceLocks,
     msg: &PushMessage,
-    n: &Notification,
+    is_enrollment: bool,
     d: &Device,
-    emissions: Vec<Emission>,
+    report: DeviceReport,
     publish_ms: i64,
     now: i64,
 ) -> Result<Handled, StoreError> {
-    // A device notification always names its device (or it was dead-lettered).
-    let Some(id) = emissions.first().map(|e| e.device_id.clone()) else {
-        return apply(state, msg, None, None, &[], &[], now).await;
-    };
+    let id = report.device_id.clone();
     let _guard = locks.lock(&id).await;
-    let current = state.store.enrollment(&id).await?;
+    // One read: handled before?, the device's watermark, its enrollment. A redelivery stops
+    // here, without building events or touching the writer.
+    let view = state.store.pubsub_view(&msg.message_id, Some(&id)).await?;
+    if view.seen {
+        return Ok(Handled::Duplicate);
+    }
+    let ordering = Some((&id, publish_ms));
+    if view.watermark_ms.is_some_and(|newest| publish_ms < newest) {
+        // Stale: only the id is recorded (the store checks the watermark again as it writes).
+        let handled = apply(state, msg, ordering, None, &[], &[], now).await?;
+        if handled == Handled::Stale {
+            tracing::info!(device_id = %id, message_id = %msg.message_id, publish_time = %msg.publish_time, "Android device notification older than the newest applied one: not applied");
+        }
+        return Ok(handled);
+    }
+    let current = view.enrollment;
     let was_enrolled = current.as_ref().is_some_and(|e| e.state == EnrollmentState::Enrolled);
-    let is_enrollment = matches!(n, Notification::Enrollment(_));
     // A status report for a device not known as enrolled (enrolled before the gateway was
     // connected, or re-enrolled under the same name) enrolls it.
-    let inferred = !d.is_deleted() && !is_enrollment && !was_enrolled;
+    let inferred = !report.deleted && !is_enrollment && !was_enrolled;
     // The DELETED report of a device never stored (one the enrollment gate refused): nothing to
     // record but the message.
-    if d.is_deleted() && current.is_none() {
-        return apply(state, msg, Some((&id, publish_ms)), None, &[], &[], now).await;
+    if report.deleted && current.is_none() {
+        return apply(state, msg, ordering, None, &[], &[], now).await;
     }
     let mut corporate_identifier = None;
     let mut gate_ownership = None;
-    if (is_enrollment || inferred) && !was_enrolled && !d.is_deleted() {
+    if (is_enrollment || inferred) && !was_enrolled && !report.deleted {
         // The enrollment gate: a device that enrolled against the rules is not stored, is
         // removed through AMAPI (devices.delete with the reason) and reported.
-        let inv = device_inventory(d);
+        let inv = &report.inventory;
         let facts = EnrollmentFacts {
             platform: Some(Platform::Android),
             device_id: Some(id.clone()),
@@ -306,7 +347,7 @@ async fn device(
             }
             Ok(Err(denial)) => {
                 let event = enrollment_gate::denied_event(&state.events, &id, &facts, &denial);
-                let handled = apply(state, msg, Some((&id, publish_ms)), None, &[], &[event], now).await?;
+                let handled = apply(state, msg, ordering, None, &[], &[event], now).await?;
                 if handled == Handled::Applied {
                     remove_refused_device(state, d, &denial.message);
                 }
@@ -316,40 +357,35 @@ async fn device(
             Err(enrollment_gate::GateError::Store(e)) => return Err(e),
         }
     }
-    let mut enrollment = merged_enrollment(current, &id, d, is_enrollment || inferred, now);
+    let mut enrollment = merged_enrollment(current.as_ref(), &id, d, &report, is_enrollment || inferred, now);
     if let Some(o) = gate_ownership {
         enrollment.inventory.ownership = Some(o.as_str().into());
     }
+    // Only what changed is written (nothing, or only the report's columns, for most reports).
+    let write = EnrollmentWrite::diff(current.as_ref(), &enrollment);
 
-    let mut events = Vec::new();
+    // The notification's own event carries it as `raw`, once per message.
+    let mut events = Vec::with_capacity(3);
+    let has_inventory = !report.deleted && !report.inventory.is_empty();
+    let primary = if report.deleted {
+        EventType::DEVICE_UNENROLLED
+    } else if is_enrollment {
+        EventType::DEVICE_ENROLLED
+    } else {
+        EventType::DEVICE_STATUS_REPORT
+    };
     if inferred {
-        let mut data = device_event_data(d);
+        let mut data = report.data.clone();
         data["inferred_from"] = "STATUS_REPORT".into();
-        let em = Emission {
-            event_type: EventType::DEVICE_ENROLLED,
-            device_id: id.clone(),
-            command_id: None,
-            data,
-            inventory: None,
-        };
-        events.push(event(state, msg, em, None));
+        events.push(state.events.event(EventType::DEVICE_ENROLLED, &id, None, data));
     }
-    let mut has_inventory_event = false;
-    for em in emissions {
-        if em.event_type == EventType::DEVICE_INVENTORY {
-            // As on every platform: the whole inventory after the merge.
-            has_inventory_event = true;
-            let data = serde_json::to_value(&enrollment.inventory).unwrap_or_default();
-            events.push(state.events.event(EventType::DEVICE_INVENTORY, &id, None, data));
-        } else {
-            events.push(event(state, msg, em, None));
-        }
-    }
-    if is_enrollment && !d.is_deleted() && !has_inventory_event && !device_inventory(d).is_empty() {
+    events.push(raw_event(state, msg, primary, &id, None, report.data));
+    if has_inventory {
+        // As on every platform: the whole inventory after the merge.
         let data = serde_json::to_value(&enrollment.inventory).unwrap_or_default();
         events.push(state.events.event(EventType::DEVICE_INVENTORY, &id, None, data));
     }
-    let handled = apply(state, msg, Some((&id, publish_ms)), Some(&enrollment), &[], &events, now).await?;
+    let handled = apply(state, msg, ordering, write, &[], &events, now).await?;
     if handled == Handled::Applied
         && let Some((kind, identifier)) = &corporate_identifier
     {
