@@ -420,7 +420,8 @@ pub struct PubSubDelivery<'a> {
     pub enrollment: Option<EnrollmentWrite<'a>>,
     /// Conditional command changes (as [`Store::update_command`]) when applied.
     pub command_updates: &'a [CommandUpdate<'a>],
-    /// Appended when applied.
+    /// Appended when applied, and only if every command update applied (a command resolved
+    /// meanwhile gets no second result event; the message still counts as applied).
     pub events: &'a [Event],
 }
 

@@ -1489,10 +1489,12 @@ impl Store for PostgresStore {
             }
             None => {}
         }
+        // A command resolved meanwhile (reconcile, expiry) gets no second result event.
+        let mut resolved = true;
         for u in d.command_updates {
-            exec_update(&mut tx, u).await?;
+            resolved &= exec_update(&mut tx, u).await? > 0;
         }
-        let appended = append_events(&mut tx, &events).await?;
+        let appended = resolved && append_events(&mut tx, &events).await?;
         self.commit(tx, appended).await?;
         Ok(PubSubOutcome::Applied)
     }

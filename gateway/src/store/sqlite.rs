@@ -1991,8 +1991,13 @@ impl Store for SqliteStore {
                 }
                 None => {}
             }
+            // A command resolved meanwhile (reconcile, expiry) gets no second result event.
+            let mut resolved = true;
             for u in &updates {
-                exec_update(tx, u)?;
+                resolved &= exec_update(tx, u)? > 0;
+            }
+            if !resolved {
+                return Ok((PubSubOutcome::Applied, false));
             }
             insert_events(tx, &events)?;
             Ok((PubSubOutcome::Applied, !events.is_empty()))

@@ -1453,6 +1453,13 @@ pub async fn pubsub_applies_command_updates(store: &dyn Store) {
     assert_eq!(store.apply_pubsub(d2).await.expect("apply"), PubSubOutcome::Applied);
     let c1 = store.command_for_device(&d, "c1").await.expect("read").expect("c1");
     assert_eq!((c1.status, c1.result, c1.updated_at), (CommandStatus::Acknowledged, Some(json!({ "done": true })), 50));
+    // Events only with an update that applied: `ev-a` (c1 was not sent yet) is not logged.
+    assert_eq!(event_ids(store).await, ["ev-b"]);
+    // c1 is final now: a later result for it changes nothing and logs nothing.
+    let ev = [event("ev-c", &d, EventType::COMMAND_ACKNOWLEDGED, Some("c1"))];
+    let d4 = PubSubDelivery { command_updates: &updates, ..delivery("m4", Some((&d, 4)), None, &ev) };
+    assert_eq!(store.apply_pubsub(d4).await.expect("apply"), PubSubOutcome::Applied);
+    assert_eq!(event_ids(store).await, ["ev-b"]);
     // A stale message's updates are not applied.
     let err = [update(&d, "c2", &queued, CommandStatus::Error, 60)];
     let d3 = PubSubDelivery { command_updates: &err, ..delivery("m3", Some((&d, 1)), None, &[]) };
