@@ -12,7 +12,15 @@
 //! device id), so reading the stored enrollment, merging and writing it back never interleave;
 //! between instances, the store's watermark keeps the newest state.
 //!
+//! Work is done only when it can matter: a device notification is normalised once
+//! ([`device_report`]), then one read ([`Store::pubsub_view`]) says whether the message was
+//! handled before (answered at once), whether it is older than the device's newest (recorded as
+//! stale, nothing built) and what the stored enrollment is; the enrollment is written only as far
+//! as the merge changed it ([`EnrollmentWrite::diff`]); the notification goes into the events as
+//! `raw` once per message, in the base64 it arrived in.
+//!
 //! [`Store::apply_pubsub`]: crate::store::Store::apply_pubsub
+//! [`Store::pubsub_view`]: crate::store::Store::pubsub_view
 
 use std::hash::{Hash, Hasher};
 
