@@ -102,6 +102,7 @@ macro_rules! store_suite {
             android_signup_completes_once,
             pubsub_view_reads_what_intake_needs,
             pubsub_report_writes_only_its_columns,
+            event_batches_keep_their_order,
         );
 
         #[tokio::test]
@@ -1859,4 +1860,19 @@ pub async fn pubsub_report_writes_only_its_columns(store: &dyn Store) {
     };
     assert_eq!(store.apply_pubsub(full).await.expect("apply"), PubSubOutcome::Applied);
     assert_eq!(store.enrollment(&gone).await.expect("read"), Some(missing));
+}
+
+/// Batches of every size up to a few multi-row inserts keep their order and content.
+pub async fn event_batches_keep_their_order(store: &dyn Store) {
+    let d = id("android:LC01:batch");
+    let mut expected = Vec::new();
+    for n in [1usize, 2, 3, 4, 5, 9] {
+        let batch: Vec<Event> =
+            (0..n).map(|i| event(&format!("b{n}-{i}"), &d, EventType::DEVICE_STATUS_REPORT, None)).collect();
+        store.append_events(&batch).await.expect("append");
+        expected.extend(batch.iter().map(|e| e.id.clone()));
+    }
+    assert_eq!(event_ids(store).await, expected);
+    let logged = store.events_after(0, 100).await.expect("read");
+    assert!(logged.windows(2).all(|w| w[0].seq < w[1].seq));
 }
