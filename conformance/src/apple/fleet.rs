@@ -149,6 +149,9 @@ pub struct FleetConfig {
     pub udid_prefix: String,
     /// Also enroll one user channel per device (TokenUpdate with a UserID).
     pub user_channel: bool,
+    /// Several instances of the gateway behind an ideal balancer: device `i` talks to
+    /// `instance_urls[i % len]`. Empty: every device talks to `gateway_url`.
+    pub instance_urls: Vec<String>,
 }
 
 impl FleetConfig {
@@ -168,6 +171,7 @@ impl FleetConfig {
             seed: 1,
             udid_prefix: "EMU".into(),
             user_channel: false,
+            instance_urls: Vec::new(),
         }
     }
 }
@@ -449,14 +453,12 @@ impl Fleet {
             by_token.insert(hex::encode(fleet_token(udid)), i);
             let device = OnceLock::new();
             if let Some((key, cert)) = identities[i].take() {
-                let device_value = AppleDevice::with_client(
-                    udid,
-                    key,
-                    cert,
-                    IdentityMode::SignMessages,
-                    &config.gateway_url,
-                    client.clone(),
-                );
+                let url = match config.instance_urls.len() {
+                    0 => &config.gateway_url,
+                    n => &config.instance_urls[i % n],
+                };
+                let device_value =
+                    AppleDevice::with_client(udid, key, cert, IdentityMode::SignMessages, url, client.clone());
                 let _ = device.set(fleet_device(device_value));
             }
             let user = config.user_channel.then(|| UserChannel {

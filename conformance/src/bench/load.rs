@@ -33,7 +33,9 @@ pub struct Prepared {
 
 #[derive(Debug, Clone)]
 pub struct LoadSpec {
-    pub addr: SocketAddr,
+    /// Servers to load; connection `k` goes to `addrs[k % len]` (several instances of one
+    /// service behind an ideal round-robin balancer).
+    pub addrs: Vec<SocketAddr>,
     /// TLS server name (and Host header).
     pub server_name: String,
     /// One config shared by all connections, or one per device (`tls[k % len]` for connection
@@ -90,7 +92,7 @@ struct TaskOut {
 }
 
 async fn connect(spec: &LoadSpec, k: usize) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, String> {
-    let tcp = TcpStream::connect(spec.addr).await.map_err(|e| format!("connect: {e}"))?;
+    let tcp = TcpStream::connect(spec.addrs[k % spec.addrs.len()]).await.map_err(|e| format!("connect: {e}"))?;
     let _ = tcp.set_nodelay(true);
     let name = ServerName::try_from(spec.server_name.clone()).map_err(|e| format!("server name: {e}"))?;
     let config = spec.tls[k % spec.tls.len()].clone();
@@ -105,7 +107,8 @@ async fn connect(spec: &LoadSpec, k: usize) -> Result<hyper::client::conn::http1
 
 async fn worker(spec: Arc<LoadSpec>, k: usize, measure_from: Instant, end: Instant, issued: Arc<AtomicU64>) -> TaskOut {
     let mut out = TaskOut { latencies: Vec::with_capacity(4096), ..TaskOut::default() };
-    let host = HeaderValue::from_str(&format!("{}:{}", spec.server_name, spec.addr.port())).expect("ASCII host");
+    let port = spec.addrs[k % spec.addrs.len()].port();
+    let host = HeaderValue::from_str(&format!("{}:{port}", spec.server_name)).expect("ASCII host");
     let n = spec.requests.len().max(1);
     let mut next = k % n;
     let mut sender = None;
@@ -181,8 +184,10 @@ async fn worker(spec: Arc<LoadSpec>, k: usize, measure_from: Instant, end: Insta
     out
 }
 
-/// Runs the load; `server_pid` is sampled at the start and end of the measured window.
-pub async fn run(spec: LoadSpec, server_pid: Option<u32>) -> LoadResult {
+/// Runs the load; the `server_pids` are sampled at the start and end of the measured window
+/// (CPU summed over them, memory the largest of them).
+pub async fn run(spec: LoadSpec, server_pids: &[u32]) -> LoadResult {
+    assert!(!spec.addrs.is_empty(), "a load needs at least one server address");
     let spec = Arc::new(spec);
     let start = Instant::now();
     let measure_from = start + spec.warmup;
@@ -193,7 +198,7 @@ pub async fn run(spec: LoadSpec, server_pid: Option<u32>) -> LoadResult {
         tasks.spawn(worker(spec.clone(), k, measure_from, end, issued.clone()));
     }
     tokio::time::sleep_until(measure_from).await;
-    let server_before = server_pid.and_then(proc::sample);
+    let server_before = sample_all(server_pids);
     let client_before = proc::sample_self().unwrap_or_default();
     let mut outs = Vec::new();
     while let Some(r) = tasks.join_next().await {
@@ -201,7 +206,7 @@ pub async fn run(spec: LoadSpec, server_pid: Option<u32>) -> LoadResult {
             outs.push(o);
         }
     }
-    let server_after: Option<ProcSample> = server_pid.and_then(proc::sample);
+    let server_after = sample_all(server_pids);
     let client_after = proc::sample_self().unwrap_or_default();
     let last = outs.iter().filter_map(|o| o.last_done).max().unwrap_or(measure_from);
     let seconds = (last.min(end) - measure_from).as_secs_f64().max(1e-9);
@@ -229,4 +234,16 @@ pub async fn run(spec: LoadSpec, server_pid: Option<u32>) -> LoadResult {
         server_rss_kib: server_after.map(|s| s.rss_kib),
         client_cpu_seconds: client_after.cpu_seconds - client_before.cpu_seconds,
     }
+}
+
+/// CPU seconds summed over `pids`, peak and current RSS the largest; `None` when any cannot be
+/// read (or there are none).
+fn sample_all(pids: &[u32]) -> Option<ProcSample> {
+    let samples: Option<Vec<ProcSample>> = pids.iter().map(|&p| proc::sample(p)).collect();
+    let samples = samples.filter(|s| !s.is_empty())?;
+    Some(ProcSample {
+        cpu_seconds: samples.iter().map(|s| s.cpu_seconds).sum(),
+        rss_kib: samples.iter().map(|s| s.rss_kib).max().unwrap_or(0),
+        peak_rss_kib: samples.iter().map(|s| s.peak_rss_kib).max().unwrap_or(0),
+    })
 }

@@ -10,12 +10,15 @@
 //! - [`push`]: an in-process APNs emulator for the gateway child, and `GET /v1/push` batches
 //!   through the gateway's APNs pool.
 //! - [`android`]: Pub/Sub push deliveries of AMAPI notifications.
+//! - [`cluster`]: the Apple load on SQLite, on PostgreSQL, and on several instances sharing
+//!   one PostgreSQL.
 //! - [`windows`]: Windows enrollment requests (MS-WSTEP) and three-message OMA-DM sessions over
 //!   mutual TLS.
 
 pub mod android;
 pub mod ceiling;
 pub mod child;
+pub mod cluster;
 pub mod load;
 pub mod proc;
 pub mod push;

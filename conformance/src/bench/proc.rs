@@ -41,3 +41,17 @@ pub fn sample(pid: u32) -> Option<ProcSample> {
 pub fn sample_self() -> Option<ProcSample> {
     sample(std::process::id())
 }
+
+/// CPU seconds used so far by every live process whose command name is `comm` (e.g. all of
+/// PostgreSQL's `postgres` processes: the server and one backend per connection). The difference
+/// of two readings is their CPU in between, provided no process of that name ended meanwhile
+/// (a pooled database connection lives as long as the pool).
+pub fn cpu_seconds_of_named(comm: &str) -> f64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return 0.0 };
+    dir.filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()))
+        .filter(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim_end() == comm))
+        .filter_map(sample)
+        .map(|s| s.cpu_seconds)
+        .sum()
+}

@@ -9,6 +9,7 @@
 //! target/release/mdm-bench push --devices 10000 --batch 100 --concurrency 8 --duration 10s
 //! target/release/mdm-bench windows --duration 10s
 //! target/release/mdm-bench android --pushes 100000 --duration 10s
+//! target/release/mdm-bench cluster --postgres postgres://mdm:mdm@127.0.0.1/mdm_test
 //! ```
 
 use std::net::SocketAddr;
@@ -23,6 +24,7 @@ use http::HeaderValue;
 use mdm_conformance::apple::fleet::{self, ApiClient, Fleet, FleetConfig, Issuer};
 use mdm_conformance::apple::{AppleDevice, IdentityMode};
 use mdm_conformance::bench::child::{self, ChildServer, GatewayChild};
+use mdm_conformance::bench::cluster;
 use mdm_conformance::bench::load::{self, LoadResult, LoadSpec, Prepared};
 use mdm_conformance::bench::push::{self as push_bench, EmulatedApns, PushResult, PushSpec};
 use mdm_conformance::bench::roundtrip::{self, RoundtripResult, RoundtripSpec, Waker};
@@ -53,6 +55,9 @@ enum Cmd {
     /// Android: Pub/Sub push deliveries of AMAPI STATUS_REPORTs ingested durably (with
     /// deduplication and per-device ordering), against the bare hyper + rustls ceiling.
     Android(AndroidArgs),
+    /// Apple check-ins and command round trips on SQLite, on PostgreSQL, and on two instances
+    /// sharing one PostgreSQL, one after the other in one run.
+    Cluster(ClusterArgs),
     /// Write enrolled devices into a stopped gateway's data directory.
     Seed(SeedArgs),
     /// (internal) The ceiling server, run as a child process.
@@ -259,6 +264,46 @@ struct WindowsArgs {
     /// the client's RSA signature per handshake costs the load generator ~1 ms of CPU).
     #[arg(long, value_enum, default_value_t = DeviceKey::P256)]
     device_key: DeviceKey,
+}
+
+#[derive(Debug, Args)]
+struct ClusterArgs {
+    #[command(flatten)]
+    common: Common,
+    /// PostgreSQL server URL; its role must be allowed to create schemas (each setup runs on a
+    /// new schema, dropped at the end).
+    #[arg(long, env = "MDM_BENCH_POSTGRES_URL")]
+    postgres: Option<String>,
+    /// Setups in the order run, `store:instances`; ratios are to the first.
+    #[arg(long, value_delimiter = ',', default_value = "sqlite:1,postgres:1,postgres:2", value_parser = cluster::Setup::parse)]
+    setups: Vec<cluster::Setup>,
+    /// Devices enrolled over the wire in each setup; all of them check in and take commands.
+    #[arg(long, default_value_t = 500)]
+    devices: usize,
+    /// Concurrent TLS connections for the check-ins, spread over the instances.
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    #[arg(long, value_parser = parse_duration, default_value = "2s")]
+    warmup: Duration,
+    /// Measured check-in time per setup.
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    duration: Duration,
+    /// Command round trips per second.
+    #[arg(long, default_value_t = 500.0)]
+    rate: f64,
+    /// Sending time of the round trips per setup.
+    #[arg(long, value_parser = parse_duration, default_value = "8s")]
+    roundtrip_duration: Duration,
+}
+
+#[derive(Debug, Serialize)]
+struct ClusterReport {
+    scenario: &'static str,
+    machine: Machine,
+    devices: usize,
+    connections: usize,
+    rate: f64,
+    setups: Vec<cluster::SetupResult>,
 }
 
 #[derive(Debug, Args)]
@@ -492,7 +537,7 @@ fn distinct_signatures(devices: &[AppleDevice], first: Vec<Prepared>, k: usize) 
     Ok(all)
 }
 
-fn spec(addr: SocketAddr, ca_pem: &[u8], a: &IdleArgs, devices: &Devices) -> Result<LoadSpec, String> {
+fn spec(addrs: &[SocketAddr], ca_pem: &[u8], a: &IdleArgs, devices: &Devices) -> Result<LoadSpec, String> {
     let tls = if devices.identities.is_empty() {
         vec![client_config(ca_pem, &[b"http/1.1"])?]
     } else {
@@ -503,7 +548,7 @@ fn spec(addr: SocketAddr, ca_pem: &[u8], a: &IdleArgs, devices: &Devices) -> Res
             .collect::<Result<_, _>>()?
     };
     Ok(LoadSpec {
-        addr,
+        addrs: addrs.to_vec(),
         server_name: "localhost".into(),
         tls,
         connections: a.connections,
@@ -525,7 +570,7 @@ async fn ceiling_load(
 ) -> Result<LoadResult, String> {
     let (mut server, addr) = start_ceiling(w, data_dir).await?;
     let r = match spec(addr) {
-        Ok(spec) => load::run(spec, Some(server.pid)).await,
+        Ok(spec) => load::run(spec, &[server.pid]).await,
         Err(e) => {
             server.stop(Duration::from_secs(5)).ok();
             return Err(e);
@@ -651,7 +696,7 @@ async fn idle(a: IdleArgs) -> Result<bool, String> {
 
         if idx == 0 && !a.no_ceiling {
             eprintln!("[ceiling] bare hyper + rustls server, {} connections, {:?}", a.connections, a.duration);
-            let r = ceiling_load(&w, &data_dir, |addr| spec(addr, &ca_pem, &a, &devices)).await?;
+            let r = ceiling_load(&w, &data_dir, |addr| spec(&[addr], &ca_pem, &a, &devices)).await?;
             eprintln!("[ceiling] {:.0} requests/s", r.requests_per_second);
             report.ceiling = Some(r);
         }
@@ -659,7 +704,7 @@ async fn idle(a: IdleArgs) -> Result<bool, String> {
         eprintln!("[{enrolled} enrolled] gateway, {} connections, {:?}", a.connections, a.duration);
         let mut g = GatewayChild::start(&w.gateway_bin, &data_dir, a.common.gateway_config.as_deref()).await?;
         let rss_idle_kib = g.server.sample().map(|s| s.rss_kib).unwrap_or(0);
-        let r = load::run(spec(g.device_addr, &ca_pem, &a, &devices)?, Some(g.server.pid)).await;
+        let r = load::run(spec(&[g.device_addr], &ca_pem, &a, &devices)?, &[g.server.pid]).await;
         g.stop()?;
         eprintln!("[{enrolled} enrolled] {:.0} requests/s", r.requests_per_second);
         if r.requests == 0 || r.non_200 > 0 {
@@ -1208,7 +1253,7 @@ async fn android(a: AndroidArgs) -> Result<bool, String> {
     let path = format!("{}?token={}", android_bench::PUSH_PATH, token.trim());
     let spec = |addr: SocketAddr| -> Result<LoadSpec, String> {
         Ok(LoadSpec {
-            addr,
+            addrs: vec![addr],
             server_name: "localhost".into(),
             tls: vec![client_config(&ca_pem, &[b"http/1.1"])?],
             connections: a.connections,
@@ -1230,7 +1275,7 @@ async fn android(a: AndroidArgs) -> Result<bool, String> {
     }
     eprintln!("[android] gateway, {} connections, {:?}", a.connections, a.duration);
     let mut g = GatewayChild::start(&w.gateway_bin, &data_dir, a.common.gateway_config.as_deref()).await?;
-    let r = load::run(spec(g.device_addr)?, Some(g.server.pid)).await;
+    let r = load::run(spec(g.device_addr)?, &[g.server.pid]).await;
     eprintln!("[android] gateway {:.0} pushes/s", r.requests_per_second);
     let db = data_dir.join("gateway.db");
     // Counted before any duplicate pass, so they describe the first pass alone.
@@ -1244,7 +1289,7 @@ async fn android(a: AndroidArgs) -> Result<bool, String> {
         let taken = android_bench::handled_indices(&db, &run)?;
         let again: Vec<Prepared> = taken.iter().filter_map(|&k| pushes.get(k).cloned()).collect();
         eprintln!("[android] gateway, the {} pushes it took, again (duplicates)", again.len());
-        let d = load::run(LoadSpec { requests: Arc::new(again), ..spec(g.device_addr)? }, Some(g.server.pid)).await;
+        let d = load::run(LoadSpec { requests: Arc::new(again), ..spec(g.device_addr)? }, &[g.server.pid]).await;
         eprintln!("[android] gateway {:.0} duplicate pushes/s", d.requests_per_second);
         events_after_duplicates = Some(win_bench::count(&db, "SELECT COUNT(*) FROM events")?);
         duplicates = Some(d);
@@ -1334,7 +1379,7 @@ async fn windows_enroll(w: &Work, a: &WindowsArgs) -> Result<(WindowsEnrollRepor
     let requests = Arc::new(requests);
     let spec = |addr: SocketAddr| -> Result<LoadSpec, String> {
         Ok(LoadSpec {
-            addr,
+            addrs: vec![addr],
             server_name: "localhost".into(),
             tls: vec![client_config(&ca_pem, &[b"http/1.1"])?],
             connections: a.connections,
@@ -1356,7 +1401,7 @@ async fn windows_enroll(w: &Work, a: &WindowsArgs) -> Result<(WindowsEnrollRepor
     }
     eprintln!("[enroll] gateway, {} connections, {:?}", a.connections, a.duration);
     let mut g = GatewayChild::start(&w.gateway_bin, &data_dir, a.common.gateway_config.as_deref()).await?;
-    let r = load::run(spec(g.device_addr)?, Some(g.server.pid)).await;
+    let r = load::run(spec(g.device_addr)?, &[g.server.pid]).await;
     g.stop()?;
     eprintln!("[enroll] gateway {:.0} enrollments/s", r.requests_per_second);
     let db = data_dir.join("gateway.db");
@@ -1522,6 +1567,87 @@ async fn windows_sessions(w: &Work, a: &WindowsArgs) -> Result<(WindowsSessionsR
     ))
 }
 
+async fn cluster_cmd(a: ClusterArgs) -> Result<bool, String> {
+    let w = work(&a.common)?;
+    let spec = cluster::ClusterSpec {
+        gateway_bin: w.gateway_bin.clone(),
+        work_dir: w.dir.clone(),
+        postgres_url: a.postgres.clone(),
+        setups: a.setups.clone(),
+        devices: a.devices,
+        connections: a.connections,
+        warmup: a.warmup,
+        duration: a.duration,
+        rate: a.rate,
+        roundtrip_duration: a.roundtrip_duration,
+    };
+    let setups = cluster::run(&spec).await?;
+    println!();
+    println!(
+        "mdm-bench cluster: {} devices enrolled over the wire per setup; check-ins over {} connections for {:.0} s; round trips at {:.0}/s for {:.0} s",
+        a.devices,
+        a.connections,
+        a.duration.as_secs_f64(),
+        a.rate,
+        a.roundtrip_duration.as_secs_f64()
+    );
+    println!(
+        "{:<11} {:>10} {:>8} {:>8} {:>10} {:>10} {:>7} | {:>8} {:>8} {:>8} {:>5} {:>10} {:>10} {:>7}",
+        "setup",
+        "checkin/s",
+        "p50 ms",
+        "p99 ms",
+        "gw µs/req",
+        "db µs/req",
+        "ratio",
+        "rt/s",
+        "p50 ms",
+        "p99 ms",
+        "lost",
+        "gw µs/rt",
+        "db µs/rt",
+        "ratio"
+    );
+    let per = |cpu: Option<f64>, n: u64| {
+        cpu.filter(|_| n > 0).map_or("-".to_owned(), |c| format!("{:.0}", c * 1e6 / n as f64))
+    };
+    let mut ok = true;
+    for s in &setups {
+        let c = &s.checkins;
+        let r = &s.roundtrip;
+        println!(
+            "{:<11} {:>10.0} {:>8.2} {:>8.2} {:>10} {:>10} {:>6.0}% | {:>8.0} {:>8.2} {:>8.2} {:>5} {:>10} {:>10} {:>6.0}%",
+            s.setup.name(),
+            c.requests_per_second,
+            c.latency.p50_ms,
+            c.latency.p99_ms,
+            per(c.server_cpu_seconds, c.requests),
+            per(s.checkins_db_cpu_seconds, c.requests),
+            s.checkins_ratio_to_first * 100.0,
+            r.achieved_rate,
+            r.latency.p50_ms,
+            r.latency.p99_ms,
+            r.lost,
+            per(s.roundtrip_gateway_cpu_seconds, r.completed),
+            per(s.roundtrip_db_cpu_seconds, r.completed),
+            s.roundtrip_ratio_to_first * 100.0,
+        );
+        ok &= c.requests > 0 && c.non_200 == 0 && c.errors == 0 && r.completed > 0 && r.lost == 0 && r.post_errors == 0;
+    }
+    write_json(
+        &a.common,
+        &ClusterReport {
+            scenario: "cluster",
+            machine: machine(),
+            devices: a.devices,
+            connections: a.connections,
+            rate: a.rate,
+            setups,
+        },
+    )?;
+    Ok(ok)
+}
+
 async fn seed_cmd(a: SeedArgs) -> Result<bool, String> {
     let s = seed::seed(&a.data_dir.join("gateway.db"), a.devices, &[], unix_now(), a.seed).await?;
     println!(
@@ -1567,6 +1693,7 @@ fn main() -> ExitCode {
             Cmd::Push(a) => push(a).await,
             Cmd::Windows(a) => windows(a).await,
             Cmd::Android(a) => android(a).await,
+            Cmd::Cluster(a) => cluster_cmd(a).await,
             Cmd::Seed(a) => seed_cmd(a).await,
             Cmd::CeilingServer(a) => ceiling_server(a).await,
         }
