@@ -110,7 +110,7 @@ pub(super) fn apply(device: &mut Value, policy: &Value, settings: &PolicySetting
     let name = device["name"].as_str().unwrap_or_default().to_owned();
     let details: Vec<&NonCompliance> = settings.non_compliance.iter().filter(|r| r.applies(&name, p)).collect();
     let failing_apps: Vec<&str> = details.iter().filter_map(|r| r.package_name.as_deref()).collect();
-    let reports_on = p["statusReportingSettings"]["applicationReportsEnabled"] == true;
+    let reports_on = p.get("statusReportingSettings").is_some_and(|r| r["applicationReportsEnabled"] == true);
     let Some(d) = device.as_object_mut() else { return };
     d.insert("appliedPolicyName".into(), p.get("name").cloned().unwrap_or(Value::Null));
     d.insert("appliedPolicyVersion".into(), p.get("version").cloned().unwrap_or_else(|| "0".into()));
