@@ -86,6 +86,84 @@ async fn apple_settings_apps_and_app_config_with_placeholders() {
     let (_, status) = h.get(&format!("/v1/commands/{}", handled[2].0)).await;
     assert_eq!(status["status"], "acknowledged", "{status}");
     assert_eq!(status["command"]["config"]["device"], "{{DeviceId}}");
+
+    // The device carried the commands out: the profile is installed with the settings' values,
+    // the app is managed, its configuration is the filled-in one.
+    let installed = dev.profile(mdm_apple::SETTINGS_PROFILE_IDENTIFIER).expect("settings profile installed");
+    assert_eq!(installed, profile);
+    let state = dev.managed_state();
+    assert_eq!(state.apps["com.example.mail"].status, "Managed");
+    assert_eq!(state.app_configs["com.example.app"]["device"].as_string(), Some(id.as_str()));
+
+    // A second set_settings replaces the profile (same identifier): settings left out go.
+    let (code, body) = h
+        .post(
+            "/v1/commands",
+            &json!({ "device_id": id, "command": { "type": "set_settings", "settings": { "camera_disabled": false } } }),
+        )
+        .await;
+    assert_eq!(code, 202, "{body}");
+    // And the device's own answers, read back through the gateway.
+    let mut queries = Vec::new();
+    for payload in [
+        json!({ "RequestType": "ProfileList" }),
+        json!({ "RequestType": "ManagedApplicationList" }),
+        json!({ "RequestType": "ManagedApplicationConfiguration", "Identifiers": ["com.example.app", "com.example.mail"] }),
+    ] {
+        let (code, body) = h
+            .post(
+                "/v1/commands",
+                &json!({ "device_id": id, "command": { "type": "raw", "platform": "apple", "payload": payload } }),
+            )
+            .await;
+        assert_eq!(code, 202, "{body}");
+        queries.push(body["command_id"].as_str().expect("id").to_owned());
+    }
+    let handled = dev.session(|_| "Acknowledged").await.expect("session");
+    let statuses: Vec<&str> = handled.iter().map(|(_, _, s)| s.as_str()).collect();
+    assert_eq!(statuses, ["Acknowledged"; 4]);
+    let replaced = dev.profile(mdm_apple::SETTINGS_PROFILE_IDENTIFIER).expect("profile");
+    let payloads = replaced["PayloadContent"].as_array().expect("payloads");
+    assert_eq!(payloads.len(), 1, "{payloads:?}");
+    assert_eq!(payloads[0].as_dictionary().expect("payload")["allowCamera"], Value::Boolean(true));
+    let result = |i: usize| {
+        let id = queries[i].clone();
+        let h = &h;
+        async move {
+            let (_, c) = h.get(&format!("/v1/commands/{id}")).await;
+            assert_eq!(c["status"], "acknowledged", "{c}");
+            c["result"]["payload"].clone()
+        }
+    };
+    let list = result(0).await;
+    assert_eq!(list["ProfileList"][0]["PayloadIdentifier"], mdm_apple::SETTINGS_PROFILE_IDENTIFIER, "{list}");
+    assert_eq!(list["ProfileList"][0]["PayloadContent"][0]["PayloadType"], "com.apple.applicationaccess", "{list}");
+    let apps = result(1).await;
+    assert_eq!(apps["ManagedApplicationList"]["com.example.mail"]["Status"], "Managed", "{apps}");
+    assert_eq!(apps["ManagedApplicationList"]["com.example.mail"]["HasConfiguration"], true, "{apps}");
+    let configs = result(2).await;
+    let configs = configs["ApplicationConfigurations"].as_array().expect("configurations").clone();
+    assert_eq!(configs.len(), 2, "{configs:?}");
+    assert_eq!(configs[0]["Identifier"], "com.example.app");
+    assert_eq!(configs[0]["Configuration"]["device"], id);
+    assert_eq!(configs[1]["Configuration"]["account"], format!("{}@example.com", dev.serial));
+
+    // A profile the device cannot read is refused with its error, recorded as the command's.
+    let junk = json!({ "RequestType": "InstallProfile", "Payload": { "$data": "bm90IGEgcGxpc3Q=" } });
+    let (code, body) = h
+        .post(
+            "/v1/commands",
+            &json!({ "device_id": id, "command": { "type": "raw", "platform": "apple", "payload": junk } }),
+        )
+        .await;
+    assert_eq!(code, 202, "{body}");
+    let bad = body["command_id"].as_str().expect("id").to_owned();
+    let handled = dev.session(|_| "Acknowledged").await.expect("session");
+    assert_eq!(handled[0].2, "Error");
+    let (_, c) = h.get(&format!("/v1/commands/{bad}")).await;
+    assert_eq!(c["status"], "error", "{c}");
+    assert_eq!(c["error"]["error_chain"][0]["error_domain"], "MCProfileErrorDomain", "{c}");
+    assert_eq!(dev.managed_state().profiles.len(), 1, "the installed profile is untouched");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
