@@ -224,5 +224,41 @@ async fn windows_settings_and_app_installs_reach_the_device() {
         let (_, c) = h.get(&format!("/v1/commands/{cid}")).await;
         assert_eq!(c["status"], "acknowledged", "{c}");
     }
+    // The installs' job data reached the device, and the apps report themselves installed.
+    let jobs = device.executed_with_data();
+    assert!(jobs[0].1.contains(r#"<Application id="9WZDNCRFJ3PZ""#), "{jobs:?}");
+    assert!(jobs[1].1.contains("https://apps.example.com/7z.msi"), "{jobs:?}");
+    let store_status = "./Device/Vendor/MSFT/EnterpriseModernAppManagement/AppInstallation/Microsoft.CompanyPortal_8wekyb3d8bbwe/Status";
+    let msi_status =
+        "./Device/Vendor/MSFT/EnterpriseDesktopAppManagement/MSI/{23170F69-40C1-2702-1900-000001000000}/Status";
+    assert_eq!(device.node(store_status).as_deref(), Some("3"));
+    assert_eq!(device.node(msi_status).as_deref(), Some("70"));
+
+    // Read back over the wire: a Get of the written nodes answers the values set_settings wrote.
+    let gets: String = [nodes::MIN_DEVICE_PASSWORD_LENGTH, nodes::ALLOW_CAMERA, msi_status]
+        .iter()
+        .enumerate()
+        .map(|(n, uri)| {
+            format!("<Get><CmdID>{}</CmdID><Item><Target><LocURI>{uri}</LocURI></Target></Item></Get>", n + 1)
+        })
+        .collect();
+    let (code, body) = h
+        .post(
+            "/v1/commands",
+            &json!({ "device_id": id, "command": { "type": "raw", "platform": "windows", "payload": gets } }),
+        )
+        .await;
+    assert_eq!(code, 202, "{body}");
+    let get = body["command_id"].as_str().expect("id").to_owned();
+    device.session().await.expect("session");
+    let (_, c) = h.get(&format!("/v1/commands/{get}")).await;
+    assert_eq!(c["status"], "acknowledged", "{c}");
+    let read: Vec<(&str, &str)> = c["result"]["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .map(|r| (r["uri"].as_str().unwrap_or_default(), r["data"].as_str().unwrap_or_default()))
+        .collect();
+    assert_eq!(read, [(nodes::MIN_DEVICE_PASSWORD_LENGTH, "8"), (nodes::ALLOW_CAMERA, "0"), (msi_status, "70")]);
     h.stop().await;
 }
