@@ -41,11 +41,16 @@ async fn apple_settings_apps_and_app_config_with_placeholders() {
             "invalid_command",
         ),
         (json!({ "type": "set_settings", "settings": {} }), "invalid_command"),
+        // A setting Apple cannot express: refused, naming the key.
+        (json!({ "type": "set_settings", "settings": { "extra": { "vendor_x": 1 } } }), "invalid_command"),
         (json!({ "type": "raw", "platform": "windows", "payload": "<Get/>" }), "invalid_command"),
     ] {
         let (status, body) = h.post("/v1/commands", &json!({ "device_id": id, "command": command })).await;
         assert_eq!(status, 422, "{command}: {body}");
         assert_eq!(body["error"]["code"], code, "{command}: {body}");
+        if command["settings"]["extra"].is_object() {
+            assert!(body["error"]["message"].as_str().unwrap_or_default().contains("vendor_x"), "{body}");
+        }
     }
     assert_eq!(count(&h.events().await, "command.queued"), queued_before, "refusals queue nothing");
 
@@ -185,21 +190,16 @@ async fn windows_settings_and_app_installs_reach_the_device() {
         assert_eq!(code, 202, "{command}: {body}");
         ids.push(body["command_id"].as_str().expect("id").to_owned());
     }
-    for (command, code) in [
-        (json!({ "type": "app_config", "app": "x", "config": {} }), "unsupported_on_platform"),
-        (json!({ "type": "install_app", "app": "com.example.app" }), "invalid_command"),
+    for (command, code, needle) in [
+        (json!({ "type": "app_config", "app": "x", "config": {} }), "unsupported_on_platform", "windows"),
+        (json!({ "type": "install_app", "app": "com.example.app" }), "invalid_command", "app"),
+        // A setting Windows cannot express: refused, naming the key.
+        (json!({ "type": "set_settings", "settings": { "extra": { "vendor_x": 1 } } }), "invalid_command", "vendor_x"),
     ] {
         let (status, body) = h.post("/v1/commands", &json!({ "device_id": id, "command": command })).await;
         assert_eq!(status, 422, "{command}: {body}");
         assert_eq!(body["error"]["code"], code, "{command}: {body}");
-        assert!(
-            body["error"]["message"].as_str().unwrap_or_default().contains(if code == "unsupported_on_platform" {
-                "windows"
-            } else {
-                "app"
-            }),
-            "{body}"
-        );
+        assert!(body["error"]["message"].as_str().unwrap_or_default().contains(needle), "{body}");
     }
 
     device.session().await.expect("session");
