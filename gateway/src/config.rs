@@ -491,6 +491,19 @@ impl Config {
         Ok(config)
     }
 
+    /// The enrollment gate's rules with the deprecated `windows.max_devices_per_user` folded in:
+    /// when above 0 it lowers `device_limit_per_user` to it (the smaller of the two wins). The
+    /// gate is the only per-user limit; the old key counted Windows devices only, the gate counts
+    /// every platform and exempts device enrollment managers.
+    pub fn enrollment_rules(&self) -> EnrollmentGateConfig {
+        let mut rules = self.enrollment.clone();
+        let old = self.windows.max_devices_per_user;
+        if old > 0 {
+            rules.device_limit_per_user = rules.device_limit_per_user.min(old);
+        }
+        rules
+    }
+
     /// Checks values serde cannot: URLs, files that must exist, ranges.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let uri: http::Uri =
@@ -739,6 +752,19 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_old_windows_limit_maps_to_the_gate() {
+        let mut c = Config::default();
+        assert_eq!(c.enrollment_rules().device_limit_per_user, 5);
+        c.windows.max_devices_per_user = 2;
+        assert_eq!(c.enrollment_rules().device_limit_per_user, 2, "lower: it wins");
+        c.windows.max_devices_per_user = 40;
+        assert_eq!(c.enrollment_rules().device_limit_per_user, 5, "higher: the gate's stays");
+        c.enrollment.device_limit_per_user = 3;
+        c.windows.max_devices_per_user = 0;
+        assert_eq!(c.enrollment_rules().device_limit_per_user, 3, "0: not set");
+    }
 
     fn load(toml: &str) -> Result<Config, ConfigError> {
         let dir = tempfile::tempdir().expect("tempdir");

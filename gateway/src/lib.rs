@@ -262,7 +262,14 @@ impl Gateway {
             data.enroll_secret.clone(),
         )?;
 
-        let gate = enrollment_gate::Gate::new(&config.enrollment)
+        if config.windows.max_devices_per_user > 0 {
+            tracing::warn!(
+                windows_max_devices_per_user = config.windows.max_devices_per_user,
+                device_limit_per_user = config.enrollment_rules().device_limit_per_user,
+                "windows.max_devices_per_user is deprecated: it now lowers enrollment.device_limit_per_user, which counts every platform; set that instead"
+            );
+        }
+        let gate = enrollment_gate::Gate::new(&config.enrollment_rules())
             .map_err(|message| config::ConfigError { key: "enrollment.hook_url".into(), message })?;
         let android_pubsub = sources::android::PubSubIntake::new(&config.android, &data.pubsub_token)?;
 

@@ -155,11 +155,13 @@ async fn each_command_type_reaches_amapi_and_is_resolved() {
     assert_eq!(del[0].query_param("wipeDataFlags").as_deref(), Some("WIPE_ESIMS"));
     assert_eq!(a.emu.device(&name).expect("device")["state"], "DELETED");
 
-    // Not carried on Android: refused, nothing queued.
+    // Wrong for Android: refused, nothing queued (set_settings, install_app and app_config are
+    // tests/tests/android_policy_commands.rs).
     let before = h.gateway().state.store.last_event_seq().await.expect("seq");
-    let (code, r) =
-        h.post("/v1/commands", &json!({"device_id": dev, "command": {"type": "install_app", "app": "com.x"}})).await;
-    assert_eq!((code, r["error"]["code"].as_str()), (422, Some("unsupported_on_platform")), "{r}");
+    let (code, r) = h
+        .post("/v1/commands", &json!({"device_id": dev, "command": {"type": "install_app", "app": "361309726"}}))
+        .await;
+    assert_eq!((code, r["error"]["code"].as_str()), (422, Some("invalid_command")), "{r}");
     let (code, r) =
         h.post("/v1/commands", &json!({"device_id": dev, "command": {"type": "lock", "pin": "1234"}})).await;
     assert_eq!((code, r["error"]["code"].as_str()), (422, Some("invalid_command")), "{r}");

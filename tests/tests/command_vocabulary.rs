@@ -41,11 +41,16 @@ async fn apple_settings_apps_and_app_config_with_placeholders() {
             "invalid_command",
         ),
         (json!({ "type": "set_settings", "settings": {} }), "invalid_command"),
+        // A setting Apple cannot express: refused, naming the key.
+        (json!({ "type": "set_settings", "settings": { "extra": { "vendor_x": 1 } } }), "invalid_command"),
         (json!({ "type": "raw", "platform": "windows", "payload": "<Get/>" }), "invalid_command"),
     ] {
         let (status, body) = h.post("/v1/commands", &json!({ "device_id": id, "command": command })).await;
         assert_eq!(status, 422, "{command}: {body}");
         assert_eq!(body["error"]["code"], code, "{command}: {body}");
+        if command["settings"]["extra"].is_object() {
+            assert!(body["error"]["message"].as_str().unwrap_or_default().contains("vendor_x"), "{body}");
+        }
     }
     assert_eq!(count(&h.events().await, "command.queued"), queued_before, "refusals queue nothing");
 
@@ -86,6 +91,84 @@ async fn apple_settings_apps_and_app_config_with_placeholders() {
     let (_, status) = h.get(&format!("/v1/commands/{}", handled[2].0)).await;
     assert_eq!(status["status"], "acknowledged", "{status}");
     assert_eq!(status["command"]["config"]["device"], "{{DeviceId}}");
+
+    // The device carried the commands out: the profile is installed with the settings' values,
+    // the app is managed, its configuration is the filled-in one.
+    let installed = dev.profile(mdm_apple::SETTINGS_PROFILE_IDENTIFIER).expect("settings profile installed");
+    assert_eq!(installed, profile);
+    let state = dev.managed_state();
+    assert_eq!(state.apps["com.example.mail"].status, "Managed");
+    assert_eq!(state.app_configs["com.example.app"]["device"].as_string(), Some(id.as_str()));
+
+    // A second set_settings replaces the profile (same identifier): settings left out go.
+    let (code, body) = h
+        .post(
+            "/v1/commands",
+            &json!({ "device_id": id, "command": { "type": "set_settings", "settings": { "camera_disabled": false } } }),
+        )
+        .await;
+    assert_eq!(code, 202, "{body}");
+    // And the device's own answers, read back through the gateway.
+    let mut queries = Vec::new();
+    for payload in [
+        json!({ "RequestType": "ProfileList" }),
+        json!({ "RequestType": "ManagedApplicationList" }),
+        json!({ "RequestType": "ManagedApplicationConfiguration", "Identifiers": ["com.example.app", "com.example.mail"] }),
+    ] {
+        let (code, body) = h
+            .post(
+                "/v1/commands",
+                &json!({ "device_id": id, "command": { "type": "raw", "platform": "apple", "payload": payload } }),
+            )
+            .await;
+        assert_eq!(code, 202, "{body}");
+        queries.push(body["command_id"].as_str().expect("id").to_owned());
+    }
+    let handled = dev.session(|_| "Acknowledged").await.expect("session");
+    let statuses: Vec<&str> = handled.iter().map(|(_, _, s)| s.as_str()).collect();
+    assert_eq!(statuses, ["Acknowledged"; 4]);
+    let replaced = dev.profile(mdm_apple::SETTINGS_PROFILE_IDENTIFIER).expect("profile");
+    let payloads = replaced["PayloadContent"].as_array().expect("payloads");
+    assert_eq!(payloads.len(), 1, "{payloads:?}");
+    assert_eq!(payloads[0].as_dictionary().expect("payload")["allowCamera"], Value::Boolean(true));
+    let result = |i: usize| {
+        let id = queries[i].clone();
+        let h = &h;
+        async move {
+            let (_, c) = h.get(&format!("/v1/commands/{id}")).await;
+            assert_eq!(c["status"], "acknowledged", "{c}");
+            c["result"]["payload"].clone()
+        }
+    };
+    let list = result(0).await;
+    assert_eq!(list["ProfileList"][0]["PayloadIdentifier"], mdm_apple::SETTINGS_PROFILE_IDENTIFIER, "{list}");
+    assert_eq!(list["ProfileList"][0]["PayloadContent"][0]["PayloadType"], "com.apple.applicationaccess", "{list}");
+    let apps = result(1).await;
+    assert_eq!(apps["ManagedApplicationList"]["com.example.mail"]["Status"], "Managed", "{apps}");
+    assert_eq!(apps["ManagedApplicationList"]["com.example.mail"]["HasConfiguration"], true, "{apps}");
+    let configs = result(2).await;
+    let configs = configs["ApplicationConfigurations"].as_array().expect("configurations").clone();
+    assert_eq!(configs.len(), 2, "{configs:?}");
+    assert_eq!(configs[0]["Identifier"], "com.example.app");
+    assert_eq!(configs[0]["Configuration"]["device"], id);
+    assert_eq!(configs[1]["Configuration"]["account"], format!("{}@example.com", dev.serial));
+
+    // A profile the device cannot read is refused with its error, recorded as the command's.
+    let junk = json!({ "RequestType": "InstallProfile", "Payload": { "$data": "bm90IGEgcGxpc3Q=" } });
+    let (code, body) = h
+        .post(
+            "/v1/commands",
+            &json!({ "device_id": id, "command": { "type": "raw", "platform": "apple", "payload": junk } }),
+        )
+        .await;
+    assert_eq!(code, 202, "{body}");
+    let bad = body["command_id"].as_str().expect("id").to_owned();
+    let handled = dev.session(|_| "Acknowledged").await.expect("session");
+    assert_eq!(handled[0].2, "Error");
+    let (_, c) = h.get(&format!("/v1/commands/{bad}")).await;
+    assert_eq!(c["status"], "error", "{c}");
+    assert_eq!(c["error"]["error_chain"][0]["error_domain"], "MCProfileErrorDomain", "{c}");
+    assert_eq!(dev.managed_state().profiles.len(), 1, "the installed profile is untouched");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -107,21 +190,16 @@ async fn windows_settings_and_app_installs_reach_the_device() {
         assert_eq!(code, 202, "{command}: {body}");
         ids.push(body["command_id"].as_str().expect("id").to_owned());
     }
-    for (command, code) in [
-        (json!({ "type": "app_config", "app": "x", "config": {} }), "unsupported_on_platform"),
-        (json!({ "type": "install_app", "app": "com.example.app" }), "invalid_command"),
+    for (command, code, needle) in [
+        (json!({ "type": "app_config", "app": "x", "config": {} }), "unsupported_on_platform", "windows"),
+        (json!({ "type": "install_app", "app": "com.example.app" }), "invalid_command", "app"),
+        // A setting Windows cannot express: refused, naming the key.
+        (json!({ "type": "set_settings", "settings": { "extra": { "vendor_x": 1 } } }), "invalid_command", "vendor_x"),
     ] {
         let (status, body) = h.post("/v1/commands", &json!({ "device_id": id, "command": command })).await;
         assert_eq!(status, 422, "{command}: {body}");
         assert_eq!(body["error"]["code"], code, "{command}: {body}");
-        assert!(
-            body["error"]["message"].as_str().unwrap_or_default().contains(if code == "unsupported_on_platform" {
-                "windows"
-            } else {
-                "app"
-            }),
-            "{body}"
-        );
+        assert!(body["error"]["message"].as_str().unwrap_or_default().contains(needle), "{body}");
     }
 
     device.session().await.expect("session");
@@ -146,5 +224,41 @@ async fn windows_settings_and_app_installs_reach_the_device() {
         let (_, c) = h.get(&format!("/v1/commands/{cid}")).await;
         assert_eq!(c["status"], "acknowledged", "{c}");
     }
+    // The installs' job data reached the device, and the apps report themselves installed.
+    let jobs = device.executed_with_data();
+    assert!(jobs[0].1.contains(r#"<Application id="9WZDNCRFJ3PZ""#), "{jobs:?}");
+    assert!(jobs[1].1.contains("https://apps.example.com/7z.msi"), "{jobs:?}");
+    let store_status = "./Device/Vendor/MSFT/EnterpriseModernAppManagement/AppInstallation/Microsoft.CompanyPortal_8wekyb3d8bbwe/Status";
+    let msi_status =
+        "./Device/Vendor/MSFT/EnterpriseDesktopAppManagement/MSI/{23170F69-40C1-2702-1900-000001000000}/Status";
+    assert_eq!(device.node(store_status).as_deref(), Some("3"));
+    assert_eq!(device.node(msi_status).as_deref(), Some("70"));
+
+    // Read back over the wire: a Get of the written nodes answers the values set_settings wrote.
+    let gets: String = [nodes::MIN_DEVICE_PASSWORD_LENGTH, nodes::ALLOW_CAMERA, msi_status]
+        .iter()
+        .enumerate()
+        .map(|(n, uri)| {
+            format!("<Get><CmdID>{}</CmdID><Item><Target><LocURI>{uri}</LocURI></Target></Item></Get>", n + 1)
+        })
+        .collect();
+    let (code, body) = h
+        .post(
+            "/v1/commands",
+            &json!({ "device_id": id, "command": { "type": "raw", "platform": "windows", "payload": gets } }),
+        )
+        .await;
+    assert_eq!(code, 202, "{body}");
+    let get = body["command_id"].as_str().expect("id").to_owned();
+    device.session().await.expect("session");
+    let (_, c) = h.get(&format!("/v1/commands/{get}")).await;
+    assert_eq!(c["status"], "acknowledged", "{c}");
+    let read: Vec<(&str, &str)> = c["result"]["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .map(|r| (r["uri"].as_str().unwrap_or_default(), r["data"].as_str().unwrap_or_default()))
+        .collect();
+    assert_eq!(read, [(nodes::MIN_DEVICE_PASSWORD_LENGTH, "8"), (nodes::ALLOW_CAMERA, "0"), (msi_status, "70")]);
     h.stop().await;
 }

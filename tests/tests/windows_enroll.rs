@@ -589,13 +589,27 @@ async fn service_state_faults() {
 
 #[tokio::test]
 async fn device_cap_per_user() {
+    // The deprecated `windows.max_devices_per_user` is an alias: it lowers the enrollment gate's
+    // per-user limit, which is what refuses the third device.
     let h = start(|c| c.windows.max_devices_per_user = 2).await;
+    assert_eq!(h.gateway().state.gate.config.device_limit_per_user, 2);
     device(&h, "CAP01").enroll().await.expect("first");
     device(&h, "CAP02").enroll().await.expect("second");
-    let before = h.snapshot(&[]).await;
+    let store = &h.gateway().state.store;
+    let before = (
+        store.list_enrollments(None, None, 100).await.expect("list"),
+        store.windows_certificates(100).await.expect("certs"),
+    );
     let (status, f) = fault_of(device(&h, "CAP03").enroll().await);
     assert_eq!((status, f.subcode, f.error_type), (500, Subcode::AUTHORIZATION, ErrorType::DEVICE_CAP_REACHED));
-    assert_eq!(h.snapshot(&[]).await, before);
+    let after = (
+        store.list_enrollments(None, None, 100).await.expect("list"),
+        store.windows_certificates(100).await.expect("certs"),
+    );
+    assert_eq!(after, before, "nothing stored for the refused device");
+    let denied = h.events_of("windows:CAP03", "device.enrollment_denied").await;
+    assert_eq!(denied.len(), 1);
+    assert_eq!(denied[0]["data"]["reason"], "device_limit_reached");
     // Re-enrolling a device the user has is not a new device.
     device(&h, "CAP02").enroll().await.expect("re-enrollment");
     let events = h.events_of("windows:CAP02", "device.enrolled").await;

@@ -7,11 +7,13 @@
 //! - the **REST surface** the gateway calls, over HTTP/1.1 with TLS (its own CA, see
 //!   [`AmapiEmulator::ca_pem`]) and optionally plain HTTP: `signupUrls.create`,
 //!   `enterprises.create`, `enrollmentTokens.create`, `policies.patch`/`get`, `devices.get`/
-//!   `list`/`delete`, `devices.issueCommand`, `devices.operations.get`, each behind
+//!   `list`/`patch`/`delete`, `devices.issueCommand`, `devices.operations.get`, each behind
 //!   `Authorization: Bearer` with a token the endpoint issued, errors in Google's JSON shape;
 //! - **simulated devices** that enroll with an enrollment token and publish ENROLLMENT,
 //!   STATUS_REPORT and COMMAND notifications, and the final STATUS_REPORT with state `DELETED`
-//!   after `devices.delete`;
+//!   after `devices.delete`; that apply their policy when it is patched or `devices.patch`
+//!   gives them another one (`appliedPolicyVersion`, `applicationReports` for the apps they
+//!   install, `nonComplianceDetails` for what a [`NonCompliance`] rule says they cannot do);
 //! - **fault injection** ([`Fault`]) and a log of every request received ([`RecordedRequest`]).
 //!
 //! Notifications go out through a [`Publisher`]: Google's own Pub/Sub emulator
@@ -21,7 +23,7 @@
 //! message ids and publish times).
 //!
 //! Not emulated: the web signup page (see [`AmapiEmulator::complete_signup`]), IAM, quotas by
-//! themselves (only injected 429s), policy validation beyond JSON shape, applications, web
+//! themselves (only injected 429s), policy validation beyond JSON shape, web
 //! apps, web tokens, migration tokens, usage logs and ENTERPRISE_UPGRADE (those can be sent
 //! with [`AmapiEmulator::publish_raw`]).
 
@@ -30,6 +32,7 @@ mod device;
 mod errors;
 mod faults;
 mod key;
+mod policy;
 mod pubsub;
 mod push_sink;
 mod rest;
@@ -43,6 +46,7 @@ pub use commands::{CommandFailure, CommandSettings};
 pub use device::DeviceSpec;
 pub use faults::{Fault, FaultRule, RecordedRequest};
 pub use key::{ANDROID_MANAGEMENT_SCOPE, JWT_BEARER_GRANT, ServiceAccountKey};
+pub use policy::{NonCompliance, PolicySettings};
 pub use pubsub::{
     DEFAULT_PUBSUB_EMULATOR, DirectPublisher, PubSubClient, PubSubEmulator, Publisher, PushMessage, push_envelope,
 };

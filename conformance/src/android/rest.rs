@@ -8,7 +8,7 @@
 //! | POST | `v1/{parent=enterprises/*}/enrollmentTokens` |
 //! | GET, PATCH | `v1/{name=enterprises/*/policies/*}` |
 //! | GET | `v1/{parent=enterprises/*}/devices` |
-//! | GET, DELETE | `v1/{name=enterprises/*/devices/*}` |
+//! | GET, PATCH, DELETE | `v1/{name=enterprises/*/devices/*}` |
 //! | POST | `v1/{name=enterprises/*/devices/*}:issueCommand` |
 //! | GET | `v1/{name=enterprises/*/devices/*/operations/*}` |
 
@@ -46,7 +46,7 @@ pub(super) fn route(
             state.create_enrollment_token(&format!("enterprises/{id}"), &json()?, now_ms)
         }
         ("PATCH", ["enterprises", id, "policies", p]) => {
-            state.patch_policy(&format!("enterprises/{id}/policies/{p}"), query.get("updateMask"), &json()?)
+            state.patch_policy(&format!("enterprises/{id}/policies/{p}"), query.get("updateMask"), &json()?, effects)
         }
         ("GET", ["enterprises", id, "policies", p]) => {
             state.policies.get(&format!("enterprises/{id}/policies/{p}")).cloned().ok_or_else(ApiError::not_found)
@@ -57,6 +57,9 @@ pub(super) fn route(
             state.issue_command(&format!("enterprises/{id}/devices/{d}"), &json()?, now_ms, effects)
         }
         ("GET", ["enterprises", id, "devices", d]) => state.get_device(&format!("enterprises/{id}/devices/{d}")),
+        ("PATCH", ["enterprises", id, "devices", d]) => {
+            state.patch_device(&format!("enterprises/{id}/devices/{d}"), query.get("updateMask"), &json()?, effects)
+        }
         ("DELETE", ["enterprises", id, "devices", d]) => {
             state.delete_device(&format!("enterprises/{id}/devices/{d}"), &query, now_ms, effects)
         }

@@ -22,6 +22,7 @@ use super::device::DeviceSpec;
 use super::errors::ApiError;
 use super::faults::{Fault, FaultRule, RecordedRequest, take_fault};
 use super::key::ServiceAccountKey;
+use super::policy::PolicySettings;
 use super::pubsub::Publisher;
 use super::rest::route;
 use super::state::{Effect, State};
@@ -41,6 +42,8 @@ pub struct EmulatorConfig {
     /// `expires_in` of issued access tokens.
     pub token_lifetime: Duration,
     pub commands: CommandSettings,
+    /// How devices apply policies.
+    pub policy: PolicySettings,
 }
 
 impl Default for EmulatorConfig {
@@ -51,6 +54,7 @@ impl Default for EmulatorConfig {
             project_id: "emulated-project".into(),
             token_lifetime: Duration::from_secs(3600),
             commands: CommandSettings::default(),
+            policy: PolicySettings::default(),
         }
     }
 }
@@ -123,7 +127,7 @@ impl AmapiEmulator {
         let key = ServiceAccountKey::generate(&config.project_id, &token_uris[0])?;
         let (outbox, rx) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
-            state: Mutex::new(State::new(&config.project_id, config.commands.clone())),
+            state: Mutex::new(State::new(&config.project_id, config.commands.clone(), config.policy.clone())),
             public_key: key.public_key()?,
             key,
             token_uris,
@@ -193,6 +197,17 @@ impl AmapiEmulator {
 
     pub fn set_command_settings(&self, settings: CommandSettings) {
         self.state().commands = settings;
+    }
+
+    /// How devices apply policies from now on.
+    pub fn set_policy_settings(&self, settings: PolicySettings) {
+        self.state().policy = settings;
+    }
+
+    /// The policy `device` applied last, as it was when applied (`None`: none applied since
+    /// the emulator started).
+    pub fn applied_policy(&self, device: &str) -> Option<Value> {
+        self.state().applied.get(device).cloned()
     }
 
     /// `expires_in` of the next access tokens.
@@ -456,6 +471,16 @@ fn apply(inner: &Arc<Inner>, effects: Vec<Effect>) {
             Effect::Notify { topic, notification_type, data } => {
                 inner.queued.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let _ = inner.outbox.send(Outgoing { topic, notification_type, data });
+            }
+            Effect::ApplyPolicy { device } => {
+                let delay = inner.state.lock().expect("lock").policy.apply_delay;
+                let inner = inner.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    let mut effects = Vec::new();
+                    inner.state.lock().expect("lock").apply_policy(&device, now_millis(), &mut effects);
+                    apply(&inner, effects);
+                });
             }
             Effect::Execute { operation } => {
                 let (delay, never) = {

@@ -10,6 +10,7 @@ use super::commands::{CommandSettings, command_metadata};
 use super::device::{DeviceSpec, FromToken, new_device};
 use super::errors::ApiError;
 use super::faults::{FaultRule, RecordedRequest};
+use super::policy::{self as device_policy, PolicySettings};
 use super::util::{ALNUM, B64URL, HEX, UPPER, parse_duration_millis, random_string, rfc3339_millis};
 
 /// Pub/Sub notification types (discovery `Enterprise.enabledNotificationTypes`).
@@ -37,6 +38,8 @@ pub(super) enum Effect {
     Notify { topic: String, notification_type: String, data: Option<Value> },
     /// Carry out this operation after the configured delay.
     Execute { operation: String },
+    /// The device applies its policy after the configured delay.
+    ApplyPolicy { device: String },
 }
 
 #[derive(Debug)]
@@ -73,6 +76,9 @@ pub(super) struct State {
     pub(super) requests: Vec<RecordedRequest>,
     pub(super) faults: Vec<FaultRule>,
     pub(super) commands: CommandSettings,
+    pub(super) policy: PolicySettings,
+    /// Device name → the policy it applied last (as it was then).
+    pub(super) applied: HashMap<String, Value>,
     pub(super) op_seq: i64,
 }
 
@@ -81,8 +87,8 @@ fn obj(body: &Value) -> Result<&Map<String, Value>, ApiError> {
 }
 
 impl State {
-    pub(super) fn new(project_id: &str, commands: CommandSettings) -> State {
-        State { project_id: project_id.to_owned(), commands, ..State::default() }
+    pub(super) fn new(project_id: &str, commands: CommandSettings, policy: PolicySettings) -> State {
+        State { project_id: project_id.to_owned(), commands, policy, ..State::default() }
     }
 
     pub(super) fn record(&mut self, r: RecordedRequest) {
@@ -273,6 +279,7 @@ impl State {
         name: &str,
         update_mask: Option<&str>,
         body: &Value,
+        effects: &mut Vec<Effect>,
     ) -> Result<Value, ApiError> {
         let enterprise = name.split("/policies/").next().unwrap_or_default();
         self.enterprise_exists(enterprise)?;
@@ -300,7 +307,78 @@ impl State {
         self.policies.insert(name.to_owned(), policy.clone());
         self.policy_history.entry(name.to_owned()).or_default().push(policy.clone());
         self.policy_patches += 1;
+        // Every device using the policy applies the new version.
+        for (device, d) in &self.devices {
+            if d["state"] != "DELETED" && d["policyName"].as_str() == Some(name) {
+                effects.push(Effect::ApplyPolicy { device: device.clone() });
+            }
+        }
         Ok(policy)
+    }
+
+    // enterprises.devices.patch: `policyName` and `state` (ACTIVE / DISABLED) are modifiable.
+    pub(super) fn patch_device(
+        &mut self,
+        name: &str,
+        update_mask: Option<&str>,
+        body: &Value,
+        effects: &mut Vec<Effect>,
+    ) -> Result<Value, ApiError> {
+        self.live_device(name)?;
+        let body = obj(body)?;
+        let enterprise = enterprise_of(name);
+        let fields: Vec<String> = match update_mask.filter(|m| !m.is_empty()) {
+            Some(m) => m.split(',').map(|f| snake_to_camel(f.trim())).collect(),
+            None => ["policyName", "state"].into_iter().filter(|f| body.contains_key(*f)).map(str::to_owned).collect(),
+        };
+        let mut changes = Vec::new();
+        for f in &fields {
+            match (f.as_str(), body.get(f)) {
+                ("policyName", Some(Value::String(p))) => {
+                    let full = if p.contains('/') { p.clone() } else { format!("{enterprise}/policies/{p}") };
+                    let ok = full
+                        .strip_prefix(&format!("{enterprise}/policies/"))
+                        .is_some_and(|id| !id.is_empty() && !id.contains('/'));
+                    if !ok {
+                        return Err(ApiError::invalid(format!("Invalid policy name {p} for {enterprise}.")));
+                    }
+                    changes.push(("policyName", Value::String(full)));
+                }
+                ("state", Some(Value::String(st))) if st == "ACTIVE" || st == "DISABLED" => {
+                    changes.push(("state", Value::String(st.clone())));
+                }
+                (f, _) => {
+                    return Err(ApiError::invalid(format!(
+                        "Device field {f} cannot be modified (or has a bad value)."
+                    )));
+                }
+            }
+        }
+        let d = self.devices.get_mut(name).ok_or_else(ApiError::not_found)?;
+        let mut policy_changed = false;
+        for (k, v) in changes {
+            policy_changed |= k == "policyName" && d[k] != v;
+            d[k] = v;
+        }
+        let d = d.clone();
+        if policy_changed {
+            effects.push(Effect::ApplyPolicy { device: name.to_owned() });
+        }
+        Ok(d)
+    }
+
+    /// `device` applies the current version of its policy and reports it (STATUS_REPORT).
+    pub(super) fn apply_policy(&mut self, device: &str, now_ms: i64, effects: &mut Vec<Effect>) {
+        if !self.policy.apply {
+            return;
+        }
+        let Some(d) = self.devices.get(device).filter(|d| d["state"] != "DELETED") else { return };
+        let Some(policy) = d["policyName"].as_str().and_then(|p| self.policies.get(p)).cloned() else { return };
+        let d = self.devices.get_mut(device).expect("checked above");
+        device_policy::apply(d, &policy, &self.policy, &rfc3339_millis(now_ms));
+        let d = d.clone();
+        self.applied.insert(device.to_owned(), policy);
+        self.notify(&enterprise_of(device), "STATUS_REPORT", d, effects);
     }
 
     fn live_device(&self, name: &str) -> Result<&Value, ApiError> {
@@ -486,26 +564,23 @@ impl State {
         Ok(name)
     }
 
-    /// A fresh status report from `device`.
+    /// A fresh status report from `device`: with its policy applied if a newer version (or
+    /// another policy) is due and devices apply policies.
     pub(super) fn status_report(&mut self, device: &str, now_ms: i64, effects: &mut Vec<Effect>) -> Result<(), String> {
-        let policy_version = {
+        let due = {
             let d = self.devices.get(device).ok_or_else(|| format!("no device {device}"))?;
             if d["state"] == "DELETED" {
                 return Err(format!("device {device} is deleted"));
             }
-            d["policyName"]
-                .as_str()
-                .and_then(|p| self.policies.get(p))
-                .and_then(|p| p["version"].as_str())
-                .map(str::to_owned)
+            let policy = d["policyName"].as_str().and_then(|p| self.policies.get(p));
+            policy.is_some_and(|p| p["version"] != d["appliedPolicyVersion"] || p["name"] != d["appliedPolicyName"])
         };
-        let d = self.devices.get_mut(device).ok_or_else(|| format!("no device {device}"))?;
-        let now = Value::String(rfc3339_millis(now_ms));
-        d["lastStatusReportTime"] = now.clone();
-        d["lastPolicySyncTime"] = now;
-        if let Some(v) = policy_version {
-            d["appliedPolicyVersion"] = Value::String(v);
+        if due && self.policy.apply {
+            self.apply_policy(device, now_ms, effects);
+            return Ok(());
         }
+        let d = self.devices.get_mut(device).ok_or_else(|| format!("no device {device}"))?;
+        d["lastStatusReportTime"] = Value::String(rfc3339_millis(now_ms));
         let d = d.clone();
         self.notify(&enterprise_of(device), "STATUS_REPORT", d, effects);
         Ok(())
@@ -571,7 +646,7 @@ mod tests {
     use super::*;
 
     fn state_with_enterprise() -> (State, String) {
-        let mut s = State::new("p-emu", CommandSettings::default());
+        let mut s = State::new("p-emu", CommandSettings::default(), PolicySettings::default());
         let mut fx = Vec::new();
         let body = json!({"pubsubTopic": "projects/p-emu/topics/amapi", "enabledNotificationTypes": ["ENROLLMENT", "STATUS_REPORT", "COMMAND"]});
         let e = s.insert_enterprise(body.as_object().unwrap().clone(), &mut fx).unwrap();
@@ -583,20 +658,24 @@ mod tests {
     fn policy_patch_with_mask_merges_and_counts_versions() {
         let (mut s, e) = state_with_enterprise();
         let name = format!("{e}/policies/p1");
-        let p = s.patch_policy(&name, None, &json!({"cameraDisabled": true, "screenCaptureDisabled": true})).unwrap();
+        let mut fx = Vec::new();
+        let p = s
+            .patch_policy(&name, None, &json!({"cameraDisabled": true, "screenCaptureDisabled": true}), &mut fx)
+            .unwrap();
         assert_eq!(p["version"], "1");
         let p = s
             .patch_policy(
                 &name,
                 Some("camera_disabled"),
                 &json!({"cameraDisabled": false, "screenCaptureDisabled": false}),
+                &mut fx,
             )
             .unwrap();
         assert_eq!(p["version"], "2");
         assert_eq!(p["cameraDisabled"], false);
         assert_eq!(p["screenCaptureDisabled"], true, "not in the mask: kept");
         assert_eq!(s.policy_history[&name].len(), 2);
-        assert_eq!(s.patch_policy("enterprises/nope/policies/x", None, &json!({})).unwrap_err().code, 404);
+        assert_eq!(s.patch_policy("enterprises/nope/policies/x", None, &json!({}), &mut fx).unwrap_err().code, 404);
     }
 
     #[test]

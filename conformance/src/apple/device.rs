@@ -4,6 +4,7 @@ use bytes::Bytes;
 use mdm_certs::{PKey, Private, X509};
 use plist::{Dictionary, Value};
 
+use super::managed::ManagedState;
 use super::messages::{UserChannel, answer_for, base, to_xml};
 
 const CHECKIN_TYPE: &str = "application/x-apple-aspen-mdm-checkin";
@@ -61,6 +62,8 @@ pub struct AppleDevice {
     pub(crate) client: reqwest::Client,
     /// Every `Command` dictionary received, in order (shared by clones).
     pub(crate) received: std::sync::Arc<std::sync::Mutex<Vec<Dictionary>>>,
+    /// Profiles, managed apps and app configuration the commands left (shared by clones).
+    pub(crate) managed: std::sync::Arc<std::sync::Mutex<ManagedState>>,
     /// Capture mode: every request and reply written as a transcript ([`AppleDevice::record_to`],
     /// or `MDM_CAPTURE_DIR`).
     pub(crate) recorder: Option<crate::suite::Recorder>,
@@ -70,6 +73,17 @@ impl AppleDevice {
     /// Every `Command` dictionary this device (or a clone of it) received in sessions, oldest first.
     pub fn received_commands(&self) -> Vec<Dictionary> {
         self.received.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// What the commands carried out so far left on the device (profiles, managed apps, app
+    /// configuration).
+    pub fn managed_state(&self) -> ManagedState {
+        self.managed.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The installed configuration profile with this `PayloadIdentifier`.
+    pub fn profile(&self, identifier: &str) -> Option<Dictionary> {
+        self.managed.lock().unwrap_or_else(|e| e.into_inner()).profiles.get(identifier).cloned()
     }
 
     /// `gateway_ca_pem` is what the device trusts for the server; `base_url` e.g.
@@ -124,6 +138,7 @@ impl AppleDevice {
             enrolled_with: None,
             client,
             received: Default::default(),
+            managed: Default::default(),
             recorder: None,
         }
         .record_to_env()
@@ -305,7 +320,8 @@ impl AppleDevice {
 
     /// One MDM session as after a push: Idle, then answer each command with `choose(request_type)`
     /// giving the Status to report ("Acknowledged", "Error", "NotNow"), until the gateway has
-    /// nothing more. Returns the (CommandUUID, RequestType, Status) handled, in order.
+    /// nothing more. An acknowledged command is carried out ([`ManagedState::execute`]); one the
+    /// device cannot carry out (a malformed profile…) is reported `Error` instead. Returns the (CommandUUID, RequestType, Status) handled, in order.
     pub async fn session(
         &self,
         choose: impl FnMut(&str) -> &'static str,
@@ -334,9 +350,23 @@ impl AppleDevice {
             let inner = cmd.get("Command").and_then(Value::as_dictionary).cloned().unwrap_or_default();
             self.received.lock().unwrap_or_else(|e| e.into_inner()).push(inner.clone());
             let request_type = inner.get("RequestType").and_then(Value::as_string).unwrap_or_default().to_owned();
-            let status = choose(&request_type);
+            let mut status = choose(&request_type);
             let extra = match status {
-                "Acknowledged" => answer_for(&request_type, &inner, self),
+                // The device carries the command out; it may still refuse it.
+                "Acknowledged" => {
+                    let done = self.managed.lock().unwrap_or_else(|e| e.into_inner()).execute(&request_type, &inner);
+                    match done {
+                        Ok(keys) => {
+                            let mut d = answer_for(&request_type, &inner, self);
+                            d.extend(keys);
+                            d
+                        }
+                        Err(refusal) => {
+                            status = "Error";
+                            refusal.report_keys()
+                        }
+                    }
+                }
                 "Error" => error_chain(),
                 _ => Dictionary::new(),
             };

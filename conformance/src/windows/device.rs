@@ -11,7 +11,7 @@ use mdm_windows::syncml::{
     self, Alert, AlertCode, Command, Item, ItemCommand, Meta, Results, Status, StatusCode, SyncBody, SyncHdr, SyncMl,
 };
 
-use super::tree::{default_tree, executable};
+use super::tree::{default_tree, executable, install_result};
 
 /// What the device proves itself with: the client certificate and key from enrollment, and the
 /// DeviceID it was enrolled as.
@@ -86,6 +86,8 @@ pub struct WindowsDevice {
     client: reqwest::Client,
     tree: Mutex<BTreeMap<String, String>>,
     executed: Mutex<Vec<String>>,
+    /// The data of each Exec carried out (the install job XML…), in order.
+    exec_data: Mutex<Vec<(String, String)>>,
     sessions: AtomicU32,
     /// Capture mode ([`WindowsDevice::record_to`], or `MDM_CAPTURE_DIR`).
     recorder: Option<crate::suite::Recorder>,
@@ -113,6 +115,7 @@ impl WindowsDevice {
             client,
             tree: Mutex::new(tree),
             executed: Mutex::new(Vec::new()),
+            exec_data: Mutex::new(Vec::new()),
             sessions: AtomicU32::new(0),
             recorder: None,
         }
@@ -158,6 +161,11 @@ impl WindowsDevice {
     /// Exec URIs carried out, in order.
     pub fn executed(&self) -> Vec<String> {
         self.executed.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Exec URIs carried out with the data they came with (an install's job XML), in order.
+    pub fn executed_with_data(&self) -> Vec<(String, String)> {
+        self.exec_data.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// POSTs `body` as SyncML to the management URL.
@@ -546,6 +554,12 @@ impl WindowsDevice {
                 let code = match &uri {
                     Some(u) if executable(u) => {
                         self.executed.lock().unwrap_or_else(|p| p.into_inner()).push(u.clone());
+                        let data = i.items.first().and_then(|i| i.data.clone()).unwrap_or_default();
+                        self.exec_data.lock().unwrap_or_else(|p| p.into_inner()).push((u.clone(), data));
+                        // An app install completes at once and reports itself in the tree.
+                        for (node, value) in install_result(u).into_iter().flatten() {
+                            self.set_node(&node, value);
+                        }
                         StatusCode::OK
                     }
                     _ => StatusCode::NOT_FOUND,

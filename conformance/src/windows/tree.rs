@@ -46,3 +46,38 @@ pub(crate) fn executable(uri: &str) -> bool {
     ) || app_install("./Vendor/MSFT/EnterpriseModernAppManagement/AppInstallation/", "/StoreInstall")
         || app_install("./Vendor/MSFT/EnterpriseDesktopAppManagement/MSI/", "/DownloadInstall")
 }
+
+/// The nodes an app install's Exec leaves, as a real device reports them once the app is in:
+/// `AppInstallation/<PFN>/Status` `3` (installed) for a Store app, `MSI/<ProductCode>/Status` `70`
+/// (enforcement completed) for an MSI, each with `LastError` `0`. `None` for other URIs.
+pub(crate) fn install_result(uri: &str) -> Option<[(String, &'static str); 2]> {
+    let base = uri
+        .strip_suffix("/StoreInstall")
+        .filter(|b| b.contains("/EnterpriseModernAppManagement/AppInstallation/"))
+        .map(|b| (b, "3"))
+        .or_else(|| {
+            uri.strip_suffix("/DownloadInstall")
+                .filter(|b| b.contains("/EnterpriseDesktopAppManagement/MSI/"))
+                .map(|b| (b, "70"))
+        })?;
+    Some([(format!("{}/Status", base.0), base.1), (format!("{}/LastError", base.0), "0")])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn installs_leave_status_nodes() {
+        let store = "./Device/Vendor/MSFT/EnterpriseModernAppManagement/AppInstallation/A.B_8wekyb3d8bbwe/StoreInstall";
+        let [(s, v), (e, z)] = install_result(store).unwrap();
+        assert_eq!(
+            (s.as_str(), v),
+            ("./Device/Vendor/MSFT/EnterpriseModernAppManagement/AppInstallation/A.B_8wekyb3d8bbwe/Status", "3")
+        );
+        assert!(e.ends_with("/LastError") && z == "0");
+        let msi = "./Device/Vendor/MSFT/EnterpriseDesktopAppManagement/MSI/{X}/DownloadInstall";
+        assert_eq!(install_result(msi).unwrap()[0].1, "70");
+        assert!(install_result("./Device/Vendor/MSFT/Reboot/RebootNow").is_none());
+    }
+}

@@ -11,6 +11,10 @@
 //! | `devices.get` | `command.acknowledged` with the device as the result, `device.inventory` | `command.error` |
 //! | `devices.delete` | `command.acknowledged` (the DELETED notification unenrolls) | `command.error` |
 //! | raw | `command.acknowledged` with the reply | `command.error` |
+//! | `policies.patch` (set_settings, install_app, app_config) | `command.sent`; resolved by the device's report ([`super::device_policy`]) | `command.error` |
+//!
+//! Policy commands of one device go one at a time, in queue order (each reads the policy the
+//! previous one wrote).
 //!
 //! A failure is Google's error class and message ([`AmapiError::code`], [`AmapiError::message`]),
 //! after the retries its class allows: never dropped. A crash between AMAPI's answer and the
@@ -36,6 +40,9 @@ use super::Android;
 use super::budget::Priority;
 use super::client::AmapiError;
 use crate::store::{AndroidOperation, CommandRecord, CommandUpdate};
+
+/// The request type of policy commands (`set_settings`, `install_app`, `app_config`).
+const POLICY_REQUEST_TYPE: &str = "policies.patch";
 use crate::telemetry;
 
 /// How often the dispatcher scans without being woken.
@@ -48,8 +55,8 @@ const RECONCILE_MAX_BACKOFF: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, Default)]
 pub(super) struct ReconcileState {
-    /// Operation name → (next check, current backoff).
-    next: Mutex<HashMap<String, (Instant, Duration)>>,
+    /// Operation name (or `policy:<device>`) → (next check, current backoff).
+    pub(super) next: Mutex<HashMap<String, (Instant, Duration)>>,
 }
 
 impl Android {
@@ -63,20 +70,39 @@ impl Android {
 
     async fn dispatch_loop(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let in_flight: Arc<Mutex<HashSet<(String, String)>>> = Arc::default();
+        // Devices with a policy command being sent: their next one waits for the next scan.
+        let policy_in_flight: Arc<Mutex<HashSet<String>>> = Arc::default();
         let permits = Arc::new(Semaphore::new(CONCURRENCY));
         loop {
             match self.store.queued_android_commands(BATCH).await {
                 Ok(queued) => {
+                    let mut policy_seen = HashSet::new();
                     for record in queued {
                         let key = (record.device_id.as_str().to_owned(), record.command_id.clone());
+                        let policy = record.request_type == POLICY_REQUEST_TYPE;
+                        if policy {
+                            // One per device per scan, and none while one is in flight.
+                            let first = policy_seen.insert(key.0.clone());
+                            let busy = policy_in_flight.lock().unwrap_or_else(|e| e.into_inner()).contains(&key.0);
+                            if !first || busy {
+                                continue;
+                            }
+                        }
                         if !in_flight.lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone()) {
                             continue;
                         }
+                        if policy {
+                            policy_in_flight.lock().unwrap_or_else(|e| e.into_inner()).insert(key.0.clone());
+                        }
                         let Ok(permit) = permits.clone().acquire_owned().await else { return };
-                        let (this, in_flight) = (self.clone(), in_flight.clone());
+                        let (this, in_flight, policy_in_flight) =
+                            (self.clone(), in_flight.clone(), policy_in_flight.clone());
                         tokio::spawn(async move {
                             this.dispatch_one(record).await;
                             in_flight.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
+                            if policy {
+                                policy_in_flight.lock().unwrap_or_else(|e| e.into_inner()).remove(&key.0);
+                            }
                             drop(permit);
                             this.wake.notify_one();
                         });
@@ -104,6 +130,10 @@ impl Android {
                 return;
             }
         };
+        if let CallKind::Policy { change } = &call.kind {
+            self.dispatch_policy(&record, &call, change).await;
+            return;
+        }
         let result =
             self.client.call(call.method, &call.path, &call.query, call.body.as_ref(), Priority::Command).await;
         let outcome = match result {
@@ -189,6 +219,8 @@ impl Android {
                 }
                 r
             }
+            // Sent above.
+            CallKind::Policy { .. } => Ok(false),
             CallKind::DeleteDevice | CallKind::Raw => {
                 let event = self.events.event(
                     EventType::COMMAND_ACKNOWLEDGED,
@@ -227,7 +259,7 @@ impl Android {
         r
     }
 
-    async fn fail(&self, record: &CommandRecord, error: Json) {
+    pub(super) async fn fail(&self, record: &CommandRecord, error: Json) {
         let event = self.events.event(
             EventType::COMMAND_ERROR,
             &record.device_id,
@@ -269,6 +301,7 @@ impl Android {
     /// One reconcile pass (public for tests and operators' tooling).
     pub async fn reconcile_once(&self) {
         let cut = self.clock.unix() - self.config.reconcile_after_s as i64;
+        self.reconcile_policies(cut, BATCH).await;
         let ops = match self.store.unresolved_android_operations(cut, BATCH).await {
             Ok(o) => o,
             Err(e) => {
@@ -280,7 +313,11 @@ impl Android {
         {
             // Forget backoffs of operations resolved meanwhile.
             let names: HashSet<&str> = ops.iter().map(|o| o.operation.as_str()).collect();
-            self.reconcile.next.lock().unwrap_or_else(|e| e.into_inner()).retain(|k, _| names.contains(k.as_str()));
+            self.reconcile
+                .next
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .retain(|k, _| k.starts_with("policy:") || names.contains(k.as_str()));
         }
         for op in ops {
             let due = self.reconcile.next.lock().unwrap_or_else(|e| e.into_inner()).get(&op.operation).map(|(t, _)| *t);
@@ -317,7 +354,17 @@ impl Android {
         }
     }
 
-    fn back_off(&self, operation: &str) {
+    /// True when `key` (an operation, or `policy:<device>`) may be asked about now.
+    pub(super) fn reconcile_due(&self, key: &str) -> bool {
+        let next = self.reconcile.next.lock().unwrap_or_else(|e| e.into_inner());
+        next.get(key).is_none_or(|(t, _)| *t <= Instant::now())
+    }
+
+    pub(super) fn reconcile_done(&self, key: &str) {
+        self.reconcile.next.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
+    }
+
+    pub(super) fn back_off(&self, operation: &str) {
         let base = Duration::from_secs(self.config.reconcile_after_s.max(1));
         let mut next = self.reconcile.next.lock().unwrap_or_else(|e| e.into_inner());
         let backoff = next.get(operation).map(|(_, b)| (*b * 2).min(RECONCILE_MAX_BACKOFF)).unwrap_or(base);

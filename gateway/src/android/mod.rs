@@ -6,6 +6,8 @@
 //! - [`policy`]: repeated `policies.patch` of one policy merged into one.
 //! - [`dispatch`]: sends queued Android commands, and reconciles operations with
 //!   `operations.get` when no COMMAND notification came.
+//! - [`device_policy`]: `set_settings`, `install_app`, `app_config` as patches of the device's
+//!   own policy, resolved by its status reports.
 //! - this module: [`Android`], the service the API routes call (signup, enrollment tokens,
 //!   policies, devices) and that owns the dispatcher.
 //!
@@ -14,6 +16,7 @@
 pub mod auth;
 pub mod budget;
 pub mod client;
+pub mod device_policy;
 pub mod dispatch;
 pub mod key;
 pub mod policy;

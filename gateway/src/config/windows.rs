@@ -40,7 +40,8 @@ pub struct WindowsConfig {
     pub credential_hook_hmac_secret_file: Option<PathBuf>,
     /// UPN domains allowed to enroll (`example.com`); empty allows any.
     pub allowed_domains: Vec<String>,
-    /// Most Windows devices one user (UPN) may have enrolled at once; 0 is no limit.
+    /// Deprecated: use `enrollment.device_limit_per_user`. Above 0, it lowers that limit to this
+    /// value ([`super::Config::enrollment_rules`]); 0 is unset.
     pub max_devices_per_user: u32,
     /// Answer every enrollment request with an `EnrollmentServer`/`InMaintenance` fault
     /// (discovery still answers, so devices learn the service exists).

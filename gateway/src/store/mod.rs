@@ -516,6 +516,22 @@ pub struct AndroidOperation {
     pub created_at: i64,
 }
 
+/// An Android `set_settings` / `install_app` / `app_config` sent as a patch of the device's own
+/// policy: what the command waits for (the device reporting `policy_version` of `policy` applied).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AndroidPolicyCommand {
+    pub device_id: DeviceId,
+    pub command_id: String,
+    /// `enterprises/<e>/policies/<p>`.
+    pub policy: String,
+    pub policy_version: i64,
+    /// Top-level Policy fields the command touched (non-compliance with them fails it).
+    pub settings: Vec<String>,
+    /// The app of `install_app` / `app_config`.
+    pub package: Option<String>,
+    pub created_at: i64,
+}
+
 /// What a corporate identifier is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -839,6 +855,26 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// enrollment. A hint for skipping work: [`Store::apply_pubsub`] decides again in its
     /// transaction.
     async fn pubsub_view(&self, message_id: &str, device: Option<&DeviceId>) -> Result<PubSubView>;
+
+    // --- vocabulary (s4) ---
+    /// Records what an Android policy command waits for, applying `update` (queued → sent) and
+    /// appending `events` in the same transaction. Returns false, storing nothing, when the
+    /// update does not apply (the command changed meanwhile).
+    async fn record_android_policy_command(
+        &self,
+        command: &AndroidPolicyCommand,
+        update: CommandUpdate<'_>,
+        events: &[Event],
+    ) -> Result<bool>;
+    /// The device's policy commands whose command is still `sent`, oldest first.
+    async fn pending_android_policy_commands(&self, device: &DeviceId) -> Result<Vec<AndroidPolicyCommand>>;
+    /// Policy commands recorded at or before `created_before` whose command is still `sent`,
+    /// oldest first: candidates for `devices.get` during reconcile.
+    async fn unresolved_android_policy_commands(
+        &self,
+        created_before: i64,
+        limit: u32,
+    ) -> Result<Vec<AndroidPolicyCommand>>;
 }
 
 #[cfg(test)]

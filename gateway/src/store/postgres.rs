@@ -40,11 +40,11 @@ use sqlx_postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow
 use tokio::sync::Notify;
 
 use super::{
-    AndroidEnterprise, AndroidOperation, AndroidSignup, CommandRecord, CommandUpdate, CorporateIdentifier, DeadLetter,
-    DeclarationSet, DeclarationsChange, DeclarationsToken, EnrollTicket, Enrollment, EnrollmentState, EnrollmentWrite,
-    IdentifierKind, LoggedEvent, NewCommand, NewScepChallenge, OmaDmSession, PubSubDelivery, PubSubOutcome, PubSubView,
-    PushCert, PushInfo, RequestSnapshot, Result, ScepCertificate, ScepChallenge, ScepRecord, Store, StoreError,
-    StoredDeclaration, TicketStatus, WindowsCertificate, WindowsRecord,
+    AndroidEnterprise, AndroidOperation, AndroidPolicyCommand, AndroidSignup, CommandRecord, CommandUpdate,
+    CorporateIdentifier, DeadLetter, DeclarationSet, DeclarationsChange, DeclarationsToken, EnrollTicket, Enrollment,
+    EnrollmentState, EnrollmentWrite, IdentifierKind, LoggedEvent, NewCommand, NewScepChallenge, OmaDmSession,
+    PubSubDelivery, PubSubOutcome, PubSubView, PushCert, PushInfo, RequestSnapshot, Result, ScepCertificate,
+    ScepChallenge, ScepRecord, Store, StoreError, StoredDeclaration, TicketStatus, WindowsCertificate, WindowsRecord,
 };
 
 /// Migrations, embedded at build time: `(version, description, sql)`, following the
@@ -53,6 +53,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "init", include_str!("../../migrations/postgres/0001_init.sql")),
     (2, "android_enrollment_gate", include_str!("../../migrations/postgres/0002_android_enrollment_gate.sql")),
     (3, "android_client", include_str!("../../migrations/postgres/0003_android_client.sql")),
+    (5, "android_policy_commands", include_str!("../../migrations/postgres/0005_android_policy_commands.sql")),
 ];
 
 /// How the pool is sized and how long an operation waits for a connection.
@@ -728,6 +729,20 @@ fn android_operation_from_row(row: &PgRow) -> Result<AndroidOperation> {
         device_id: parse_device_id(&get::<String>(row, 1, "device_id")?, "android_operations.device_id")?,
         command_id: get(row, 2, "command_id")?,
         created_at: get(row, 3, "created_at")?,
+    })
+}
+
+fn android_policy_command_from_row(row: &PgRow) -> Result<AndroidPolicyCommand> {
+    let settings: String = get(row, 4, "settings")?;
+    Ok(AndroidPolicyCommand {
+        device_id: parse_device_id(&get::<String>(row, 0, "device_id")?, "android_policy_commands.device_id")?,
+        command_id: get(row, 1, "command_id")?,
+        policy: get(row, 2, "policy")?,
+        policy_version: get(row, 3, "policy_version")?,
+        settings: serde_json::from_str(&settings)
+            .map_err(|e| StoreError::Corrupt(format!("android_policy_commands.settings: {e}")))?,
+        package: get(row, 5, "package")?,
+        created_at: get(row, 6, "created_at")?,
     })
 }
 
@@ -1795,6 +1810,70 @@ impl Store for PostgresStore {
             None => None,
         };
         Ok(PubSubView { seen: get(&row, 0, "seen")?, watermark_ms: get(&row, 1, "publish_time_ms")?, enrollment })
+    }
+
+    // --- vocabulary (s4) ---
+
+    async fn record_android_policy_command(
+        &self,
+        command: &AndroidPolicyCommand,
+        update: CommandUpdate<'_>,
+        events: &[Event],
+    ) -> Result<bool> {
+        if update.from.is_empty() {
+            return Ok(false);
+        }
+        let events = event_rows(events)?;
+        let mut tx = self.begin().await?;
+        if exec_update(&mut tx, &update).await? == 0 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        query(
+            "INSERT INTO android_policy_commands \
+             (device_id, command_id, policy, policy_version, settings, package, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) \
+             ON CONFLICT (device_id, command_id) DO UPDATE SET policy = excluded.policy, \
+             policy_version = excluded.policy_version, settings = excluded.settings, \
+             package = excluded.package, created_at = excluded.created_at",
+        )
+        .bind(command.device_id.as_str())
+        .bind(&command.command_id)
+        .bind(&command.policy)
+        .bind(command.policy_version)
+        .bind(serde_json::to_string(&command.settings).unwrap_or_else(|_| "[]".into()))
+        .bind(&command.package)
+        .bind(command.created_at)
+        .execute(&mut *tx)
+        .await?;
+        let appended = append_events(&mut tx, &events).await?;
+        self.commit(tx, appended).await?;
+        Ok(true)
+    }
+
+    async fn pending_android_policy_commands(&self, device: &DeviceId) -> Result<Vec<AndroidPolicyCommand>> {
+        let rows = query("SELECT p.device_id, p.command_id, p.policy, p.policy_version, p.settings, p.package, p.created_at FROM android_policy_commands p \
+             JOIN commands c ON c.device_id = p.device_id AND c.command_id = p.command_id \
+             WHERE p.device_id = $1 AND c.status = 'sent' ORDER BY p.created_at, p.command_id")
+        .bind(device.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(android_policy_command_from_row).collect()
+    }
+
+    async fn unresolved_android_policy_commands(
+        &self,
+        created_before: i64,
+        limit: u32,
+    ) -> Result<Vec<AndroidPolicyCommand>> {
+        let rows = query("SELECT p.device_id, p.command_id, p.policy, p.policy_version, p.settings, p.package, p.created_at FROM android_policy_commands p \
+             JOIN commands c ON c.device_id = p.device_id AND c.command_id = p.command_id \
+             WHERE p.created_at <= $1 AND c.status = 'sent' ORDER BY p.created_at LIMIT $2")
+        .bind(created_before)
+        .bind(self::limit(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(android_policy_command_from_row).collect()
     }
 }
 

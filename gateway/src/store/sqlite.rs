@@ -32,11 +32,11 @@ use sha2::{Digest, Sha384};
 use tokio::sync::{Notify, oneshot};
 
 use super::{
-    AndroidEnterprise, AndroidOperation, AndroidSignup, CommandRecord, CommandUpdate, CorporateIdentifier, DeadLetter,
-    DeclarationSet, DeclarationsChange, DeclarationsToken, EnrollTicket, Enrollment, EnrollmentState, EnrollmentWrite,
-    IdentifierKind, LoggedEvent, NewCommand, NewScepChallenge, OmaDmSession, PubSubDelivery, PubSubOutcome, PubSubView,
-    PushCert, PushInfo, RequestSnapshot, Result, ScepCertificate, ScepChallenge, ScepRecord, Store, StoreError,
-    StoredDeclaration, TicketStatus, WindowsCertificate, WindowsRecord,
+    AndroidEnterprise, AndroidOperation, AndroidPolicyCommand, AndroidSignup, CommandRecord, CommandUpdate,
+    CorporateIdentifier, DeadLetter, DeclarationSet, DeclarationsChange, DeclarationsToken, EnrollTicket, Enrollment,
+    EnrollmentState, EnrollmentWrite, IdentifierKind, LoggedEvent, NewCommand, NewScepChallenge, OmaDmSession,
+    PubSubDelivery, PubSubOutcome, PubSubView, PushCert, PushInfo, RequestSnapshot, Result, ScepCertificate,
+    ScepChallenge, ScepRecord, Store, StoreError, StoredDeclaration, TicketStatus, WindowsCertificate, WindowsRecord,
 };
 
 /// Migrations, embedded at build time: `(version, description, sql)`, following the
@@ -55,6 +55,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (8, "android", include_str!("../../migrations/sqlite/0008_android.sql")),
     (9, "android_client", include_str!("../../migrations/sqlite/0009_android_client.sql")),
     (10, "enrollment_gate", include_str!("../../migrations/sqlite/0010_enrollment_gate.sql")),
+    (12, "android_policy_commands", include_str!("../../migrations/sqlite/0012_android_policy_commands.sql")),
 ];
 
 /// The bookkeeping table, exactly as sqlx creates it.
@@ -1259,6 +1260,20 @@ fn android_operation_from_row(row: &Row<'_>) -> Result<AndroidOperation> {
     })
 }
 
+fn android_policy_command_from_row(row: &Row<'_>) -> Result<AndroidPolicyCommand> {
+    let settings: String = get(row, 4, "settings")?;
+    Ok(AndroidPolicyCommand {
+        device_id: parse_device_id(&get::<String>(row, 0, "device_id")?, "android_policy_commands.device_id")?,
+        command_id: get(row, 1, "command_id")?,
+        policy: get(row, 2, "policy")?,
+        policy_version: get(row, 3, "policy_version")?,
+        settings: serde_json::from_str(&settings)
+            .map_err(|e| StoreError::Corrupt(format!("android_policy_commands.settings: {e}")))?,
+        package: get(row, 5, "package")?,
+        created_at: get(row, 6, "created_at")?,
+    })
+}
+
 fn android_signup_from_row(row: &Row<'_>) -> Result<AndroidSignup> {
     Ok(AndroidSignup {
         name: get(row, 0, "name")?,
@@ -2330,6 +2345,81 @@ impl Store for SqliteStore {
                 None => None,
             };
             Ok(PubSubView { seen: get(row, 0, "seen")?, watermark_ms: get(row, 1, "publish_time_ms")?, enrollment })
+        })
+        .await
+    }
+
+    // --- vocabulary (s4) ---
+
+    async fn record_android_policy_command(
+        &self,
+        command: &AndroidPolicyCommand,
+        update: CommandUpdate<'_>,
+        events: &[Event],
+    ) -> Result<bool> {
+        let events = event_rows(events)?;
+        let Some(row) = update_row(&update)? else {
+            return Ok(false);
+        };
+        let c = command.clone();
+        let settings = serde_json::to_string(&c.settings).unwrap_or_else(|_| "[]".into());
+        self.transact(move |tx| {
+            if exec_update(tx, &row)? == 0 {
+                return Ok((false, false));
+            }
+            tx.prepare_cached(
+                "INSERT INTO android_policy_commands \
+                 (device_id, command_id, policy, policy_version, settings, package, created_at) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?) \
+                 ON CONFLICT (device_id, command_id) DO UPDATE SET policy = excluded.policy, \
+                 policy_version = excluded.policy_version, settings = excluded.settings, \
+                 package = excluded.package, created_at = excluded.created_at",
+            )?
+            .execute(params![
+                c.device_id.as_str(),
+                c.command_id,
+                c.policy,
+                c.policy_version,
+                settings,
+                c.package,
+                c.created_at
+            ])?;
+            insert_events(tx, &events)?;
+            Ok((true, !events.is_empty()))
+        })
+        .await
+    }
+
+    async fn pending_android_policy_commands(&self, device: &DeviceId) -> Result<Vec<AndroidPolicyCommand>> {
+        let device = device.as_str().to_owned();
+        self.read(move |conn| {
+            query_all(
+                conn,
+                "SELECT p.device_id, p.command_id, p.policy, p.policy_version, p.settings, p.package, p.created_at FROM android_policy_commands p \
+                     JOIN commands c ON c.device_id = p.device_id AND c.command_id = p.command_id \
+                     WHERE p.device_id = ? AND c.status = 'sent' ORDER BY p.created_at, p.command_id",
+                [&device],
+                android_policy_command_from_row,
+            )
+        })
+        .await
+    }
+
+    async fn unresolved_android_policy_commands(
+        &self,
+        created_before: i64,
+        limit: u32,
+    ) -> Result<Vec<AndroidPolicyCommand>> {
+        let limit = self::limit(limit);
+        self.read(move |conn| {
+            query_all(
+                conn,
+                "SELECT p.device_id, p.command_id, p.policy, p.policy_version, p.settings, p.package, p.created_at FROM android_policy_commands p \
+                     JOIN commands c ON c.device_id = p.device_id AND c.command_id = p.command_id \
+                     WHERE p.created_at <= ? AND c.status = 'sent' ORDER BY p.created_at LIMIT CAST(? AS INTEGER)",
+                params![created_before, limit],
+                android_policy_command_from_row,
+            )
         })
         .await
     }

@@ -14,10 +14,10 @@ use time::OffsetDateTime;
 use tokio::sync::Notify;
 
 use super::{
-    AndroidEnterprise, AndroidOperation, AndroidSignup, CommandUpdate, DeadLetter, DeclarationsChange,
-    DeclarationsToken, EnrollTicket, Enrollment, EnrollmentState, EnrollmentWrite, IdentifierKind, NewCommand,
-    NewScepChallenge, OmaDmSession, PubSubDelivery, PubSubOutcome, PushCert, PushInfo, ScepCertificate, ScepChallenge,
-    ScepRecord, Store, StoreError, StoredDeclaration, TicketStatus, WindowsCertificate, WindowsRecord,
+    AndroidEnterprise, AndroidOperation, AndroidPolicyCommand, AndroidSignup, CommandUpdate, DeadLetter,
+    DeclarationsChange, DeclarationsToken, EnrollTicket, Enrollment, EnrollmentState, EnrollmentWrite, IdentifierKind,
+    NewCommand, NewScepChallenge, OmaDmSession, PubSubDelivery, PubSubOutcome, PushCert, PushInfo, ScepCertificate,
+    ScepChallenge, ScepRecord, Store, StoreError, StoredDeclaration, TicketStatus, WindowsCertificate, WindowsRecord,
 };
 
 /// A fresh store for one test, with what the tests need besides the trait.
@@ -103,6 +103,7 @@ macro_rules! store_suite {
             pubsub_view_reads_what_intake_needs,
             pubsub_report_writes_only_its_columns,
             event_batches_keep_their_order,
+            android_policy_commands,
         );
 
         #[tokio::test]
@@ -1553,6 +1554,71 @@ pub async fn android_operations(store: &dyn Store) {
     assert!(store.record_android_operation(&again, None, &ev).await.is_err());
     assert_eq!(store.android_operation(&op1.operation).await.expect("read"), Some(op1));
     assert_eq!(event_ids(store).await, ["ev-sent"]);
+}
+
+pub async fn android_policy_commands(store: &dyn Store) {
+    let d = id("android:LC01:dev1");
+    let other = id("android:LC01:dev2");
+    store
+        .enqueue(&[new_command(&d, "c1", 0), new_command(&d, "c2", 0), new_command(&other, "c3", 0)], &[])
+        .await
+        .expect("enqueue");
+    let queued = [CommandStatus::Queued];
+    let p1 = AndroidPolicyCommand {
+        device_id: d.clone(),
+        command_id: "c1".into(),
+        policy: "enterprises/LC01/policies/device-dev1".into(),
+        policy_version: 9_007_199_254_740_993,
+        settings: vec!["cameraAccess".into(), "passwordPolicies".into()],
+        package: None,
+        created_at: 100,
+    };
+    let ev = [event("ev-sent", &d, EventType::COMMAND_SENT, Some("c1"))];
+    assert!(
+        store
+            .record_android_policy_command(&p1, update(&d, "c1", &queued, CommandStatus::Sent, 100), &ev)
+            .await
+            .expect("record")
+    );
+    let c1 = store.command_for_device(&d, "c1").await.expect("read").expect("c1");
+    assert_eq!(c1.status, CommandStatus::Sent);
+    assert_eq!(event_ids(store).await, ["ev-sent"]);
+    let p2 = AndroidPolicyCommand {
+        command_id: "c2".into(),
+        policy_version: 10,
+        settings: vec!["applications".into()],
+        package: Some("com.example.app".into()),
+        created_at: 200,
+        ..p1.clone()
+    };
+    store
+        .record_android_policy_command(&p2, update(&d, "c2", &queued, CommandStatus::Sent, 200), &[])
+        .await
+        .expect("record");
+    let p3 = AndroidPolicyCommand { device_id: other.clone(), command_id: "c3".into(), created_at: 50, ..p1.clone() };
+    store
+        .record_android_policy_command(&p3, update(&other, "c3", &queued, CommandStatus::Sent, 50), &[])
+        .await
+        .expect("record");
+    // Per device, oldest first; across devices by age, up to the cut.
+    assert_eq!(store.pending_android_policy_commands(&d).await.expect("list"), vec![p1.clone(), p2.clone()]);
+    assert_eq!(store.unresolved_android_policy_commands(150, 10).await.expect("list"), vec![p3.clone(), p1.clone()]);
+    assert_eq!(store.unresolved_android_policy_commands(300, 2).await.expect("list"), vec![p3.clone(), p1.clone()]);
+    // A resolved command is no longer pending.
+    let sent = [CommandStatus::Sent];
+    assert!(store.update_command(update(&d, "c1", &sent, CommandStatus::Acknowledged, 300), &[]).await.expect("ack"));
+    assert_eq!(store.pending_android_policy_commands(&d).await.expect("list"), vec![p2.clone()]);
+    // A command not in `from` any more: nothing stored, no event.
+    let ev = [event("ev-never", &d, EventType::COMMAND_SENT, Some("c1"))];
+    let stale = AndroidPolicyCommand { policy_version: 11, ..p1.clone() };
+    assert!(
+        !store
+            .record_android_policy_command(&stale, update(&d, "c1", &queued, CommandStatus::Sent, 400), &ev)
+            .await
+            .expect("record")
+    );
+    assert_eq!(event_ids(store).await, ["ev-sent"]);
+    assert_eq!(store.pending_android_policy_commands(&other).await.expect("list"), vec![p3]);
 }
 
 // ---- Enrollment gate ------------------------------------------------------------------------

@@ -39,6 +39,19 @@ pub struct Device {
     pub user_name: Option<String>,
     pub memory_info: Option<MemoryInfo>,
     pub device_settings: Option<DeviceSettings>,
+    /// Installed apps (only when the policy enables `statusReportingSettings.applicationReportsEnabled`).
+    pub application_reports: Vec<ApplicationReport>,
+}
+
+/// `ApplicationReport`: one app on the device.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ApplicationReport {
+    pub package_name: Option<String>,
+    /// `INSTALLED`, `REMOVED`.
+    pub state: Option<String>,
+    pub version_name: Option<String>,
+    pub version_code: Option<i64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]

@@ -8,8 +8,10 @@
 //! | `clear_passcode` | `devices.issueCommand` `{"type": "RESET_PASSWORD"}` (no new password: cleared) |
 //! | `wipe` | `devices.delete`; `preserve_data_plan: false` adds `wipeDataFlags=WIPE_ESIMS` |
 //! | `device_info` | `devices.get` (the newest status report); `fields` becomes the `fields` partial-response parameter |
+//! | `set_settings` | the device's own policy: `policies.patch` of the fields ([`crate::policy`]) |
+//! | `install_app` | the device's own policy: `applications[]` entry `FORCE_INSTALLED` |
+//! | `app_config` | the device's own policy: `applications[].managedConfiguration` |
 //! | `raw` | `{"method", "path", "body"?}` under the device's enterprise, or an AMAPI `Command` object (has `type`) → issueCommand |
-//! | anything else | [`CommandError::UnsupportedOnPlatform`] |
 //!
 //! `lock`'s `pin`, `message` and `phone` have no AMAPI `LOCK` equivalent and are refused rather
 //! than dropped (a backend that sets a PIN must not believe the device got one).
@@ -17,6 +19,8 @@
 use mdm_core::{Command, CommandError, DeviceId, Platform};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value as Json};
+
+use crate::policy::{self, PolicyChange};
 
 /// HTTP methods AMAPI uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,6 +69,9 @@ pub enum CallKind {
     GetDevice,
     /// A raw call: acknowledged with the reply body.
     Raw,
+    /// A change to the device's own policy (`path` names it): several calls (read, patch, maybe
+    /// `devices.patch`), then `sent` until the device reports the patched version applied.
+    Policy { change: PolicyChange },
 }
 
 /// One AMAPI REST call as data. `path` is relative to `<api_base_url>/v1/`.
@@ -88,6 +95,7 @@ impl AmapiCall {
             CallKind::DeleteDevice => "devices.delete".into(),
             CallKind::GetDevice => "devices.get".into(),
             CallKind::Raw => "raw".into(),
+            CallKind::Policy { .. } => "policies.patch".into(),
         }
     }
 }
@@ -162,8 +170,22 @@ pub fn translate(command: &Command, device: &DeviceId) -> Result<AmapiCall, Comm
             }
             raw(payload, device, &name)
         }
-        other => Err(CommandError::UnsupportedOnPlatform { platform: Platform::Android, command: other.type_name() }),
+        Command::SetSettings { settings } => policy_call(device, policy::settings_change(settings)?),
+        Command::InstallApp { app, managed_config } => {
+            policy_call(device, policy::install_change(app, managed_config.as_ref())?)
+        }
+        Command::AppConfig { app, config } => policy_call(device, policy::app_config_change(app, config)?),
     }
+}
+
+fn policy_call(device: &DeviceId, change: PolicyChange) -> Result<AmapiCall, CommandError> {
+    Ok(AmapiCall {
+        method: Method::Patch,
+        path: policy::device_policy_name(device)?,
+        query: Vec::new(),
+        body: None,
+        kind: CallKind::Policy { change },
+    })
 }
 
 fn raw(payload: &Json, device: &DeviceId, name: &str) -> Result<AmapiCall, CommandError> {
@@ -408,14 +430,29 @@ mod tests {
     }
 
     #[test]
-    fn unsupported_commands_are_refused_with_the_contract_code() {
-        for c in [
-            json!({"type": "set_settings", "settings": {"camera_disabled": true}}),
-            json!({"type": "install_app", "app": "com.example"}),
-            json!({"type": "app_config", "app": "com.example", "config": {}}),
+    fn policy_commands_address_the_devices_own_policy() {
+        for (c, settings) in [
+            (json!({"type": "set_settings", "settings": {"camera_disabled": true}}), vec!["cameraAccess"]),
+            (json!({"type": "install_app", "app": "com.example"}), vec!["applications"]),
+            (json!({"type": "app_config", "app": "com.example", "config": {"k": "v"}}), vec!["applications"]),
         ] {
-            let e = translate(&cmd(c.clone()), &dev()).unwrap_err();
-            assert_eq!(e.code(), "unsupported_on_platform", "{c}");
+            let call = translate(&cmd(c.clone()), &dev()).unwrap();
+            assert_eq!((call.method, call.path.as_str()), (Method::Patch, "enterprises/LC01/policies/device-3a4f"));
+            assert_eq!(call.request_type(), "policies.patch");
+            let CallKind::Policy { change } = &call.kind else { panic!("{c}: {call:?}") };
+            assert_eq!(change.settings(), settings, "{c}");
+            let back: AmapiCall = serde_json::from_value(serde_json::to_value(&call).unwrap()).unwrap();
+            assert_eq!(back, call);
+        }
+        for (c, field) in [
+            (json!({"type": "set_settings", "settings": {"extra": {"knox": 1}}}), "settings"),
+            (json!({"type": "install_app", "app": "361309726"}), "app"),
+            (json!({"type": "app_config", "app": "not a package", "config": {}}), "app"),
+        ] {
+            match translate(&cmd(c.clone()), &dev()) {
+                Err(CommandError::Invalid { field: f, .. }) => assert_eq!(f, field, "{c}"),
+                other => panic!("{c}: {other:?}"),
+            }
         }
     }
 

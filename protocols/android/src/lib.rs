@@ -12,6 +12,8 @@
 //! - [`normalise`]: [`Notification::emissions`]: which events (and inventory) the gateway emits.
 //! - [`command`]: normalised commands → the AMAPI call that carries them ([`AmapiCall`]), and the
 //!   enrollment-token request body.
+//! - [`policy`]: `set_settings`, `install_app`, `app_config` as changes to the device's own
+//!   policy, and how a device report answers them.
 //!
 //! Nothing here reads the clock, a socket or a file; the caller passes everything in.
 
@@ -20,6 +22,7 @@ pub mod command;
 mod error;
 pub mod normalise;
 pub mod notification;
+pub mod policy;
 pub mod pubsub;
 
 pub use amapi::{Device, Operation};

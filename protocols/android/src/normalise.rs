@@ -19,7 +19,7 @@ use serde_json::{Map, Value as Json, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::amapi::{BatchUsageLogEvents, Device, EnterpriseUpgradeEvent, Operation};
+use crate::amapi::{BatchUsageLogEvents, Device, EnterpriseUpgradeEvent, NonComplianceDetail, Operation};
 use crate::{DecodeError, Notification};
 
 /// `USAGE_LOGS`: a batch of the device's security/usage log events.
@@ -183,32 +183,31 @@ pub fn device_event_data(d: &Device) -> Json {
     }
     put("device_posture", d.security_posture.as_ref().and_then(|p| s(&p.device_posture)));
     if !d.non_compliance_details.is_empty() {
-        let list = d
-            .non_compliance_details
-            .iter()
-            .map(|n| {
-                let mut o = Map::new();
-                for (k, v) in [
-                    ("setting_name", &n.setting_name),
-                    ("reason", &n.non_compliance_reason),
-                    ("specific_reason", &n.specific_non_compliance_reason),
-                    ("package_name", &n.package_name),
-                    ("field_path", &n.field_path),
-                    ("installation_failure_reason", &n.installation_failure_reason),
-                ] {
-                    if let Some(v) = v {
-                        o.insert(k.to_owned(), v.clone().into());
-                    }
-                }
-                if let Some(v) = &n.current_value {
-                    o.insert("current_value".to_owned(), v.clone());
-                }
-                Json::Object(o)
-            })
-            .collect();
+        let list = d.non_compliance_details.iter().map(non_compliance_json).collect();
         put("non_compliance", Some(Json::Array(list)));
     }
     Json::Object(m)
+}
+
+/// One `nonComplianceDetails` entry in the gateway's snake_case form (event data, command errors).
+pub fn non_compliance_json(n: &NonComplianceDetail) -> Json {
+    let mut o = Map::new();
+    for (k, v) in [
+        ("setting_name", &n.setting_name),
+        ("reason", &n.non_compliance_reason),
+        ("specific_reason", &n.specific_non_compliance_reason),
+        ("package_name", &n.package_name),
+        ("field_path", &n.field_path),
+        ("installation_failure_reason", &n.installation_failure_reason),
+    ] {
+        if let Some(v) = v {
+            o.insert(k.to_owned(), v.clone().into());
+        }
+    }
+    if let Some(v) = &n.current_value {
+        o.insert("current_value".to_owned(), v.clone());
+    }
+    Json::Object(o)
 }
 
 fn command_emissions(op: &Operation) -> Result<Vec<Emission>, DecodeError> {

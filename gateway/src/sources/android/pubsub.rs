@@ -31,6 +31,7 @@ use serde_json::Value as Json;
 use tokio::sync::{Mutex, MutexGuard};
 
 use crate::AppState;
+use crate::android::device_policy;
 use crate::enrollment_gate::{self, EnrollmentFacts, Ownership};
 use crate::store::{
     CommandUpdate, DeadLetter, Enrollment, EnrollmentState, EnrollmentWrite, PubSubDelivery, PubSubOutcome, StoreError,
@@ -393,7 +394,25 @@ async fn device(
         let data = serde_json::to_value(&enrollment.inventory).unwrap_or_default();
         events.push(state.events.event(EventType::DEVICE_INVENTORY, &id, None, data));
     }
-    let handled = apply(state, msg, ordering, write, &[], &events, now).await?;
+    // Policy commands (set_settings, install_app, app_config) this report shows applied or
+    // refused: resolved in the same transaction. Only an enrolled device can have any.
+    let pending = if was_enrolled && !is_enrollment && !report.deleted {
+        state.store.pending_android_policy_commands(&id).await?
+    } else {
+        Vec::new()
+    };
+    let resolved = device_policy::resolutions(&state.events, &pending, d, "STATUS_REPORT");
+    let updates: Vec<CommandUpdate<'_>> = resolved.iter().map(|r| r.update(now)).collect();
+    events.extend(resolved.iter().map(|r| r.event.clone()));
+    let handled = apply(state, msg, ordering, write, &updates, &events, now).await?;
+    if handled == Handled::Applied {
+        for r in &resolved {
+            metrics::counter!(telemetry::COMMAND_RESULTS, "platform" => "android", "status" => r.to.as_str())
+                .increment(1);
+            tracing::info!(device_id = %id, command_id = %r.command_id, status = r.to.as_str(),
+                "Android policy command resolved by a status report");
+        }
+    }
     if handled == Handled::Applied
         && let Some((kind, identifier)) = &corporate_identifier
     {

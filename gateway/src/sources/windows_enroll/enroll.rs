@@ -194,19 +194,6 @@ pub(crate) async fn issue_request(
         tracing::info!(platform = "windows", device = %device, extension = %ext, "the CSR's device id extension differs from the DeviceID context item; using DeviceID");
     }
 
-    let max = svc.config.max_devices_per_user;
-    if max > 0 {
-        let others = state.store.windows_devices_of_user(&user.upn).await?.into_iter().filter(|d| *d != device).count();
-        if others >= max as usize {
-            return Err(Refusal::new(
-                Subcode::AUTHORIZATION,
-                ErrorType::DEVICE_CAP_REACHED,
-                "device_cap_reached",
-                format!("{} already has {others} enrolled devices (at most {max}); unenroll one first", user.upn),
-            ));
-        }
-    }
-
     let enrollment_type = context_value(rst, "EnrollmentType").unwrap_or_else(|| "Full".into());
 
     // The enrollment gate ([enrollment]): nothing is stored for a refused device but the event.
