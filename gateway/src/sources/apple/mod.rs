@@ -134,9 +134,9 @@ pub async fn handle(state: &Arc<AppState>, req: Request<Incoming>, conn: &ConnIn
         }
         Err(r) => {
             if r.status.is_server_error() {
-                tracing::error!(platform = "apple", reason = r.reason, detail = %r.detail, peer = ?conn.peer, "device request failed");
+                tracing::error!(platform = "apple", reason = r.reason, detail = %r.detail, client = ?conn.client_ip(), "device request failed");
             } else {
-                tracing::warn!(platform = "apple", reason = r.reason, detail = %r.detail, peer = ?conn.peer, "device request refused");
+                tracing::warn!(platform = "apple", reason = r.reason, detail = %r.detail, client = ?conn.client_ip(), "device request refused");
             }
             metrics::counter!(telemetry::DEVICE_REJECTS, "platform" => "apple", "reason" => r.reason).increment(1);
             if r.identity {
