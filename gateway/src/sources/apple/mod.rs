@@ -81,8 +81,15 @@ impl Reject {
 }
 
 impl From<crate::store::StoreError> for Reject {
+    /// 503: the store is unreachable (a database restart, a lost connection); the device retries
+    /// later, through the load balancer possibly on another instance, and nothing was stored.
     fn from(e: crate::store::StoreError) -> Self {
-        Reject::internal(e)
+        Reject {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            reason: "store_unavailable",
+            detail: e.to_string(),
+            identity: false,
+        }
     }
 }
 

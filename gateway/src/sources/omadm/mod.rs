@@ -88,8 +88,10 @@ impl Reject {
 }
 
 impl From<crate::store::StoreError> for Reject {
+    /// 503: the store is unreachable (a database restart, a lost connection); the device retries
+    /// later, and nothing was stored.
     fn from(e: crate::store::StoreError) -> Self {
-        Reject::internal(e)
+        Reject::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", e.to_string())
     }
 }
 
