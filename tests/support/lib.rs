@@ -15,7 +15,9 @@ use serde_json::Value;
 use tempfile::TempDir;
 
 pub mod android;
+pub mod balancer;
 pub mod nats;
+pub mod process;
 pub mod webhook;
 pub mod windows;
 
