@@ -416,7 +416,9 @@ pub struct PubSubDelivery<'a> {
     pub enrollment: Option<&'a Enrollment>,
     /// Conditional command changes (as [`Store::update_command`]) when applied.
     pub command_updates: &'a [CommandUpdate<'a>],
-    /// Appended when applied.
+    /// Appended when applied, unless there are command changes and none of them applied (the
+    /// events would report a change another writer made first: one `command.acknowledged` per
+    /// command, whichever instance or path resolves it).
     pub events: &'a [Event],
 }
 

@@ -1467,10 +1467,14 @@ impl Store for PostgresStore {
         if let Some(e) = d.enrollment {
             write_enrollment(&mut tx, e).await?;
         }
+        let mut changed = 0;
         for u in d.command_updates {
-            exec_update(&mut tx, u).await?;
+            changed += exec_update(&mut tx, u).await?;
         }
-        let appended = append_events(&mut tx, &events).await?;
+        // The events report the command changes: when none applied (another writer, such as
+        // reconcile on any instance, made the command final first), they are not appended.
+        let conditional = d.command_updates.iter().any(|u| !u.from.is_empty());
+        let appended = if conditional && changed == 0 { false } else { append_events(&mut tx, &events).await? };
         self.commit(tx, appended).await?;
         Ok(PubSubOutcome::Applied)
     }

@@ -1951,8 +1951,14 @@ impl Store for SqliteStore {
             if let Some(e) = &enrollment {
                 write_enrollment(tx, e)?;
             }
+            let mut changed = 0;
             for u in &updates {
-                exec_update(tx, u)?;
+                changed += exec_update(tx, u)?;
+            }
+            // The events report the command changes: when none applied (reconcile made the
+            // command final first), they are not appended.
+            if !updates.is_empty() && changed == 0 {
+                return Ok((outcome, false));
             }
             insert_events(tx, &events)?;
             Ok((outcome, !events.is_empty()))

@@ -1430,6 +1430,17 @@ pub async fn pubsub_dedupe_and_device_order(store: &dyn Store) {
     assert_eq!(event_ids(store).await, ["ev-1", "ev-4", "ev-5", "ev-6", "ev-7"]);
 }
 
+/// The ids of every logged event, in log order.
+async fn logged_ids(store: &dyn Store) -> Vec<String> {
+    let logged = store.events_after(0, 100).await.expect("events");
+    logged
+        .iter()
+        .map(|e| {
+            serde_json::from_str::<serde_json::Value>(&e.json).expect("json")["id"].as_str().unwrap_or("").to_owned()
+        })
+        .collect()
+}
+
 pub async fn pubsub_applies_command_updates(store: &dyn Store) {
     let d = id("android:LC01:dev1");
     store.enqueue(&[new_command(&d, "c1", 0), new_command(&d, "c2", 0)], &[]).await.expect("enqueue");
@@ -1442,6 +1453,7 @@ pub async fn pubsub_applies_command_updates(store: &dyn Store) {
     let d1 = PubSubDelivery { command_updates: &updates, ..delivery("m1", Some((&d, 1)), None, &ev) };
     assert_eq!(store.apply_pubsub(d1).await.expect("apply"), PubSubOutcome::Applied);
     assert_eq!(store.command_for_device(&d, "c1").await.expect("read").expect("c1").status, CommandStatus::Queued);
+    assert!(logged_ids(store).await.is_empty(), "no event for a change that did not happen");
 
     let queued = [CommandStatus::Queued];
     assert!(store.update_command(update(&d, "c1", &queued, CommandStatus::Sent, 40), &[]).await.expect("sent"));
@@ -1450,6 +1462,14 @@ pub async fn pubsub_applies_command_updates(store: &dyn Store) {
     assert_eq!(store.apply_pubsub(d2).await.expect("apply"), PubSubOutcome::Applied);
     let c1 = store.command_for_device(&d, "c1").await.expect("read").expect("c1");
     assert_eq!((c1.status, c1.result, c1.updated_at), (CommandStatus::Acknowledged, Some(json!({ "done": true })), 50));
+    assert_eq!(logged_ids(store).await, ["ev-b"]);
+    // Regression: a second resolution of c1 (the COMMAND notification after reconcile on
+    // another instance made it final) appended a second command.acknowledged.
+    let ev = [event("ev-c", &d, EventType::COMMAND_ACKNOWLEDGED, Some("c1"))];
+    let again = [update(&d, "c1", &[CommandStatus::Queued, CommandStatus::Sent], CommandStatus::Acknowledged, 70)];
+    let d4 = PubSubDelivery { command_updates: &again, ..delivery("m4", Some((&d, 3)), None, &ev) };
+    assert_eq!(store.apply_pubsub(d4).await.expect("apply"), PubSubOutcome::Applied);
+    assert_eq!(logged_ids(store).await, ["ev-b"]);
     // A stale message's updates are not applied.
     let err = [update(&d, "c2", &queued, CommandStatus::Error, 60)];
     let d3 = PubSubDelivery { command_updates: &err, ..delivery("m3", Some((&d, 1)), None, &[]) };
