@@ -155,6 +155,21 @@ async fn sigterm_turns_unready_at_once_and_serves_until_the_drain_delay_is_over(
     // ...while devices are still served, on new connections too.
     dev.enroll().await.expect("a device enrolls during the drain delay");
     assert_eq!(enrollment_state(&s.api, &format!("apple:{}", dev.udid)).await.as_deref(), Some("enrolled"));
+    // Replies ask HTTP/1.1 clients to reconnect (through the balancer, to another instance).
+    let http1 = reqwest::Client::builder()
+        .http1_only()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(&s.ca.pem).expect("ca"))
+        .build()
+        .expect("client");
+    let caps = http1
+        .get(format!("https://127.0.0.1:{}/scep?operation=GetCACaps", s.gw.device_addr().port()))
+        .send()
+        .await
+        .expect("GetCACaps during the drain delay");
+    assert_eq!(caps.status().as_u16(), 200);
+    assert_eq!(caps.headers().get("connection").and_then(|v| v.to_str().ok()), Some("close"));
     assert!(signalled.elapsed() < Duration::from_secs(3), "the checks above ran inside the delay");
 
     let status = s.gw.wait_exit(Duration::from_secs(20)).await;
