@@ -73,7 +73,13 @@ pub struct DeviceConfig {
     pub tls_key: Option<PathBuf>,
     /// Largest request body accepted from a device, in bytes; larger ones get 413.
     pub max_body_bytes: usize,
-    /// Networks of load balancers allowed to pass a client certificate in a header.
+    /// A second device listener speaking plain HTTP, for a load balancer that ends TLS and
+    /// passes the client certificate in `client_cert_header` and the client address in
+    /// `X-Forwarded-For` / `Forwarded`. Only peers in `trusted_proxies` are served on it (others
+    /// get 403); needs `trusted_proxies`. Off when absent.
+    pub plain_listen: Option<SocketAddr>,
+    /// Networks of load balancers allowed to pass a client certificate in a header and the
+    /// client address in `X-Forwarded-For` / `Forwarded`.
     pub trusted_proxies: Vec<IpNet>,
     /// The header a trusted proxy puts the client certificate in: `Client-Cert` (RFC 9440,
     /// `:base64 DER:`) or any other name, read as nginx's URL-escaped PEM.
@@ -290,8 +296,12 @@ pub enum WebhookFormat {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ShutdownConfig {
-    /// Seconds given to in-flight requests and sinks after SIGTERM.
+    /// Seconds given to in-flight requests and sinks once the listeners stop accepting.
     pub grace_period_s: u64,
+    /// Seconds between SIGTERM and the listeners stopping: `/readyz` answers 503 at once while
+    /// requests are still served, so a load balancer takes the instance out first. A second
+    /// signal ends the wait early.
+    pub drain_delay_s: u64,
 }
 
 impl WebhookConfig {
@@ -335,6 +345,7 @@ impl Default for DeviceConfig {
             tls_cert: None,
             tls_key: None,
             max_body_bytes: 4 * 1024 * 1024,
+            plain_listen: None,
             trusted_proxies: Vec::new(),
             client_cert_header: "Client-Cert".into(),
         }
@@ -397,7 +408,7 @@ impl Default for EventsConfig {
 
 impl Default for ShutdownConfig {
     fn default() -> Self {
-        ShutdownConfig { grace_period_s: 30 }
+        ShutdownConfig { grace_period_s: 30, drain_delay_s: 5 }
     }
 }
 
@@ -523,6 +534,16 @@ impl Config {
         }
         if self.device.max_body_bytes < 1024 {
             return Err(ConfigError::new("device.max_body_bytes", "must be at least 1024"));
+        }
+        if self.device.plain_listen.is_some() && self.device.trusted_proxies.is_empty() {
+            return Err(ConfigError::new(
+                "device.plain_listen",
+                "needs device.trusted_proxies: device identities on the plain listener come only from the load \
+                 balancer's certificate header",
+            ));
+        }
+        if self.shutdown.drain_delay_s > 600 {
+            return Err(ConfigError::new("shutdown.drain_delay_s", "must be at most 600"));
         }
         if http::HeaderName::from_bytes(self.device.client_cert_header.as_bytes()).is_err() {
             return Err(ConfigError::new("device.client_cert_header", "not a valid header name"));
@@ -889,5 +910,17 @@ mod tests {
         assert_eq!(refused(&|o| o.max_obj_size = o.max_msg_size - 1), "omadm.max_obj_size");
         assert_eq!(refused(&|o| o.max_in_flight = 0), "omadm.max_in_flight");
         assert_eq!(refused(&|o| o.session_ttl_s = 0), "omadm.session_ttl_s");
+    }
+
+    #[test]
+    fn plain_listener_needs_trusted_proxies() {
+        let e = load("[device]\nplain_listen = \"127.0.0.1:8081\"").expect_err("no trusted proxies");
+        assert_eq!(e.key, "device.plain_listen", "{e}");
+        let c = load("[device]\nplain_listen = \"127.0.0.1:8081\"\ntrusted_proxies = [\"10.0.0.0/8\"]\n[shutdown]\ndrain_delay_s = 0")
+            .expect("valid");
+        assert_eq!(c.device.plain_listen, Some("127.0.0.1:8081".parse().expect("addr")));
+        assert_eq!(c.shutdown.drain_delay_s, 0);
+        assert_eq!(Config::default().shutdown.drain_delay_s, 5);
+        assert_eq!(load("[shutdown]\ndrain_delay_s = 601").expect_err("too long").key, "shutdown.drain_delay_s");
     }
 }

@@ -15,6 +15,7 @@ use mdm_certs::{IdentityError, TrustAnchors, X509};
 use openssl::asn1::{Asn1Time, Asn1TimeRef};
 use sha2::{Digest, Sha256};
 
+use crate::forwarded::TrustedProxies;
 use crate::server::ConnInfo;
 
 /// Where the certificate came from.
@@ -211,7 +212,7 @@ type Presented = (X509, [u8; 32], Vec<X509>, Vec<[u8; 32]>, IdentitySource);
 #[derive(Debug)]
 pub struct IdentityVerifier {
     anchors: TrustAnchors,
-    trusted_proxies: Vec<IpNet>,
+    trusted_proxies: TrustedProxies,
     header: HeaderName,
     rfc9440: bool,
     verified: VerifiedChains,
@@ -224,7 +225,7 @@ impl IdentityVerifier {
         let rfc9440 = header.as_str().eq_ignore_ascii_case("client-cert");
         IdentityVerifier {
             anchors,
-            trusted_proxies,
+            trusted_proxies: TrustedProxies::new(trusted_proxies),
             header,
             rfc9440,
             verified: VerifiedChains::default(),
@@ -298,13 +299,12 @@ impl IdentityVerifier {
     }
 
     fn trusted_proxy(&self, peer: Option<IpAddr>) -> bool {
-        let Some(ip) = peer else { return false };
-        // An IPv4 peer may show up as an IPv4-mapped IPv6 address on dual-stack sockets.
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-            v4 => v4,
-        };
-        self.trusted_proxies.iter().any(|n| n.contains(&ip))
+        peer.is_some_and(|ip| self.trusted_proxies.contains(ip))
+    }
+
+    /// The load balancers whose headers (client certificate, client address) are believed.
+    pub fn trusted_proxies(&self) -> &TrustedProxies {
+        &self.trusted_proxies
     }
 
     /// Establishes the identity behind a request whose body is `body`. `now` is unix seconds.

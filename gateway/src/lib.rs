@@ -11,6 +11,7 @@ pub mod config;
 pub mod enrollment_gate;
 pub mod events;
 pub mod expiry;
+pub mod forwarded;
 pub mod http_util;
 pub mod identity;
 pub mod pki;
@@ -187,6 +188,8 @@ pub async fn migrate_store(config: &Config) -> Result<&'static str, StartError> 
 #[derive(Debug)]
 pub struct Gateway {
     pub device_addr: SocketAddr,
+    /// The plain-HTTP device listener (`device.plain_listen`), when configured.
+    pub device_plain_addr: Option<SocketAddr>,
     pub api_addr: SocketAddr,
     pub state: Arc<AppState>,
     shutdown: watch::Sender<bool>,
@@ -312,6 +315,10 @@ impl Gateway {
         let device_listener = TcpListener::bind(config.device.listen)
             .await
             .map_err(|source| StartError::Bind { addr: config.device.listen, source })?;
+        let plain_listener = match config.device.plain_listen {
+            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })?),
+            None => None,
+        };
         let api_listener = TcpListener::bind(config.api.listen)
             .await
             .map_err(|source| StartError::Bind { addr: config.api.listen, source })?;
@@ -319,6 +326,10 @@ impl Gateway {
             device_listener.local_addr().map_err(|source| StartError::Bind { addr: config.device.listen, source })?;
         let api_addr =
             api_listener.local_addr().map_err(|source| StartError::Bind { addr: config.api.listen, source })?;
+        let device_plain_addr = match (&plain_listener, config.device.plain_listen) {
+            (Some(l), Some(addr)) => Some(l.local_addr().map_err(|source| StartError::Bind { addr, source })?),
+            _ => None,
+        };
 
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         // Relays stop on their own signal, sent only once the listeners have drained, so that
@@ -382,6 +393,16 @@ impl Gateway {
         let grace = Duration::from_secs(state.config.shutdown.grace_period_s);
         let mut tasks = Vec::new();
         let device_handler = sources::device_handler(state.clone());
+        if let Some(plain) = plain_listener {
+            tasks.push(tokio::spawn(server::serve(
+                plain,
+                None,
+                device_handler.clone(),
+                shutdown_rx.clone(),
+                grace,
+                "device-plain",
+            )));
+        }
         tasks.push(tokio::spawn(server::serve(
             device_listener,
             Some(tls),
@@ -434,16 +455,41 @@ impl Gateway {
         }
 
         tracing::info!(
-            device = %device_addr, api = %api_addr, public_url = %state.config.public_url,
+            device = %device_addr, device_plain = ?device_plain_addr, api = %api_addr, public_url = %state.config.public_url,
             data_dir = %state.config.data_dir.display(), "gateway started"
         );
-        Ok(Gateway { device_addr, api_addr, state, shutdown: shutdown_tx, relay_stop: relay_stop_tx, tasks, relays })
+        Ok(Gateway {
+            device_addr,
+            device_plain_addr,
+            api_addr,
+            state,
+            shutdown: shutdown_tx,
+            relay_stop: relay_stop_tx,
+            tasks,
+            relays,
+        })
     }
 
-    /// Stops accepting, lets in-flight requests finish, flushes sinks; bounded by the grace
-    /// period.
+    /// Drains, then stops: [`Gateway::shutdown_or`] with nothing to end the drain early.
     pub async fn shutdown(self) -> Result<(), StartError> {
+        self.shutdown_or(std::future::pending()).await
+    }
+
+    /// Turns unready (`/readyz` 503) at once and keeps serving for `shutdown.drain_delay_s`, or
+    /// until `cut_short` resolves (a second signal), so that a load balancer stops sending new
+    /// requests here first; then stops accepting, lets in-flight requests finish and flushes
+    /// the sinks, bounded by the grace period.
+    pub async fn shutdown_or(self, cut_short: impl std::future::Future<Output = ()>) -> Result<(), StartError> {
         self.state.draining.store(true, Ordering::SeqCst);
+        let delay = Duration::from_secs(self.state.config.shutdown.drain_delay_s);
+        if !delay.is_zero() {
+            tracing::info!(delay_s = delay.as_secs(), "draining: unready, still serving until the delay is over");
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = cut_short => tracing::info!("drain delay cut short"),
+            }
+        }
+        tracing::info!("stopping: no new connections; finishing requests in flight");
         let _ = self.shutdown.send(true);
         // Listeners first: requests in flight may still append events the relays must send.
         for t in self.tasks {

@@ -112,8 +112,8 @@ fn main() -> ExitCode {
             }
         };
         mdm_gateway::shutdown::wait_for_signal().await;
-        tracing::info!("signal received, draining");
-        match gateway.shutdown().await {
+        tracing::info!("signal received, draining (signal again to skip the drain delay)");
+        match gateway.shutdown_or(mdm_gateway::shutdown::wait_for_signal()).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 tracing::error!(error = %e, "unclean shutdown");

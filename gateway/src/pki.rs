@@ -163,8 +163,24 @@ fn server_names(public_host: &str) -> Vec<SubjectAltName> {
 }
 
 /// Opens (creating on first use) the data directory. `now` is unix seconds.
+///
+/// Instances behind one load balancer must agree on the CA, the SCEP RA, the secrets and the
+/// storage key, so they share one data directory (a shared volume, or a copy of a directory
+/// made by a first start). Several instances may start at once on an empty shared directory:
+/// an exclusive lock on `<data_dir>/.lock` (advisory, `flock`) makes the first create
+/// everything and the others read what it wrote, instead of each writing a CA of its own.
 pub fn open(root: &Path, public_host: &str, now: i64) -> Result<DataDir, PkiError> {
     fs::create_dir_all(root).map_err(io(root))?;
+    let lock_path = root.join(".lock");
+    let lock =
+        fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(io(&lock_path))?;
+    lock.lock().map_err(io(&lock_path))?;
+    let opened = open_locked(root, public_host, now);
+    let _ = lock.unlock();
+    opened
+}
+
+fn open_locked(root: &Path, public_host: &str, now: i64) -> Result<DataDir, PkiError> {
     let ca_path = root.join("ca.pem");
     let ca_key_path = root.join("ca-key.pem");
     let (ca, ca_key) = if ca_path.exists() {
@@ -284,6 +300,27 @@ mod tests {
         assert!(parse_storage_key(&hex::encode([1u8; 16])).unwrap_err().contains("16 bytes"));
         assert!(parse_storage_key("not a key!").is_err());
         assert!(parse_storage_key("").is_err());
+    }
+
+    /// Instances starting together on one empty shared directory end up with one CA and one
+    /// set of secrets (regression: each wrote its own, and devices enrolled through one
+    /// instance were strangers to the others).
+    #[test]
+    fn concurrent_first_starts_share_one_ca() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let opened: Vec<DataDir> = std::thread::scope(|s| {
+            let handles: Vec<_> =
+                (0..3).map(|_| s.spawn(|| open(dir.path(), "localhost", 1_700_000_000).expect("open"))).collect();
+            handles.into_iter().map(|h| h.join().expect("thread")).collect()
+        });
+        let on_disk = fs::read(dir.path().join("ca.pem")).expect("ca.pem");
+        for d in &opened {
+            assert_eq!(d.ca_pem, on_disk, "every instance uses the CA on disk");
+            assert_eq!(d.api_key, opened[0].api_key);
+            assert_eq!(d.storage_key, opened[0].storage_key);
+            assert_eq!(d.scep_ra.to_der().expect("der"), opened[0].scep_ra.to_der().expect("der"));
+            assert_eq!(d.server_chain_pem, opened[0].server_chain_pem);
+        }
     }
 
     #[test]

@@ -1,10 +1,12 @@
 //! Accept loops for both listeners: TCP, optional TLS, HTTP/1.1 and HTTP/2, graceful drain.
 //!
 //! The handler sees a [`ConnInfo`] with the peer address and the client certificate chain the
-//! TLS layer received (unverified: see [`crate::tls`]).
+//! TLS layer received (unverified: see [`crate::tls`]). The client address behind a load
+//! balancer is the handler's to add ([`ConnInfo::for_client`], [`crate::forwarded`]): it comes
+//! from request headers, not from the connection.
 
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,9 +27,32 @@ use crate::http_util::Reply;
 /// What the handler knows about the connection a request came on.
 #[derive(Debug, Clone, Default)]
 pub struct ConnInfo {
+    /// The TCP peer: the device, or the load balancer in front of it.
     pub peer: Option<SocketAddr>,
     /// DER certificates the client presented in the TLS handshake, leaf first.
     pub client_certs: Vec<Vec<u8>>,
+    /// Whether the connection is TLS (false on the API listener and on the plain-HTTP device
+    /// listener behind a TLS-terminating load balancer).
+    pub tls: bool,
+    /// The client's address when a trusted proxy forwarded the request for another address
+    /// (`X-Forwarded-For`, `Forwarded`); `None` means the peer is the client.
+    pub forwarded_for: Option<IpAddr>,
+}
+
+impl ConnInfo {
+    /// The client's address: forwarded by a trusted proxy, else the TCP peer's.
+    pub fn client_ip(&self) -> Option<IpAddr> {
+        self.forwarded_for.or(self.peer.map(|p| p.ip()))
+    }
+
+    /// This connection's information for one request whose client is `client`; shares `self`
+    /// when that is the peer already.
+    pub fn for_client(self: &Arc<Self>, client: IpAddr) -> Arc<ConnInfo> {
+        if self.client_ip() == Some(client) {
+            return self.clone();
+        }
+        Arc::new(ConnInfo { forwarded_for: Some(client), ..(**self).clone() })
+    }
 }
 
 pub type HandlerFuture = Pin<Box<dyn Future<Output = Reply> + Send>>;
@@ -86,7 +111,7 @@ pub async fn serve(
                         .peer_certificates()
                         .map(|c| c.iter().map(|d| d.as_ref().to_vec()).collect())
                         .unwrap_or_default();
-                    let info = Arc::new(ConnInfo { peer: Some(peer), client_certs });
+                    let info = Arc::new(ConnInfo { peer: Some(peer), client_certs, tls: true, forwarded_for: None });
                     let svc = service_fn(move |req| {
                         let fut = handler(req, info.clone());
                         async move { Ok::<_, std::convert::Infallible>(fut.await) }
@@ -97,7 +122,12 @@ pub async fn serve(
                     }
                 }
                 None => {
-                    let info = Arc::new(ConnInfo { peer: Some(peer), client_certs: Vec::new() });
+                    let info = Arc::new(ConnInfo {
+                        peer: Some(peer),
+                        client_certs: Vec::new(),
+                        tls: false,
+                        forwarded_for: None,
+                    });
                     let svc = service_fn(move |req| {
                         let fut = handler(req, info.clone());
                         async move { Ok::<_, std::convert::Infallible>(fut.await) }

@@ -15,7 +15,9 @@ use serde_json::Value;
 use tempfile::TempDir;
 
 pub mod android;
+pub mod balancer;
 pub mod nats;
+pub mod process;
 pub mod webhook;
 pub mod windows;
 
@@ -242,6 +244,8 @@ impl Harness {
 /// A configuration on `data_dir` with both listeners on ephemeral loopback ports.
 pub fn config_on(data_dir: std::path::PathBuf) -> Config {
     let mut config = Config { data_dir, ..Config::default() };
+    // No load balancer to wait for in tests.
+    config.shutdown.drain_delay_s = 0;
     config.device.listen = "127.0.0.1:0".parse().expect("addr");
     config.api.listen = "127.0.0.1:0".parse().expect("addr");
     config

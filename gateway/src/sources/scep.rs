@@ -23,7 +23,7 @@ pub const PKI_MESSAGE_TYPE: &str = "application/x-pki-message";
 pub const CA_RA_CERT_TYPE: &str = "application/x-x509-ca-ra-cert";
 
 fn refuse(status: StatusCode, reason: &'static str, detail: String, conn: &ConnInfo) -> Reply {
-    tracing::warn!(source = "scep", reason, detail = %detail, peer = ?conn.peer, "SCEP request refused");
+    tracing::warn!(source = "scep", reason, detail = %detail, client = ?conn.client_ip(), "SCEP request refused");
     metrics::counter!(telemetry::SCEP_REQUESTS, "message_type" => "unknown", "result" => "malformed", "reason" => reason)
         .increment(1);
     text(status, format!("{reason}: {detail}\n"))
@@ -100,7 +100,7 @@ async fn pki_operation(state: &AppState, der: &[u8], conn: &ConnInfo) -> Reply {
             if let Some(f) = fail_info {
                 tracing::warn!(
                     source = "scep", message_type = message_type.label(), fail_info = f.label(), reason,
-                    detail = %detail, peer = ?conn.peer, "SCEP request refused with a FAILURE CertRep"
+                    detail = %detail, client = ?conn.client_ip(), "SCEP request refused with a FAILURE CertRep"
                 );
             } else {
                 tracing::info!(source = "scep", message_type = message_type.label(), detail = %detail, "SCEP certificate issued");

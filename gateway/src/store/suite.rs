@@ -1435,6 +1435,17 @@ pub async fn pubsub_dedupe_and_device_order(store: &dyn Store) {
     assert_eq!(event_ids(store).await, ["ev-1", "ev-4", "ev-5", "ev-6", "ev-7"]);
 }
 
+/// The ids of every logged event, in log order.
+async fn logged_ids(store: &dyn Store) -> Vec<String> {
+    let logged = store.events_after(0, 100).await.expect("events");
+    logged
+        .iter()
+        .map(|e| {
+            serde_json::from_str::<serde_json::Value>(&e.json).expect("json")["id"].as_str().unwrap_or("").to_owned()
+        })
+        .collect()
+}
+
 pub async fn pubsub_applies_command_updates(store: &dyn Store) {
     let d = id("android:LC01:dev1");
     store.enqueue(&[new_command(&d, "c1", 0), new_command(&d, "c2", 0)], &[]).await.expect("enqueue");
@@ -1447,6 +1458,7 @@ pub async fn pubsub_applies_command_updates(store: &dyn Store) {
     let d1 = PubSubDelivery { command_updates: &updates, ..delivery("m1", Some((&d, 1)), None, &ev) };
     assert_eq!(store.apply_pubsub(d1).await.expect("apply"), PubSubOutcome::Applied);
     assert_eq!(store.command_for_device(&d, "c1").await.expect("read").expect("c1").status, CommandStatus::Queued);
+    assert!(logged_ids(store).await.is_empty(), "no event for a change that did not happen");
 
     let queued = [CommandStatus::Queued];
     assert!(store.update_command(update(&d, "c1", &queued, CommandStatus::Sent, 40), &[]).await.expect("sent"));

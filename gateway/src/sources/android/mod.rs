@@ -117,9 +117,9 @@ pub async fn handle(state: &Arc<AppState>, req: Request<Incoming>, conn: &ConnIn
 
 fn refuse(intake: &PubSubIntake, conn: &ConnInfo, r: Reject) -> Reply {
     if r.status.is_server_error() {
-        tracing::error!(platform = "android", reason = r.reason, detail = %r.detail, peer = ?conn.peer, "Pub/Sub push failed; Pub/Sub will redeliver");
+        tracing::error!(platform = "android", reason = r.reason, detail = %r.detail, client = ?conn.client_ip(), "Pub/Sub push failed; Pub/Sub will redeliver");
     } else {
-        tracing::warn!(platform = "android", reason = r.reason, detail = %r.detail, peer = ?conn.peer, "Pub/Sub push refused");
+        tracing::warn!(platform = "android", reason = r.reason, detail = %r.detail, client = ?conn.client_ip(), "Pub/Sub push refused");
     }
     metrics::counter!(telemetry::DEVICE_REJECTS, "platform" => "android", "reason" => r.reason).increment(1);
     let mut reply = if r.status.is_server_error() {

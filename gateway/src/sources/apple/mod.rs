@@ -81,8 +81,15 @@ impl Reject {
 }
 
 impl From<crate::store::StoreError> for Reject {
+    /// 503: the store is unreachable (a database restart, a lost connection); the device retries
+    /// later, through the load balancer possibly on another instance, and nothing was stored.
     fn from(e: crate::store::StoreError) -> Self {
-        Reject::internal(e)
+        Reject {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            reason: "store_unavailable",
+            detail: e.to_string(),
+            identity: false,
+        }
     }
 }
 
@@ -134,9 +141,9 @@ pub async fn handle(state: &Arc<AppState>, req: Request<Incoming>, conn: &ConnIn
         }
         Err(r) => {
             if r.status.is_server_error() {
-                tracing::error!(platform = "apple", reason = r.reason, detail = %r.detail, peer = ?conn.peer, "device request failed");
+                tracing::error!(platform = "apple", reason = r.reason, detail = %r.detail, client = ?conn.client_ip(), "device request failed");
             } else {
-                tracing::warn!(platform = "apple", reason = r.reason, detail = %r.detail, peer = ?conn.peer, "device request refused");
+                tracing::warn!(platform = "apple", reason = r.reason, detail = %r.detail, client = ?conn.client_ip(), "device request refused");
             }
             metrics::counter!(telemetry::DEVICE_REJECTS, "platform" => "apple", "reason" => r.reason).increment(1);
             if r.identity {

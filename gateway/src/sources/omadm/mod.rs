@@ -88,8 +88,10 @@ impl Reject {
 }
 
 impl From<crate::store::StoreError> for Reject {
+    /// 503: the store is unreachable (a database restart, a lost connection); the device retries
+    /// later, and nothing was stored.
     fn from(e: crate::store::StoreError) -> Self {
-        Reject::internal(e)
+        Reject::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", e.to_string())
     }
 }
 
@@ -102,7 +104,7 @@ pub async fn handle(state: &Arc<AppState>, req: Request<Incoming>, conn: &ConnIn
     }
     // Taken before the body is read: a slow or large body holds a slot too.
     let Ok(_permit) = state.omadm.in_flight.clone().try_acquire_owned() else {
-        tracing::warn!(platform = "windows", peer = ?conn.peer, "OMA-DM request refused: too many in flight");
+        tracing::warn!(platform = "windows", client = ?conn.client_ip(), "OMA-DM request refused: too many in flight");
         metrics::counter!(telemetry::DEVICE_REJECTS, "platform" => "windows", "reason" => "overloaded").increment(1);
         let mut r =
             text(StatusCode::TOO_MANY_REQUESTS, "overloaded: too many OMA-DM requests in flight; retry later\n");
@@ -165,9 +167,9 @@ pub async fn handle(state: &Arc<AppState>, req: Request<Incoming>, conn: &ConnIn
 
 fn refuse(state: &AppState, conn: &ConnInfo, r: Reject) -> Reply {
     if r.status.is_server_error() {
-        tracing::error!(platform = "windows", reason = r.reason, detail = %r.detail, peer = ?conn.peer, "device request failed");
+        tracing::error!(platform = "windows", reason = r.reason, detail = %r.detail, client = ?conn.client_ip(), "device request failed");
     } else {
-        tracing::warn!(platform = "windows", reason = r.reason, detail = %r.detail, peer = ?conn.peer, "device request refused");
+        tracing::warn!(platform = "windows", reason = r.reason, detail = %r.detail, client = ?conn.client_ip(), "device request refused");
     }
     metrics::counter!(telemetry::DEVICE_REJECTS, "platform" => "windows", "reason" => r.reason).increment(1);
     if r.identity {

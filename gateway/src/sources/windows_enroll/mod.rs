@@ -157,11 +157,11 @@ pub async fn handle(state: &Arc<AppState>, req: Request<Incoming>, conn: &ConnIn
         }
         Err(Failed { refusal: r, relates_to }) => {
             if r.subcode == Subcode::INTERNAL_SERVICE_FAULT {
-                tracing::error!(platform = "windows", kind, reason = r.reason, detail = %r.detail, trace_id, peer = ?conn.peer, "Windows enrollment request failed");
+                tracing::error!(platform = "windows", kind, reason = r.reason, detail = %r.detail, trace_id, client = ?conn.client_ip(), "Windows enrollment request failed");
             } else {
                 tracing::warn!(
                     platform = "windows", kind, reason = r.reason, subcode = %r.subcode, error_type = %r.error_type,
-                    detail = %r.detail, trace_id, peer = ?conn.peer, "Windows enrollment request refused"
+                    detail = %r.detail, trace_id, client = ?conn.client_ip(), "Windows enrollment request refused"
                 );
             }
             metrics::counter!(telemetry::DEVICE_REJECTS, "platform" => "windows", "reason" => r.reason).increment(1);
