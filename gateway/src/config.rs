@@ -9,11 +9,13 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 mod android;
+mod cluster;
 mod enrollment_gate;
 mod nats;
 mod windows;
 
 pub use android::{AndroidConfig, PubSubAuth, PubSubOidcConfig};
+pub use cluster::ClusterConfig;
 pub use enrollment_gate::{DEM_DEVICE_LIMIT, EnrollmentGateConfig, MAX_DEVICE_LIMIT_PER_USER, PlatformRules};
 pub use nats::NatsConfig;
 pub use windows::{FederatedConfig, WindowsAuthPolicy, WindowsConfig, WindowsPollConfig};
@@ -53,6 +55,8 @@ pub struct Config {
     /// Optional NATS JetStream event sink and command intake.
     pub nats: Option<NatsConfig>,
     pub shutdown: ShutdownConfig,
+    /// Instances sharing one store: leases for the background duties.
+    pub cluster: ClusterConfig,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -324,6 +328,7 @@ impl Default for Config {
             webhook: None,
             nats: None,
             shutdown: ShutdownConfig::default(),
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -524,6 +529,7 @@ impl Config {
         self.validate_omadm()?;
         self.windows.validate()?;
         self.android.validate()?;
+        self.cluster.validate()?;
         self.enrollment.validate()?;
         if let Some(url) = &self.store.url {
             if crate::store::PostgresStore::is_url(url) {

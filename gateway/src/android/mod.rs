@@ -90,7 +90,15 @@ impl Android {
         let retry = RetrySettings::from_config(config);
         let project_id = config.project_id.clone().or_else(|| key.project_id.clone());
         let token = auth::TokenSource::new(key, http.clone(), retry.request_timeout, clock.clone());
-        let budget = Budget::new(config.budget_requests, Duration::from_secs(config.budget_window_s));
+        // One budget per Google project, shared by every instance on the store.
+        let bucket = format!("amapi:{}", project_id.as_deref().unwrap_or("default"));
+        let budget = Budget::shared(
+            config.budget_requests,
+            Duration::from_secs(config.budget_window_s),
+            store.clone(),
+            bucket,
+            clock.clone(),
+        );
         let client = Arc::new(AmapiClient::new(&config.api_base_url, http, token, budget, retry, clock.clone()));
         Ok(Some(Arc::new(Android {
             client,
