@@ -213,3 +213,140 @@ impl Cluster {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::clock::SystemClock;
+    use crate::store::SqliteStore;
+
+    async fn pair() -> (Arc<Cluster>, Arc<Cluster>, Arc<dyn Store>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("cluster.db");
+        let path = path.to_str().expect("utf-8");
+        let mk = |store: Arc<dyn Store>, id: &str| {
+            let config = ClusterConfig { instance_id: Some(id.into()), lease_ttl_s: 1 };
+            Arc::new(Cluster::new(&config, store, Arc::new(SystemClock)))
+        };
+        let s1: Arc<dyn Store> = Arc::new(SqliteStore::open(path, 1).await.expect("store"));
+        let s2: Arc<dyn Store> = Arc::new(SqliteStore::open(path, 1).await.expect("store"));
+        (mk(s1.clone(), "c1"), mk(s2, "c2"), s1, dir)
+    }
+
+    /// Counts running duties; a duty counts itself out when it returns or is dropped.
+    struct Running(Arc<AtomicUsize>);
+
+    impl Running {
+        fn start(n: &Arc<AtomicUsize>) -> Running {
+            n.fetch_add(1, Ordering::SeqCst);
+            Running(n.clone())
+        }
+    }
+
+    impl Drop for Running {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    async fn until(what: &str, f: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !f() {
+            assert!(Instant::now() < deadline, "timed out waiting: {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// A duty that runs until stopped.
+    fn duty(
+        n: Arc<AtomicUsize>,
+        who: Arc<AtomicUsize>,
+        me: usize,
+        stop: watch::Receiver<bool>,
+    ) -> impl FnMut(Leased) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> {
+        move |lease| {
+            assert_eq!(lease.name, "job");
+            let (n, who, mut stop) = (n.clone(), who.clone(), stop.clone());
+            Box::pin(async move {
+                let _running = Running::start(&n);
+                who.store(me, Ordering::SeqCst);
+                let _ = stop.wait_for(|s| *s).await;
+            })
+        }
+    }
+
+    /// One of two instances runs the duty; when it stops, it releases the lease and the other
+    /// takes over within a beat.
+    #[tokio::test]
+    async fn one_runs_the_other_takes_over() {
+        let (c1, c2, store, _dir) = pair().await;
+        let (n, who) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (stop1, rx1) = watch::channel(false);
+        let (stop2, rx2) = watch::channel(false);
+        let t1 = tokio::spawn(c1.clone().run_leased("job".into(), rx1.clone(), duty(n.clone(), who.clone(), 1, rx1)));
+        until("c1 runs", || who.load(Ordering::SeqCst) == 1).await;
+        let t2 = tokio::spawn(c2.clone().run_leased("job".into(), rx2.clone(), duty(n.clone(), who.clone(), 2, rx2)));
+        // Several renewals later, still one duty, still c1's.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(n.load(Ordering::SeqCst), 1);
+        assert_eq!(who.load(Ordering::SeqCst), 1);
+        let held = store.leases().await.expect("leases");
+        assert_eq!(held.iter().map(|l| (l.name.as_str(), l.holder.as_str())).collect::<Vec<_>>(), [("job", "c1")]);
+        let stopped = Instant::now();
+        stop1.send(true).expect("stop");
+        t1.await.expect("c1 ends");
+        until("c2 runs", || who.load(Ordering::SeqCst) == 2).await;
+        assert!(stopped.elapsed() < Duration::from_millis(900), "within a beat: {:?}", stopped.elapsed());
+        assert_eq!(n.load(Ordering::SeqCst), 1);
+        stop2.send(true).expect("stop");
+        t2.await.expect("c2 ends");
+        assert!(store.leases().await.expect("leases").is_empty(), "released at the end");
+    }
+
+    /// A holder whose lease is taken (here by hand, as after a pause longer than the TTL) drops
+    /// its duty at its next renewal, and stands by.
+    #[tokio::test]
+    async fn a_lost_lease_stops_the_duty_at_once() {
+        let (c1, _c2, store, _dir) = pair().await;
+        let (n, who) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (stop, rx) = watch::channel(false);
+        let t = tokio::spawn(c1.clone().run_leased("job".into(), rx.clone(), duty(n.clone(), who.clone(), 1, rx)));
+        until("c1 runs", || n.load(Ordering::SeqCst) == 1).await;
+        assert!(store.release_lease("job", "c1").await.expect("release"));
+        assert!(store.acquire_lease("job", "thief", c1.now_ms(), 60_000).await.expect("steal"));
+        let stolen = Instant::now();
+        until("c1's duty dropped", || n.load(Ordering::SeqCst) == 0).await;
+        assert!(stolen.elapsed() < Duration::from_millis(800), "{:?}", stolen.elapsed());
+        // It stands by: no new run while the thief holds it.
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        assert_eq!(n.load(Ordering::SeqCst), 0);
+        // The thief lets go: c1 runs again.
+        assert!(store.release_lease("job", "thief").await.expect("release"));
+        until("c1 runs again", || n.load(Ordering::SeqCst) == 1).await;
+        stop.send(true).expect("stop");
+        t.await.expect("ends");
+    }
+
+    /// Instance ids are generated unique unless configured.
+    #[tokio::test]
+    async fn instance_ids() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store: Arc<dyn Store> =
+            Arc::new(SqliteStore::open(dir.path().join("x.db").to_str().expect("utf-8"), 1).await.expect("store"));
+        let mk = |id: Option<&str>| {
+            Cluster::new(
+                &ClusterConfig { instance_id: id.map(str::to_owned), lease_ttl_s: 15 },
+                store.clone(),
+                Arc::new(SystemClock),
+            )
+        };
+        let (a, b) = (mk(None), mk(None));
+        assert_ne!(a.instance_id(), b.instance_id());
+        assert!(a.instance_id().starts_with(&format!("{}-", std::process::id())));
+        assert_eq!(mk(Some("gw-1")).instance_id(), "gw-1");
+        assert_eq!(a.lease_ttl(), Duration::from_secs(15));
+        assert_eq!(relay_lease("nats"), "relay:nats");
+    }
+}

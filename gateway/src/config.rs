@@ -827,6 +827,25 @@ mod tests {
     }
 
     #[test]
+    fn cluster_keys() {
+        let c = load("[cluster]\ninstance_id = \"gw-eu-1\"\nlease_ttl_s = 30").expect("valid");
+        assert_eq!(c.cluster.instance_id.as_deref(), Some("gw-eu-1"));
+        assert_eq!(c.cluster.lease_ttl_s, 30);
+        let d = Config::default();
+        assert_eq!((d.cluster.instance_id, d.cluster.lease_ttl_s), (None, 15));
+        for (toml, key) in [
+            ("[cluster]\nlease_ttl_s = 0", "cluster.lease_ttl_s"),
+            ("[cluster]\nlease_ttl_s = 3601", "cluster.lease_ttl_s"),
+            ("[cluster]\ninstance_id = \"\"", "cluster.instance_id"),
+            ("[cluster]\ninstance_id = \"a b\"", "cluster.instance_id"),
+            ("[cluster]\ninstance_id = \"a:b\"", "cluster.instance_id"),
+        ] {
+            assert_eq!(load(toml).expect_err(toml).key, key, "{toml}");
+        }
+        assert!(load("[cluster]\nttl = 3").is_err(), "unknown keys are refused");
+    }
+
+    #[test]
     fn profile_identifier_is_derived_from_the_public_host() {
         assert_eq!(with_public_url("https://mdm.example.com").profile_identifier(), "com.example.mdm.enrollment");
         assert_eq!(with_public_url("https://localhost:8443").profile_identifier(), "localhost.enrollment");
