@@ -52,14 +52,6 @@ pub struct Cluster {
 pub struct Leased {
     pub name: String,
     pub holder: String,
-    clock: Arc<dyn Clock>,
-}
-
-impl Leased {
-    /// Unix milliseconds, on the clock leases are taken with.
-    pub fn now_ms(&self) -> i64 {
-        unix_ms(self.clock.as_ref())
-    }
 }
 
 fn unix_ms(clock: &dyn Clock) -> i64 {
@@ -138,7 +130,7 @@ impl Cluster {
                 Ok(false) => {
                     tokio::select! {
                         _ = tokio::time::sleep(self.beat()) => {}
-                        _ = stop.changed() => {}
+                        r = stop.changed() => if r.is_err() { return },
                     }
                     continue;
                 }
@@ -146,7 +138,7 @@ impl Cluster {
                     tracing::warn!(lease = %name, error = %e, "cannot take lease; trying again");
                     tokio::select! {
                         _ = tokio::time::sleep(self.beat()) => {}
-                        _ = stop.changed() => {}
+                        r = stop.changed() => if r.is_err() { return },
                     }
                     continue;
                 }
@@ -155,7 +147,7 @@ impl Cluster {
             // Held until then unless renewed: the store counts from a time read before the
             // request was sent, so this instance never believes it holds longer than others.
             let mut held_until = asked + self.ttl;
-            let run = duty(Leased { name: name.clone(), holder: holder.clone(), clock: self.clock.clone() });
+            let run = duty(Leased { name: name.clone(), holder: holder.clone() });
             tokio::pin!(run);
             let mut next = Instant::now() + self.beat();
             let lost = loop {
@@ -208,7 +200,7 @@ impl Cluster {
             }
             tokio::select! {
                 _ = tokio::time::sleep(self.beat()) => {}
-                _ = stop.changed() => {}
+                r = stop.changed() => if r.is_err() { return },
             }
         }
     }

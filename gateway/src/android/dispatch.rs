@@ -71,6 +71,7 @@ impl Android {
     pub fn spawn(self: &Arc<Self>, cluster: Arc<Cluster>, shutdown: watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
         let this = self.clone();
         let stop = shutdown.clone();
+        let _ = self.instance.set(cluster.instance_id().to_owned());
         vec![
             tokio::spawn(self.clone().dispatch_loop(cluster.instance_id().to_owned(), shutdown.clone())),
             tokio::spawn(cluster.run_leased(ANDROID_RECONCILE_LEASE.to_owned(), shutdown, move |_| {
@@ -298,6 +299,11 @@ impl Android {
             }
         };
         for claim in abandoned {
+            // This instance is alive whatever its heartbeat row says (a clock jump, a slow
+            // renewal): its own dispatcher finishes its claims.
+            if self.instance.get() == Some(&claim.holder) {
+                continue;
+            }
             let record = &claim.command;
             let method = serde_json::from_slice::<AmapiCall>(&record.payload).ok().map(|c| c.method);
             if method == Some(Method::Get) {

@@ -68,6 +68,8 @@ pub struct Android {
     wake: Notify,
     policies: Arc<PolicyMerger>,
     reconcile: dispatch::ReconcileState,
+    /// This instance's id, once the dispatcher runs (its own claims are never abandoned).
+    instance: std::sync::OnceLock<String>,
 }
 
 impl Android {
@@ -110,6 +112,7 @@ impl Android {
             wake: Notify::new(),
             policies: Arc::new(PolicyMerger::new(Duration::from_millis(config.policy_merge_ms))),
             reconcile: dispatch::ReconcileState::default(),
+            instance: std::sync::OnceLock::new(),
         })))
     }
 

@@ -170,8 +170,7 @@ pub async fn relay(
                 health.cursor.store(cursor, Ordering::Relaxed);
                 metrics::counter!(telemetry::SINK_DELIVERED, "sink" => name).increment(accepted as u64);
                 backoff = FIRST_BACKOFF;
-                match state.store.set_sink_cursor_leased(name, cursor, &lease.name, &lease.holder, lease.now_ms()).await
-                {
+                match state.store.set_sink_cursor_leased(name, cursor, &lease.name, &lease.holder).await {
                     Ok(true) => {}
                     Ok(false) => {
                         // Another instance relays now, from the cursor last saved here.

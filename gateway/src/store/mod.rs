@@ -841,17 +841,12 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn release_lease(&self, name: &str, holder: &str) -> Result<bool>;
     /// Every lease row by name, expired ones included (for status pages and tests).
     async fn leases(&self) -> Result<Vec<Lease>>;
-    /// [`Store::set_sink_cursor`], fenced: writes only while `holder` holds lease `lease` at
-    /// `now_ms`, checked in the same statement (a relay that lost its lease cannot move the
-    /// cursor of its successor). Returns whether it wrote.
-    async fn set_sink_cursor_leased(
-        &self,
-        sink: &str,
-        seq: i64,
-        lease: &str,
-        holder: &str,
-        now_ms: i64,
-    ) -> Result<bool>;
+    /// [`Store::set_sink_cursor`], fenced: writes only while `holder` is the holder of lease
+    /// `lease`, checked in the same statement, so a relay whose lease was taken over cannot move
+    /// its successor's cursor. (A lease that expired but was not taken yet still lets its holder
+    /// write: harmless, as a successor reads the cursor after taking the lease; and clock jumps
+    /// do not stop a sole holder.) Returns whether it wrote.
+    async fn set_sink_cursor_leased(&self, sink: &str, seq: i64, lease: &str, holder: &str) -> Result<bool>;
     /// Claims up to `limit` Android commands that are `queued` and not claimed, for `holder` at
     /// `now` (Unix seconds), in delivery order (priority high first, then age). Concurrent
     /// callers never get the same command. A claim ends when the command leaves `queued`, or by

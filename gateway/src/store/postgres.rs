@@ -443,7 +443,7 @@ const ACQUIRE_LEASE_SQL: &str = "INSERT INTO leases (name, holder, acquired_at_m
 /// (which updates that row) waits for this write to commit, and a write after a takeover finds
 /// another holder and writes nothing.
 const SET_SINK_CURSOR_LEASED_SQL: &str = "WITH held AS ( \
-       SELECT 1 FROM leases WHERE name = $3 AND holder = $4 AND expires_at_ms > $5 FOR SHARE \
+       SELECT 1 FROM leases WHERE name = $3 AND holder = $4 FOR SHARE \
      ) \
      INSERT INTO sink_cursors (sink, seq) SELECT $1, $2 FROM held \
      ON CONFLICT (sink) DO UPDATE SET seq = excluded.seq";
@@ -1946,22 +1946,9 @@ impl Store for PostgresStore {
             .collect()
     }
 
-    async fn set_sink_cursor_leased(
-        &self,
-        sink: &str,
-        seq: i64,
-        lease: &str,
-        holder: &str,
-        now_ms: i64,
-    ) -> Result<bool> {
-        let done = query(SET_SINK_CURSOR_LEASED_SQL)
-            .bind(sink)
-            .bind(seq)
-            .bind(lease)
-            .bind(holder)
-            .bind(now_ms)
-            .execute(&self.pool)
-            .await?;
+    async fn set_sink_cursor_leased(&self, sink: &str, seq: i64, lease: &str, holder: &str) -> Result<bool> {
+        let done =
+            query(SET_SINK_CURSOR_LEASED_SQL).bind(sink).bind(seq).bind(lease).bind(holder).execute(&self.pool).await?;
         Ok(done.rows_affected() == 1)
     }
 

@@ -137,7 +137,7 @@ const ACQUIRE_LEASE_SQL: &str = "INSERT INTO leases (name, holder, acquired_at_m
      RETURNING holder";
 /// The fenced cursor write: one statement, which writes only while the lease is held.
 const SET_SINK_CURSOR_LEASED_SQL: &str = "INSERT INTO sink_cursors (sink, seq) SELECT ?1, ?2 \
-     WHERE EXISTS (SELECT 1 FROM leases WHERE name = ?3 AND holder = ?4 AND expires_at_ms > ?5) \
+     WHERE EXISTS (SELECT 1 FROM leases WHERE name = ?3 AND holder = ?4) \
      ON CONFLICT (sink) DO UPDATE SET seq = excluded.seq";
 /// The dispatcher's claim: queued, unclaimed Android commands in delivery order. The inner
 /// WHERE keeps the `commands_android_queued` index's predicate.
@@ -2314,18 +2314,10 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn set_sink_cursor_leased(
-        &self,
-        sink: &str,
-        seq: i64,
-        lease: &str,
-        holder: &str,
-        now_ms: i64,
-    ) -> Result<bool> {
+    async fn set_sink_cursor_leased(&self, sink: &str, seq: i64, lease: &str, holder: &str) -> Result<bool> {
         let (sink, lease, holder) = (sink.to_owned(), lease.to_owned(), holder.to_owned());
         self.write(move |conn| {
-            let n =
-                conn.prepare_cached(SET_SINK_CURSOR_LEASED_SQL)?.execute(params![sink, seq, lease, holder, now_ms])?;
+            let n = conn.prepare_cached(SET_SINK_CURSOR_LEASED_SQL)?.execute(params![sink, seq, lease, holder])?;
             Ok(n == 1)
         })
         .await

@@ -1747,24 +1747,26 @@ pub async fn cluster_leases_are_exclusive_and_expire(a: &dyn Store, b: &dyn Stor
 /// The relay's cursor write succeeds only while its writer holds the lease.
 pub async fn cluster_sink_cursor_is_fenced_by_the_lease(a: &dyn Store, b: &dyn Store) {
     assert!(a.acquire_lease("relay:webhook", "i1", 1_000, 1_000).await.expect("acquire"));
-    assert!(a.set_sink_cursor_leased("webhook", 5, "relay:webhook", "i1", 1_100).await.expect("write"));
+    assert!(a.set_sink_cursor_leased("webhook", 5, "relay:webhook", "i1").await.expect("write"));
     assert_eq!(b.sink_cursor("webhook").await.expect("read"), 5);
-    assert!(!b.set_sink_cursor_leased("webhook", 9, "relay:webhook", "i2", 1_100).await.expect("not the holder"));
-    assert!(
-        !a.set_sink_cursor_leased("webhook", 9, "relay:webhook", "i1", 2_000).await.expect("expired"),
-        "an expired lease does not fence in"
-    );
+    assert!(!b.set_sink_cursor_leased("webhook", 9, "relay:webhook", "i2").await.expect("not the holder"));
     assert_eq!(a.sink_cursor("webhook").await.expect("read"), 5);
+    // Expired but not taken over: still its holder's (a successor reads the cursor after).
+    assert!(a.set_sink_cursor_leased("webhook", 6, "relay:webhook", "i1").await.expect("write"));
     assert!(b.acquire_lease("relay:webhook", "i2", 2_000, 1_000).await.expect("take over"));
-    assert!(!a.set_sink_cursor_leased("webhook", 6, "relay:webhook", "i1", 2_100).await.expect("lost"));
-    assert!(b.set_sink_cursor_leased("webhook", 7, "relay:webhook", "i2", 2_100).await.expect("new holder"));
+    assert_eq!(b.sink_cursor("webhook").await.expect("read"), 6, "the successor starts where it stopped");
+    assert!(!a.set_sink_cursor_leased("webhook", 8, "relay:webhook", "i1").await.expect("lost"));
+    assert!(b.set_sink_cursor_leased("webhook", 7, "relay:webhook", "i2").await.expect("new holder"));
     assert_eq!(a.sink_cursor("webhook").await.expect("read"), 7);
+    // Released: nobody writes.
+    assert!(b.release_lease("relay:webhook", "i2").await.expect("release"));
+    assert!(!b.set_sink_cursor_leased("webhook", 10, "relay:webhook", "i2").await.expect("released"));
     // A first write creates the row; other sinks are untouched.
     assert!(b.acquire_lease("relay:nats", "i2", 2_100, 1_000).await.expect("acquire"));
-    assert!(b.set_sink_cursor_leased("nats", 3, "relay:nats", "i2", 2_200).await.expect("write"));
+    assert!(b.set_sink_cursor_leased("nats", 3, "relay:nats", "i2").await.expect("write"));
     assert_eq!(a.sink_cursor("nats").await.expect("read"), 3);
     assert_eq!(a.sink_cursor("webhook").await.expect("read"), 7);
-    assert!(!a.set_sink_cursor_leased("other", 1, "relay:other", "i1", 2_200).await.expect("no lease row"));
+    assert!(!a.set_sink_cursor_leased("other", 1, "relay:other", "i1").await.expect("no lease row"));
     assert_eq!(a.sink_cursor("other").await.expect("read"), 0);
 }
 
