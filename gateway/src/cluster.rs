@@ -147,8 +147,8 @@ impl Cluster {
             // Held until then unless renewed: the store counts from a time read before the
             // request was sent, so this instance never believes it holds longer than others.
             let mut held_until = asked + self.ttl;
-            let run = duty(Leased { name: name.clone(), holder: holder.clone() });
-            tokio::pin!(run);
+            // Boxed, so that dropping it below ends the duty there and then.
+            let mut run = Box::pin(duty(Leased { name: name.clone(), holder: holder.clone() }));
             let mut next = Instant::now() + self.beat();
             let lost = loop {
                 tokio::select! {

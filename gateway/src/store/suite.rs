@@ -1802,7 +1802,7 @@ pub async fn cluster_android_claims_are_exclusive(a: &dyn Store, b: &dyn Store) 
     assert!(!a.release_android_claim(&c.device_id, &c.command_id, "i1").await.expect("not i1's"));
     assert!(b.release_android_claim(&c.device_id, &c.command_id, "i2").await.expect("release"));
     let again = a.claim_android_commands("i1", 102, 50).await.expect("claim");
-    assert_eq!(ids(&again), [c.command_id.clone()]);
+    assert_eq!(ids(&again), std::slice::from_ref(&c.command_id));
     // A command that left `queued` cannot be released (its claim is over).
     let update = CommandUpdate {
         device_id: &first[0].device_id,
