@@ -9,11 +9,13 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 mod android;
+mod cluster;
 mod enrollment_gate;
 mod nats;
 mod windows;
 
 pub use android::{AndroidConfig, PubSubAuth, PubSubOidcConfig};
+pub use cluster::ClusterConfig;
 pub use enrollment_gate::{DEM_DEVICE_LIMIT, EnrollmentGateConfig, MAX_DEVICE_LIMIT_PER_USER, PlatformRules};
 pub use nats::NatsConfig;
 pub use windows::{FederatedConfig, WindowsAuthPolicy, WindowsConfig, WindowsPollConfig};
@@ -53,6 +55,8 @@ pub struct Config {
     /// Optional NATS JetStream event sink and command intake.
     pub nats: Option<NatsConfig>,
     pub shutdown: ShutdownConfig,
+    /// Instances sharing one store: leases for the background duties.
+    pub cluster: ClusterConfig,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -334,6 +338,7 @@ impl Default for Config {
             webhook: None,
             nats: None,
             shutdown: ShutdownConfig::default(),
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -558,6 +563,7 @@ impl Config {
         self.validate_omadm()?;
         self.windows.validate()?;
         self.android.validate()?;
+        self.cluster.validate()?;
         self.enrollment.validate()?;
         if let Some(url) = &self.store.url {
             if crate::store::PostgresStore::is_url(url) {
@@ -865,6 +871,25 @@ mod tests {
 
     fn with_public_url(url: &str) -> Config {
         Config { public_url: url.into(), ..Config::default() }
+    }
+
+    #[test]
+    fn cluster_keys() {
+        let c = load("[cluster]\ninstance_id = \"gw-eu-1\"\nlease_ttl_s = 30").expect("valid");
+        assert_eq!(c.cluster.instance_id.as_deref(), Some("gw-eu-1"));
+        assert_eq!(c.cluster.lease_ttl_s, 30);
+        let d = Config::default();
+        assert_eq!((d.cluster.instance_id, d.cluster.lease_ttl_s), (None, 15));
+        for (toml, key) in [
+            ("[cluster]\nlease_ttl_s = 0", "cluster.lease_ttl_s"),
+            ("[cluster]\nlease_ttl_s = 3601", "cluster.lease_ttl_s"),
+            ("[cluster]\ninstance_id = \"\"", "cluster.instance_id"),
+            ("[cluster]\ninstance_id = \"a b\"", "cluster.instance_id"),
+            ("[cluster]\ninstance_id = \"a:b\"", "cluster.instance_id"),
+        ] {
+            assert_eq!(load(toml).expect_err(toml).key, key, "{toml}");
+        }
+        assert!(load("[cluster]\nttl = 3").is_err(), "unknown keys are refused");
     }
 
     #[test]

@@ -7,6 +7,7 @@
 pub mod android;
 pub mod api;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod enrollment_gate;
 pub mod events;
@@ -80,6 +81,8 @@ pub struct AppState {
     /// The AMAPI client and Android command dispatcher; `None` without
     /// `android.service_account_key`.
     pub android: Option<Arc<android::Android>>,
+    /// This instance among those sharing the store: its id and the leases of its duties.
+    pub cluster: Arc<cluster::Cluster>,
 }
 
 /// Why the gateway could not start.
@@ -142,9 +145,20 @@ async fn seal_plaintext_bootstrap_tokens(
     Ok(())
 }
 
+/// An open store with its signals.
+#[derive(Debug)]
+pub struct OpenStore {
+    pub store: Arc<dyn Store>,
+    /// "Events were appended" (by this instance; on PostgreSQL, by any instance).
+    pub notify: Arc<Notify>,
+    /// PostgreSQL: changes when any instance saved a push certificate. SQLite: `None` (one
+    /// process; push pools re-read the certificates every 30 s anyway).
+    pub push_cert_changes: Option<watch::Receiver<u64>>,
+}
+
 /// Opens the store `store.url` names (SQLite unless it is a `postgres://` URL), bringing its
-/// schema up to date, with its "events were appended" notifier.
-pub async fn open_store(config: &Config) -> Result<(Arc<dyn Store>, Arc<Notify>), StartError> {
+/// schema up to date, with its signals.
+pub async fn open_store(config: &Config) -> Result<OpenStore, StartError> {
     let url = config.store_url();
     if PostgresStore::is_url(&url) {
         let settings = PoolSettings {
@@ -152,13 +166,15 @@ pub async fn open_store(config: &Config) -> Result<(Arc<dyn Store>, Arc<Notify>)
             acquire_timeout: Duration::from_secs(config.store.acquire_timeout_s),
         };
         let pg = PostgresStore::open(&url, settings).await?;
-        let notify = pg.notifier();
         tracing::info!(max_connections = settings.max_connections, "store: PostgreSQL");
-        return Ok((Arc::new(pg), notify));
+        return Ok(OpenStore {
+            notify: pg.notifier(),
+            push_cert_changes: Some(pg.push_cert_changes()),
+            store: Arc::new(pg),
+        });
     }
     let sqlite = SqliteStore::open_with(&url, config.store.read_connections, config.store.durability).await?;
-    let notify = sqlite.notifier();
-    Ok((Arc::new(sqlite), notify))
+    Ok(OpenStore { notify: sqlite.notifier(), push_cert_changes: None, store: Arc::new(sqlite) })
 }
 
 /// `mdm-gateway migrate`: applies the schema migrations of this build to the configured store
@@ -182,6 +198,33 @@ pub async fn migrate_store(config: &Config) -> Result<&'static str, StartError> 
     let sqlite = SqliteStore::open_with(&url, 1, config.store.durability).await?;
     sqlite.close().await;
     Ok("SQLite")
+}
+
+/// `duty(state, stop)`, on whichever instance holds lease `name`.
+fn spawn_leased<F, Fut>(state: &Arc<AppState>, name: &str, stop: &watch::Receiver<bool>, duty: F) -> JoinHandle<()>
+where
+    F: Fn(Arc<AppState>, watch::Receiver<bool>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (st, duty_stop) = (state.clone(), stop.clone());
+    tokio::spawn(
+        state.cluster.clone().run_leased(name.to_owned(), stop.clone(), move |_| duty(st.clone(), duty_stop.clone())),
+    )
+}
+
+/// The relay of `sink`, on whichever instance holds its lease.
+fn spawn_relay(
+    state: &Arc<AppState>,
+    sink: Arc<dyn sinks::Sink>,
+    health: Arc<SinkHealth>,
+    stop: &watch::Receiver<bool>,
+    grace: Duration,
+) -> JoinHandle<()> {
+    let name = cluster::relay_lease(sink.name());
+    let (st, relay_stop) = (state.clone(), stop.clone());
+    tokio::spawn(state.cluster.clone().run_leased(name, stop.clone(), move |lease| {
+        sinks::relay(st.clone(), sink.clone(), health.clone(), relay_stop.clone(), grace, lease)
+    }))
 }
 
 /// A running gateway.
@@ -276,7 +319,8 @@ impl Gateway {
             .map_err(|message| config::ConfigError { key: "enrollment.hook_url".into(), message })?;
         let android_pubsub = sources::android::PubSubIntake::new(&config.android, &data.pubsub_token)?;
 
-        let (store, notify) = open_store(&config).await?;
+        let OpenStore { store, notify, push_cert_changes } = open_store(&config).await?;
+        let cluster = Arc::new(cluster::Cluster::new(&config.cluster, store.clone(), clock.clone()));
         seal_plaintext_bootstrap_tokens(store.as_ref(), &sealer, now).await?;
         // Before any port is bound: a bad `apple.apns_ca` is a configuration error (exit 64).
         let apns_ca = match &config.apple.apns_ca {
@@ -388,6 +432,7 @@ impl Gateway {
             gate,
             android_pubsub,
             android,
+            cluster,
         });
 
         let grace = Duration::from_secs(state.config.shutdown.grace_period_s);
@@ -413,17 +458,29 @@ impl Gateway {
         )));
         let api_handler = api::handler(state.clone());
         tasks.push(tokio::spawn(server::serve(api_listener, None, api_handler, shutdown_rx.clone(), grace, "api")));
-        tasks.push(tokio::spawn(expiry::run(state.clone(), shutdown_rx.clone())));
-        tasks.push(tokio::spawn(retention::run(state.clone(), shutdown_rx.clone())));
+        // Duties that run on one instance of those sharing the store (docs/scale-out.md).
+        tasks.push(spawn_leased(&state, cluster::EXPIRY_LEASE, &shutdown_rx, expiry::run));
+        tasks.push(spawn_leased(&state, cluster::RETENTION_LEASE, &shutdown_rx, retention::run));
+        // Every instance: it only sets this instance's gauge and logs.
         tasks.push(tokio::spawn(
             push::ExpiryWatch::new(state.store.clone(), state.clock.clone()).run(shutdown_rx.clone()),
         ));
+        if let Some(changes) = push_cert_changes {
+            tasks.push(tokio::spawn(push::follow_certificate_changes(
+                state.pusher.clone(),
+                changes,
+                shutdown_rx.clone(),
+            )));
+        }
 
         if let Some(a) = &state.android {
-            tasks.extend(a.spawn(shutdown_rx.clone()));
+            tasks.extend(a.spawn(state.cluster.clone(), shutdown_rx.clone()));
         }
 
         let mut relays = Vec::new();
+        // The heartbeat outlives the other tasks (it stops with the relays), so this instance's
+        // claims are not abandoned while it still finishes them.
+        relays.push(tokio::spawn(state.cluster.clone().heartbeat(relay_stop_rx.clone())));
         if let Some((sink, health, client, intake, nats_config)) = nats {
             // The intake stops pulling with the listeners (SIGTERM); the commands it takes append
             // events that the relays, stopped afterwards, still flush.
@@ -436,27 +493,15 @@ impl Gateway {
                     shutdown_rx.clone(),
                 )));
             }
-            relays.push(tokio::spawn(sinks::relay(
-                state.clone(),
-                Arc::new(sink),
-                health,
-                relay_stop_rx.clone(),
-                grace,
-            )));
+            relays.push(spawn_relay(&state, Arc::new(sink), health, &relay_stop_rx, grace));
         }
         if let Some((sink, health)) = webhook {
-            relays.push(tokio::spawn(sinks::relay(
-                state.clone(),
-                Arc::new(sink),
-                health,
-                relay_stop_rx.clone(),
-                grace,
-            )));
+            relays.push(spawn_relay(&state, Arc::new(sink), health, &relay_stop_rx, grace));
         }
 
         tracing::info!(
             device = %device_addr, device_plain = ?device_plain_addr, api = %api_addr, public_url = %state.config.public_url,
-            data_dir = %state.config.data_dir.display(), "gateway started"
+            data_dir = %state.config.data_dir.display(), instance = state.cluster.instance_id(), "gateway started"
         );
         Ok(Gateway {
             device_addr,

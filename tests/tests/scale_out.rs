@@ -37,13 +37,6 @@ use mdm_tests::nats::{NatsServer, read_all};
 use mdm_tests::process::{Api, DataDirCa, GatewayProcess, process_config, secret};
 use serde_json::{Value, json};
 
-/// Whether a queued Android command is claimed by one instance before it is sent to AMAPI
-/// (issue 8, cross-instance duties, built separately). Until then every instance's dispatcher
-/// may send a command another instance is sending (seen: LOCK three times, once per instance),
-/// so only "at least once" is checked on the emulator's side; the store still shows each command
-/// acknowledged once. Set to true when the claims merge: "exactly once" is the guarantee.
-const ANDROID_DISPATCH_CLAIMED: bool = false;
-
 const INSTANCES: usize = 3;
 const PER_PLATFORM: usize = 3;
 const TOPIC: &str = "projects/emulated-project/topics/amapi";
@@ -454,11 +447,8 @@ async fn delivered(c: &Cluster, f: &Fleet, per_type: usize, retried: &BTreeSet<S
         let counts = count(issued.iter().map(String::as_str));
         for t in ["LOCK", "REBOOT"] {
             let n = counts.get(t).copied().unwrap_or(0);
-            if ANDROID_DISPATCH_CLAIMED {
-                assert_eq!(n, per_type, "{name}: {issued:?}");
-            } else {
-                assert!(n >= per_type, "{name}: {issued:?}");
-            }
+            // Claimed by one instance before it is sent: exactly once at AMAPI.
+            assert_eq!(n, per_type, "{name}: {issued:?}");
         }
     }
 }

@@ -17,8 +17,18 @@
 //! previous one wrote).
 //!
 //! A failure is Google's error class and message ([`AmapiError::code`], [`AmapiError::message`]),
-//! after the retries its class allows: never dropped. A crash between AMAPI's answer and the
-//! store write sends the command again after restart (at least once).
+//! after the retries its class allows: never dropped.
+//!
+//! **One instance sends each command, at most once.** Every instance runs a dispatcher; each
+//! *claims* queued commands in the store ([`crate::store::Store::claim_android_commands`]: PostgreSQL
+//! `FOR UPDATE SKIP LOCKED`, SQLite's single writer) before calling AMAPI, and only as many as
+//! it can send at once. A claim lasts while the command is `queued` and the claiming instance
+//! keeps its heartbeat lease (`crate::cluster`). AMAPI has no idempotency key, so a claim whose
+//! instance died between claiming and recording the answer (its heartbeat lapsed, or was
+//! released by a shutdown that could not wait for it) is never sent blindly again: the
+//! `android-reconcile` lease holder reports it `command.error` with code `dispatch_interrupted`
+//! ("outcome unknown"), except a `GET` (`device_info`), which changes nothing and is put back
+//! in the queue. The backend decides whether to send an interrupted command again.
 //!
 //! Reconcile: operations bound more than `reconcile_after_s` ago whose command is still `sent`
 //! are asked for with `operations.get` (background priority); a done operation is applied as its
@@ -39,10 +49,9 @@ use tokio::time::Instant;
 use super::Android;
 use super::budget::Priority;
 use super::client::AmapiError;
+use crate::cluster::{ANDROID_RECONCILE_LEASE, Cluster};
 use crate::store::{AndroidOperation, CommandRecord, CommandUpdate};
 
-/// The request type of policy commands (`set_settings`, `install_app`, `app_config`).
-const POLICY_REQUEST_TYPE: &str = "policies.patch";
 use crate::telemetry;
 
 /// How often the dispatcher scans without being woken.
@@ -50,6 +59,8 @@ const SCAN_EVERY: Duration = Duration::from_secs(5);
 const BATCH: u32 = 200;
 /// Commands being sent at once (each waits for the budget anyway).
 const CONCURRENCY: usize = 32;
+/// Longest wait at shutdown for the commands being sent.
+const DRAIN: Duration = Duration::from_secs(30);
 /// Longest wait before asking again about an operation that is not done.
 const RECONCILE_MAX_BACKOFF: Duration = Duration::from_secs(3600);
 
@@ -60,61 +71,51 @@ pub(super) struct ReconcileState {
 }
 
 impl Android {
-    /// Starts the dispatcher and the reconcile loop.
-    pub fn spawn(self: &Arc<Self>, shutdown: watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
+    /// Starts the dispatcher (on every instance) and the reconcile loop (on the instance
+    /// holding the `android-reconcile` lease).
+    pub fn spawn(self: &Arc<Self>, cluster: Arc<Cluster>, shutdown: watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
+        let this = self.clone();
+        let stop = shutdown.clone();
+        let _ = self.instance.set(cluster.instance_id().to_owned());
         vec![
-            tokio::spawn(self.clone().dispatch_loop(shutdown.clone())),
-            tokio::spawn(self.clone().reconcile_loop(shutdown)),
+            tokio::spawn(self.clone().dispatch_loop(cluster.instance_id().to_owned(), shutdown.clone())),
+            tokio::spawn(cluster.run_leased(ANDROID_RECONCILE_LEASE.to_owned(), shutdown, move |_| {
+                this.clone().reconcile_loop(stop.clone())
+            })),
         ]
     }
 
-    async fn dispatch_loop(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
-        let in_flight: Arc<Mutex<HashSet<(String, String)>>> = Arc::default();
-        // Devices with a policy command being sent: their next one waits for the next scan.
-        let policy_in_flight: Arc<Mutex<HashSet<String>>> = Arc::default();
+    async fn dispatch_loop(self: Arc<Self>, holder: String, mut shutdown: watch::Receiver<bool>) {
         let permits = Arc::new(Semaphore::new(CONCURRENCY));
         loop {
-            match self.store.queued_android_commands(BATCH).await {
-                Ok(queued) => {
-                    let mut policy_seen = HashSet::new();
-                    for record in queued {
-                        let key = (record.device_id.as_str().to_owned(), record.command_id.clone());
-                        let policy = record.request_type == POLICY_REQUEST_TYPE;
-                        if policy {
-                            // One per device per scan, and none while one is in flight.
-                            let first = policy_seen.insert(key.0.clone());
-                            let busy = policy_in_flight.lock().unwrap_or_else(|e| e.into_inner()).contains(&key.0);
-                            if !first || busy {
-                                continue;
-                            }
+            // A claim is a promise to send now: claim only as many as there are free slots.
+            let free = permits.available_permits();
+            if free > 0 {
+                match self.store.claim_android_commands(&holder, self.clock.unix(), free as u32).await {
+                    Ok(claimed) => {
+                        for record in claimed {
+                            let Ok(permit) = permits.clone().try_acquire_owned() else { break };
+                            let this = self.clone();
+                            tokio::spawn(async move {
+                                this.dispatch_one(record).await;
+                                drop(permit);
+                                this.wake.notify_one();
+                            });
                         }
-                        if !in_flight.lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone()) {
-                            continue;
-                        }
-                        if policy {
-                            policy_in_flight.lock().unwrap_or_else(|e| e.into_inner()).insert(key.0.clone());
-                        }
-                        let Ok(permit) = permits.clone().acquire_owned().await else { return };
-                        let (this, in_flight, policy_in_flight) =
-                            (self.clone(), in_flight.clone(), policy_in_flight.clone());
-                        tokio::spawn(async move {
-                            this.dispatch_one(record).await;
-                            in_flight.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
-                            if policy {
-                                policy_in_flight.lock().unwrap_or_else(|e| e.into_inner()).remove(&key.0);
-                            }
-                            drop(permit);
-                            this.wake.notify_one();
-                        });
                     }
+                    Err(e) => tracing::warn!(error = %e, "cannot claim queued Android commands"),
                 }
-                Err(e) => tracing::warn!(error = %e, "cannot list queued Android commands"),
             }
             tokio::select! {
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(SCAN_EVERY) => {}
-                _ = shutdown.changed() => return,
+                _ = shutdown.changed() => break,
             }
+        }
+        // Let the commands claimed here finish: once this instance's heartbeat stops, an
+        // unfinished claim is reported interrupted.
+        if tokio::time::timeout(DRAIN, permits.acquire_many(CONCURRENCY as u32)).await.is_err() {
+            tracing::warn!("Android commands still being sent at shutdown; they will be reported interrupted");
         }
     }
 
@@ -298,8 +299,50 @@ impl Android {
         }
     }
 
+    /// Resolves claims of instances that are gone (see the module documentation).
+    pub async fn resolve_abandoned_claims(&self) {
+        let now_ms = i64::try_from(self.clock.now().unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX);
+        let abandoned = match self.store.abandoned_android_claims(now_ms, BATCH).await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list abandoned Android command claims");
+                return;
+            }
+        };
+        for claim in abandoned {
+            // This instance is alive whatever its heartbeat row says (a clock jump, a slow
+            // renewal): its own dispatcher finishes its claims.
+            if self.instance.get() == Some(&claim.holder) {
+                continue;
+            }
+            let record = &claim.command;
+            let method = serde_json::from_slice::<AmapiCall>(&record.payload).ok().map(|c| c.method);
+            if method == Some(Method::Get) {
+                match self.store.release_android_claim(&record.device_id, &record.command_id, &claim.holder).await {
+                    Ok(true) => {
+                        tracing::info!(command_id = %record.command_id, instance = %claim.holder,
+                            "Android command claimed by a stopped instance: a read, queued again");
+                        self.wake();
+                    }
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(command_id = %record.command_id, error = %e, "cannot release a claim"),
+                }
+                continue;
+            }
+            tracing::warn!(command_id = %record.command_id, device = %record.device_id, instance = %claim.holder,
+                "Android command claimed by a stopped instance before its AMAPI answer was stored: reported interrupted");
+            let err = json!({
+                "code": "dispatch_interrupted",
+                "message": "dispatch interrupted, outcome unknown: the gateway instance sending this command to AMAPI \
+                            stopped before storing the answer; it was not sent again (AMAPI has no idempotency key)",
+            });
+            self.fail(record, err).await;
+        }
+    }
+
     /// One reconcile pass (public for tests and operators' tooling).
     pub async fn reconcile_once(&self) {
+        self.resolve_abandoned_claims().await;
         let cut = self.clock.unix() - self.config.reconcile_after_s as i64;
         self.reconcile_policies(cut, BATCH).await;
         let ops = match self.store.unresolved_android_operations(cut, BATCH).await {

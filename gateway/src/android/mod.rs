@@ -71,6 +71,8 @@ pub struct Android {
     wake: Notify,
     policies: Arc<PolicyMerger>,
     reconcile: dispatch::ReconcileState,
+    /// This instance's id, once the dispatcher runs (its own claims are never abandoned).
+    instance: std::sync::OnceLock<String>,
 }
 
 impl Android {
@@ -93,7 +95,15 @@ impl Android {
         let retry = RetrySettings::from_config(config);
         let project_id = config.project_id.clone().or_else(|| key.project_id.clone());
         let token = auth::TokenSource::new(key, http.clone(), retry.request_timeout, clock.clone());
-        let budget = Budget::new(config.budget_requests, Duration::from_secs(config.budget_window_s));
+        // One budget per Google project, shared by every instance on the store.
+        let bucket = format!("amapi:{}", project_id.as_deref().unwrap_or("default"));
+        let budget = Budget::shared(
+            config.budget_requests,
+            Duration::from_secs(config.budget_window_s),
+            store.clone(),
+            bucket,
+            clock.clone(),
+        );
         let client = Arc::new(AmapiClient::new(&config.api_base_url, http, token, budget, retry, clock.clone()));
         Ok(Some(Arc::new(Android {
             client,
@@ -105,6 +115,7 @@ impl Android {
             wake: Notify::new(),
             policies: Arc::new(PolicyMerger::new(Duration::from_millis(config.policy_merge_ms))),
             reconcile: dispatch::ReconcileState::default(),
+            instance: std::sync::OnceLock::new(),
         })))
     }
 

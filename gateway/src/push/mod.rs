@@ -7,6 +7,10 @@
 //! into a `push.failed` event plus enrollment state, so later pushes to that token are refused
 //! without asking APNs until the device sends a TokenUpdate.
 //!
+//! A certificate saved on another instance (PostgreSQL) reaches this one's pools through
+//! [`follow_certificate_changes`]; without that signal, pools re-read the certificates every
+//! 30 s.
+//!
 //! Not done here: the payload bytes (`mdm_apple::push_payload`), certificate upload rules
 //! (`api/nanomdm.rs`), and any other push service (AMAPI, WNS). Why this is not the `a2` crate:
 //! see `docs/push.md`.
@@ -24,7 +28,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use mdm_core::{CommandStatus, DeviceId, EventType};
 use serde_json::json;
-use tokio::sync::{Mutex, Semaphore};
+use tokio::sync::{Mutex, Semaphore, watch};
 
 use self::apns::{Failure, PushRequest};
 use self::coalesce::Coalescer;
@@ -36,6 +40,27 @@ use crate::store::{Enrollment, EnrollmentState, PushInfo, Store};
 use crate::telemetry;
 
 pub use certs::{ExpiryWatch, WARN_DAYS, days_left};
+
+/// Applies push-certificate saves signalled by the store (any instance, PostgreSQL `LISTEN`)
+/// to `pusher`, until shutdown.
+pub async fn follow_certificate_changes(
+    pusher: Arc<Pusher>,
+    mut changes: watch::Receiver<u64>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                tracing::debug!("push certificates changed on some instance; pools follow");
+                pusher.certificates_changed();
+            }
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+    }
+}
 
 /// Enrollment attribute set when APNs refused the token; cleared by the next TokenUpdate.
 pub const ATTR_TOKEN_INVALID: &str = "push_token_invalid";

@@ -4,6 +4,12 @@
 //! once (a crash between delivery and cursor write repeats one event; its `id` is stable).
 //!
 //! The embedded log needs no relay: `/v1/events` reads the store directly.
+//!
+//! With several instances on one store, one relay per sink runs, on the instance holding the
+//! sink's lease (`relay:<sink>`, see [`crate::cluster`]); its cursor writes are fenced by that
+//! lease, and it stops at once when it loses it. The instance that takes over starts from the
+//! cursor, so an event is sent twice at most when a holder dies between delivery and cursor
+//! write (as after a crash of a single instance).
 
 pub mod micromdm;
 pub mod nats;
@@ -18,6 +24,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::AppState;
+use crate::cluster::Leased;
 use crate::store::LoggedEvent;
 use crate::telemetry;
 
@@ -94,14 +101,16 @@ const BATCH: u32 = 256;
 const IDLE_POLL: Duration = Duration::from_secs(2);
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 
-/// Runs one sink until shutdown; after shutdown it keeps delivering what is already in the log
-/// for at most `grace`.
+/// Runs one sink under `lease` until shutdown; after shutdown it keeps delivering what is
+/// already in the log for at most `grace`. Returns at once when a cursor write finds the lease
+/// gone.
 pub async fn relay(
     state: Arc<AppState>,
     sink: Arc<dyn Sink>,
     health: Arc<SinkHealth>,
     mut shutdown: watch::Receiver<bool>,
     grace: Duration,
+    lease: Leased,
 ) {
     let name = sink.name();
     let mut cursor = loop {
@@ -161,9 +170,15 @@ pub async fn relay(
                 health.cursor.store(cursor, Ordering::Relaxed);
                 metrics::counter!(telemetry::SINK_DELIVERED, "sink" => name).increment(accepted as u64);
                 backoff = FIRST_BACKOFF;
-                if let Err(e) = state.store.set_sink_cursor(name, cursor).await {
+                match state.store.set_sink_cursor_leased(name, cursor, &lease.name, &lease.holder).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        // Another instance relays now, from the cursor last saved here.
+                        tracing::warn!(sink = name, cursor, "relay lease lost: stopping; another instance relays");
+                        return;
+                    }
                     // The events were delivered; failing to record it only means they may be sent again.
-                    tracing::warn!(sink = name, error = %e, "cannot save sink cursor");
+                    Err(e) => tracing::warn!(sink = name, error = %e, "cannot save sink cursor"),
                 }
             }
             let error = match result {

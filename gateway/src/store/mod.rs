@@ -609,6 +609,65 @@ pub struct AndroidEnterprise {
     pub created_at: i64,
 }
 
+/// The heartbeat lease every running instance keeps (`instance:<id>`): its claims of queued
+/// Android commands are abandoned once it is no longer held.
+pub fn instance_lease(instance: &str) -> String {
+    format!("{INSTANCE_LEASE_PREFIX}{instance}")
+}
+
+/// Prefix of the heartbeat leases ([`instance_lease`]).
+pub const INSTANCE_LEASE_PREFIX: &str = "instance:";
+
+/// A lease as stored (see [`Store::acquire_lease`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Lease {
+    pub name: String,
+    pub holder: String,
+    /// Unix milliseconds (the holder's clock) when the current holder took it.
+    pub acquired_at_ms: i64,
+    /// Unix milliseconds after which another holder may take it, unless renewed.
+    pub expires_at_ms: i64,
+}
+
+/// A queued Android command claimed by an instance that is gone (see
+/// [`Store::abandoned_android_claims`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AbandonedClaim {
+    pub command: CommandRecord,
+    /// The instance id that claimed it.
+    pub holder: String,
+    /// Unix seconds.
+    pub claimed_at: i64,
+}
+
+/// What [`Store::take_budget`] answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BudgetTake {
+    /// A request may be sent now; it is counted.
+    pub granted: bool,
+    /// Grants inside the window after this call (this one included when granted).
+    pub in_window: u32,
+    /// When refused: the Unix millisecond at which the oldest grant leaves the window.
+    pub next_free_ms: Option<i64>,
+}
+
+/// One step of a shared request budget, on the grant times read under the bucket's lock: drops
+/// the grants that left the window, then counts a new one at `now_ms` if fewer than `limit`
+/// remain. Both stores run it inside their transaction.
+pub(crate) fn budget_step(grants: &mut Vec<i64>, now_ms: i64, window_ms: i64, limit: u32) -> BudgetTake {
+    grants.retain(|t| now_ms.saturating_sub(*t) < window_ms);
+    grants.sort_unstable();
+    let limit = limit.max(1) as usize;
+    if grants.len() < limit {
+        grants.push(now_ms);
+        BudgetTake { granted: true, in_window: grants.len() as u32, next_free_ms: None }
+    } else {
+        // The grant that must leave the window for a slot to open.
+        let freeing = grants[grants.len() - limit];
+        BudgetTake { granted: false, in_window: grants.len() as u32, next_free_ms: Some(freeing + window_ms) }
+    }
+}
+
 /// Durable state behind the gateway. Implementations must pass [`suite`].
 #[async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug + 'static {
@@ -875,6 +934,37 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         created_before: i64,
         limit: u32,
     ) -> Result<Vec<AndroidPolicyCommand>>;
+
+    // --- cluster (s4) ---
+    /// Takes or renews lease `name` for `holder` until `now_ms + ttl_ms`, in one statement: it
+    /// succeeds when nobody holds the lease, when it expired (`expires_at_ms <= now_ms`), or when
+    /// `holder` holds it already (a renewal). Returns whether `holder` holds it now.
+    async fn acquire_lease(&self, name: &str, holder: &str, now_ms: i64, ttl_ms: i64) -> Result<bool>;
+    /// Gives the lease up at once (others may take it without waiting for it to expire). Returns
+    /// false, changing nothing, when `holder` does not hold it.
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<bool>;
+    /// Every lease row by name, expired ones included (for status pages and tests).
+    async fn leases(&self) -> Result<Vec<Lease>>;
+    /// [`Store::set_sink_cursor`], fenced: writes only while `holder` is the holder of lease
+    /// `lease`, checked in the same statement, so a relay whose lease was taken over cannot move
+    /// its successor's cursor. (A lease that expired but was not taken yet still lets its holder
+    /// write: harmless, as a successor reads the cursor after taking the lease; and clock jumps
+    /// do not stop a sole holder.) Returns whether it wrote.
+    async fn set_sink_cursor_leased(&self, sink: &str, seq: i64, lease: &str, holder: &str) -> Result<bool>;
+    /// Claims up to `limit` Android commands that are `queued` and not claimed, for `holder` at
+    /// `now` (Unix seconds), in delivery order (priority high first, then age). Concurrent
+    /// callers never get the same command. A claim ends when the command leaves `queued`, or by
+    /// [`Store::release_android_claim`].
+    async fn claim_android_commands(&self, holder: &str, now: i64, limit: u32) -> Result<Vec<CommandRecord>>;
+    /// Queued Android commands whose claiming instance no longer holds its heartbeat lease
+    /// ([`instance_lease`]) at `now_ms`, oldest claim first, at most `limit`.
+    async fn abandoned_android_claims(&self, now_ms: i64, limit: u32) -> Result<Vec<AbandonedClaim>>;
+    /// Makes a queued command claimed by `holder` claimable again. Returns false, changing
+    /// nothing, when it is not queued or not claimed by `holder`.
+    async fn release_android_claim(&self, device: &DeviceId, command_id: &str, holder: &str) -> Result<bool>;
+    /// Takes one request from the shared budget `bucket`: at most `limit` grants in any
+    /// `window_ms` (a sliding log of grant times), atomically across every caller.
+    async fn take_budget(&self, bucket: &str, now_ms: i64, window_ms: i64, limit: u32) -> Result<BudgetTake>;
 }
 
 #[cfg(test)]

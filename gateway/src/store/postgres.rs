@@ -37,14 +37,15 @@ use sqlx_core::row::Row;
 use sqlx_core::sql_str::SqlSafeStr;
 use sqlx_core::types::Type;
 use sqlx_postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow, Postgres};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 
 use super::{
-    AndroidEnterprise, AndroidOperation, AndroidPolicyCommand, AndroidSignup, CommandRecord, CommandUpdate,
-    CorporateIdentifier, DeadLetter, DeclarationSet, DeclarationsChange, DeclarationsToken, EnrollTicket, Enrollment,
-    EnrollmentState, EnrollmentWrite, IdentifierKind, LoggedEvent, NewCommand, NewScepChallenge, OmaDmSession,
-    PubSubDelivery, PubSubOutcome, PubSubView, PushCert, PushInfo, RequestSnapshot, Result, ScepCertificate,
-    ScepChallenge, ScepRecord, Store, StoreError, StoredDeclaration, TicketStatus, WindowsCertificate, WindowsRecord,
+    AbandonedClaim, AndroidEnterprise, AndroidOperation, AndroidPolicyCommand, AndroidSignup, BudgetTake,
+    CommandRecord, CommandUpdate, CorporateIdentifier, DeadLetter, DeclarationSet, DeclarationsChange,
+    DeclarationsToken, EnrollTicket, Enrollment, EnrollmentState, EnrollmentWrite, IdentifierKind, Lease, LoggedEvent,
+    NewCommand, NewScepChallenge, OmaDmSession, PubSubDelivery, PubSubOutcome, PubSubView, PushCert, PushInfo,
+    RequestSnapshot, Result, ScepCertificate, ScepChallenge, ScepRecord, Store, StoreError, StoredDeclaration,
+    TicketStatus, WindowsCertificate, WindowsRecord,
 };
 
 /// Migrations, embedded at build time: `(version, description, sql)`, following the
@@ -53,6 +54,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "init", include_str!("../../migrations/postgres/0001_init.sql")),
     (2, "android_enrollment_gate", include_str!("../../migrations/postgres/0002_android_enrollment_gate.sql")),
     (3, "android_client", include_str!("../../migrations/postgres/0003_android_client.sql")),
+    (4, "cluster", include_str!("../../migrations/postgres/0004_cluster.sql")),
     (5, "android_policy_commands", include_str!("../../migrations/postgres/0005_android_policy_commands.sql")),
 ];
 
@@ -77,6 +79,8 @@ impl Default for PoolSettings {
 pub struct PostgresStore {
     pool: PgPool,
     notify: Arc<Notify>,
+    /// Bumped when any instance saved a push certificate (see [`PostgresStore::push_cert_changes`]).
+    push_certs: Arc<watch::Sender<u64>>,
 }
 
 /// Parses a `postgres://` (or `postgresql://`) URL into connection options. The application
@@ -131,10 +135,13 @@ impl PostgresStore {
         let pool = PgPoolOptions::new()
             .max_connections(settings.max_connections.max(1))
             .acquire_timeout(settings.acquire_timeout)
-            .connect_with(options)
+            .connect_with(options.clone())
             .await?;
         migrate_pool(&pool).await?;
-        Ok(PostgresStore { pool, notify: Arc::new(Notify::new()) })
+        let store = PostgresStore { pool, notify: Arc::new(Notify::new()), push_certs: Arc::new(watch::channel(0).0) };
+        let schema: Option<String> = query("SELECT current_schema()").fetch_one(&store.pool).await?.try_get(0)?;
+        tokio::spawn(listen(store.clone(), options, schema.unwrap_or_default()));
+        Ok(store)
     }
 
     /// Applies the migrations this build knows to the database at `url`, then disconnects.
@@ -149,11 +156,20 @@ impl PostgresStore {
         done
     }
 
-    /// Notified (`notify_waiters`) after every commit of this store that appended events. Only
-    /// tasks already waiting are woken (see `SqliteStore::notifier`). Appends by other gateway
-    /// instances on the same database are not signalled.
+    /// Notified (`notify_waiters`) after every commit that appended events: this store's own
+    /// commits at once, and those of every other instance on the same database and schema
+    /// through `LISTEN` (a dedicated connection, reconnected when lost; after a reconnect the
+    /// waiters are woken once, as notifications sent meanwhile are lost). Only tasks already
+    /// waiting are woken (see `SqliteStore::notifier`).
     pub fn notifier(&self) -> Arc<Notify> {
         Arc::clone(&self.notify)
+    }
+
+    /// Changes (the value is a counter) when any instance on the same database and schema saved
+    /// a push certificate, through `LISTEN` as for [`PostgresStore::notifier`]; also after the
+    /// listening connection was re-established.
+    pub fn push_cert_changes(&self) -> watch::Receiver<u64> {
+        self.push_certs.subscribe()
     }
 
     /// Closes the pool (waiting for connections in use). Later calls fail with
@@ -203,6 +219,90 @@ async fn migrate_pool(pool: &PgPool) -> Result<()> {
 
 fn lock_sql(before: &'static str, after: &'static str) -> sqlx_core::sql_str::SqlStr {
     sqlx_core::sql_str::AssertSqlSafe(format!("{before}{MIGRATION_LOCK_KEY_SQL}{after}")).into_sql_str()
+}
+
+/// Longest pause between attempts to re-establish the listening connection.
+const LISTEN_MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// Follows [`EVENTS_CHANNEL`] and [`PUSH_CERTS_CHANNEL`] on a connection of its own (a pool of
+/// one, outside the store's pool) until the store's pool is closed, turning notifications for
+/// `schema` into the store's signals. A lost connection is re-established with backoff; each
+/// time, the signals fire once, since notifications sent meanwhile are gone.
+async fn listen(store: PostgresStore, options: PgConnectOptions, schema: String) {
+    let closed = store.pool.close_event();
+    tokio::pin!(closed);
+    let mut backoff = Duration::from_millis(200);
+    let mut first = true;
+    loop {
+        let session = async {
+            let pool = PgPoolOptions::new()
+                .max_connections(1)
+                .acquire_timeout(Duration::from_secs(10))
+                .idle_timeout(None)
+                .max_lifetime(None)
+                .connect_with(options.clone())
+                .await?;
+            let mut listener = sqlx_postgres::PgListener::connect_with(&pool).await?;
+            listener.ignore_pool_close_event(true);
+            listener.listen_all([EVENTS_CHANNEL, PUSH_CERTS_CHANNEL]).await?;
+            Ok::<_, SqlxError>((pool, listener))
+        };
+        let connected = tokio::select! {
+            c = session => c,
+            _ = &mut closed => return,
+        };
+        let (pool, mut listener) = match connected {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64,
+                    "PostgreSQL LISTEN connection failed; other instances' events are seen at the next poll");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = &mut closed => return,
+                }
+                backoff = (backoff * 2).min(LISTEN_MAX_BACKOFF);
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(200);
+        if !first {
+            tracing::info!("PostgreSQL LISTEN connection re-established");
+            // What was sent while the connection was down is lost: wake everyone once.
+            store.notify.notify_waiters();
+            store.push_certs.send_modify(|n| *n += 1);
+        }
+        first = false;
+        loop {
+            let next = tokio::select! {
+                n = listener.try_recv() => n,
+                _ = &mut closed => {
+                    drop(listener);
+                    pool.close().await;
+                    return;
+                }
+            };
+            match next {
+                Ok(Some(n)) if n.payload() == schema => match n.channel() {
+                    EVENTS_CHANNEL => store.notify.notify_waiters(),
+                    PUSH_CERTS_CHANNEL => store.push_certs.send_modify(|n| *n += 1),
+                    _ => {}
+                },
+                // Another schema on the same database (another deployment, a test).
+                Ok(Some(_)) => {}
+                // The connection was lost and re-established (sqlx re-issues LISTEN).
+                Ok(None) => {
+                    store.notify.notify_waiters();
+                    store.push_certs.send_modify(|n| *n += 1);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "PostgreSQL LISTEN connection lost");
+                    break;
+                }
+            }
+        }
+        drop(listener);
+        pool.close().await;
+    }
 }
 
 /// `SELECT <every enrollment column> FROM enrollments` followed by the given literal.
@@ -336,13 +436,63 @@ const UPDATE_COMMAND_SQL: &str = "UPDATE commands SET status = $1, result = $2, 
      sent_count = sent_count + $5 WHERE device_id = $6 AND command_id = $7 AND status = ANY($8)";
 /// Appends events in commit order (see the module documentation): the head's row lock is taken
 /// here and held until commit, so this must be a transaction's last statement.
+///
+/// The same statement queues a `NOTIFY` on [`EVENTS_CHANNEL`] with the schema as payload,
+/// delivered at commit to every instance listening (see [`PostgresStore::notifier`]).
 const APPEND_EVENTS_SQL: &str = "WITH head AS ( \
        UPDATE event_log_head SET last_seq = last_seq + cardinality($1::text[]) RETURNING last_seq \
+     ), appended AS ( \
+       INSERT INTO events (seq, id, device_id, type, body) \
+       SELECT head.last_seq - cardinality($1::text[]) + e.ord, e.id, e.device_id, e.type, e.body \
+       FROM head, UNNEST($1::text[], $2::text[], $3::text[], $4::text[]) WITH ORDINALITY \
+         AS e(id, device_id, type, body, ord) \
      ) \
-     INSERT INTO events (seq, id, device_id, type, body) \
-     SELECT head.last_seq - cardinality($1::text[]) + e.ord, e.id, e.device_id, e.type, e.body \
-     FROM head, UNNEST($1::text[], $2::text[], $3::text[], $4::text[]) WITH ORDINALITY \
-       AS e(id, device_id, type, body, ord)";
+     SELECT pg_notify('mdm_gateway_events', COALESCE(current_schema(), ''))";
+/// `NOTIFY` channel of "events were appended"; the payload is the schema they were appended in.
+const EVENTS_CHANNEL: &str = "mdm_gateway_events";
+/// `NOTIFY` channel of "a push certificate was saved"; the payload is the schema.
+const PUSH_CERTS_CHANNEL: &str = "mdm_gateway_push_certs";
+/// Takes or renews a lease in one statement (see `Store::acquire_lease`): the upsert updates
+/// only a free, expired or own lease (the conflicting row is locked, then the condition is
+/// checked on its newest version), and returns a row only when it did.
+const ACQUIRE_LEASE_SQL: &str = "INSERT INTO leases (name, holder, acquired_at_ms, expires_at_ms) \
+     VALUES ($1, $2, $3, $3 + $4) \
+     ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at_ms = excluded.expires_at_ms, \
+     acquired_at_ms = CASE WHEN leases.holder = excluded.holder THEN leases.acquired_at_ms \
+                           ELSE excluded.acquired_at_ms END \
+     WHERE leases.holder = excluded.holder OR leases.expires_at_ms <= $3 \
+     RETURNING holder";
+/// The fenced cursor write, one statement: the lease row is read `FOR SHARE`, so a takeover
+/// (which updates that row) waits for this write to commit, and a write after a takeover finds
+/// another holder and writes nothing.
+const SET_SINK_CURSOR_LEASED_SQL: &str = "WITH held AS ( \
+       SELECT 1 FROM leases WHERE name = $3 AND holder = $4 FOR SHARE \
+     ) \
+     INSERT INTO sink_cursors (sink, seq) SELECT $1, $2 FROM held \
+     ON CONFLICT (sink) DO UPDATE SET seq = excluded.seq";
+/// The dispatcher's claim: `SKIP LOCKED`, so concurrent claimers take different commands
+/// without waiting for each other; a row claimed meanwhile is re-checked (`claimed_by IS NULL`)
+/// on its newest version and left out. The inner WHERE keeps the `commands_android_queued`
+/// index's predicate.
+/// A policy change (`policies.patch`) waits while an older one of the same device is still
+/// queued: each patches the policy the one before it wrote, on whichever instance.
+const CLAIM_ANDROID_SQL: &str = "UPDATE commands SET claimed_by = $1, claimed_at = $2 \
+     WHERE seq IN (SELECT c.seq FROM commands c \
+       WHERE c.status = 'queued' AND c.device_id >= 'android:' AND c.device_id < 'android;' \
+         AND c.claimed_by IS NULL \
+         AND NOT (c.request_type = 'policies.patch' AND EXISTS (SELECT 1 FROM commands e \
+           WHERE e.device_id = c.device_id AND e.status = 'queued' AND e.request_type = 'policies.patch' \
+             AND e.seq < c.seq)) \
+       ORDER BY c.priority DESC, c.seq LIMIT $3 FOR UPDATE SKIP LOCKED) \
+     RETURNING device_id, command_id, seq, request_type, normalised, payload, priority, status, \
+       expires_at, idempotency_key, result, error, created_at, updated_at, sent_count";
+const ABANDONED_ANDROID_SQL: &str = "SELECT c.device_id, c.command_id, c.seq, c.request_type, c.normalised, \
+     c.payload, c.priority, c.status, c.expires_at, c.idempotency_key, c.result, c.error, c.created_at, \
+     c.updated_at, c.sent_count, c.claimed_by, c.claimed_at FROM commands c \
+     WHERE c.status = 'queued' AND c.device_id >= 'android:' AND c.device_id < 'android;' \
+       AND c.claimed_by IS NOT NULL \
+       AND NOT EXISTS (SELECT 1 FROM leases l WHERE l.name = 'instance:' || c.claimed_by AND l.expires_at_ms > $1) \
+     ORDER BY c.claimed_at, c.seq LIMIT $2";
 const INSERT_WINDOWS_CERTIFICATE_SQL: &str = "INSERT INTO windows_certificates (cert_sha256, device_id, serial, \
      thumbprint, not_before, not_after, kind, upn, auth_policy, renewal_of, issued_at) \
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
@@ -1033,10 +1183,13 @@ impl Store for PostgresStore {
     }
 
     async fn save_push_cert(&self, cert: &PushCert) -> Result<()> {
+        // Every instance's push pools follow (PUSH_CERTS_CHANNEL, delivered at commit).
         query(
-            "INSERT INTO push_certs (topic, cert_pem, key_pem, not_after, updated_at) VALUES ($1, $2, $3, $4, $5) \
-             ON CONFLICT (topic) DO UPDATE SET cert_pem = excluded.cert_pem, key_pem = excluded.key_pem, \
-             not_after = excluded.not_after, updated_at = excluded.updated_at",
+            "WITH saved AS ( \
+               INSERT INTO push_certs (topic, cert_pem, key_pem, not_after, updated_at) VALUES ($1, $2, $3, $4, $5) \
+               ON CONFLICT (topic) DO UPDATE SET cert_pem = excluded.cert_pem, key_pem = excluded.key_pem, \
+               not_after = excluded.not_after, updated_at = excluded.updated_at \
+             ) SELECT pg_notify('mdm_gateway_push_certs', COALESCE(current_schema(), ''))",
         )
         .bind(&cert.topic)
         .bind(&cert.cert_pem)
@@ -1875,6 +2028,110 @@ impl Store for PostgresStore {
         .await?;
         rows.iter().map(android_policy_command_from_row).collect()
     }
+
+    // --- cluster (s4) ---
+
+    async fn acquire_lease(&self, name: &str, holder: &str, now_ms: i64, ttl_ms: i64) -> Result<bool> {
+        let row = query(ACQUIRE_LEASE_SQL)
+            .bind(name)
+            .bind(holder)
+            .bind(now_ms)
+            .bind(ttl_ms)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match row {
+            Some(r) => get::<String>(&r, 0, "holder")? == holder,
+            None => false,
+        })
+    }
+
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<bool> {
+        let done = query("DELETE FROM leases WHERE name = $1 AND holder = $2")
+            .bind(name)
+            .bind(holder)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn leases(&self) -> Result<Vec<Lease>> {
+        let rows = query("SELECT name, holder, acquired_at_ms, expires_at_ms FROM leases ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Lease {
+                    name: get(r, 0, "name")?,
+                    holder: get(r, 1, "holder")?,
+                    acquired_at_ms: get(r, 2, "acquired_at_ms")?,
+                    expires_at_ms: get(r, 3, "expires_at_ms")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn set_sink_cursor_leased(&self, sink: &str, seq: i64, lease: &str, holder: &str) -> Result<bool> {
+        let done =
+            query(SET_SINK_CURSOR_LEASED_SQL).bind(sink).bind(seq).bind(lease).bind(holder).execute(&self.pool).await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn claim_android_commands(&self, holder: &str, now: i64, limit: u32) -> Result<Vec<CommandRecord>> {
+        let rows =
+            query(CLAIM_ANDROID_SQL).bind(holder).bind(now).bind(self::limit(limit)).fetch_all(&self.pool).await?;
+        let mut claimed = rows.iter().map(command_from_row).collect::<Result<Vec<_>>>()?;
+        // RETURNING has no order.
+        claimed.sort_by_key(|c| (std::cmp::Reverse(c.priority), c.seq));
+        Ok(claimed)
+    }
+
+    async fn abandoned_android_claims(&self, now_ms: i64, limit: u32) -> Result<Vec<AbandonedClaim>> {
+        let rows = query(ABANDONED_ANDROID_SQL).bind(now_ms).bind(self::limit(limit)).fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|r| {
+                Ok(AbandonedClaim {
+                    command: command_from_row(r)?,
+                    holder: get(r, 15, "claimed_by")?,
+                    claimed_at: get::<Option<i64>>(r, 16, "claimed_at")?.unwrap_or(0),
+                })
+            })
+            .collect()
+    }
+
+    async fn release_android_claim(&self, device: &DeviceId, command_id: &str, holder: &str) -> Result<bool> {
+        let done = query(
+            "UPDATE commands SET claimed_by = NULL, claimed_at = NULL \
+             WHERE device_id = $1 AND command_id = $2 AND claimed_by = $3 AND status = 'queued'",
+        )
+        .bind(device.as_str())
+        .bind(command_id)
+        .bind(holder)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn take_budget(&self, bucket: &str, now_ms: i64, window_ms: i64, limit: u32) -> Result<BudgetTake> {
+        let mut tx = self.begin().await?;
+        // The bucket's row lock orders every taker of this bucket, on every instance.
+        query("INSERT INTO request_budgets (bucket, grants) VALUES ($1, '{}') ON CONFLICT (bucket) DO NOTHING")
+            .bind(bucket)
+            .execute(&mut *tx)
+            .await?;
+        let row = query("SELECT grants FROM request_budgets WHERE bucket = $1 FOR UPDATE")
+            .bind(bucket)
+            .fetch_one(&mut *tx)
+            .await?;
+        let mut grants: Vec<i64> = get(&row, 0, "grants")?;
+        let take = super::budget_step(&mut grants, now_ms, window_ms, limit);
+        query("UPDATE request_budgets SET grants = $2 WHERE bucket = $1")
+            .bind(bucket)
+            .bind(&grants)
+            .execute(&mut *tx)
+            .await?;
+        self.commit(tx, false).await?;
+        Ok(take)
+    }
 }
 
 #[cfg(test)]
@@ -1896,7 +2153,82 @@ mod tests {
 
     async fn harness() -> Option<suite::Harness> {
         let (store, schema) = fresh().await?;
-        Some(suite::Harness { notifier: store.notifier(), store: Box::new(store), guard: Box::new(schema) })
+        // Another pool on the same schema: what a second gateway instance would open.
+        let second = PostgresStore::open(&schema.url, small_pool()).await.expect("open second store");
+        Some(suite::Harness {
+            notifier: store.notifier(),
+            store: Box::new(store),
+            second: Box::new(second),
+            guard: Box::new(schema),
+        })
+    }
+
+    /// Whether `notify` fires within `wait` after `act`, having registered before `act` runs.
+    async fn fires_within(notify: &Notify, wait: Duration, act: impl std::future::Future<Output = ()>) -> bool {
+        let notified = notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        act.await;
+        tokio::time::timeout(wait, notified).await.is_ok()
+    }
+
+    async fn fires_after(notify: &Notify, act: impl std::future::Future<Output = ()>) -> bool {
+        fires_within(notify, Duration::from_secs(10), act).await
+    }
+
+    /// An append on one instance wakes the waiters of another (LISTEN/NOTIFY), and a push
+    /// certificate saved on one is signalled on the other; another schema on the same database
+    /// (another deployment) wakes nobody.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn other_instances_are_woken() {
+        let Some((a, schema)) = fresh().await else { return };
+        let b = PostgresStore::open(&schema.url, small_pool()).await.expect("second store");
+        let Some((elsewhere, _other_schema)) = fresh().await else { return };
+        // The listeners are connected shortly after open; a notification before that is lost
+        // (their first connection is what the idle poll covers), so wait until one gets through.
+        let d = suite::id("apple:WAKE");
+        let mut n = 0;
+        let listening = loop {
+            n += 1;
+            let ev = suite::event(&format!("probe-{n}"), &d, EventType::DEVICE_CHECKED_IN, None);
+            if fires_after(&b.notify, async { a.append_events(&[ev]).await.expect("append") }).await || n > 5 {
+                break n <= 5;
+            }
+        };
+        assert!(listening, "b's listener never heard a's appends");
+        let ev = suite::event("wake-1", &d, EventType::DEVICE_CHECKED_IN, None);
+        assert!(fires_after(&b.notify, async { a.append_events(&[ev]).await.expect("append") }).await);
+        let ev = suite::event("wake-2", &d, EventType::COMMAND_QUEUED, Some("c1"));
+        assert!(
+            fires_after(&a.notify, async {
+                b.enqueue(&[suite::new_command(&d, "c1", 0)], &[ev]).await.expect("enqueue");
+            })
+            .await,
+            "and the other way round, from any appending operation"
+        );
+        // Push certificates.
+        let mut changes = b.push_cert_changes();
+        changes.borrow_and_update();
+        let cert = PushCert {
+            topic: "com.apple.mgmt.External.wake".into(),
+            cert_pem: "cert".into(),
+            key_pem: "key".into(),
+            not_after: 2_000_000_000,
+            updated_at: 1,
+        };
+        a.save_push_cert(&cert).await.expect("save");
+        tokio::time::timeout(Duration::from_secs(10), changes.changed()).await.expect("signalled").expect("open");
+        // Another schema: not signalled.
+        let ev = suite::event("elsewhere", &d, EventType::DEVICE_CHECKED_IN, None);
+        let quiet = Duration::from_secs(1);
+        assert!(
+            !fires_within(&b.notify, quiet, async { elsewhere.append_events(&[ev]).await.expect("append") }).await,
+            "an append in another schema does not wake this one"
+        );
+        elsewhere.save_push_cert(&cert).await.expect("save elsewhere");
+        assert!(tokio::time::timeout(quiet, changes.changed()).await.is_err(), "nor a push certificate saved there");
+        a.close().await;
+        b.close().await;
     }
 
     crate::store_suite!(harness);

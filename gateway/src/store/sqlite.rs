@@ -32,11 +32,12 @@ use sha2::{Digest, Sha384};
 use tokio::sync::{Notify, oneshot};
 
 use super::{
-    AndroidEnterprise, AndroidOperation, AndroidPolicyCommand, AndroidSignup, CommandRecord, CommandUpdate,
-    CorporateIdentifier, DeadLetter, DeclarationSet, DeclarationsChange, DeclarationsToken, EnrollTicket, Enrollment,
-    EnrollmentState, EnrollmentWrite, IdentifierKind, LoggedEvent, NewCommand, NewScepChallenge, OmaDmSession,
-    PubSubDelivery, PubSubOutcome, PubSubView, PushCert, PushInfo, RequestSnapshot, Result, ScepCertificate,
-    ScepChallenge, ScepRecord, Store, StoreError, StoredDeclaration, TicketStatus, WindowsCertificate, WindowsRecord,
+    AbandonedClaim, AndroidEnterprise, AndroidOperation, AndroidPolicyCommand, AndroidSignup, BudgetTake,
+    CommandRecord, CommandUpdate, CorporateIdentifier, DeadLetter, DeclarationSet, DeclarationsChange,
+    DeclarationsToken, EnrollTicket, Enrollment, EnrollmentState, EnrollmentWrite, IdentifierKind, Lease, LoggedEvent,
+    NewCommand, NewScepChallenge, OmaDmSession, PubSubDelivery, PubSubOutcome, PubSubView, PushCert, PushInfo,
+    RequestSnapshot, Result, ScepCertificate, ScepChallenge, ScepRecord, Store, StoreError, StoredDeclaration,
+    TicketStatus, WindowsCertificate, WindowsRecord,
 };
 
 /// Migrations, embedded at build time: `(version, description, sql)`, following the
@@ -55,6 +56,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (8, "android", include_str!("../../migrations/sqlite/0008_android.sql")),
     (9, "android_client", include_str!("../../migrations/sqlite/0009_android_client.sql")),
     (10, "enrollment_gate", include_str!("../../migrations/sqlite/0010_enrollment_gate.sql")),
+    (11, "cluster", include_str!("../../migrations/sqlite/0011_cluster.sql")),
     (12, "android_policy_commands", include_str!("../../migrations/sqlite/0012_android_policy_commands.sql")),
 ];
 
@@ -126,6 +128,40 @@ const QUEUED_ANDROID_SQL: &str = select_commands!(
      ORDER BY priority DESC, seq LIMIT CAST(? AS INTEGER)"
 );
 const COMMAND_SQL: &str = select_commands!("WHERE command_id = ? ORDER BY seq");
+/// Takes or renews a lease in one statement (see `Store::acquire_lease`): the upsert updates
+/// only a free, expired or own lease, and returns a row only when it did.
+const ACQUIRE_LEASE_SQL: &str = "INSERT INTO leases (name, holder, acquired_at_ms, expires_at_ms) \
+     VALUES (?1, ?2, ?3, ?3 + ?4) \
+     ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at_ms = excluded.expires_at_ms, \
+     acquired_at_ms = CASE WHEN leases.holder = excluded.holder THEN leases.acquired_at_ms \
+                           ELSE excluded.acquired_at_ms END \
+     WHERE leases.holder = excluded.holder OR leases.expires_at_ms <= ?3 \
+     RETURNING holder";
+/// The fenced cursor write: one statement, which writes only while the lease is held.
+const SET_SINK_CURSOR_LEASED_SQL: &str = "INSERT INTO sink_cursors (sink, seq) SELECT ?1, ?2 \
+     WHERE EXISTS (SELECT 1 FROM leases WHERE name = ?3 AND holder = ?4) \
+     ON CONFLICT (sink) DO UPDATE SET seq = excluded.seq";
+/// The dispatcher's claim: queued, unclaimed Android commands in delivery order. The inner
+/// WHERE keeps the `commands_android_queued` index's predicate.
+/// A policy change (`policies.patch`) waits while an older one of the same device is still
+/// queued: each patches the policy the one before it wrote, on whichever instance.
+const CLAIM_ANDROID_SQL: &str = "UPDATE commands SET claimed_by = ?1, claimed_at = ?2 \
+     WHERE seq IN (SELECT c.seq FROM commands c \
+       WHERE c.status = 'queued' AND c.device_id >= 'android:' AND c.device_id < 'android;' \
+         AND c.claimed_by IS NULL \
+         AND NOT (c.request_type = 'policies.patch' AND EXISTS (SELECT 1 FROM commands e \
+           WHERE e.device_id = c.device_id AND e.status = 'queued' AND e.request_type = 'policies.patch' \
+             AND e.seq < c.seq)) \
+       ORDER BY c.priority DESC, c.seq LIMIT CAST(?3 AS INTEGER)) \
+     RETURNING device_id, command_id, seq, request_type, normalised, payload, priority, status, \
+       expires_at, idempotency_key, result, error, created_at, updated_at, sent_count";
+const ABANDONED_ANDROID_SQL: &str = "SELECT c.device_id, c.command_id, c.seq, c.request_type, c.normalised, \
+     c.payload, c.priority, c.status, c.expires_at, c.idempotency_key, c.result, c.error, c.created_at, \
+     c.updated_at, c.sent_count, c.claimed_by, c.claimed_at FROM commands c \
+     WHERE c.status = 'queued' AND c.device_id >= 'android:' AND c.device_id < 'android;' \
+       AND c.claimed_by IS NOT NULL \
+       AND NOT EXISTS (SELECT 1 FROM leases l WHERE l.name = 'instance:' || c.claimed_by AND l.expires_at_ms > ?1) \
+     ORDER BY c.claimed_at, c.seq LIMIT CAST(?2 AS INTEGER)";
 const COMMAND_FOR_DEVICE_SQL: &str = select_commands!("WHERE device_id = ? AND command_id = ?");
 const COMMAND_BY_IDEMPOTENCY_KEY_SQL: &str = select_commands!("WHERE idempotency_key = ?");
 
@@ -2423,6 +2459,117 @@ impl Store for SqliteStore {
         })
         .await
     }
+
+    // --- cluster (s4) ---
+
+    async fn acquire_lease(&self, name: &str, holder: &str, now_ms: i64, ttl_ms: i64) -> Result<bool> {
+        let (name, holder) = (name.to_owned(), holder.to_owned());
+        self.write(move |conn| {
+            let got: Option<String> = conn
+                .prepare_cached(ACQUIRE_LEASE_SQL)?
+                .query_row(params![name, holder, now_ms, ttl_ms], |r| r.get(0))
+                .optional()?;
+            Ok(got.as_deref() == Some(holder.as_str()))
+        })
+        .await
+    }
+
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<bool> {
+        let (name, holder) = (name.to_owned(), holder.to_owned());
+        self.write(move |conn| {
+            let n =
+                conn.prepare_cached("DELETE FROM leases WHERE name = ? AND holder = ?")?.execute([&name, &holder])?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn leases(&self) -> Result<Vec<Lease>> {
+        self.read(|conn| {
+            query_all(conn, "SELECT name, holder, acquired_at_ms, expires_at_ms FROM leases ORDER BY name", [], |row| {
+                Ok(Lease {
+                    name: get(row, 0, "name")?,
+                    holder: get(row, 1, "holder")?,
+                    acquired_at_ms: get(row, 2, "acquired_at_ms")?,
+                    expires_at_ms: get(row, 3, "expires_at_ms")?,
+                })
+            })
+        })
+        .await
+    }
+
+    async fn set_sink_cursor_leased(&self, sink: &str, seq: i64, lease: &str, holder: &str) -> Result<bool> {
+        let (sink, lease, holder) = (sink.to_owned(), lease.to_owned(), holder.to_owned());
+        self.write(move |conn| {
+            let n = conn.prepare_cached(SET_SINK_CURSOR_LEASED_SQL)?.execute(params![sink, seq, lease, holder])?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn claim_android_commands(&self, holder: &str, now: i64, limit: u32) -> Result<Vec<CommandRecord>> {
+        let holder = holder.to_owned();
+        let limit = self::limit(limit);
+        // The writer runs one statement at a time: no two callers can claim the same row.
+        let mut claimed = self
+            .transact(move |tx| {
+                Ok((query_all(tx, CLAIM_ANDROID_SQL, params![holder, now, limit], command_from_row)?, false))
+            })
+            .await?;
+        claimed.sort_by_key(|c| (std::cmp::Reverse(c.priority), c.seq));
+        Ok(claimed)
+    }
+
+    async fn abandoned_android_claims(&self, now_ms: i64, limit: u32) -> Result<Vec<AbandonedClaim>> {
+        let limit = self::limit(limit);
+        self.read(move |conn| {
+            query_all(conn, ABANDONED_ANDROID_SQL, params![now_ms, limit], |row| {
+                Ok(AbandonedClaim {
+                    command: command_from_row(row)?,
+                    holder: get(row, 15, "claimed_by")?,
+                    claimed_at: get::<Option<i64>>(row, 16, "claimed_at")?.unwrap_or(0),
+                })
+            })
+        })
+        .await
+    }
+
+    async fn release_android_claim(&self, device: &DeviceId, command_id: &str, holder: &str) -> Result<bool> {
+        let (device, command_id, holder) = (device.as_str().to_owned(), command_id.to_owned(), holder.to_owned());
+        self.write(move |conn| {
+            let n = conn
+                .prepare_cached(
+                    "UPDATE commands SET claimed_by = NULL, claimed_at = NULL \
+                     WHERE device_id = ? AND command_id = ? AND claimed_by = ? AND status = 'queued'",
+                )?
+                .execute([&device, &command_id, &holder])?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn take_budget(&self, bucket: &str, now_ms: i64, window_ms: i64, limit: u32) -> Result<BudgetTake> {
+        let bucket = bucket.to_owned();
+        self.transact(move |tx| {
+            let stored: Option<String> = tx
+                .prepare_cached("SELECT grants FROM request_budgets WHERE bucket = ?")?
+                .query_row([&bucket], |r| r.get(0))
+                .optional()?;
+            let mut grants: Vec<i64> = match stored {
+                Some(text) => parse_json(&text, "request_budgets.grants")?,
+                None => Vec::new(),
+            };
+            let take = super::budget_step(&mut grants, now_ms, window_ms, limit);
+            let text = serde_json::to_string(&grants).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            tx.prepare_cached(
+                "INSERT INTO request_budgets (bucket, grants) VALUES (?, ?) \
+                 ON CONFLICT (bucket) DO UPDATE SET grants = excluded.grants",
+            )?
+            .execute(params![bucket, text])?;
+            Ok((take, false))
+        })
+        .await
+    }
 }
 
 #[cfg(test)]
@@ -2439,7 +2586,15 @@ mod tests {
 
     async fn harness() -> suite::Harness {
         let (store, dir) = fresh().await;
-        suite::Harness { notifier: store.notifier(), store: Box::new(store), guard: Box::new(dir) }
+        // Another writer on the same file: what a second process would open.
+        let path = dir.path().join("gateway.db");
+        let second = SqliteStore::open(path.to_str().expect("utf-8 path"), 2).await.expect("open second store");
+        suite::Harness {
+            notifier: store.notifier(),
+            store: Box::new(store),
+            second: Box::new(second),
+            guard: Box::new(dir),
+        }
     }
 
     crate::store_suite!(harness);

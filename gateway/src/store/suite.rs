@@ -23,6 +23,9 @@ use super::{
 /// A fresh store for one test, with what the tests need besides the trait.
 pub struct Harness {
     pub store: Box<dyn Store>,
+    /// A second handle on the same database (another connection pool, or for SQLite another
+    /// writer): what another gateway instance would open. For the cluster tests.
+    pub second: Box<dyn Store>,
     /// The implementation's "events were appended" signal.
     pub notifier: Arc<Notify>,
     /// Kept alive for the test (a temporary directory, a throwaway database...).
@@ -106,11 +109,29 @@ macro_rules! store_suite {
             android_policy_commands,
         );
 
+        $crate::store_suite!(@pair $harness;
+            cluster_leases_are_exclusive_and_expire,
+            cluster_sink_cursor_is_fenced_by_the_lease,
+            cluster_android_claims_are_exclusive,
+            cluster_abandoned_claims_follow_heartbeats,
+            cluster_budget_is_shared,
+            cluster_device_order_across_handles,
+        );
+
         #[tokio::test]
         async fn notifier_fires_after_append() {
             let Some(h) = $crate::store::suite::IntoHarness::into_harness($harness().await) else { return };
             $crate::store::suite::notifier_fires_after_append(&*h.store, &h.notifier).await;
         }
+    };
+    (@pair $harness:path; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let Some(h) = $crate::store::suite::IntoHarness::into_harness($harness().await) else { return };
+                $crate::store::suite::$name(&*h.store, &*h.second).await;
+            }
+        )*
     };
     (@each $harness:path; $($name:ident),* $(,)?) => {
         $(
@@ -1774,6 +1795,251 @@ pub async fn android_signup_completes_once(store: &dyn Store) {
     assert!(store.complete_android_signup(&s2.name, &other, &[]).await.expect("complete"));
     let names: Vec<String> = store.android_enterprises().await.expect("list").into_iter().map(|e| e.name).collect();
     assert_eq!(names, ["enterprises/LC02", "enterprises/LC01"]);
+}
+
+// --- cluster (s4): two handles on one database, as two gateway instances ---
+
+/// A lease has one holder at a time; it is renewed by its holder only, taken over once expired,
+/// and released at once by its holder.
+pub async fn cluster_leases_are_exclusive_and_expire(a: &dyn Store, b: &dyn Store) {
+    assert!(a.acquire_lease("relay:nats", "i1", 1_000, 1_000).await.expect("acquire"));
+    assert!(!b.acquire_lease("relay:nats", "i2", 1_500, 1_000).await.expect("held by i1"));
+    assert!(b.acquire_lease("expiry", "i2", 1_500, 1_000).await.expect("another lease is free"));
+    // Renewal keeps the acquisition time and moves the expiry.
+    assert!(a.acquire_lease("relay:nats", "i1", 1_600, 1_000).await.expect("renew"));
+    let leases = b.leases().await.expect("leases");
+    let nats = leases.iter().find(|l| l.name == "relay:nats").expect("listed");
+    assert_eq!((nats.holder.as_str(), nats.acquired_at_ms, nats.expires_at_ms), ("i1", 1_000, 2_600));
+    assert_eq!(leases.iter().map(|l| l.name.as_str()).collect::<Vec<_>>(), ["expiry", "relay:nats"]);
+    assert!(!b.acquire_lease("relay:nats", "i2", 2_599, 1_000).await.expect("not yet expired"));
+    // Expired: another holder takes it; the former one can neither renew nor release it.
+    assert!(b.acquire_lease("relay:nats", "i2", 2_600, 1_000).await.expect("take over"));
+    assert!(!a.acquire_lease("relay:nats", "i1", 2_700, 1_000).await.expect("lost"));
+    assert!(!a.release_lease("relay:nats", "i1").await.expect("not i1's"));
+    let nats = a.leases().await.expect("leases").into_iter().find(|l| l.name == "relay:nats").expect("listed");
+    assert_eq!((nats.holder.as_str(), nats.acquired_at_ms, nats.expires_at_ms), ("i2", 2_600, 3_600));
+    // Released: free at once, long before it would expire.
+    assert!(b.release_lease("relay:nats", "i2").await.expect("release"));
+    assert!(a.acquire_lease("relay:nats", "i1", 2_800, 1_000).await.expect("free after release"));
+
+    // Many contenders at once, on both handles: exactly one wins.
+    let attempts = (0..16).map(|i| {
+        let store = if i % 2 == 0 { a } else { b };
+        async move { store.acquire_lease("retention", &format!("c{i}"), 5_000, 1_000).await.expect("acquire") }
+    });
+    let won = futures_util::future::join_all(attempts).await;
+    assert_eq!(won.iter().filter(|w| **w).count(), 1, "{won:?}");
+    // Leases are not events.
+    assert_eq!(a.last_event_seq().await.expect("seq"), 0);
+}
+
+/// The relay's cursor write succeeds only while its writer holds the lease.
+pub async fn cluster_sink_cursor_is_fenced_by_the_lease(a: &dyn Store, b: &dyn Store) {
+    assert!(a.acquire_lease("relay:webhook", "i1", 1_000, 1_000).await.expect("acquire"));
+    assert!(a.set_sink_cursor_leased("webhook", 5, "relay:webhook", "i1").await.expect("write"));
+    assert_eq!(b.sink_cursor("webhook").await.expect("read"), 5);
+    assert!(!b.set_sink_cursor_leased("webhook", 9, "relay:webhook", "i2").await.expect("not the holder"));
+    assert_eq!(a.sink_cursor("webhook").await.expect("read"), 5);
+    // Expired but not taken over: still its holder's (a successor reads the cursor after).
+    assert!(a.set_sink_cursor_leased("webhook", 6, "relay:webhook", "i1").await.expect("write"));
+    assert!(b.acquire_lease("relay:webhook", "i2", 2_000, 1_000).await.expect("take over"));
+    assert_eq!(b.sink_cursor("webhook").await.expect("read"), 6, "the successor starts where it stopped");
+    assert!(!a.set_sink_cursor_leased("webhook", 8, "relay:webhook", "i1").await.expect("lost"));
+    assert!(b.set_sink_cursor_leased("webhook", 7, "relay:webhook", "i2").await.expect("new holder"));
+    assert_eq!(a.sink_cursor("webhook").await.expect("read"), 7);
+    // Released: nobody writes.
+    assert!(b.release_lease("relay:webhook", "i2").await.expect("release"));
+    assert!(!b.set_sink_cursor_leased("webhook", 10, "relay:webhook", "i2").await.expect("released"));
+    // A first write creates the row; other sinks are untouched.
+    assert!(b.acquire_lease("relay:nats", "i2", 2_100, 1_000).await.expect("acquire"));
+    assert!(b.set_sink_cursor_leased("nats", 3, "relay:nats", "i2").await.expect("write"));
+    assert_eq!(a.sink_cursor("nats").await.expect("read"), 3);
+    assert_eq!(a.sink_cursor("webhook").await.expect("read"), 7);
+    assert!(!a.set_sink_cursor_leased("other", 1, "relay:other", "i1").await.expect("no lease row"));
+    assert_eq!(a.sink_cursor("other").await.expect("read"), 0);
+}
+
+async fn queue_android(store: &dyn Store, n: usize) -> Vec<String> {
+    let d1 = id("android:LC01:dev1");
+    let d2 = id("android:LC01:dev2");
+    let mut commands: Vec<NewCommand> =
+        (0..n).map(|i| new_command(if i % 2 == 0 { &d1 } else { &d2 }, &format!("c{i:02}"), (i % 3) as i32)).collect();
+    commands.push(new_command(&id("apple:UDID-CLAIM"), "apple-1", 9));
+    commands.push(new_command(&id("windows:W-CLAIM"), "win-1", 9));
+    store.enqueue(&commands, &[]).await.expect("enqueue");
+    // Delivery order: priority high first, then age.
+    let mut order: Vec<(i32, usize)> = (0..n).map(|i| ((i % 3) as i32, i)).collect();
+    order.sort_by_key(|(p, i)| (std::cmp::Reverse(*p), *i));
+    order.into_iter().map(|(_, i)| format!("c{i:02}")).collect()
+}
+
+/// Queued Android commands are claimed by one caller each, in delivery order; claimed commands
+/// stay queued (and listed) until their outcome is recorded.
+pub async fn cluster_android_claims_are_exclusive(a: &dyn Store, b: &dyn Store) {
+    let order = queue_android(a, 10).await;
+    let first = a.claim_android_commands("i1", 100, 4).await.expect("claim");
+    let ids = |v: &[crate::store::CommandRecord]| v.iter().map(|c| c.command_id.clone()).collect::<Vec<_>>();
+    assert_eq!(ids(&first), order[..4]);
+    assert!(first.iter().all(|c| c.status == CommandStatus::Queued));
+    let second = b.claim_android_commands("i2", 100, 50).await.expect("claim");
+    assert_eq!(ids(&second), order[4..], "the rest, and no Apple or Windows command");
+    assert!(a.claim_android_commands("i1", 101, 50).await.expect("claim").is_empty());
+    assert_eq!(a.queued_android_commands(50).await.expect("queued").len(), 10, "claimed commands stay queued");
+
+    // Released by its holder only: then it is claimable again.
+    let c = &second[0];
+    assert!(!a.release_android_claim(&c.device_id, &c.command_id, "i1").await.expect("not i1's"));
+    assert!(b.release_android_claim(&c.device_id, &c.command_id, "i2").await.expect("release"));
+    let again = a.claim_android_commands("i1", 102, 50).await.expect("claim");
+    assert_eq!(ids(&again), std::slice::from_ref(&c.command_id));
+    // A command that left `queued` cannot be released (its claim is over).
+    let update = CommandUpdate {
+        device_id: &first[0].device_id,
+        command_id: &first[0].command_id,
+        from: &[CommandStatus::Queued],
+        to: CommandStatus::Sent,
+        result: None,
+        error: None,
+        now: 103,
+    };
+    assert!(a.update_command(update, &[]).await.expect("update"));
+    assert!(!a.release_android_claim(&first[0].device_id, &first[0].command_id, "i1").await.expect("sent"));
+    assert!(b.claim_android_commands("i2", 104, 50).await.expect("claim").is_empty());
+
+    // Many claimers at once on both handles: every command is claimed exactly once.
+    let more = id("android:LC02:dev3");
+    let commands: Vec<NewCommand> = (0..30).map(|i| new_command(&more, &format!("m{i:02}"), 0)).collect();
+    b.enqueue(&commands, &[]).await.expect("enqueue");
+    let claimers = (0..12).map(|i| {
+        let store = if i % 2 == 0 { a } else { b };
+        async move {
+            let mut got = Vec::new();
+            loop {
+                let batch = store.claim_android_commands(&format!("k{i}"), 200, 2).await.expect("claim");
+                if batch.is_empty() {
+                    return got;
+                }
+                got.extend(batch.into_iter().map(|c| c.command_id));
+            }
+        }
+    });
+    let mut all: Vec<String> = futures_util::future::join_all(claimers).await.into_iter().flatten().collect();
+    all.sort();
+    let expected: Vec<String> = (0..30).map(|i| format!("m{i:02}")).collect();
+    assert_eq!(all, expected, "each command claimed once");
+}
+
+/// A claim is abandoned once its instance's heartbeat lease is not held.
+pub async fn cluster_abandoned_claims_follow_heartbeats(a: &dyn Store, b: &dyn Store) {
+    queue_android(a, 4).await;
+    let hb1 = crate::store::instance_lease("i1");
+    let hb2 = crate::store::instance_lease("i2");
+    assert_eq!(hb1, "instance:i1");
+    assert!(a.acquire_lease(&hb1, "i1", 1_000_000, 15_000).await.expect("heartbeat"));
+    assert!(b.acquire_lease(&hb2, "i2", 1_000_000, 15_000).await.expect("heartbeat"));
+    let mine = a.claim_android_commands("i1", 1_000, 2).await.expect("claim");
+    let theirs = b.claim_android_commands("i2", 1_001, 2).await.expect("claim");
+    assert!(a.abandoned_android_claims(1_005_000, 10).await.expect("abandoned").is_empty(), "both alive");
+    // i2 stops renewing; i1 renews.
+    assert!(a.acquire_lease(&hb1, "i1", 1_010_000, 15_000).await.expect("renew"));
+    let gone = a.abandoned_android_claims(1_015_000, 10).await.expect("abandoned");
+    let got: Vec<(&str, &str, i64)> =
+        gone.iter().map(|c| (c.command.command_id.as_str(), c.holder.as_str(), c.claimed_at)).collect();
+    let want: Vec<(&str, &str, i64)> = theirs.iter().map(|c| (c.command_id.as_str(), "i2", 1_001)).collect();
+    assert_eq!(got, want);
+    assert_eq!(gone[0].command, theirs[0]);
+    // A released heartbeat (clean shutdown) abandons at once.
+    assert!(a.release_lease(&hb1, "i1").await.expect("release"));
+    let now_gone = b.abandoned_android_claims(1_011_000, 10).await.expect("abandoned");
+    assert_eq!(now_gone.iter().map(|c| c.holder.as_str()).collect::<Vec<_>>(), ["i1", "i1"]);
+    assert_eq!(b.abandoned_android_claims(1_015_000, 10).await.expect("abandoned").len(), 4);
+    assert_eq!(b.abandoned_android_claims(1_015_000, 3).await.expect("abandoned").len(), 3, "limit");
+    // Resolved commands are no longer abandoned claims.
+    let update = CommandUpdate {
+        device_id: &mine[0].device_id,
+        command_id: &mine[0].command_id,
+        from: &[CommandStatus::Queued],
+        to: CommandStatus::Error,
+        result: None,
+        error: Some(json!({"code": "dispatch_interrupted"})),
+        now: 1_012,
+    };
+    assert!(b.update_command(update, &[]).await.expect("update"));
+    assert!(b.release_android_claim(&mine[1].device_id, &mine[1].command_id, "i1").await.expect("release"));
+    let left = a.abandoned_android_claims(1_015_000, 10).await.expect("abandoned");
+    assert_eq!(left.iter().map(|c| c.holder.as_str()).collect::<Vec<_>>(), ["i2", "i2"]);
+}
+
+/// The request budget is one sliding window for every handle.
+pub async fn cluster_budget_is_shared(a: &dyn Store, b: &dyn Store) {
+    async fn take(store: &dyn Store, now: i64) -> super::BudgetTake {
+        store.take_budget("amapi:p1", now, 1_000, 3).await.expect("take")
+    }
+    assert_eq!(take(a, 10_000).await, super::BudgetTake { granted: true, in_window: 1, next_free_ms: None });
+    assert!(take(b, 10_100).await.granted);
+    assert!(take(a, 10_200).await.granted);
+    let refused = take(b, 10_300).await;
+    assert_eq!(refused, super::BudgetTake { granted: false, in_window: 3, next_free_ms: Some(11_000) });
+    assert!(!take(a, 10_999).await.granted);
+    // The first grant leaves the window at 11 000.
+    let freed = take(a, 11_000).await;
+    assert!(freed.granted);
+    assert_eq!(freed.in_window, 3);
+    assert_eq!(take(b, 11_050).await.next_free_ms, Some(11_100));
+    // Other buckets are separate.
+    assert!(b.take_budget("amapi:p2", 11_050, 1_000, 3).await.expect("take").granted);
+
+    // Many takers at once on both handles: exactly `limit` grants.
+    let takers = (0..20).map(|i| {
+        let store = if i % 2 == 0 { a } else { b };
+        async move { store.take_budget("amapi:burst", 50_000, 100_000, 7).await.expect("take").granted }
+    });
+    let granted = futures_util::future::join_all(takers).await;
+    assert_eq!(granted.iter().filter(|g| **g).count(), 7, "{granted:?}");
+}
+
+/// Two instances write for the same device, each after the other's write committed (a device
+/// served by whichever instance it reaches): the log holds the device's events in that order,
+/// while both also append for other devices concurrently; positions have no gaps and both
+/// handles read the same log.
+pub async fn cluster_device_order_across_handles(a: &dyn Store, b: &dyn Store) {
+    let device = id("android:LC01:ordered");
+    const STEPS: usize = 40;
+    let chain = async {
+        for i in 0..STEPS {
+            let store = if i % 2 == 0 { a } else { b };
+            let ev = event(&format!("step-{i:02}"), &device, EventType::DEVICE_STATUS_REPORT, None);
+            match i % 3 {
+                0 => store.append_events(&[ev]).await.expect("append"),
+                1 => store.enqueue(&[new_command(&device, &format!("o{i}"), 0)], &[ev]).await.expect("enqueue"),
+                _ => store.save_enrollment(&Enrollment::new(device.clone(), i as i64), &[ev]).await.expect("save"),
+            }
+        }
+    };
+    let others = (0..4).map(|w| {
+        let store = if w % 2 == 0 { a } else { b };
+        async move {
+            let d = id(&format!("android:LC01:noise{w}"));
+            for i in 0..STEPS {
+                let ev = event(&format!("noise-{w}-{i:02}"), &d, EventType::DEVICE_STATUS_REPORT, None);
+                store.append_events(&[ev]).await.expect("append");
+            }
+        }
+    });
+    let (_, _) = tokio::join!(chain, futures_util::future::join_all(others));
+    let total = STEPS * 5;
+    let from_a = a.events_after(0, 10_000).await.expect("read");
+    let from_b = b.events_after(0, 10_000).await.expect("read");
+    assert_eq!(from_a, from_b, "both handles read one log");
+    assert_eq!(from_a.len(), total);
+    assert_eq!(from_a.iter().map(|e| e.seq).collect::<Vec<_>>(), (1..=total as i64).collect::<Vec<_>>());
+    let ordered: Vec<String> = from_a
+        .iter()
+        .filter(|e| e.device_id == device.as_str())
+        .map(|e| serde_json::from_str::<Event>(&e.json).expect("json").id)
+        .collect();
+    let expected: Vec<String> = (0..STEPS).map(|i| format!("step-{i:02}")).collect();
+    assert_eq!(ordered, expected);
 }
 
 // ---- PostgreSQL test databases --------------------------------------------------------------
