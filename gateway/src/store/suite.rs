@@ -113,6 +113,7 @@ macro_rules! store_suite {
             cluster_leases_are_exclusive_and_expire,
             cluster_sink_cursor_is_fenced_by_the_lease,
             cluster_android_claims_are_exclusive,
+            cluster_policy_commands_are_claimed_in_order,
             cluster_abandoned_claims_follow_heartbeats,
             cluster_budget_is_shared,
             cluster_device_order_across_handles,
@@ -1927,6 +1928,36 @@ pub async fn cluster_android_claims_are_exclusive(a: &dyn Store, b: &dyn Store) 
     all.sort();
     let expected: Vec<String> = (0..30).map(|i| format!("m{i:02}")).collect();
     assert_eq!(all, expected, "each command claimed once");
+}
+
+/// A device's policy changes (`policies.patch`) are claimed one at a time, in queue order, on
+/// whichever handle: each patches the policy the one before it wrote. Other commands of that
+/// device, and other devices' policy changes, are not held back.
+pub async fn cluster_policy_commands_are_claimed_in_order(a: &dyn Store, b: &dyn Store) {
+    let x = id("android:LC03:devx");
+    let y = id("android:LC03:devy");
+    let policy = |d: &DeviceId, c: &str| NewCommand { request_type: "policies.patch".into(), ..new_command(d, c, 0) };
+    let commands = [policy(&x, "p1"), new_command(&x, "lock", 0), policy(&x, "p2"), policy(&y, "q1"), policy(&x, "p3")];
+    a.enqueue(&commands, &[]).await.expect("enqueue");
+    let ids = |v: Vec<crate::store::CommandRecord>| v.into_iter().map(|c| c.command_id).collect::<Vec<_>>();
+    assert_eq!(ids(a.claim_android_commands("i1", 100, 50).await.expect("claim")), ["p1", "lock", "q1"]);
+    // p2 waits while p1 is queued (claimed and being sent), whoever asks.
+    assert!(b.claim_android_commands("i2", 101, 50).await.expect("claim").is_empty());
+    let sent = CommandUpdate {
+        device_id: &x,
+        command_id: "p1",
+        from: &[CommandStatus::Queued],
+        to: CommandStatus::Sent,
+        result: None,
+        error: None,
+        now: 102,
+    };
+    assert!(a.update_command(sent, &[]).await.expect("sent"));
+    assert_eq!(ids(b.claim_android_commands("i2", 103, 50).await.expect("claim")), ["p2"]);
+    assert!(a.claim_android_commands("i1", 104, 50).await.expect("claim").is_empty(), "p3 waits for p2");
+    // A released claim keeps its place: p2 again, never p3 first.
+    assert!(b.release_android_claim(&x, "p2", "i2").await.expect("release"));
+    assert_eq!(ids(a.claim_android_commands("i1", 105, 50).await.expect("claim")), ["p2"]);
 }
 
 /// A claim is abandoned once its instance's heartbeat lease is not held.
