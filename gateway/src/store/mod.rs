@@ -479,6 +479,9 @@ pub struct PubSubView {
     /// The publish time (Unix milliseconds) of the newest message applied for the device.
     pub watermark_ms: Option<i64>,
     pub enrollment: Option<Enrollment>,
+    /// The device has policy commands waiting for a status report
+    /// ([`Store::pending_android_policy_commands`] would return some).
+    pub policy_commands_pending: bool,
 }
 
 /// What [`Store::apply_pubsub`] did.

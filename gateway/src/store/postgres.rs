@@ -407,7 +407,9 @@ const PUBSUB_VIEW_SQL: &str = concat!(
     "(SELECT publish_time_ms FROM android_watermarks WHERE device_id = $2), ",
     "e.device_id, e.parent, e.state, e.cert_sha256, e.push_token, e.push_magic, e.push_topic, ",
     "e.unlock_token, e.bootstrap_token, e.inventory, e.attributes, e.enrolled_at, e.last_seen, ",
-    "e.checked_in_event_at, e.created_at, e.updated_at ",
+    "e.checked_in_event_at, e.created_at, e.updated_at, ",
+    "EXISTS (SELECT 1 FROM android_policy_commands p JOIN commands c ON c.device_id = p.device_id ",
+    "AND c.command_id = p.command_id WHERE p.device_id = $2 AND c.status = 'sent') ",
     "FROM (SELECT 1) AS one LEFT JOIN enrollments e ON e.device_id = $2"
 );
 const SET_STATE_WITH_CHILDREN_SQL: &str = "UPDATE enrollments SET state = $1, updated_at = $2 \
@@ -1962,7 +1964,12 @@ impl Store for PostgresStore {
             Some(_) => Some(enrollment_from_row_at(&row, 2)?),
             None => None,
         };
-        Ok(PubSubView { seen: get(&row, 0, "seen")?, watermark_ms: get(&row, 1, "publish_time_ms")?, enrollment })
+        Ok(PubSubView {
+            seen: get(&row, 0, "seen")?,
+            watermark_ms: get(&row, 1, "publish_time_ms")?,
+            enrollment,
+            policy_commands_pending: get(&row, 18, "policy_commands_pending")?,
+        })
     }
 
     // --- vocabulary (s4) ---

@@ -1642,6 +1642,12 @@ pub async fn android_policy_commands(store: &dyn Store) {
     let sent = [CommandStatus::Sent];
     assert!(store.update_command(update(&d, "c1", &sent, CommandStatus::Acknowledged, 300), &[]).await.expect("ack"));
     assert_eq!(store.pending_android_policy_commands(&d).await.expect("list"), vec![p2.clone()]);
+    // The Pub/Sub view says whether there are any, so a report reads them only then.
+    let pending = |dev: DeviceId| async move { store.pubsub_view("m-x", Some(&dev)).await.expect("view") };
+    assert!(pending(d.clone()).await.policy_commands_pending);
+    assert!(store.update_command(update(&d, "c2", &sent, CommandStatus::Error, 310), &[]).await.expect("error"));
+    assert!(!pending(d.clone()).await.policy_commands_pending, "resolved ones do not count");
+    assert!(!pending(id("android:LC01:none")).await.policy_commands_pending);
     // A command not in `from` any more: nothing stored, no event.
     let ev = [event("ev-never", &d, EventType::COMMAND_SENT, Some("c1"))];
     let stale = AndroidPolicyCommand { policy_version: 11, ..p1.clone() };
@@ -1653,6 +1659,7 @@ pub async fn android_policy_commands(store: &dyn Store) {
     );
     assert_eq!(event_ids(store).await, ["ev-sent"]);
     assert_eq!(store.pending_android_policy_commands(&other).await.expect("list"), vec![p3]);
+    assert!(pending(other).await.policy_commands_pending);
 }
 
 // ---- Enrollment gate ------------------------------------------------------------------------
@@ -2163,7 +2170,10 @@ pub async fn pubsub_view_reads_what_intake_needs(store: &dyn Store) {
     e.last_seen = Some(9);
     store.apply_pubsub(delivery("m1", Some((&d, 5_000)), Some(&e), &[])).await.expect("apply");
     let v = store.pubsub_view("m1", Some(&d)).await.expect("view");
-    assert_eq!(v, PubSubView { seen: true, watermark_ms: Some(5_000), enrollment: Some(e.clone()) });
+    assert_eq!(
+        v,
+        PubSubView { seen: true, watermark_ms: Some(5_000), enrollment: Some(e.clone()), ..PubSubView::default() }
+    );
     // Another message, another device: nothing known about them.
     let other = id("android:LC01:view2");
     assert_eq!(store.pubsub_view("m2", Some(&other)).await.expect("view"), PubSubView::default());

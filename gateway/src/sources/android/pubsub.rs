@@ -395,8 +395,8 @@ async fn device(
         events.push(state.events.event(EventType::DEVICE_INVENTORY, &id, None, data));
     }
     // Policy commands (set_settings, install_app, app_config) this report shows applied or
-    // refused: resolved in the same transaction. Only an enrolled device can have any.
-    let pending = if was_enrolled && !is_enrollment && !report.deleted {
+    // refused: resolved in the same transaction. Read only when the view says there are some.
+    let pending = if view.policy_commands_pending && !is_enrollment && !report.deleted {
         state.store.pending_android_policy_commands(&id).await?
     } else {
         Vec::new()
