@@ -170,3 +170,46 @@ impl OidcIssuer {
                "email": email, "email_verified": true, "iat": iat, "exp": iat + 3600})
     }
 }
+
+/// The Pub/Sub topic the AMAPI tests' enterprises publish to.
+pub const AMAPI_TOPIC: &str = "projects/emulated-project/topics/amapi";
+
+/// The AMAPI emulator, with its service-account key and TLS CA written to files, as the
+/// gateway's configuration takes them.
+#[derive(Debug)]
+pub struct AmapiFixture {
+    pub emu: mdm_conformance::android::AmapiEmulator,
+    pub key: std::path::PathBuf,
+    pub ca: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl AmapiFixture {
+    pub async fn start(config: mdm_conformance::android::EmulatorConfig) -> AmapiFixture {
+        let emu = mdm_conformance::android::AmapiEmulator::start(config).await.expect("emulator starts");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = dir.path().join("sa.json");
+        let ca = dir.path().join("amapi-ca.pem");
+        emu.write_key(&key).expect("key");
+        std::fs::write(&ca, emu.ca_pem()).expect("ca");
+        AmapiFixture { emu, key, ca, _dir: dir }
+    }
+
+    /// Points the gateway's AMAPI client at the emulator, for `enterprise`, with waits short
+    /// enough for tests (reconcile after 1 s).
+    pub fn configure(&self, c: &mut mdm_gateway::config::Config, enterprise: Option<&str>) {
+        let android = &mut c.android;
+        android.api_base_url = self.emu.url();
+        android.api_ca = Some(self.ca.clone());
+        android.service_account_key = Some(self.key.clone());
+        android.enterprise = enterprise.map(str::to_owned);
+        android.pubsub_topic = Some(AMAPI_TOPIC.into());
+        android.request_timeout_ms = 2_000;
+        android.rate_limited_wait_ms = 300;
+        android.retry_base_ms = 50;
+        android.retry_max_ms = 200;
+        android.max_attempts = 4;
+        android.reconcile_after_s = 1;
+        android.policy_merge_ms = 50;
+    }
+}

@@ -4,50 +4,27 @@
 //! request budget, merged policy patches, enterprise signup, enrollment tokens, and reconcile
 //! through `operations.get` when no COMMAND notification comes.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use mdm_conformance::android::{AmapiEmulator, DeviceSpec, EmulatorConfig, Fault, FaultRule};
+use mdm_conformance::android::{DeviceSpec, EmulatorConfig, Fault, FaultRule};
 use mdm_core::{DeviceId, EventType};
 use mdm_gateway::config::Config;
 use mdm_gateway::store::{Enrollment, EnrollmentState};
+use mdm_tests::android::{AMAPI_TOPIC, AmapiFixture};
 use mdm_tests::{Harness, eventually, unix_now};
 use serde_json::{Value, json};
 
-const TOPIC: &str = "projects/emulated-project/topics/amapi";
+const TOPIC: &str = AMAPI_TOPIC;
 
-struct Amapi {
-    emu: AmapiEmulator,
-    key: PathBuf,
-    ca: PathBuf,
-    _dir: tempfile::TempDir,
-}
+type Amapi = AmapiFixture;
 
 async fn emulator() -> Amapi {
-    let emu = AmapiEmulator::start(EmulatorConfig::default()).await.expect("emulator starts");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let key = dir.path().join("sa.json");
-    let ca = dir.path().join("amapi-ca.pem");
-    emu.write_key(&key).expect("key");
-    std::fs::write(&ca, emu.ca_pem()).expect("ca");
-    Amapi { emu, key, ca, _dir: dir }
+    AmapiFixture::start(EmulatorConfig::default()).await
 }
 
 /// The AMAPI client pointed at the emulator, with waits small enough for tests.
 fn configure(c: &mut Config, a: &Amapi, enterprise: Option<&str>) {
-    let android = &mut c.android;
-    android.api_base_url = a.emu.url();
-    android.api_ca = Some(a.ca.clone());
-    android.service_account_key = Some(a.key.clone());
-    android.enterprise = enterprise.map(str::to_owned);
-    android.pubsub_topic = Some(TOPIC.into());
-    android.request_timeout_ms = 2_000;
-    android.rate_limited_wait_ms = 300;
-    android.retry_base_ms = 50;
-    android.retry_max_ms = 200;
-    android.max_attempts = 4;
-    android.reconcile_after_s = 1;
-    android.policy_merge_ms = 50;
+    a.configure(c, enterprise);
 }
 
 fn enterprise(a: &Amapi) -> String {

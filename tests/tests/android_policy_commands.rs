@@ -7,17 +7,15 @@
 //! and events in the gateway. Also: non-compliance becomes `command.error` with the reason,
 //! reconcile through `devices.get` when no report comes, and 422s for what Android cannot express.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
-use mdm_conformance::android::{
-    AmapiEmulator, DeviceSpec, DirectPublisher, EmulatorConfig, NonCompliance, PolicySettings, Publisher,
-};
+use mdm_conformance::android::{DeviceSpec, DirectPublisher, EmulatorConfig, NonCompliance, PolicySettings, Publisher};
 use mdm_gateway::config::Config;
+use mdm_tests::android::{AMAPI_TOPIC, AmapiFixture};
 use mdm_tests::{Harness, eventually};
 use serde_json::{Value, json};
 
-const TOPIC: &str = "projects/emulated-project/topics/amapi";
+const TOPIC: &str = AMAPI_TOPIC;
 /// Long enough that the gateway has recorded a command as sent before the device reports.
 const APPLY_DELAY: Duration = Duration::from_millis(300);
 
@@ -25,37 +23,14 @@ fn policy_settings(non_compliance: Vec<NonCompliance>) -> PolicySettings {
     PolicySettings { apply_delay: APPLY_DELAY, apply: true, non_compliance }
 }
 
-struct Amapi {
-    emu: AmapiEmulator,
-    key: PathBuf,
-    ca: PathBuf,
-    _dir: tempfile::TempDir,
-}
+type Amapi = AmapiFixture;
 
 async fn emulator() -> Amapi {
-    let config = EmulatorConfig { policy: policy_settings(Vec::new()), ..EmulatorConfig::default() };
-    let emu = AmapiEmulator::start(config).await.expect("emulator starts");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let key = dir.path().join("sa.json");
-    let ca = dir.path().join("amapi-ca.pem");
-    emu.write_key(&key).expect("key");
-    std::fs::write(&ca, emu.ca_pem()).expect("ca");
-    Amapi { emu, key, ca, _dir: dir }
+    AmapiFixture::start(EmulatorConfig { policy: policy_settings(Vec::new()), ..EmulatorConfig::default() }).await
 }
 
 fn configure(c: &mut Config, a: &Amapi, enterprise: &str) {
-    let android = &mut c.android;
-    android.api_base_url = a.emu.url();
-    android.api_ca = Some(a.ca.clone());
-    android.service_account_key = Some(a.key.clone());
-    android.enterprise = Some(enterprise.to_owned());
-    android.pubsub_topic = Some(TOPIC.into());
-    android.request_timeout_ms = 2_000;
-    android.retry_base_ms = 50;
-    android.retry_max_ms = 200;
-    android.max_attempts = 4;
-    android.reconcile_after_s = 1;
-    android.policy_merge_ms = 50;
+    a.configure(c, Some(enterprise));
 }
 
 /// A gateway talking to the emulator, whose notifications are pushed to the gateway.

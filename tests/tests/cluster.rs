@@ -7,14 +7,14 @@
 //! `MDM_SKIP_POSTGRES=1`. (Killed processes and outages are tested elsewhere.)
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use mdm_conformance::android::{AmapiEmulator, DeviceSpec, EmulatorConfig};
+use mdm_conformance::android::{DeviceSpec, EmulatorConfig};
 use mdm_core::DeviceId;
 use mdm_gateway::config::{Config, WebhookConfig, WebhookFormat};
 use mdm_gateway::store::suite::PostgresSchema;
 use mdm_gateway::store::{Enrollment, EnrollmentState, PoolSettings, PostgresStore, Store};
+use mdm_tests::android::{AMAPI_TOPIC, AmapiFixture};
 use mdm_tests::webhook::WebhookReceiver;
 use mdm_tests::{Harness, eventually, unix_now};
 use serde_json::{Value, json};
@@ -143,38 +143,28 @@ async fn one_relay_per_sink_and_failover() {
 }
 
 struct Amapi {
-    emu: AmapiEmulator,
-    key: PathBuf,
-    ca: PathBuf,
+    fixture: AmapiFixture,
     enterprise: String,
-    _dir: tempfile::TempDir,
 }
 
-const TOPIC: &str = "projects/emulated-project/topics/amapi";
+impl std::ops::Deref for Amapi {
+    type Target = AmapiFixture;
+    fn deref(&self) -> &AmapiFixture {
+        &self.fixture
+    }
+}
 
 async fn amapi() -> Amapi {
-    let emu = AmapiEmulator::start(EmulatorConfig::default()).await.expect("emulator starts");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let key = dir.path().join("sa.json");
-    let ca = dir.path().join("amapi-ca.pem");
-    emu.write_key(&key).expect("key");
-    std::fs::write(&ca, emu.ca_pem()).expect("ca");
-    let enterprise =
-        emu.create_enterprise(Some(TOPIC), &["ENROLLMENT", "STATUS_REPORT", "COMMAND"]).expect("enterprise");
-    Amapi { emu, key, ca, enterprise, _dir: dir }
+    let fixture = AmapiFixture::start(EmulatorConfig::default()).await;
+    let enterprise = fixture
+        .emu
+        .create_enterprise(Some(AMAPI_TOPIC), &["ENROLLMENT", "STATUS_REPORT", "COMMAND"])
+        .expect("enterprise");
+    Amapi { fixture, enterprise }
 }
 
 fn with_amapi(c: &mut Config, a: &Amapi) {
-    let android = &mut c.android;
-    android.api_base_url = a.emu.url();
-    android.api_ca = Some(a.ca.clone());
-    android.service_account_key = Some(a.key.clone());
-    android.enterprise = Some(a.enterprise.clone());
-    android.pubsub_topic = Some(TOPIC.into());
-    android.request_timeout_ms = 2_000;
-    android.retry_base_ms = 50;
-    android.retry_max_ms = 200;
-    android.reconcile_after_s = 1;
+    a.configure(c, Some(&a.enterprise));
 }
 
 /// A device enrolled in the emulator and stored: (gateway id, AMAPI name).
